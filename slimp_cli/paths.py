@@ -1,0 +1,46 @@
+"""Where things are, and how files are written so that a partial file never looks complete."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def schemas_dir() -> Path:
+    """Folder of the built-in dataset schemas (`schemas/` at the repository root)."""
+    return REPO_ROOT / "schemas"
+
+
+def shared_data_dir() -> Path:
+    """Real data for tests and benchmarks: $SLIMP_SHARED_DATA, default ../shared/data."""
+    env = os.environ.get("SLIMP_SHARED_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+def tmp_name(path: Path) -> Path:
+    """The temporary sibling a file is written under before its atomic rename."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path; rename it onto `path` only if the block finishes."""
+    path = Path(path)
+    tmp = tmp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | os.PathLike, obj, *, indent: int = 2) -> None:
+    """Write JSON atomically (sorted keys: byte-identical output for identical input)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False) + "\n")

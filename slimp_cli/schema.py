@@ -1,0 +1,233 @@
+"""Dataset schemas: load and validate them, and encode raw metadata into tensors.
+
+A *dataset schema* (`schemas/<name>.json`) names roles (patient id, lesion id, image, label)
+and features. A *resolved schema* (`schema.json` beside the shards, written by ingest) adds
+what was learned from the data: vocabularies, numeric mean/std and missing rates. Encoders are
+built from, and inputs encoded with, the resolved schema only, so a model and its data agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import torch
+
+from .errors import SlimpError
+from .paths import schemas_dir
+
+FEATURE_TYPES = ("numerical", "categorical", "boolean")
+
+
+def builtin_schema_names() -> list[str]:
+    """Names of the schemas shipped in `schemas/` (the meta-schema excluded)."""
+    return sorted(p.stem for p in schemas_dir().glob("*.json") if p.stem != "dataset.schema")
+
+
+def load_dataset_schema(path_or_name: str | Path) -> dict:
+    """Load a dataset schema by built-in name (e.g. 'pad-ufes-20') or JSON path, validated."""
+    path = Path(path_or_name)
+    if not path.suffix and not path.exists():
+        path = schemas_dir() / f"{path_or_name}.json"
+    if not path.is_file():
+        raise SlimpError(
+            f"schema '{path_or_name}' not found; give a JSON file or one of: "
+            + ", ".join(builtin_schema_names())
+        )
+    try:
+        schema = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SlimpError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    validate_dataset_schema(schema, source=str(path))
+    return schema
+
+
+def validate_dataset_schema(schema: dict, *, source: str = "schema") -> None:
+    """Check a dataset schema against `schemas/dataset.schema.json` (JSON Schema)."""
+    meta_path = schemas_dir() / "dataset.schema.json"
+    if not meta_path.is_file():  # running from a partial checkout: structural checks only
+        _check_features(schema.get("patient_features", []), source)
+        _check_features(schema.get("lesion_features", []), source)
+        return
+    import jsonschema
+
+    meta = json.loads(meta_path.read_text())
+    try:
+        jsonschema.validate(schema, meta)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise SlimpError(f"{source}: invalid schema at {where}: {exc.message}") from None
+
+
+def _check_features(features: list, source: str) -> None:
+    for f in features:
+        if not isinstance(f, dict) or "name" not in f or f.get("type") not in FEATURE_TYPES:
+            raise SlimpError(f"{source}: bad feature {f!r}; need name and type in {FEATURE_TYPES}")
+
+
+def is_categorical(feature: dict) -> bool:
+    """Booleans are encoded as two-value categoricals (index 0 stays 'missing')."""
+    return feature["type"] in ("categorical", "boolean")
+
+
+def encoding_order(features: Sequence[dict]) -> list[dict]:
+    """Categorical/boolean features first (schema order), then numerical (schema order)."""
+    return [f for f in features if is_categorical(f)] + [
+        f for f in features if f["type"] == "numerical"
+    ]
+
+
+def cardinalities(features: Sequence[dict]) -> list[int]:
+    """Vocabulary size of each categorical/boolean feature, in encoding order."""
+    return [len(f["vocab"]) for f in features if is_categorical(f)]
+
+
+def n_numerical(features: Sequence[dict]) -> int:
+    return sum(1 for f in features if f["type"] == "numerical")
+
+
+class TabularBatch(NamedTuple):
+    """Encoded metadata of n rows.
+
+    Shape:
+        categorical: [n, n_cat] long; 0 = missing or unknown, k = vocab[k - 1]
+        numerical: [n, n_num] float; standardised, 0 where missing
+        numerical_mask: [n, n_num] bool; True where the value is present
+    """
+
+    categorical: torch.Tensor
+    numerical: torch.Tensor
+    numerical_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "TabularBatch":
+        return TabularBatch(*(t.to(device, non_blocking=True) for t in self))
+
+    def __len__(self) -> int:  # rows, not fields
+        return self.categorical.shape[0]
+
+
+def category_key(value: Any) -> str | None:
+    """The vocabulary key of a raw value: booleans -> 'true'/'false', numbers like 2.0 -> '2'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _as_float(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(out) or math.isinf(out) else out
+
+
+def encode_tabular(features: Sequence[dict], records: Sequence[dict]) -> TabularBatch:
+    """Encode raw records (feature name -> raw value, None = missing) with resolved features.
+
+    Unknown categories map to 0 (missing): a model meets them at embed time on new data.
+    """
+    ordered = encoding_order(features)
+    cats = [f for f in ordered if is_categorical(f)]
+    nums = [f for f in ordered if f["type"] == "numerical"]
+    lookups = [{v: i + 1 for i, v in enumerate(f["vocab"])} for f in cats]
+    n = len(records)
+    cat = torch.zeros(n, len(cats), dtype=torch.long)
+    num = torch.zeros(n, len(nums), dtype=torch.float32)
+    mask = torch.zeros(n, len(nums), dtype=torch.bool)
+    for r, rec in enumerate(records):
+        for j, (f, lookup) in enumerate(zip(cats, lookups)):
+            key = category_key(rec.get(f["name"]))
+            cat[r, j] = lookup.get(key, 0) if key is not None else 0
+        for j, f in enumerate(nums):
+            x = _as_float(rec.get(f["name"]))
+            if x is not None:
+                num[r, j] = (x - f["mean"]) / max(f["std"], 1e-6)
+                mask[r, j] = True
+    return TabularBatch(cat, num, mask)
+
+
+@dataclass
+class ResolvedSchema:
+    """The resolved schema of an ingested dataset (`schema.json`); see docs/internals.md."""
+
+    data: dict
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ResolvedSchema":
+        for key in ("patient_features", "lesion_features"):
+            if key not in d:
+                raise SlimpError(f"resolved schema lacks '{key}' (was it written by slimp ingest?)")
+        d.setdefault("derived_patient_features", [])
+        return cls(data=d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ResolvedSchema":
+        path = Path(path)
+        if not path.is_file():
+            raise SlimpError(f"{path}: schema.json not found (run slimp ingest first)")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise SlimpError(f"{path}: not valid JSON ({exc.msg})") from None
+
+    def to_dict(self) -> dict:
+        return self.data
+
+    @property
+    def name(self) -> str:
+        return self.data.get("name", "dataset")
+
+    @property
+    def patient_features(self) -> list[dict]:
+        return self.data["patient_features"]
+
+    @property
+    def lesion_features(self) -> list[dict]:
+        return self.data["lesion_features"]
+
+    @property
+    def derived_patient_features(self) -> list[dict]:
+        return self.data.get("derived_patient_features", [])
+
+    @property
+    def patient_all(self) -> list[dict]:
+        """Patient features the outer encoder sees: raw ones plus derived (n_lesions)."""
+        return self.patient_features + self.derived_patient_features
+
+    @property
+    def has_patient_features(self) -> bool:
+        """True when the data has real patient-level metadata (derived counts alone do not count)."""
+        return len(self.patient_features) > 0
+
+    @property
+    def flat_features(self) -> list[dict]:
+        """Features of the flat variant's single encoder: patient (if any) then lesion."""
+        return (self.patient_all if self.has_patient_features else []) + self.lesion_features
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.data.get("classes", []))
+
+    @property
+    def malignant(self) -> list[str]:
+        return list(self.data.get("malignant", []))
+
+    def fingerprint(self) -> str:
+        """sha256 over what an encoder depends on: names, types, vocabularies, statistics."""
+        keys = ("name", "type", "vocab", "mean", "std")
+        parts = {
+            level: [{k: f.get(k) for k in keys} for f in getattr(self, level)]
+            for level in ("patient_features", "derived_patient_features", "lesion_features")
+        }
+        blob = json.dumps(parts, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
