@@ -231,3 +231,52 @@ class ResolvedSchema:
         }
         blob = json.dumps(parts, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
+
+
+def raw_columns(features: Sequence[dict]) -> tuple[list[str], list[str]]:
+    """Column names of `encode_raw` and the source field of each (for the leakage audit)."""
+    columns: list[str] = []
+    sources: list[str] = []
+    for f in features:
+        name = f["name"]
+        if f["type"] == "numerical":
+            cols = [name, f"{name}=missing"]
+        else:
+            cols = [f"{name}={v}" for v in f["vocab"]] + [f"{name}=missing"]
+        columns += cols
+        sources += [name] * len(cols)
+    return columns, sources
+
+
+def encode_raw(features: Sequence[dict], records: Sequence[dict]):
+    """Encode raw metadata for metadata-only baselines, in schema order.
+
+    Numerical: standardised value (0 where missing) + a missing indicator; categorical and
+    boolean: one-hot over the vocabulary + a missing column (an unknown category is all zeros).
+
+    Shape: returns a float32 numpy array [n, len(raw_columns(features)[0])].
+    """
+    import numpy as np
+
+    columns, _ = raw_columns(features)
+    out = np.zeros((len(records), len(columns)), dtype=np.float32)
+    for r, rec in enumerate(records):
+        c = 0
+        for f in features:
+            value = rec.get(f["name"])
+            if f["type"] == "numerical":
+                x = _as_float(value)
+                if x is None:
+                    out[r, c + 1] = 1.0
+                else:
+                    out[r, c] = (x - f["mean"]) / max(f["std"], 1e-6)
+                c += 2
+            else:
+                vocab = f["vocab"]
+                key = category_key(value)
+                if key is None:
+                    out[r, c + len(vocab)] = 1.0
+                elif key in vocab:
+                    out[r, c + vocab.index(key)] = 1.0
+                c += len(vocab) + 1
+    return out

@@ -79,3 +79,18 @@ def test_resolved_schema_roles_and_fingerprint(tmp_path):
 def test_missing_schema_file_is_a_user_error(tmp_path):
     with pytest.raises(SlimpError, match="schema.json not found"):
         ResolvedSchema.load(tmp_path / "schema.json")
+
+
+def test_encode_raw_one_hot_and_missing_indicators():
+    from slimp_cli.schema import encode_raw, raw_columns
+
+    cols, sources = raw_columns(FEATURES)
+    assert cols == ["age", "age=missing", "sex=female", "sex=male", "sex=missing",
+                    "smoke=false", "smoke=true", "smoke=missing", "diam", "diam=missing"]
+    assert sources == ["age"] * 2 + ["sex"] * 3 + ["smoke"] * 3 + ["diam"] * 2
+    m = encode_raw(FEATURES, [{"age": 70, "sex": "female", "smoke": True, "diam": None},
+                              {"age": None, "sex": "other", "smoke": None, "diam": 2.0}])
+    assert m.tolist() == [
+        [2.0, 0, 1, 0, 0, 0, 1, 0, 0, 1],
+        [0, 1, 0, 0, 0, 0, 0, 1, 0, 0],
+    ]

@@ -1,0 +1,68 @@
+"""The `slimp` command line: a thin Typer app over the library.
+
+Each area registers its sub-commands from `slimp_cli/commands/<area>.py`. User errors
+(`SlimpError`) become one line on stderr and exit status 1; bad usage exits 2 (Typer).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from .errors import SlimpError
+
+app = typer.Typer(
+    name="slimp",
+    help=(
+        "SLIMP: learn skin-lesion representations from images and their clinical metadata "
+        "(nested image-metadata contrastive pre-training), then evaluate and use them.\n\n"
+        "Pipeline: ingest -> pretrain/adapt -> embed -> probe | retrieve | extrapolate. "
+        "Try `slimp demo` for the whole pipeline on a generated cohort."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_all() -> None:
+    from .commands import eval as eval_cmds
+    from .commands import ingest as ingest_cmds
+    from .commands import pipeline as pipeline_cmds
+    from .commands import train as train_cmds
+
+    ingest_cmds.register(app)
+    train_cmds.register(app)
+    pipeline_cmds.register(app)
+    eval_cmds.register(app)
+
+
+_register_all()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app, turning SlimpError into `error: ...` and exit 1."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except SlimpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as exc:  # --help and explicit exits
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

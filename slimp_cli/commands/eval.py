@@ -1,0 +1,175 @@
+"""`slimp probe`, `slimp retrieve`, `slimp extrapolate`: parse options, call the library, print.
+
+User errors (SlimpError) become `error: <message>` on stderr and exit status 1 here already, so
+the commands behave the same under any Typer app that registers them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import SlimpError
+
+out_console = Console()
+err_console = Console(stderr=True, highlight=False)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except SlimpError as exc:
+        err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _csv(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _numbers(text: str | None, option: str, kind: type) -> list:
+    out = []
+    for t in _csv(text):
+        try:
+            out.append(kind(t))
+        except ValueError:
+            raise SlimpError(f"{option}: {t!r} is not a valid {kind.__name__}") from None
+    return out
+
+
+def _warn(messages: list[str]) -> None:
+    for m in messages:
+        err_console.print(f"warning: {m}", markup=False, soft_wrap=True)
+
+
+def _write_json(path: Path | None, report: dict) -> None:
+    if path is None:
+        return
+    from ..paths import write_json
+
+    if not path.parent.is_dir():
+        raise SlimpError(f"--json {path}: folder {path.parent} does not exist")
+    write_json(path, report)
+    err_console.print(f"wrote {path}", markup=False)
+
+
+def _fmt(metric: dict) -> str:
+    if metric.get("mean") is None:
+        return "n/a"
+    return f"{metric['mean']:.3f}±{metric['std']:.3f}"
+
+
+def probe_cmd(
+    store: Path = typer.Argument(..., help="Feature store (HDF5) written by slimp embed."),
+    label: str = typer.Option("binary", "--label", help="binary (benign/malignant, the paper's main task) or multiclass."),
+    features: Optional[str] = typer.Option(None, "--features", help="Comma list of image,lesion,patient (default: all the store has)."),
+    method: str = typer.Option("linear,knn", "--method", help="Comma list of linear,knn."),
+    split: str = typer.Option("random", "--split", help="random (stratified lesion-level 90/10) or patient (patient-disjoint)."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma list of split seeds; metrics are mean±std over them."),
+    low_shot: Optional[str] = typer.Option(None, "--low-shot", help="Comma list of fractions of training labels kept, e.g. 0.01,0.1."),
+    k: int = typer.Option(20, "--k", help="Neighbours of the kNN classifier."),
+    knn_temperature: float = typer.Option(0.07, "--knn-temperature", help="kNN vote weight exp(sim / T)."),
+    c: float = typer.Option(1.0, "--C", help="Inverse L2 strength of the linear probe (standardised features)."),
+    cv: bool = typer.Option(False, "--cv", help="Choose C by inner 5-fold cross-validation instead."),
+    baseline: bool = typer.Option(False, "--baseline", help="Add metadata-only baselines (raw/) and a label-leakage audit."),
+    pseudo: Optional[str] = typer.Option(None, "--pseudo", help="Use pseudo lesion/patient features of slimp extrapolate (ilp, il or ii)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write ROC and confusion-matrix PNGs into this folder."),
+    task: str = typer.Option("classification", "--task", help="classification (derm7pt-multilabel is not implemented)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (kNN search)."),
+) -> None:
+    """Linear probe and kNN classification on frozen features (mean±std over seeds)."""
+    with _user_errors():
+        from ..eval.probe import run_probe
+
+        if task != "classification":
+            raise SlimpError(f"--task {task}: not implemented (only classification)")
+        report = run_probe(
+            store, label=label, features=_csv(features) or None,
+            methods=_csv(method), split=split, seeds=_numbers(seeds, "--seeds", int),
+            low_shot_fractions=_numbers(low_shot, "--low-shot", float), k=k, temperature=knn_temperature,
+            C=c, cv=cv, baseline=baseline, pseudo=pseudo, device=device, plots_dir=plots)
+        _warn(report["warnings"])
+        names = ["accuracy", "balanced_accuracy", "f1", "auc"] + (
+            ["f1_weighted"] if label == "multiclass" else [])
+        table = Table(title=f"{store.name}: {label} classification")
+        for col in ["method", "split", "features", "low-shot", *names]:
+            table.add_column(col, justify="right" if col in names else "left")
+        for r in report["results"]:
+            table.add_row(r["method"], r["split"], "+".join(r["features"]) + (f" ({r['pseudo']})" if r.get("pseudo") else ""),
+                          "-" if r["low_shot"] is None else f"{r['low_shot']:g}",
+                          *[_fmt(r["metrics"].get(m, {})) for m in names])
+        out_console.print(table)
+        _write_json(json_path, report)
+
+
+def retrieve_cmd(
+    store: Path = typer.Argument(..., help="Feature store (HDF5) with image and lesion features."),
+    split: Optional[str] = typer.Option(None, "--split", help="Evaluate on the 10% held-out part of a random or patient split (default: whole store)."),
+    seed: int = typer.Option(0, "--seed", help="Split seed and seed of the non-matching pair sample."),
+    negatives: int = typer.Option(100_000, "--negatives", help="Random non-matching pairs for the similarity percentiles."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write the similarity histogram PNG into this folder."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    chunk_size: int = typer.Option(4096, "--chunk-size", help="Queries per similarity block (memory bound)."),
+) -> None:
+    """Image <-> metadata retrieval: R@k, NDCG@k, mAP and similarity percentiles."""
+    with _user_errors():
+        from ..eval.retrieval import run_retrieval
+
+        if chunk_size < 1 or negatives < 1:
+            raise SlimpError("--chunk-size and --negatives must be at least 1")
+        report = run_retrieval(store, split=split, seed=seed, n_negative=negatives, device=device,
+                               chunk_size=chunk_size, plots_dir=plots)
+        _warn(report["warnings"])
+        tasks = [t for t in ("image_to_lesion", "lesion_to_image", "image_to_patient", "patient_to_image") if t in report]
+        metrics = list(report["image_to_lesion"])
+        table = Table(title=f"{store.name}: retrieval over {report['n_queries']} lesions")
+        table.add_column("task")
+        for m in metrics:
+            table.add_column(m, justify="right")
+        for t in tasks:
+            table.add_row(t, *[f"{report[t][m]:.3f}" for m in metrics])
+        out_console.print(table)
+        pct = Table(title="cosine similarity percentiles (image vs lesion metadata)")
+        pct.add_column("pairs")
+        qs = list(report["similarity_percentiles"]["matching"])
+        for q in qs:
+            pct.add_column(f"{q}%", justify="right")
+        for name, vals in report["similarity_percentiles"].items():
+            pct.add_row(name, *[f"{vals[q]:.3f}" for q in qs])
+        out_console.print(pct)
+        _write_json(json_path, report)
+
+
+def extrapolate_cmd(
+    reference: Path = typer.Argument(..., help="Reference store (image, lesion, patient features + phenotype layer)."),
+    target: Path = typer.Argument(..., help="Target store with image features (slimp embed --image-only); pseudo/ is added to it."),
+    strategy: str = typer.Option("ilp", "--strategy", help="ilp (image->lesion->patient, the paper's), il or ii."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    chunk_size: int = typer.Option(4096, "--chunk-size", help="Target images per similarity block (memory bound)."),
+) -> None:
+    """Add pseudo lesion/patient metadata features to an image-only store by retrieval."""
+    with _user_errors():
+        from ..eval.extrapolate import extrapolate
+
+        if chunk_size < 1:
+            raise SlimpError("--chunk-size must be at least 1")
+        summary = extrapolate(reference, target, strategy=strategy, device=device, chunk_size=chunk_size)
+        _warn(summary["warnings"])
+        med = summary["similarity"]["50"]
+        out_console.print(f"wrote pseudo/{strategy} ({', '.join(summary['levels'])}) for {summary['n']} lesions "
+                          f"into {target}; median retrieval similarity {med:.3f}", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add probe, retrieve and extrapolate to a Typer app."""
+    app.command("probe")(probe_cmd)
+    app.command("retrieve")(retrieve_cmd)
+    app.command("extrapolate")(extrapolate_cmd)

@@ -1,0 +1,106 @@
+"""Configuration dataclasses: everything needed to rebuild a model, with a comment per field.
+
+`ModelConfig.to_dict()` goes into a run dir's `config.json`; `ModelConfig.from_dict()` rebuilds it
+(unknown keys are an error, missing keys take the defaults, so old configs stay loadable).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import SlimpError
+
+VARIANTS = ("nested", "flat", "image")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The architecture of a SLIMP model (not the training recipe).
+
+    Examples:
+        >>> cfg = ModelConfig(image_model="vit_tiny_patch16_224", img_size=224)
+        >>> ModelConfig.from_dict(cfg.to_dict()) == cfg
+        True
+    """
+
+    # "nested" (SLIMP: inner lesion loss + outer patient loss), "flat" (one image<->metadata
+    # InfoNCE over concatenated patient+lesion metadata) or "image" (SimCLR baseline).
+    variant: str = "nested"
+    # timm model name (a ViT: vit_tiny/small/base_patch16_224, ...) or a local test model
+    # (`vit_test`); the paper's default is ViT-Small. Never downloaded: pretrained=False.
+    image_model: str = "vit_small_patch16_224"
+    # Input image side in pixels; must be a multiple of the ViT patch size.
+    img_size: int = 224
+    # Optional local weights file (torch state dict or .safetensors) for the image encoder; only
+    # read when the model is first built (a checkpoint holds the weights afterwards).
+    image_weights: str | None = None
+    # Shared embedding dimension D of w, h, z and x. None = the image encoder's width: the paper
+    # defines D as "the dimensionality of the image embedding" (384 for ViT-Small).
+    embed_dim: int | None = None
+    # TRACE token dimension d. None = the image encoder's width: the paper's parameter counts
+    # (Table 9: +3M/+12M/+50M over ViT-T/S/B) grow with the square of the ViT width, which is
+    # what a TRACE encoder whose d follows the ViT width gives.
+    tab_dim: int | None = None
+    # TRACE transformer layers, attention heads, FFN width multiple and dropout (TRACE defaults:
+    # 1 layer, 2 heads, FFN 4d; dropout 0 because the contrastive pre-training data is large).
+    tab_layers: int = 1
+    tab_heads: int = 2
+    tab_ffn_mult: int = 4
+    tab_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise SlimpError(
+                f"unknown variant '{self.variant}'; choose one of {', '.join(VARIANTS)}"
+            )
+        if not isinstance(self.image_model, str) or not self.image_model:
+            raise SlimpError(
+                "image_model must be a non-empty model name, e.g. vit_small_patch16_224"
+            )
+        _positive_int("img_size", self.img_size)
+        if self.image_weights is not None and not isinstance(self.image_weights, str):
+            raise SlimpError(
+                f"image_weights must be a file path or null, got {self.image_weights!r}"
+            )
+        for name in ("embed_dim", "tab_dim"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        for name in ("tab_layers", "tab_heads", "tab_ffn_mult"):
+            _positive_int(name, getattr(self, name))
+        if isinstance(self.tab_dropout, bool) or not isinstance(self.tab_dropout, (int, float)):
+            raise SlimpError(f"tab_dropout must be a number in [0, 1), got {self.tab_dropout!r}")
+        if not 0.0 <= self.tab_dropout < 1.0:
+            raise SlimpError(f"tab_dropout must be in [0, 1), got {self.tab_dropout}")
+        if self.tab_dim is not None and self.tab_dim % self.tab_heads:
+            raise SlimpError(
+                f"tab_dim ({self.tab_dim}) must be divisible by tab_heads ({self.tab_heads})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of all fields."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        """Inverse of `to_dict`; unknown keys raise SlimpError, missing keys take defaults."""
+        if not isinstance(d, dict):
+            raise SlimpError(f"model config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SlimpError(
+                f"unknown model config key(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SlimpError(f"{name} must be a positive integer, got {value!r}")

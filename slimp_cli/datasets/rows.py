@@ -1,0 +1,280 @@
+"""From a SourceTable and its dataset schema to typed lesion entries (one per image).
+
+Checks roles and columns, types feature cells, maps labels, removes duplicates and finds
+image files. Every row that cannot be used becomes a `Skip`; every cell that cannot be typed
+becomes missing plus a `Warning`. Nothing here decodes images (that is the pool's job).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import SlimpError
+from .base import SourceTable
+from .images import ImageRef
+from .values import Unparseable, is_missing, parse_category, parse_cell
+
+
+@dataclass(kw_only=True)
+class Log:
+    """Skipped rows and warnings, recorded in manifest.json."""
+
+    skipped: list[dict] = field(default_factory=list)
+    warnings: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def skip(self, *, row: int, id: str, file: str, reason: str, kind: str) -> None:
+        self.skipped.append({"row": row, "id": id, "file": file, "reason": reason, "kind": kind})
+
+    def warn(self, *, row: int, column: str, value: str, message: str, kind: str = "unparseable") -> None:
+        self.warnings.append({"row": row, "column": column, "value": value, "message": message, "kind": kind})
+
+
+@dataclass(kw_only=True)
+class Entry:
+    """One image of one lesion, typed and located."""
+
+    row: int  # 1-based data-row number in the source table
+    patient_id: str
+    lesion_id: str
+    image_id: str
+    ref: ImageRef
+    label: str | None
+    malignant: int  # 1, 0 or -1 (unknown)
+    patient_fields: dict
+    lesion_fields: dict
+
+
+def label_lookup(schema: dict):
+    """raw label cell -> class name (label_map applied; keys matched exactly, then loosely)."""
+    mapping = {str(k): str(v) for k, v in (schema.get("label_map") or {}).items()}
+    loose = {k.strip().lower(): v for k, v in mapping.items()}
+
+    def lookup(cell: str) -> tuple[str | None, bool]:
+        """(class or None when missing, whether a label_map was given and did not know it)."""
+        if is_missing(cell):
+            return None, False
+        text = cell.strip()
+        if not mapping:
+            return text, False
+        for key in (text, text.lower(), parse_category(text) or ""):
+            if key in mapping:
+                return mapping[key], False
+            if key.lower() in loose:
+                return loose[key.lower()], False
+        return text, True
+
+    return lookup
+
+
+def malignancy(schema: dict):
+    """class -> 1 (malignant), 0 (benign) or -1 (unknown: no label, or outside a given benign list)."""
+    exact = {str(v) for v in schema.get("malignant", [])}
+    contains = [str(s).lower() for s in schema.get("malignant_contains", [])]
+    benign = {str(v) for v in schema["benign"]} if schema.get("benign") else None
+
+    def classify(label: str | None) -> int:
+        if label is None:
+            return -1
+        if label in exact or any(s in label.lower() for s in contains):
+            return 1
+        if benign is not None and label not in benign:
+            return -1
+        return 0
+
+    return classify
+
+
+def present_features(schema: dict, columns: list[str], table: Path, log: Log) -> tuple[list[dict], list[dict], list[dict]]:
+    """Patient and lesion features whose columns exist; missing required ones are an error.
+
+    Returns (patient features, lesion features, dropped optional features with a reason).
+    """
+    kept: dict[str, list[dict]] = {"patient_features": [], "lesion_features": []}
+    dropped: list[dict] = []
+    for level in kept:
+        for feature in schema.get(level, []):
+            if feature["name"] in columns:
+                kept[level].append(feature)
+            elif feature.get("optional"):
+                dropped.append({"name": feature["name"], "reason": "optional column absent from the table"})
+            else:
+                raise SlimpError(
+                    f"{table}: missing required column '{feature['name']}' ({level.split('_')[0]} feature); "
+                    "mark it optional in the schema or fix the table"
+                )
+    if dropped:
+        log.notes.append("optional columns absent: " + ", ".join(d["name"] for d in dropped))
+    return kept["patient_features"], kept["lesion_features"], dropped
+
+
+def check_roles(schema: dict, columns: list[str], table: Path, log: Log) -> dict:
+    """Role columns actually used; missing image or patient id columns are an error."""
+    roles = {}
+    for role in ("image", "patient_id"):
+        column = schema.get(role)
+        if column is not None and column not in columns:
+            raise SlimpError(f"{table}: missing required column '{column}' ({role}); columns are: {', '.join(columns)}")
+        roles[role] = column
+    lesion = schema.get("lesion_id")
+    if lesion is not None and lesion not in columns:
+        log.notes.append(f"lesion id column '{lesion}' absent: each image is its own lesion")
+        lesion = None
+    roles["lesion_id"] = lesion
+    label = schema.get("label")
+    if label is not None and label not in columns:
+        log.notes.append(f"label column '{label}' absent: the data is unlabelled (malignant = -1)")
+        label = None
+    roles["label"] = label
+    return roles
+
+
+def type_column(values: list[str], kind: str, column: str, rows: list[int], log: Log) -> list:
+    """Typed values of one column; unparseable cells -> None + a warning naming row and value."""
+    cache: dict[str, object] = {}
+    out = []
+    for cell, row in zip(values, rows):
+        if cell not in cache:
+            try:
+                cache[cell] = parse_cell(cell, kind)
+            except Unparseable:
+                cache[cell] = Unparseable
+        value = cache[cell]
+        if value is Unparseable:
+            expected = "a number" if kind == "numerical" else "true/false"
+            log.warn(row=row, column=column, value=cell, message=f"not {expected}; set to missing")
+            value = None
+        out.append(value)
+    return out
+
+
+def build_entries(table: SourceTable, schema: dict, log: Log) -> tuple[list[Entry], dict]:
+    """Typed, deduplicated, located entries + what was resolved about the columns.
+
+    Returns (entries, info) where info holds the used roles, the present features, the
+    dropped optional features and the extra image columns.
+    """
+    frame, path = table.frame, table.path
+    columns = list(frame.columns)
+    if len(frame) == 0:
+        raise SlimpError(f"{path}: the table has no data rows")
+    roles = check_roles(schema, columns, path, log)
+    patient_features, lesion_features, dropped = present_features(schema, columns, path, log)
+    extra_columns = [c for c in schema.get("extra_images", []) if c in columns]
+    known = {v for v in roles.values() if v} | {f["name"] for f in patient_features + lesion_features}
+    known |= {e["name"] for e in schema.get("excluded", [])} | set(extra_columns)
+    unlisted = [c for c in columns if c not in known]
+    if unlisted:
+        log.notes.append("columns not in the schema, ignored: " + ", ".join(unlisted))
+
+    rows = table.rows
+    typed = {f["name"]: type_column(frame[f["name"]].tolist(), f["type"], f["name"], rows, log)
+             for f in patient_features + lesion_features}
+    to_label, classify = label_lookup(schema), malignancy(schema)
+    unmapped: dict[str, int] = {}
+    images = frame[roles["image"]].tolist()
+    patients = frame[roles["patient_id"]].tolist() if roles["patient_id"] else None
+    lesions = frame[roles["lesion_id"]].tolist() if roles["lesion_id"] else None
+    labels = frame[roles["label"]].tolist() if roles["label"] else None
+
+    per_patient = schema.get("lesion_id_scope", "dataset") == "patient"
+    entries: list[Entry] = []
+    seen_image: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        image_id = images[i].strip()
+        if not image_id:
+            log.skip(row=row, id="", file="", reason=f"empty image reference ('{roles['image']}')", kind="empty_id")
+            continue
+        lesion_id = (lesions[i].strip() if lesions else "") or image_id
+        patient_id = patients[i].strip() if patients else lesion_id
+        if not patient_id:
+            log.skip(row=row, id=image_id, file="", reason=f"empty patient id ('{roles['patient_id']}')", kind="empty_id")
+            continue
+        if per_patient and patients:
+            lesion_id = f"{patient_id}/{lesion_id}"  # unique across the dataset from here on
+        if image_id in seen_image:
+            log.skip(row=row, id=image_id, file="", kind="duplicate_image",
+                     reason=f"duplicate image reference (first at row {seen_image[image_id]})")
+            continue
+        seen_image[image_id] = row
+        label, unknown = to_label(labels[i]) if labels else (None, False)
+        if unknown:
+            unmapped[label] = unmapped.get(label, 0) + 1
+        entry = Entry(
+            row=row, patient_id=patient_id, lesion_id=lesion_id, image_id=image_id, ref=ImageRef(""),
+            label=label, malignant=classify(label),
+            patient_fields={f["name"]: typed[f["name"]][i] for f in patient_features},
+            lesion_fields={f["name"]: typed[f["name"]][i] for f in lesion_features},
+        )
+        entries.append(entry)
+        for column in extra_columns:
+            extra = frame[column].iat[i].strip()
+            if extra and not is_missing(extra):
+                entries.append(Entry(**{**entry.__dict__, "image_id": extra, "ref": ImageRef(f"\0{column}")}))
+    if unmapped:
+        log.notes.append("label values not in label_map, kept as is: "
+                         + ", ".join(f"{k} ({v} rows)" for k, v in sorted(unmapped.items())))
+    entries = _drop_lesion_conflicts(entries, log) if patients else entries
+    entries = _locate(entries, table, roles["image"], log)
+    info = {"roles": roles, "patient_features": patient_features, "lesion_features": lesion_features,
+            "dropped": dropped, "extra_images": extra_columns}
+    return entries, info
+
+
+def _drop_lesion_conflicts(entries: list[Entry], log: Log) -> list[Entry]:
+    """A lesion id under two patients: we cannot tell which is right, so all its rows go."""
+    owners: dict[str, set[str]] = {}
+    for e in entries:
+        owners.setdefault(e.lesion_id, set()).add(e.patient_id)
+    bad = {lesion: sorted(p) for lesion, p in owners.items() if len(p) > 1}
+    if not bad:
+        return entries
+    kept = []
+    for e in entries:
+        if e.lesion_id in bad:
+            log.skip(row=e.row, id=e.image_id, file="", kind="lesion_conflict",
+                     reason=f"lesion id '{e.lesion_id}' appears under several patients ({', '.join(bad[e.lesion_id])})")
+        else:
+            kept.append(e)
+    return kept
+
+
+def _locate(entries: list[Entry], table: SourceTable, image_column: str, log: Log) -> list[Entry]:
+    """Find each image; a missing main image skips the row, a missing extra image is noted."""
+    located, seen_file = [], {}
+    skipped_rows: set[int] = set()
+    missing_extra: dict[str, int] = {}
+    same_file: dict[str, int] = {}
+    for e in entries:
+        extra = e.ref.path.startswith("\0")
+        column = e.ref.path[1:] if extra else image_column
+        if extra and e.row in skipped_rows:
+            continue
+        ref = table.locate(column, e.image_id)
+        if ref is None:
+            if extra:
+                missing_extra[column] = missing_extra.get(column, 0) + 1
+            else:
+                skipped_rows.add(e.row)
+                log.skip(row=e.row, id=e.image_id, file=e.image_id, kind="missing_image",
+                         reason=f"image file not found for '{e.image_id}' under {table.path.parent}")
+            continue
+        key = ref.display()
+        if extra and seen_file.get(key) == e.row:  # the release names the main image twice
+            same_file[column] = same_file.get(column, 0) + 1
+            continue
+        if key in seen_file:
+            if not extra:
+                skipped_rows.add(e.row)
+            log.skip(row=e.row, id=e.image_id, file=key, kind="duplicate_image",
+                     reason=f"same image file as row {seen_file[key]}")
+            continue
+        seen_file[key] = e.row
+        e.ref = ref
+        located.append(e)
+    for column, n in missing_extra.items():
+        log.notes.append(f"{n} optional '{column}' images not found; those lesions keep their main image only")
+    for column, n in same_file.items():
+        log.notes.append(f"{n} optional '{column}' images are the row's main image file; not added twice")
+    return located

@@ -1,0 +1,153 @@
+"""Metrics: classification (scikit-learn), rank-based retrieval, aggregation over seeds.
+
+All values are fractions in [0, 1] (the paper prints Acc/BA/R@k as percentages).
+Undefined values (AUC with a single class in the test split) are NaN and come with a warning;
+`summarize` averages over the seeds where the value is defined and JSON writes NaN as null.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings as pywarnings
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+
+from slimp_cli.eval import WarningLog
+
+RETRIEVAL_KS = (1, 5, 10, 15, 20, 100)
+PERCENTILES = (2, 10, 25, 50, 75, 90, 98)
+
+
+def classification_metrics(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    *,
+    task: str,
+    class_names: Sequence[str] | None = None,
+    warnings: WarningLog | None = None,
+) -> dict[str, float]:
+    """Metrics of predicted class probabilities.
+
+    Shape: y_true [n] ints in 0..C-1; proba [n, C] (columns = all classes of the task, a class
+    the classifier never saw has a zero column). Prediction = argmax of proba.
+    binary (C = 2, positive class 1): accuracy, balanced_accuracy, f1, auc.
+    multiclass: accuracy, balanced_accuracy, f1 (= f1_macro, so every result has an "f1"),
+    f1_macro, f1_weighted, auc (one-vs-rest, macro over the classes present in y_true).
+    """
+    with pywarnings.catch_warnings():
+        # sklearn's UserWarnings (class in y_pred not in y_true, ...) are noise here: the
+        # cases that matter are reported through `warnings` below.
+        pywarnings.simplefilter("ignore", UserWarning)
+        return _classification_metrics(y_true, proba, task=task, class_names=class_names, warnings=warnings)
+
+
+def _classification_metrics(y_true, proba, *, task, class_names, warnings) -> dict[str, float]:
+    y_true = np.asarray(y_true)
+    proba = np.asarray(proba, dtype=np.float64)
+    y_pred = proba.argmax(axis=1)
+    out = {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+    }
+    if task == "binary":
+        out["f1"] = float(f1_score(y_true, y_pred, pos_label=1, average="binary", zero_division=0))
+        out["auc"] = _binary_auc(y_true == 1, proba[:, 1], "auc", warnings)
+    elif task == "multiclass":
+        labels = np.arange(proba.shape[1])
+        out["f1_macro"] = float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+        out["f1"] = out["f1_macro"]
+        out["f1_weighted"] = float(f1_score(y_true, y_pred, average="weighted", zero_division=0))
+        out["auc"] = ovr_auc(y_true, proba, labels=labels, class_names=class_names, warnings=warnings)
+    else:
+        raise ValueError(f"unknown task {task!r}")
+    return out
+
+
+def ovr_auc(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    *,
+    labels: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    warnings: WarningLog | None = None,
+) -> float:
+    """One-vs-rest ROC AUC, macro average over the classes present in y_true.
+
+    Equals sklearn's roc_auc_score(multi_class="ovr", average="macro") when every class is
+    present; sklearn refuses a test split missing a class, so absent classes are skipped here
+    (with a warning) rather than failing the whole evaluation.
+    """
+    present = [c for c in labels if np.any(y_true == c)]
+    absent = [c for c in labels if c not in present]
+    if absent and warnings is not None:
+        names = [class_names[c] if class_names else str(c) for c in absent]
+        warnings.add(f"class(es) {', '.join(names)} absent from the test split: AUC averaged over the {len(present)} present classes")
+    if len(present) < 2:
+        if warnings is not None:
+            warnings.add("test split holds a single class: AUC undefined (reported as null)")
+        return math.nan
+    return float(np.mean([roc_auc_score(y_true == c, proba[:, c]) for c in present]))
+
+
+def _binary_auc(y_bool: np.ndarray, score: np.ndarray, what: str, warnings: WarningLog | None) -> float:
+    if y_bool.all() or not y_bool.any():
+        if warnings is not None:
+            warnings.add(f"test split holds a single class: {what} undefined (reported as null)")
+        return math.nan
+    return float(roc_auc_score(y_bool, score))
+
+
+def summarize(runs: Iterable[Mapping[str, float]]) -> dict[str, dict[str, float | None]]:
+    """Mean and population std (ddof=0, so one seed gives std 0) per metric over seeds.
+
+    NaN runs are ignored; a metric NaN in every run is {"mean": None, "std": None}.
+    """
+    runs = list(runs)
+    out: dict[str, dict[str, float | None]] = {}
+    for key in runs[0] if runs else []:
+        vals = np.array([r[key] for r in runs], dtype=np.float64)
+        vals = vals[~np.isnan(vals)]
+        out[key] = ({"mean": float(vals.mean()), "std": float(vals.std())} if len(vals)
+                    else {"mean": None, "std": None})
+    return out
+
+
+def rank_metrics(ranks: np.ndarray, *, ks: Sequence[int] = RETRIEVAL_KS) -> dict[str, float]:
+    """Retrieval metrics from the 1-based rank of the (single) relevant item of each query.
+
+    R@k = mean(rank <= k); NDCG@k = mean(1/log2(rank + 1) if rank <= k else 0) (one relevant
+    item, so the ideal DCG is 1); mAP = mean(1/rank) (average precision of a single relevant
+    item is its precision at its rank, 1/rank).
+    """
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if ranks.size == 0 or np.any(ranks < 1):
+        raise ValueError("ranks must be non-empty and 1-based")
+    gain = 1.0 / np.log2(ranks + 1.0)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"R@{k}"] = float(np.mean(ranks <= k))
+    for k in ks:
+        out[f"NDCG@{k}"] = float(np.mean(np.where(ranks <= k, gain, 0.0)))
+    out["mAP"] = float(np.mean(1.0 / ranks))
+    return out
+
+
+def percentiles(values: np.ndarray, *, qs: Sequence[int] = PERCENTILES) -> dict[str, float]:
+    """{"2": p2, "10": p10, ...} of a 1-D array (numpy's linear interpolation)."""
+    values = np.asarray(values, dtype=np.float64)
+    return {str(q): float(v) for q, v in zip(qs, np.percentile(values, qs))}
+
+
+def json_safe(obj):
+    """Replace NaN/inf floats by None recursively (strict JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -1,0 +1,257 @@
+"""Linear probe and kNN on a feature store (paper Sec. 3.3, 4.3, Tables 2, 6, 16, 18, 19).
+
+`run_probe(store_path, ...)` returns the `probe --json` report of DESIGN.md::
+
+    {"results": [{"method", "split", "features", "label", "low_shot", "seeds", "metrics":
+                  {"accuracy": {"mean", "std"}, ...}, "pseudo", "params"}, ...],
+     "warnings": [...]}
+
+Protocol. For each seed: one split (random: stratified lesion-level 90/10; patient:
+patient-disjoint ~90/10); for the full training part (low_shot null) and each low-shot fraction
+(stratified subset of the training rows); each method is fit on the training rows and scored on
+the held-out rows. Metrics are averaged over seeds (mean, population std).
+- linear: StandardScaler + multinomial LogisticRegression (lbfgs, L2). Default C = 1.0
+  (sklearn's default: weak regularisation on standardised features, close to the paper's plain
+  cross-entropy probe); `cv=True` picks C from CV_CS by 5-fold (or fewer) stratified inner
+  cross-validation on the training rows, scored by balanced accuracy.
+- knn: cosine kNN, k = 20, votes exp(sim / 0.07) (see eval/knn.py). Each feature level is L2
+  normalised before concatenation so image, lesion and patient weigh equally in the cosine.
+Features: any subset of image, lesion, patient (Table 6); with `pseudo="ilp"` (or il/ii) the
+lesion and patient levels come from `pseudo/<strategy>/` written by `slimp extrapolate`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings as pywarnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from slimp_cli.errors import SlimpError
+from slimp_cli.eval import WarningLog
+from slimp_cli.eval.baseline import BASELINES, leakage_audit, make_baseline, raw_metadata
+from slimp_cli.eval.knn import knn_proba
+from slimp_cli.eval.metrics import classification_metrics, json_safe, summarize
+from slimp_cli.eval.search import normalize
+from slimp_cli.eval.splits import check_fractions, low_shot, make_split
+from slimp_cli.store import LEVELS, PSEUDO_STRATEGIES, FeatureStore
+
+METHODS = ("linear", "knn")
+LABELS = ("binary", "multiclass")
+DEFAULT_C = 1.0
+CV_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+MAX_ITER = 2000
+
+
+def load_probe_data(
+    store: FeatureStore,
+    *,
+    label: str,
+    features: Sequence[str] | None,
+    pseudo: str | None,
+    warnings: WarningLog,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """Feature blocks, labels and groups of the usable rows.
+
+    Returns (blocks {level: [n, D]}, y [n] in 0..C-1, patient ids [n], class names [C],
+    rows [n] (indices into the store)).
+    """
+    if label not in LABELS:
+        raise SlimpError(f"--label {label!r}: choose binary or multiclass")
+    available = list(store.feature_names)
+    pseudo_arrays: dict[str, np.ndarray] = {}
+    if pseudo is not None:
+        if pseudo not in PSEUDO_STRATEGIES:
+            raise SlimpError(f"--pseudo {pseudo!r}: choose one of {', '.join(PSEUDO_STRATEGIES)}")
+        pseudo_arrays = store.pseudo(pseudo)
+        available = [k for k in LEVELS if (k == "image" and "image" in store.feature_names) or
+                     (k != "image" and k in pseudo_arrays)]
+    names = list(features) if features else available
+    for name in names:
+        if name not in LEVELS:
+            raise SlimpError(f"--features: unknown level {name!r}; choose from image, lesion, patient")
+        if name not in available:
+            where = f"pseudo/{pseudo}" if pseudo and name != "image" else "features"
+            raise SlimpError(f"--features {name}: {store.path} has no {where}/{name} "
+                             f"(available: {', '.join(available) or 'none'})")
+    if not names:
+        raise SlimpError(f"{store.path} holds no features to probe")
+    names = list(dict.fromkeys(names))
+
+    if label == "binary":
+        y_all, class_names = store.malignant.astype(np.int64), ["benign", "malignant"]
+        unknown_what = "unknown malignancy (malignant=-1)"
+    else:
+        y_all, class_names = store.label, list(store.classes)
+        unknown_what = "unknown label (label=-1)"
+    rows = np.flatnonzero(y_all >= 0)
+    if len(rows) < len(y_all):
+        warnings.add(f"{len(y_all) - len(rows)} of {len(y_all)} rows have {unknown_what}: dropped")
+    present = np.unique(y_all[rows])
+    if len(present) < 2:
+        raise SlimpError(f"--label {label}: {store.path} has a single class among labelled rows; nothing to classify")
+    if label == "multiclass":
+        # keep only classes that occur, so no empty class distorts macro averages
+        y = np.searchsorted(present, y_all[rows])
+        class_names = [class_names[c] if c < len(class_names) else str(c) for c in present]
+    else:
+        y = y_all[rows]
+    blocks = {}
+    for name in names:
+        data = pseudo_arrays[name] if (pseudo and name != "image") else store.block(name)
+        blocks[name] = np.asarray(data, dtype=np.float32)[rows]
+    return blocks, y, store.patient_id[rows], class_names, rows
+
+
+def linear_proba(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    *,
+    n_classes: int,
+    C: float = DEFAULT_C,
+    cv: bool = False,
+    seed: int = 0,
+    warnings: WarningLog | None = None,
+) -> tuple[np.ndarray, float]:
+    """Fit the linear probe, return (proba [m, n_classes], C used)."""
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=MAX_ITER))
+    if cv:
+        counts = np.bincount(y_train)
+        folds = min(5, int(counts[counts > 0].min()))
+        if folds >= 2:
+            model = GridSearchCV(model, {"logisticregression__C": list(CV_CS)}, scoring="balanced_accuracy",
+                                 cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed))
+        elif warnings is not None:
+            warnings.add(f"--cv: a class has fewer than 2 training samples; using C={C}")
+    with pywarnings.catch_warnings(record=True) as caught:
+        pywarnings.simplefilter("always", ConvergenceWarning)
+        model.fit(x_train, y_train)
+    if warnings is not None and any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        warnings.add(f"linear probe: lbfgs did not fully converge in {MAX_ITER} iterations (try --cv for stronger regularisation)")
+    used_c = model.best_params_["logisticregression__C"] if isinstance(model, GridSearchCV) else C
+    return _full_proba(model.predict_proba(x_test), model.classes_, n_classes), float(used_c)
+
+
+def _full_proba(proba: np.ndarray, seen: np.ndarray, n_classes: int) -> np.ndarray:
+    """Spread a model's proba over all classes (a class absent from training gets 0)."""
+    out = np.zeros((len(proba), n_classes))
+    out[:, np.asarray(seen, dtype=int)] = proba
+    return out
+
+
+def run_probe(
+    store_path: str | os.PathLike,
+    *,
+    label: str = "binary",
+    features: Sequence[str] | None = None,
+    methods: Sequence[str] = METHODS,
+    split: str = "random",
+    seeds: Sequence[int] = (0, 1, 2),
+    low_shot_fractions: Sequence[float] = (),
+    k: int = 20,
+    temperature: float = 0.07,
+    C: float = DEFAULT_C,
+    cv: bool = False,
+    baseline: bool = False,
+    pseudo: str | None = None,
+    test_size: float = 0.1,
+    device: str = "auto",
+    plots_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Evaluate a store; returns the `probe --json` dict (NaN metrics as None)."""
+    warnings = WarningLog()
+    for m in methods:
+        if m not in METHODS:
+            raise SlimpError(f"--method {m!r}: choose from {', '.join(METHODS)}")
+    if not methods and not baseline:
+        raise SlimpError("--method: nothing to evaluate")
+    if k < 1:
+        raise SlimpError(f"--k {k}: must be at least 1")
+    if not seeds:
+        raise SlimpError("--seeds: give at least one seed")
+    fractions: list[float | None] = [None, *check_fractions(low_shot_fractions)]
+    with FeatureStore.open(store_path) as store:
+        blocks, y, groups, class_names, rows = load_probe_data(
+            store, label=label, features=features, pseudo=pseudo, warnings=warnings)
+        raw = raw_metadata(store) if baseline else None
+    names = list(blocks)
+    task = "binary" if label == "binary" else "multiclass"
+    n_classes = len(class_names)
+    x_linear = np.concatenate([blocks[n] for n in names], axis=1)
+    x_knn = np.concatenate([normalize(blocks[n]) for n in names], axis=1)
+    models = list(methods)
+    x_raw = None
+    if baseline:
+        if raw is None:
+            warnings.add(f"--baseline: {store_path} has no raw/ metadata; baselines skipped")
+        else:
+            x_raw = raw[0][rows]
+            leakage_audit(x_raw, raw[2], y, seed=int(seeds[0]), warnings=warnings)
+            models += list(BASELINES)
+
+    runs: dict[tuple[str, float | None], list[dict]] = {}
+    used_c: list[float] = []
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # first seed, full data: for plots
+    for seed in seeds:
+        train, test = make_split(split, y, groups, seed=int(seed), test_size=test_size, warnings=warnings)
+        for frac in fractions:
+            tr = train if frac is None else low_shot(train, y, fraction=frac, seed=int(seed))
+            for method in models:
+                if method == "linear":
+                    proba, c = linear_proba(x_linear[tr], y[tr], x_linear[test], n_classes=n_classes,
+                                            C=C, cv=cv, seed=int(seed), warnings=warnings)
+                    used_c.append(c)
+                elif method == "knn":
+                    proba = knn_proba(x_knn[tr], y[tr], x_knn[test], n_classes=n_classes, k=k,
+                                      temperature=temperature, device=device, warnings=warnings)
+                else:
+                    proba = _fit_baseline(method, x_raw, y, tr, test, n_classes=n_classes, seed=int(seed),
+                                          C=C, warnings=warnings)
+                runs.setdefault((method, frac), []).append(classification_metrics(
+                    y[test], proba, task=task, class_names=class_names, warnings=warnings))
+                if frac is None and seed == seeds[0]:
+                    curves[method] = (y[test], proba)
+
+    results = []
+    for frac in fractions:
+        for method in models:
+            params = ({"C": "cv" if cv else C, "C_used": sorted(set(used_c))} if method == "linear" else
+                      {"k": k, "temperature": temperature, "weighting": "exp"} if method == "knn" else {})
+            results.append({
+                "method": method, "split": split,
+                "features": ["raw"] if method in BASELINES else names,
+                "label": label, "low_shot": frac, "seeds": [int(s) for s in seeds],
+                "metrics": summarize(runs[(method, frac)]),
+                "pseudo": None if method in BASELINES else pseudo, "params": params,
+            })
+    if plots_dir is not None:
+        _plots(Path(plots_dir), curves, class_names=class_names, split=split, seed=int(seeds[0]))
+    return json_safe({"results": results, "warnings": list(warnings)})
+
+
+def _fit_baseline(method, x_raw, y, tr, test, *, n_classes, seed, C, warnings) -> np.ndarray:
+    model = make_baseline(method, seed=seed, C=C, max_iter=MAX_ITER)
+    with pywarnings.catch_warnings(record=True) as caught:
+        pywarnings.simplefilter("always", ConvergenceWarning)
+        model.fit(x_raw[tr], y[tr])
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        warnings.add(f"{method}: did not fully converge in {MAX_ITER} iterations")
+    return _full_proba(model.predict_proba(x_raw[test]), model.classes_, n_classes)
+
+
+def _plots(out: Path, curves: dict, *, class_names: list[str], split: str, seed: int) -> None:
+    from slimp_cli import plots  # matplotlib only when figures are asked for
+
+    out.mkdir(parents=True, exist_ok=True)
+    for method, (y_true, proba) in curves.items():
+        title = f"{method}, {split} split, seed {seed}"
+        plots.roc_curves(out / f"roc-{method}.png", y_true, proba, class_names=class_names, title=title)
+        plots.confusion(out / f"confusion-{method}.png", y_true, proba.argmax(1), class_names=class_names, title=title)

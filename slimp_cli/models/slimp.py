@@ -1,0 +1,320 @@
+"""SLIMP model: image encoder + TRACE lesion/patient encoders + phenotype layer (paper Sec. 3.1).
+
+Variants (ModelConfig.variant):
+- `nested`: w = image projection, h = lesion TRACE projection, x = patient TRACE projection
+  (over `schema.patient_all`: patient + derived features such as n_lesions), and the patient's
+  lesion phenotype z_p = Linear(2D, D)(mean over its lesions of concat(w, h)).
+- `flat`: one TRACE encoder (`lesion_encoder`) over concat(patient, lesion) metadata, patient
+  values repeated per lesion; one InfoNCE image <-> metadata.
+- `image`: SimCLR baseline: the image encoder + an MLP projection head on two augmented views.
+
+Which features each tabular encoder reads is fixed at build time and kept on the model:
+`model.lesion_features` (flat: `schema.flat_features`, i.e. patient_all + lesion features, so the
+records given to `encode_tabular` must hold the patient's fields merged into each lesion's) and
+`model.patient_features` (nested only, else None). Encode inputs with exactly these lists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import SlimpError
+from ..schema import ResolvedSchema, TabularBatch, cardinalities, n_numerical
+from .image import create_image_encoder, patch_embedding_parameters
+from .tabular import TraceEncoder
+
+
+def tabular_feature_lists(
+    variant: str, schema: ResolvedSchema | None
+) -> tuple[list[dict] | None, list[dict] | None]:
+    """(lesion-encoder features, patient-encoder features) of `variant` on `schema`.
+
+    None means "no such encoder". Raises SlimpError when the variant cannot be built: `nested`
+    without patient features (the caller, not this function, decides to fall back to `flat`),
+    or a metadata variant on a schema without any feature.
+    """
+    if variant == "image":
+        return None, None
+    if schema is None:
+        raise SlimpError(f"the {variant} variant needs a resolved schema (schema.json)")
+    if variant == "flat":
+        if not schema.flat_features:
+            raise SlimpError(
+                f"dataset '{schema.name}' has no metadata features; use --variant image"
+            )
+        return list(schema.flat_features), None
+    if variant == "nested":
+        if not schema.has_patient_features:
+            raise SlimpError(
+                f"dataset '{schema.name}' has no patient-level features; the nested variant needs "
+                "them (use --variant flat)"
+            )
+        if not schema.lesion_features:
+            raise SlimpError(
+                f"dataset '{schema.name}' has no lesion-level features; the nested variant needs "
+                "them (use --variant flat)"
+            )
+        return list(schema.lesion_features), list(schema.patient_all)
+    raise SlimpError(f"unknown variant '{variant}'; choose one of nested, flat, image")
+
+
+def scatter_to_patients(
+    values: torch.Tensor, patient_index: torch.Tensor, n_patients: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad per-lesion rows into a per-patient grid, in any lesion order.
+
+    A patient's lesions keep their relative order; N = the largest lesion count in the batch.
+
+    Shape:
+        values [L, D], patient_index [L] long in 0..n_patients-1
+        -> padded [n_patients, N, D] (zeros where padded), mask [n_patients, N] bool
+
+    Examples:
+        >>> v = torch.arange(3.0).unsqueeze(1)
+        >>> padded, mask = scatter_to_patients(v, torch.tensor([1, 0, 1]), 2)
+        >>> padded.squeeze(-1).tolist(), mask.tolist()
+        ([[1.0, 0.0], [0.0, 2.0]], [[True, False], [True, True]])
+    """
+    counts = torch.bincount(patient_index, minlength=n_patients)
+    if counts.numel() > n_patients:
+        raise ValueError(f"patient_index has values >= the {n_patients} patients of the batch")
+    n_max = int(counts.max()) if counts.numel() else 0
+    order = torch.argsort(patient_index, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.empty_like(patient_index)
+    sorted_patients = patient_index[order]
+    position[order] = torch.arange(len(order), device=order.device) - starts[sorted_patients]
+    padded = values.new_zeros(n_patients, n_max, *values.shape[1:])
+    padded = padded.index_put((patient_index, position), values)
+    mask = torch.zeros(n_patients, n_max, dtype=torch.bool, device=values.device)
+    mask[patient_index, position] = True
+    return padded, mask
+
+
+class SlimpModel(nn.Module):
+    """The SLIMP model of one variant, built for one resolved schema.
+
+    Prefer `build_model(cfg, schema)`. `config` is the config with `embed_dim`/`tab_dim`
+    resolved (ints), so `ModelConfig.from_dict(model.config.to_dict())` rebuilds the same model.
+
+    Shape (forward): see `forward`. Encoders usable alone:
+        encode_image(images [L, 3, H, W]) -> [L, D]   (image variant: backbone features [L, F])
+        encode_lesion(tab over L lesions) -> [L, D]
+        encode_patient(tab over B patients) -> [B, D]  (nested only)
+        phenotype(w [L, D], h [L, D]) -> [L, D]         (nested only; per-lesion z)
+
+    Examples:
+        >>> cfg = ModelConfig(variant="image", image_model="vit_test", img_size=32)
+        >>> model = build_model(cfg, None)
+        >>> out = model({"images": torch.zeros(2, 3, 32, 32), "images2": torch.zeros(2, 3, 32, 32)})
+        >>> out["view1"].shape
+        torch.Size([2, 64])
+    """
+
+    def __init__(
+        self,
+        *,
+        config: ModelConfig,
+        schema: ResolvedSchema | None,
+        load_image_weights: bool = True,
+    ) -> None:
+        super().__init__()
+        lesion_features, patient_features = tabular_feature_lists(config.variant, schema)
+        weights = config.image_weights if load_image_weights else None
+        self.image_encoder, feature_dim = create_image_encoder(
+            config.image_model, img_size=config.img_size, weights=weights
+        )
+        config = config.replace(
+            embed_dim=config.embed_dim or feature_dim, tab_dim=config.tab_dim or feature_dim
+        )
+        self.config = config
+        self.variant = config.variant
+        self.image_dim = feature_dim
+        self.schema_fingerprint = schema.fingerprint() if schema is not None else None
+        self.lesion_features = lesion_features
+        self.patient_features = patient_features
+        D, d = config.embed_dim, config.tab_dim
+        if self.variant == "image":
+            # SimCLR projection head (Linear -> ReLU -> Linear); dropped at evaluation time.
+            self.projection_head = nn.Sequential(
+                nn.Linear(feature_dim, feature_dim), nn.ReLU(), nn.Linear(feature_dim, D)
+            )
+            return
+        self.image_proj = nn.Linear(feature_dim, D)
+        self.lesion_encoder = self._trace(lesion_features)
+        self.lesion_proj = nn.Linear(d, D)
+        if self.variant == "nested":
+            self.patient_encoder = self._trace(patient_features)
+            self.patient_proj = nn.Linear(d, D)
+            self.phenotype_layer = nn.Linear(2 * D, D)
+
+    def _trace(self, features: list[dict]) -> TraceEncoder:
+        c = self.config
+        return TraceEncoder(
+            cardinalities=cardinalities(features),
+            n_numerical=n_numerical(features),
+            d=c.tab_dim,
+            n_layers=c.tab_layers,
+            n_heads=c.tab_heads,
+            ffn_mult=c.tab_ffn_mult,
+            dropout=c.tab_dropout,
+        )
+
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        """Width of each feature `embed` stores: image (+ lesion, + patient)."""
+        if self.variant == "image":
+            return {"image": self.image_dim}
+        dims = {"image": self.config.embed_dim, "lesion": self.config.embed_dim}
+        if self.variant == "nested":
+            dims["patient"] = self.config.embed_dim
+        return dims
+
+    # -- encoders -------------------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """w = projection of the pooled ViT features; image variant: the pooled features.
+
+        The SimCLR baseline is evaluated on the backbone's features, not its head's (standard
+        SimCLR practice), so `encode_image` skips the projection head there.
+        """
+        features = self.image_encoder(images)
+        return features if self.variant == "image" else self.image_proj(features)
+
+    def encode_lesion(self, tab: TabularBatch) -> torch.Tensor:
+        """h over L lesions (flat: tab encoded with `self.lesion_features` = patient + lesion)."""
+        self._require("lesion_encoder", "lesion metadata")
+        return self.lesion_proj(self.lesion_encoder(*tab))
+
+    def encode_patient(self, tab: TabularBatch) -> torch.Tensor:
+        """x over B patients (tab encoded with `self.patient_features`)."""
+        self._require("patient_encoder", "patient metadata")
+        return self.patient_proj(self.patient_encoder(*tab))
+
+    def phenotype(self, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Per-lesion phenotype Linear(concat(w, h)); averaging it over a patient's lesions gives
+        z_p (the layer is affine, so mean-then-Linear = Linear-then-mean)."""
+        self._require("phenotype_layer", "a phenotype layer")
+        return self.phenotype_layer(torch.cat([w, h], dim=-1))
+
+    def _require(self, name: str, what: str) -> None:
+        if getattr(self, name, None) is None:
+            raise SlimpError(f"this {self.variant} model has no {what} encoder")
+
+    # -- training forward -----------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Outputs keyed by the loss's arguments (`losses.compute_loss(variant, outputs)`).
+
+        Shape:
+            batch: images [L, 3, H, W]; patient_index [L] long (0..B-1, any order);
+                   lesion_tab (TabularBatch, L rows); patient_tab (TabularBatch, B rows);
+                   images2 [L, 3, H, W] (image variant only).
+            nested -> image [B, N, D], lesion [B, N, D], mask [B, N] bool, phenotype [B, D],
+                      patient [B, D]  (N = most lesions of one patient in the batch)
+            flat   -> image [L, D], tabular [L, D]
+            image  -> view1 [L, D], view2 [L, D]
+        """
+        images = batch["images"]
+        if self.variant == "image":
+            both = self.projection_head(self.image_encoder(torch.cat([images, batch["images2"]])))
+            view1, view2 = both.split(images.shape[0])
+            return {"view1": view1, "view2": view2}
+        w = self.encode_image(images)
+        h = self.encode_lesion(batch["lesion_tab"])
+        if self.variant == "flat":
+            return {"image": w, "tabular": h}
+        patient_tab = batch["patient_tab"]
+        x = self.encode_patient(patient_tab)
+        n_patients = x.shape[0]
+        patient_index = batch["patient_index"].to(w.device).long()
+        counts = torch.bincount(patient_index, minlength=n_patients)
+        if counts.numel() != n_patients or bool((counts == 0).any()):
+            raise ValueError(
+                f"patient_index must cover every one of the {n_patients} patients with values "
+                f"in 0..{n_patients - 1}"
+            )
+        wh = torch.cat([w, h.to(w.dtype)], dim=-1)
+        sums = wh.new_zeros(n_patients, wh.shape[-1]).index_add(0, patient_index, wh)
+        z = self.phenotype_layer(sums / counts.unsqueeze(1).to(sums.dtype))
+        image, mask = scatter_to_patients(w, patient_index, n_patients)
+        lesion, _ = scatter_to_patients(h, patient_index, n_patients)
+        return {"image": image, "lesion": lesion, "mask": mask, "phenotype": z, "patient": x}
+
+    # -- continual pre-training -----------------------------------------------------------------
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """What `adapt --tune embeddings` trains (paper App. D): the ViT patch embedding and the
+        TRACE encoders' input embeddings (categorical tables, numerical MLP, CLS token)."""
+        params = list(patch_embedding_parameters(self.image_encoder))
+        for name in ("lesion_encoder", "patient_encoder"):
+            encoder = getattr(self, name, None)
+            if encoder is not None:
+                params += encoder.input_parameters()
+        return params
+
+    def set_trainable(self, tune: str) -> list[nn.Parameter]:
+        """Freeze all but the embeddings (`tune="embeddings"`) or nothing (`"all"`); returns the
+        trainable parameters, for the optimiser."""
+        if tune == "all":
+            self.requires_grad_(True)
+            return list(self.parameters())
+        if tune == "embeddings":
+            self.requires_grad_(False)
+            params = self.embedding_parameters()
+            for p in params:
+                p.requires_grad_(True)
+            return params
+        raise SlimpError(f"unknown --tune '{tune}'; choose embeddings or all")
+
+
+def build_model(
+    cfg: ModelConfig, schema: ResolvedSchema | None, *, load_image_weights: bool = True
+) -> SlimpModel:
+    """Build a SLIMP model of `cfg.variant` for `schema` (None is fine for `image`).
+
+    `load_image_weights=False` skips `cfg.image_weights`: use it when rebuilding a model whose
+    weights come from a slimp checkpoint (the original weights file need not exist any more).
+    Raises SlimpError for an unknown image model, a missing weights file, or a variant the
+    schema cannot feed (nested without patient features: the caller decides whether to fall
+    back to flat).
+    """
+    return SlimpModel(config=cfg, schema=schema, load_image_weights=load_image_weights)
+
+
+def replace_tabular_inputs(model: SlimpModel, new_schema: ResolvedSchema) -> SlimpModel:
+    """Continual pre-training (`adapt`): new tabular input layers for a target schema, in place.
+
+    Kept: the image encoder, the TRACE transformers and CLS tokens, the projections and the
+    phenotype layer (tokens are d-dimensional whatever the columns, so the transformers are
+    shared across schemas). New (freshly initialised): each TRACE encoder's categorical tables
+    and numerical MLP, built for the target's columns.
+
+    - nested model, target with patient features: stays nested (lesion inputs over the target's
+      lesion features, patient inputs over its patient + derived features).
+    - nested model, target without patient features: becomes `flat` (DESIGN.md): the lesion
+      TRACE encoder, with new inputs over the target's lesion features, is the single tabular
+      encoder; the patient encoder and phenotype layer are dropped. `model.config.variant` is
+      updated, so `build_model(model.config, new_schema)` rebuilds the adapted architecture.
+    - flat model: stays flat, new inputs over the target's `flat_features`.
+    Returns the model. Raises SlimpError for image-only models or a target without metadata.
+    """
+    if model.variant == "image":
+        raise SlimpError("an image-only (SimCLR) model has no tabular inputs to adapt")
+    variant = "nested" if model.variant == "nested" and new_schema.has_patient_features else "flat"
+    lesion_features, patient_features = tabular_feature_lists(variant, new_schema)
+    model.lesion_encoder.replace_inputs(
+        cardinalities=cardinalities(lesion_features), n_numerical=n_numerical(lesion_features)
+    )
+    if variant == "nested":
+        model.patient_encoder.replace_inputs(
+            cardinalities=cardinalities(patient_features), n_numerical=n_numerical(patient_features)
+        )
+    elif model.variant == "nested":
+        del model.patient_encoder, model.patient_proj, model.phenotype_layer
+    model.variant = variant
+    model.config = model.config.replace(variant=variant)
+    model.lesion_features, model.patient_features = lesion_features, patient_features
+    model.schema_fingerprint = new_schema.fingerprint()
+    return model

@@ -1,0 +1,84 @@
+"""PNG figures for `probe --plots` and `retrieve --plots` (matplotlib, Agg canvas, no pyplot).
+
+Figures are built on `matplotlib.figure.Figure` directly, so nothing touches a global backend or
+needs a display.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+
+from slimp_cli.errors import SlimpError
+
+
+def _save(fig: Figure, path: Path) -> None:
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as e:
+        raise SlimpError(f"{path}: cannot write figure ({e.strerror})") from None
+
+
+def roc_curves(
+    path: Path, y_true: np.ndarray, proba: np.ndarray, *, class_names: Sequence[str], title: str
+) -> None:
+    """ROC curve of the positive class (2 classes) or one-vs-rest per class present.
+
+    Shape: y_true [n] ints, proba [n, C].
+    """
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.add_subplot()
+    shown = [1] if proba.shape[1] == 2 else list(range(proba.shape[1]))
+    for c in shown:
+        pos = y_true == c
+        if pos.all() or not pos.any():
+            continue  # a class absent from the test split has no curve
+        name = class_names[c] if proba.shape[1] > 2 else f"{class_names[1]} vs {class_names[0]}"
+        RocCurveDisplay.from_predictions(pos, proba[:, c], name=name, ax=ax, plot_chance_level=c == shown[0])
+    ax.set_xlabel("False positive rate")
+    ax.set_ylabel("True positive rate")
+    ax.set_title(f"ROC: {title}")
+    ax.legend(loc="lower right", fontsize="small")
+    _save(fig, path)
+
+
+def confusion(
+    path: Path, y_true: np.ndarray, y_pred: np.ndarray, *, class_names: Sequence[str], title: str
+) -> None:
+    """Confusion matrix (counts). Shape: y_true [n], y_pred [n] ints in 0..C-1."""
+    size = max(4.5, 0.6 * len(class_names) + 2)
+    fig = Figure(figsize=(size, size))
+    ax = fig.add_subplot()
+    ConfusionMatrixDisplay.from_predictions(
+        y_true, y_pred, labels=np.arange(len(class_names)), display_labels=list(class_names),
+        ax=ax, colorbar=False, xticks_rotation=45)
+    ax.set_xlabel("Predicted class")
+    ax.set_ylabel("True class")
+    ax.set_title(f"Confusion matrix: {title}")
+    _save(fig, path)
+
+
+def similarity_histograms(path: Path, distributions: Mapping[str, np.ndarray], *, title: str) -> None:
+    """Overlaid density histograms of cosine similarities with dashed median lines (paper Fig. 3)."""
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.add_subplot()
+    bins = np.linspace(-1, 1, 101)
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    for (name, values), color in zip(distributions.items(), colors):
+        values = np.asarray(values)
+        if values.size == 0:
+            continue
+        ax.hist(values, bins=bins, density=True, alpha=0.45, color=color, label=f"{name} (n={values.size})")
+        ax.axvline(float(np.median(values)), color=color, linestyle="--", linewidth=1.5)
+    ax.set_xlabel("Cosine similarity (image vs metadata)")
+    ax.set_ylabel("Density")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    _save(fig, path)

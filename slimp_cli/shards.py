@@ -1,0 +1,298 @@
+"""Patient-grouped WebDataset shards: writing (ingest) and random-access reading (training).
+
+Layout (DESIGN.md, docs/internals.md): `OUT/shard-%06d.tar`, one sample per patient with
+members `<key>.patient.json`, `<key>.lesions.json`, `<key>.0000.jpg`, ... Plain
+`webdataset.WebDataset(urls)` reads them. Tars are written with `tarfile` and fixed metadata
+(mtime 0, uid/gid 0, no user names, mode 0644) so identical input gives identical bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .errors import SlimpError
+
+SHARD_PATTERN = "shard-{:06d}.tar"
+SHARD_GLOB = "shard-*.tar"
+_KEY_BAD = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def sanitise_key(patient_id: str) -> str:
+    """A WebDataset key for a patient id: only [A-Za-z0-9_-] (dots would split the key)."""
+    key = _KEY_BAD.sub("_", str(patient_id)) or "_"
+    return key
+
+
+def unique_keys(patient_ids: list[str]) -> dict[str, str]:
+    """Map each patient id to a unique sanitised key; collisions get a short hash suffix."""
+    keys = {pid: sanitise_key(pid) for pid in patient_ids}
+    counts: dict[str, int] = {}
+    for key in keys.values():
+        counts[key] = counts.get(key, 0) + 1
+    for pid, key in keys.items():
+        if counts[key] > 1 or key != pid and key in patient_ids:
+            keys[pid] = f"{key}-{hashlib.sha1(pid.encode()).hexdigest()[:8]}"
+    return keys
+
+
+def image_entry_name(j: int, n: int) -> str:
+    """Member suffix of lesion j of n: '0000.jpg' (wider only past 9999 images)."""
+    return f"{j:0{max(4, len(str(n - 1)))}d}.jpg"
+
+
+def _json_bytes(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _member(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def sample_members(key: str, patient: dict, lesions: list[dict], images: list[bytes]) -> list[tuple[str, bytes]]:
+    """The (member name, bytes) of one patient sample, in their fixed order."""
+    members = [(f"{key}.patient.json", _json_bytes(patient)), (f"{key}.lesions.json", _json_bytes(lesions))]
+    members += [(f"{key}.{lesion['image']}", data) for lesion, data in zip(lesions, images)]
+    return members
+
+
+def _tar_size(members: list[tuple[str, bytes]]) -> int:
+    """Bytes the members take in a tar (512-byte header + data padded to 512)."""
+    return sum(512 + (len(data) + 511) // 512 * 512 for _, data in members)
+
+
+@dataclass(kw_only=True)
+class ShardInfo:
+    """One finished shard as recorded in manifest.json."""
+
+    name: str
+    sha256: str
+    bytes: int
+    patients: int
+    images: int
+
+
+class ShardWriter:
+    """Writes samples into size-capped shards under temporary names.
+
+    Nothing is visible under the final names until `commit()`; `abort()` removes everything
+    written so far (used for --strict failures and interrupts).
+    """
+
+    def __init__(self, out_dir: Path, *, max_bytes: int = 10**9, max_patients: int | None = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.max_bytes = max_bytes
+        self.max_patients = max_patients
+        self.done: list[tuple[Path, ShardInfo]] = []
+        self._tar: tarfile.TarFile | None = None
+        self._tmp: Path | None = None
+        self._bytes = self._patients = self._images = 0
+
+    def _tmp_path(self, index: int) -> Path:
+        return self.out_dir / f".{SHARD_PATTERN.format(index)}.tmp-{os.getpid()}"
+
+    def _open(self) -> None:
+        self._tmp = self._tmp_path(len(self.done))
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.GNU_FORMAT)
+        self._bytes = self._patients = self._images = 0
+
+    def _close(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        name = SHARD_PATTERN.format(len(self.done))
+        digest = hashlib.sha256(self._tmp.read_bytes()).hexdigest()
+        info = ShardInfo(name=name, sha256=digest, bytes=self._tmp.stat().st_size,
+                         patients=self._patients, images=self._images)
+        self.done.append((self._tmp, info))
+        self._tar = None
+
+    def write(self, key: str, patient: dict, lesions: list[dict], images: list[bytes]) -> None:
+        """Append one patient sample; starts a new shard when this one would overflow."""
+        members = sample_members(key, patient, lesions, images)
+        size = _tar_size(members)
+        full = self._patients > 0 and (
+            self._bytes + size > self.max_bytes
+            or (self.max_patients is not None and self._patients >= self.max_patients)
+        )
+        if full:
+            self._close()
+        if self._tar is None:
+            self._open()
+        for name, data in members:
+            self._tar.addfile(_member(name, len(data)), io.BytesIO(data))
+        self._bytes += size
+        self._patients += 1
+        self._images += len(images)
+
+    def commit(self) -> list[ShardInfo]:
+        """Close the last shard and rename all of them to their final names."""
+        self._close()
+        for tmp, info in self.done:
+            os.replace(tmp, self.out_dir / info.name)
+        return [info for _, info in self.done]
+
+    def abort(self) -> None:
+        """Remove every file this writer created (temporary or not yet renamed)."""
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+        paths = [tmp for tmp, _ in self.done] + ([self._tmp] if self._tmp else [])
+        for path in paths:
+            if path.exists():
+                path.unlink()
+        self.done = []
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+@dataclass(kw_only=True)
+class PatientRecord:
+    """One patient sample, with lazy access to its images.
+
+    `lesions` are the dicts of lesions.json (lesion_id, image_id, image, label, malignant,
+    fields); `read_image(j)` returns the JPEG bytes of lesion j.
+    """
+
+    patient_id: str
+    key: str
+    fields: dict
+    derived: dict
+    lesions: list[dict]
+    shard: Path
+    _images: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+
+    def read_image(self, j: int) -> bytes:
+        """Encoded JPEG bytes of lesion j (one seek + read in the shard)."""
+        offset, size = self._images[self.lesions[j]["image"]]
+        with open(self.shard, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(size)
+
+    @property
+    def n_lesions(self) -> int:
+        return len(self.lesions)
+
+
+@dataclass(kw_only=True)
+class _Entry:
+    shard: Path
+    key: str
+    members: dict[str, tuple[int, int]]  # member suffix -> (data offset, size)
+
+
+def _read_member(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return handle.read(size)
+
+
+class ShardIndex:
+    """Map-style, deterministic random access to the patients of an ingested folder.
+
+    Built from the tar headers only (no image decoding). Fork-safe: every read opens the file.
+    """
+
+    def __init__(self, *, data_dir: Path, schema, manifest: dict, entries: list[_Entry]) -> None:
+        self.data_dir = data_dir
+        self.schema = schema
+        self.manifest = manifest
+        self._entries = entries
+
+    @classmethod
+    def open(cls, data_dir: str | Path) -> "ShardIndex":
+        """Index `data_dir` (shards + schema.json + complete manifest.json)."""
+        from .schema import ResolvedSchema
+
+        data_dir = Path(data_dir)
+        if not data_dir.is_dir():
+            raise SlimpError(f"{data_dir}: no such folder (run slimp ingest first)")
+        manifest_path = data_dir / "manifest.json"
+        if not manifest_path.is_file():
+            raise SlimpError(f"{data_dir}: no manifest.json (not an ingested folder, or an interrupted ingest)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise SlimpError(f"{manifest_path}: not valid JSON ({exc.msg})") from None
+        if manifest.get("complete") is not True:
+            raise SlimpError(f"{manifest_path}: ingest did not complete; run slimp ingest again")
+        schema = ResolvedSchema.load(data_dir / "schema.json")
+        names = [s["name"] for s in manifest.get("shards", [])] or sorted(p.name for p in data_dir.glob(SHARD_GLOB))
+        if not names:
+            raise SlimpError(f"{data_dir}: no shards (shard-*.tar)")
+        entries: list[_Entry] = []
+        for name in names:
+            path = data_dir / name
+            if not path.is_file():
+                raise SlimpError(f"{path}: shard listed in manifest.json is missing")
+            entries.extend(_index_tar(path))
+        return cls(data_dir=data_dir, schema=schema, manifest=manifest, entries=entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def patient_ids(self) -> list[str]:
+        """Sanitised keys of the patients, in index order (the original ids are in records)."""
+        return [e.key for e in self._entries]
+
+    @property
+    def shard_paths(self) -> list[Path]:
+        """Shard files in order (for webdataset pipelines)."""
+        return [self.data_dir / s["name"] for s in self.manifest.get("shards", [])]
+
+    def patient(self, i: int) -> PatientRecord:
+        """Patient i (0 <= i < len): its metadata and lesion list; images read lazily."""
+        entry = self._entries[i]
+        try:
+            patient = json.loads(_read_member(entry.shard, *entry.members["patient.json"]))
+            lesions = json.loads(_read_member(entry.shard, *entry.members["lesions.json"]))
+        except KeyError as exc:
+            raise SlimpError(f"{entry.shard}: sample '{entry.key}' lacks {exc.args[0]}") from None
+        return PatientRecord(
+            patient_id=patient.get("patient_id", entry.key), key=entry.key, fields=patient.get("fields", {}),
+            derived=patient.get("derived", {}), lesions=lesions, shard=entry.shard,
+            _images={k: v for k, v in entry.members.items() if k not in ("patient.json", "lesions.json")},
+        )
+
+    def __iter__(self) -> Iterator[PatientRecord]:
+        for i in range(len(self)):
+            yield self.patient(i)
+
+
+def _index_tar(path: Path) -> list[_Entry]:
+    """Group a tar's members by sample key, recording each member's data offset and size."""
+    entries: list[_Entry] = []
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                base = info.name.rsplit("/", 1)[-1]
+                key, _, suffix = base.partition(".")
+                if not entries or entries[-1].key != key:
+                    entries.append(_Entry(shard=path, key=key, members={}))
+                entries[-1].members[suffix] = (info.offset_data, info.size)
+    except (tarfile.TarError, OSError) as exc:
+        raise SlimpError(f"{path}: unreadable shard ({exc})") from None
+    return entries
+
+
+def iter_lesions(index: ShardIndex) -> Iterator[tuple[int, int, PatientRecord]]:
+    """Every lesion entry as (patient_idx, lesion_idx, PatientRecord), in a fixed order."""
+    for i in range(len(index)):
+        record = index.patient(i)
+        for j in range(len(record.lesions)):
+            yield i, j, record

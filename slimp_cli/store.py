@@ -1,0 +1,364 @@
+"""HDF5 feature store: what `slimp embed` writes and `probe`/`retrieve`/`extrapolate` read.
+
+Layout (DESIGN.md "Feature store", docs/internals.md), N lesions (images), D dims per level::
+
+    attrs: format="slimp-feature-store", version, complete, config (JSON), schema (JSON), variant
+    lesion_id, patient_id          [N] utf-8 strings
+    label                          [N] int64, attr classes (JSON list; -1 = unknown)
+    malignant                      [N] int8 (1 malignant, 0 benign, -1 unknown)
+    features/{image,lesion,patient} [N, D] float32 (patient repeated per lesion; absent if none)
+    raw/{lesion,patient}           [N, R] float32, attrs columns, source_columns (JSON lists)
+    model/phenotype_weight [D, 2D], model/phenotype_bias [D]   (nested models)
+    pseudo/<strategy>/{lesion, patient, lesion_index, patient_index, similarity}
+
+A store is written under a temporary name and renamed when complete; `complete=True` is the last
+attribute written, so a reader can tell an interrupted write from a finished one. Readable with
+h5py alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from slimp_cli.errors import SlimpError
+from slimp_cli.paths import tmp_name
+
+FORMAT = "slimp-feature-store"
+VERSION = 1
+LEVELS = ("image", "lesion", "patient")
+RAW_LEVELS = ("lesion", "patient")
+PSEUDO_STRATEGIES = ("ilp", "il", "ii")
+_STR = h5py.string_dtype("utf-8")
+# HDF5 >= 1.10 file format: dense attribute storage, so a large schema JSON attr always fits.
+_LIBVER = ("v110", "latest")
+
+
+class FeatureStoreWriter:
+    """Write a feature store in row chunks; memory stays bounded by the chunk, not by N.
+
+    Usage::
+
+        with FeatureStoreWriter(out, n=N, dims={"image": D, "lesion": D}, config=cfg,
+                                schema=schema_dict, classes=classes, variant="nested",
+                                raw_columns={"lesion": (cols, sources)}) as w:
+            for batch in ...:
+                w.append(lesion_id=..., patient_id=..., label=..., malignant=...,
+                         features={"image": [b, D], "lesion": [b, D]},
+                         raw={"lesion": [b, R]})
+            w.set_phenotype(weight [D, 2D], bias [D])
+        # leaving the block without an exception renames the file to `out` (complete=True);
+        # an exception deletes the temporary file.
+
+    `n` is the exact number of rows (checked on close) or None when unknown (datasets grow).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        n: int | None,
+        dims: Mapping[str, int],
+        config: Mapping,
+        schema: Mapping | None,
+        classes: Sequence[str],
+        variant: str = "nested",
+        raw_columns: Mapping[str, tuple[Sequence[str], Sequence[str]]] | None = None,
+        chunk_rows: int = 4096,
+    ) -> None:
+        unknown = set(dims) - set(LEVELS)
+        if unknown:
+            raise SlimpError(f"feature store: unknown feature level(s) {sorted(unknown)}; use {LEVELS}")
+        bad_raw = set(raw_columns or {}) - set(RAW_LEVELS)
+        if bad_raw:
+            raise SlimpError(f"feature store: unknown raw level(s) {sorted(bad_raw)}; use {RAW_LEVELS}")
+        self.path = Path(path)
+        self.tmp = tmp_name(self.path)
+        self.n = n
+        self.dims = {k: int(v) for k, v in dims.items()}
+        self.rows = 0
+        self._closed = False
+        if not self.path.parent.is_dir():
+            raise SlimpError(f"{self.path.parent}: output folder does not exist")
+        self.f = h5py.File(self.tmp, "w", libver=_LIBVER)
+        f = self.f
+        f.attrs["format"] = FORMAT
+        f.attrs["version"] = VERSION
+        f.attrs["complete"] = False  # set True last, in close()
+        f.attrs["config"] = json.dumps(dict(config), sort_keys=True)
+        f.attrs["schema"] = json.dumps(dict(schema) if schema is not None else None, sort_keys=True)
+        f.attrs["variant"] = variant
+        n0 = n or 0
+        chunk = max(1, int(chunk_rows))
+
+        def make(name: str, dtype, width: int | None = None) -> h5py.Dataset:
+            shape = (n0,) if width is None else (n0, width)
+            maxshape = (None,) if width is None else (None, width)
+            chunks = (chunk,) if width is None else (max(1, min(chunk, (1 << 20) // max(1, width))), width)
+            return f.create_dataset(name, shape=shape, maxshape=maxshape, dtype=dtype, chunks=chunks)
+
+        make("lesion_id", _STR)
+        make("patient_id", _STR)
+        make("label", np.int64).attrs["classes"] = json.dumps(list(classes))
+        make("malignant", np.int8)
+        for level, d in self.dims.items():
+            make(f"features/{level}", np.float32, d)
+        self.raw_levels: list[str] = []
+        for level, (columns, sources) in (raw_columns or {}).items():
+            columns, sources = list(columns), list(sources)
+            if len(columns) != len(sources):
+                raise SlimpError(f"feature store: raw/{level} has {len(columns)} columns but {len(sources)} source columns")
+            ds = make(f"raw/{level}", np.float32, len(columns))
+            ds.attrs["columns"] = json.dumps(columns)
+            ds.attrs["source_columns"] = json.dumps(sources)
+            self.raw_levels.append(level)
+
+    def append(
+        self,
+        *,
+        lesion_id: Sequence[str],
+        patient_id: Sequence[str],
+        label: Sequence[int] | np.ndarray,
+        malignant: Sequence[int] | np.ndarray,
+        features: Mapping[str, np.ndarray],
+        raw: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """Append b rows. Shape: ids/label/malignant [b]; features[level] [b, D]; raw[level] [b, R].
+
+        Every level given in `dims` (and every raw level declared) must be present.
+        """
+        b = len(lesion_id)
+        # a raw level with no columns is never declared; tolerate callers that still pass it
+        raw = {k: v for k, v in (raw or {}).items() if k in self.raw_levels or np.shape(v)[1:] != (0,)}
+        if set(features) != set(self.dims):
+            raise SlimpError(f"feature store: append got features {sorted(features)}, expected {sorted(self.dims)}")
+        if set(raw) != set(self.raw_levels):
+            raise SlimpError(f"feature store: append got raw {sorted(raw)}, expected {sorted(self.raw_levels)}")
+        columns = {"lesion_id": np.asarray(lesion_id, dtype=object), "patient_id": np.asarray(patient_id, dtype=object),
+                   "label": np.asarray(label, dtype=np.int64), "malignant": np.asarray(malignant, dtype=np.int8)}
+        columns.update({f"features/{k}": np.asarray(v, dtype=np.float32) for k, v in features.items()})
+        columns.update({f"raw/{k}": np.asarray(v, dtype=np.float32) for k, v in raw.items()})
+        for name, arr in columns.items():
+            width = self.f[name].shape[1:]
+            if arr.shape != (b, *width):
+                raise SlimpError(f"feature store: {name} chunk has shape {arr.shape}, expected {(b, *width)}")
+        end = self.rows + b
+        if self.n is not None and end > self.n:
+            raise SlimpError(f"feature store: appending {b} rows exceeds the declared n={self.n}")
+        for name, arr in columns.items():
+            ds = self.f[name]
+            if ds.shape[0] < end:  # only when n is unknown: grow geometrically
+                ds.resize(max(end, 2 * ds.shape[0]), axis=0)
+            ds[self.rows:end] = arr
+        self.rows = end
+
+    def set_phenotype(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        """Store the phenotype layer z = weight @ concat(w, h) + bias. Shape: weight [D, 2D], bias [D]."""
+        weight, bias = np.asarray(weight, np.float32), np.asarray(bias, np.float32)
+        if weight.ndim != 2 or weight.shape[1] != 2 * weight.shape[0] or bias.shape != (weight.shape[0],):
+            raise SlimpError(f"feature store: phenotype weight {weight.shape} / bias {bias.shape} are not [D, 2D] / [D]")
+        for name, arr in (("model/phenotype_weight", weight), ("model/phenotype_bias", bias)):
+            if name in self.f:
+                del self.f[name]
+            self.f.create_dataset(name, data=arr)
+
+    def close(self) -> Path:
+        """Check the row count, mark complete, rename onto the final path. Returns the path."""
+        if self._closed:
+            return self.path
+        if self.n is not None and self.rows != self.n:
+            self.abort()
+            raise SlimpError(f"{self.path}: wrote {self.rows} rows but n={self.n} was declared; store not written")
+        if self.n is None:
+            for name in _row_datasets(self.f):
+                self.f[name].resize(self.rows, axis=0)
+        self.f.attrs["complete"] = True
+        self.f.close()
+        os.replace(self.tmp, self.path)
+        self._closed = True
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete the temporary file (nothing is left that looks like a store)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.f.close()
+        finally:
+            if self.tmp.exists():
+                self.tmp.unlink()
+
+    def __enter__(self) -> "FeatureStoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _row_datasets(f: h5py.File) -> list[str]:
+    names = ["lesion_id", "patient_id", "label", "malignant"]
+    for group in ("features", "raw"):
+        if group in f:
+            names += [f"{group}/{k}" for k in f[group]]
+    return names
+
+
+class FeatureStore:
+    """Read-only view of a complete store. Use `FeatureStore.open(path)` (a context manager)."""
+
+    def __init__(self, f: h5py.File, path: Path) -> None:
+        self.f = f
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "FeatureStore":
+        """Open and validate. Raises SlimpError: missing, not HDF5, not a slimp store, incomplete."""
+        path = Path(path)
+        if not path.is_file():
+            raise SlimpError(f"{path}: feature store not found")
+        if not h5py.is_hdf5(path):
+            raise SlimpError(f"{path}: not an HDF5 file (expected a feature store from slimp embed)")
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:
+            raise SlimpError(f"{path}: cannot open HDF5 file ({e})") from None
+        fmt = f.attrs.get("format")
+        if fmt != FORMAT:
+            f.close()
+            raise SlimpError(f"{path}: not a slimp feature store (format attribute is {fmt!r})")
+        version = int(f.attrs.get("version", -1))
+        if version > VERSION:
+            f.close()
+            raise SlimpError(f"{path}: feature store version {version} is newer than this slimp ({VERSION})")
+        if not bool(f.attrs.get("complete", False)):
+            f.close()
+            raise SlimpError(f"{path} is incomplete (interrupted embed?); re-run slimp embed")
+        return cls(f, path)
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- rows --------------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return int(self.f["label"].shape[0])
+
+    @property
+    def lesion_id(self) -> np.ndarray:
+        return self.f["lesion_id"].asstr()[()].astype(object)
+
+    @property
+    def patient_id(self) -> np.ndarray:
+        return self.f["patient_id"].asstr()[()].astype(object)
+
+    @property
+    def label(self) -> np.ndarray:
+        return self.f["label"][()].astype(np.int64)
+
+    @property
+    def classes(self) -> list[str]:
+        return json.loads(self.f["label"].attrs.get("classes", "[]"))
+
+    @property
+    def malignant(self) -> np.ndarray:
+        return self.f["malignant"][()].astype(np.int8)
+
+    # --- model / provenance --------------------------------------------------------------------
+    @property
+    def config(self) -> dict:
+        return json.loads(self.f.attrs.get("config", "{}"))
+
+    @property
+    def schema(self) -> dict | None:
+        return json.loads(self.f.attrs.get("schema", "null"))
+
+    @property
+    def variant(self) -> str:
+        return str(self.f.attrs.get("variant", ""))
+
+    @property
+    def phenotype(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(weight [D, 2D], bias [D]) of the phenotype layer, or None (flat/image models)."""
+        if "model/phenotype_weight" not in self.f:
+            return None
+        return self.f["model/phenotype_weight"][()], self.f["model/phenotype_bias"][()]
+
+    # --- features ------------------------------------------------------------------------------
+    @property
+    def feature_names(self) -> list[str]:
+        """Levels present, in the canonical order image, lesion, patient."""
+        have = self.f["features"].keys() if "features" in self.f else []
+        return [k for k in LEVELS if k in have]
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {k: int(self.f[f"features/{k}"].shape[1]) for k in self.feature_names}
+
+    def dataset(self, name: str) -> h5py.Dataset:
+        """The on-disk [N, D] dataset of one level, for chunked reading of large stores."""
+        self._require(name)
+        return self.f[f"features/{name}"]
+
+    def block(self, name: str) -> np.ndarray:
+        """One level in memory. Shape: [N, D] float32."""
+        return self.dataset(name)[()]
+
+    def features(self, names: Sequence[str]) -> np.ndarray:
+        """Concatenation of the named levels. Shape: [N, sum D] float32."""
+        if not names:
+            raise SlimpError(f"{self.path}: no feature level requested")
+        return np.concatenate([self.block(k) for k in names], axis=1)
+
+    def _require(self, name: str) -> None:
+        if name not in self.feature_names:
+            have = ", ".join(self.feature_names) or "none"
+            raise SlimpError(f"{self.path} has no features/{name} (it has: {have})")
+
+    # --- raw metadata --------------------------------------------------------------------------
+    def raw(self, level: str) -> tuple[np.ndarray, list[str], list[str]] | None:
+        """(matrix [N, R] float32, columns, source_columns) of encoded raw metadata, or None."""
+        name = f"raw/{level}"
+        if name not in self.f:
+            return None
+        ds = self.f[name]
+        return ds[()], json.loads(ds.attrs["columns"]), json.loads(ds.attrs["source_columns"])
+
+    # --- pseudo features -----------------------------------------------------------------------
+    @property
+    def pseudo_strategies(self) -> list[str]:
+        # ".tmp-*" groups are interrupted extrapolate runs, not results
+        return sorted(k for k in self.f["pseudo"].keys() if not k.startswith(".")) if "pseudo" in self.f else []
+
+    def pseudo(self, strategy: str) -> dict[str, np.ndarray]:
+        """Arrays of pseudo/<strategy> (lesion [N, D], patient [N, D] if any, indices, similarity)."""
+        name = f"pseudo/{strategy}"
+        if strategy.startswith(".") or name not in self.f:
+            have = ", ".join(self.pseudo_strategies) or "none"
+            raise SlimpError(f"{self.path} has no pseudo/{strategy} features (it has: {have}); "
+                             f"run slimp extrapolate REFERENCE {self.path} --strategy {strategy}")
+        g = self.f[name]
+        return {k: g[k][()] for k in g.keys()}
+
+    def pseudo_attrs(self, strategy: str) -> dict:
+        return dict(self.f[f"pseudo/{strategy}"].attrs) if f"pseudo/{strategy}" in self.f else {}
+
+
+def open_for_pseudo(path: str | os.PathLike) -> h5py.File:
+    """Open a complete store in append mode (extrapolate adds pseudo/<strategy> to it)."""
+    FeatureStore.open(path).close()  # validation only
+    return h5py.File(path, "r+")

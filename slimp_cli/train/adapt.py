@@ -1,0 +1,133 @@
+"""`adapt()`: continual pre-training of a SLIMP model on a target dataset (paper Sec. 3.2, App. D).
+
+The target's columns differ from the source's, so the tabular encoders get new input layers
+built from the target's `schema.json` (`models.replace_tabular_inputs`); the transformers, CLS
+tokens, projections and phenotype layer are kept. `tune="embeddings"` (default, the paper's
+choice) trains only the ViT patch embedding and the tabular input embeddings; everything else is
+frozen (requires_grad False, evaluated in eval mode, bit-identical afterwards). `tune="all"`
+trains everything. A nested model adapted to data without patient-level metadata becomes `flat`
+(notice). Paper defaults: B = 64 patients, 100 epochs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import SlimpError
+from . import distributed as D
+from .checkpoint import LAST, load_checkpoint
+from .config import TrainConfig
+from .loop import TrainResult, notice, run_training
+from .pretrain import (SM3_MESSAGE, check_resume_data, check_resume_train, data_record,
+                       prepare_out, resolve_configs, run_config, seed_everything)
+from .rundir import load_model, resolve_checkpoint, sha256_file
+
+TUNES = ("embeddings", "all")
+# Continual pre-training defaults (paper Sec. 4.2): 64 patients per batch, 100 epochs.
+ADAPT_DEFAULTS = {"patients_per_batch": 64, "epochs": 100}
+
+
+def adapt_run(checkpoint: str | Path, data: str | Path, out: str | Path, *,
+              train: TrainConfig | dict | None = None, tune: str | None = None,
+              resume: bool = False, progress: bool = False) -> TrainResult:
+    """`adapt` returning the `TrainResult` (with the adapted model) instead of the path."""
+    from ..models import build_model, replace_tabular_inputs
+    from ..schema import ResolvedSchema
+    from ..shards import ShardIndex
+
+    data, out = Path(data), Path(out)
+    saved = prepare_out(out, resume)
+    if tune is None:
+        tune = saved.get("tune", "embeddings") if saved else "embeddings"
+    if tune not in TUNES:
+        raise SlimpError(f"unknown --tune '{tune}'; choose embeddings or all")
+    if saved is not None and saved.get("tune") != tune:
+        raise SlimpError(f"--resume with --tune {tune} but the run in {out} used "
+                         f"--tune {saved.get('tune')}")
+    _, train_cfg = resolve_configs(None, train, saved=saved, train_defaults=ADAPT_DEFAULTS)
+    if train_cfg.method == "sm3":
+        raise SlimpError(SM3_MESSAGE)
+    ckpt_path, _ = resolve_checkpoint(checkpoint)
+    device = D.resolve_device(train_cfg.device)
+    was_initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
+    info = D.init_from_env(device)
+    try:
+        index = ShardIndex.open(data)
+        schema = index.schema
+        if len(index) == 0:
+            raise SlimpError(f"{data}: the shards hold no patients; ingest a dataset with images")
+        seed_everything(train_cfg.seed)
+        state = None
+        if saved is not None:
+            check_resume_train(saved, train_cfg, out)
+            check_resume_data(saved, index, out, data)
+            model = build_model(ModelConfig.from_dict(saved["model"]),
+                                ResolvedSchema.from_dict(saved["schema"]),
+                                load_image_weights=False)
+            state = load_checkpoint(out / LAST)
+            source = saved["source"]
+        else:
+            model, src_config, src_schema = load_model(ckpt_path, device="cpu")
+            source_variant = model.variant
+            if model.variant != "image":
+                # Fresh input layers, drawn from the seeded RNG.
+                replace_tabular_inputs(model, schema)
+            if source_variant == "nested" and model.variant == "flat":
+                notice(f"{data} has no patient-level features: the nested model is adapted as "
+                       "the flat variant (image <-> lesion metadata)", info)
+            source = {
+                "checkpoint": str(ckpt_path.resolve()),
+                "sha256": sha256_file(ckpt_path),
+                "variant": source_variant,
+                "schema_fingerprint": src_schema.fingerprint() if src_schema else None,
+                "data": src_config.get("data"),
+            }
+        _set_trainable(model, tune)
+        config = run_config(kind="adapt", model=model, train=train_cfg, schema=schema,
+                            data=data_record(data, index),
+                            extra={"tune": tune, "source": source})
+        return run_training(model=model, schema=schema, index=index, train=train_cfg,
+                            run_dir=out, config=config, device=device, info=info,
+                            resume_state=state, progress=progress, description="adapt",
+                            find_unused_parameters=True)
+    finally:
+        if not was_initialised:
+            D.shutdown()
+
+
+def _set_trainable(model, tune: str) -> None:
+    if model.variant == "image" and tune == "embeddings":
+        # No tabular inputs: the patch embedding alone.
+        from ..models import patch_embedding_parameters
+
+        model.requires_grad_(False)
+        for p in patch_embedding_parameters(model.image_encoder):
+            p.requires_grad_(True)
+        return
+    model.set_trainable(tune)
+
+
+def adapt(checkpoint: str | Path, data: str | Path, out: str | Path, *,
+          train: TrainConfig | dict | None = None, tune: str | None = None,
+          resume: bool = False, progress: bool = False) -> Path:
+    """Continual pre-training of the model in `checkpoint` on the shards in `data` -> run dir.
+
+    Args:
+        checkpoint: a run dir of `pretrain`/`adapt`, or a checkpoint file in one.
+        data: the target dataset's ingested folder (its columns may differ from the source's).
+        out: the new run dir.
+        train: a TrainConfig, or a dict of its fields over the adapt defaults (B = 64,
+            100 epochs; over the saved run's config with `resume`).
+        tune: "embeddings" (default: ViT patch embedding + tabular input embeddings trainable,
+            all else frozen) or "all".
+        resume: continue an interrupted adapt run in `out`.
+        progress: show a progress bar on stderr.
+
+    `config.json` records the source checkpoint (path, sha256), `tune` and the names of the
+    trainable parameters (`trainable`).
+    """
+    return adapt_run(checkpoint, data, out, train=train, tune=tune, resume=resume,
+                     progress=progress).run_dir

@@ -1,0 +1,357 @@
+"""Training data: patient batches sampled from the shards, decoded, augmented and encoded.
+
+Design for exact resume and multi-process training:
+- `PatientDataset` is map-style over a `ShardIndex` (random access by seek). An item key is a
+  `PatientItem`: which patient, which of its lesions, and the augmentation seed. Loading an item
+  is a pure function of its key, wherever it runs (main process or a DataLoader worker).
+- `PatientBatchSampler` draws an epoch's plan from `numpy.random.default_rng([seed, epoch])`:
+  a patient permutation and, per patient, up to N lesions (malignant ones first with positive
+  sampling). An epoch's batches are therefore a pure function of (seed, epoch); resuming at
+  (epoch, step) replays the same plan from that step. With W processes, step s uses the global
+  batch `perm[s*B*W:(s+1)*B*W]` and rank r takes its slice `[r*B:(r+1)*B]`.
+- Augmentation of the patient at position q of the global batch of step s draws from
+  `default_rng([seed, epoch, s, q])`: independent of the rank split and of worker scheduling.
+- `collate` builds the batch dict of docs/internals.md.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import SlimpError
+from ..schema import ResolvedSchema, TabularBatch, encode_tabular
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Augmentation ranges (`--augment`; always on for the `image` variant's two views).
+CROP_SCALE = (0.6, 1.0)  # fraction of the image area kept by the random resized crop
+CROP_RATIO = (3 / 4, 4 / 3)  # aspect ratio range of the crop
+JITTER = dict(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02)  # small colour jitter
+
+
+class PatientItem(NamedTuple):
+    """The key of one dataset item: a patient, the lesions drawn for it, its augmentation seed."""
+
+    patient: int  # patient index in the ShardIndex
+    lesions: tuple[int, ...]  # lesion indices inside the patient (sorted)
+    aug_key: tuple[int, ...]  # (seed, epoch, step, position in the global batch)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def decode_image(data: bytes, *, where: str = "image") -> Image.Image:
+    """Decode JPEG/PNG bytes to an RGB PIL image; SlimpError naming `where` when unreadable."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise SlimpError(f"{where}: cannot decode image ({exc})") from None
+    return img.convert("RGB")
+
+
+def resize_center(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to `size` and centre-crop to `size` x `size` (no-op if already)."""
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def to_tensor_normalized(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float tensor [3, H, W] normalised with ImageNet mean/std."""
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return normalize_uint8(arr)
+
+
+def normalize_uint8(arr: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (arr.float() / 255.0 - mean) / std
+
+
+def load_image(data: bytes, img_size: int, *, where: str = "image") -> torch.Tensor:
+    """The evaluation preprocessing (also used by `slimp embed`): decode, resize, normalise.
+
+    Shape:
+        returns [3, img_size, img_size] float32.
+    """
+    return to_tensor_normalized(resize_center(decode_image(data, where=where), img_size))
+
+
+def augment_image(img: Image.Image, img_size: int, rng: np.random.Generator) -> torch.Tensor:
+    """Random resized crop (60-100% of the area), h/v flips, small colour jitter -> [3, S, S].
+
+    Skin-lesion photographs have no canonical orientation, hence vertical flips too. All
+    randomness comes from `rng`, so an augmentation is reproducible from its seed.
+    """
+    import torchvision.transforms.v2.functional as TF
+
+    w, h = img.size
+    top, left, ch, cw = _crop_params(w, h, rng)
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    arr = TF.resized_crop(arr, top, left, ch, cw, [img_size, img_size], antialias=True)
+    if rng.random() < 0.5:
+        arr = TF.horizontal_flip(arr)
+    if rng.random() < 0.5:
+        arr = TF.vertical_flip(arr)
+    b, c, s = (float(rng.uniform(1 - JITTER[k], 1 + JITTER[k]))
+               for k in ("brightness", "contrast", "saturation"))
+    hue = float(rng.uniform(-JITTER["hue"], JITTER["hue"]))
+    arr = TF.adjust_brightness(arr, b)
+    arr = TF.adjust_contrast(arr, c)
+    arr = TF.adjust_saturation(arr, s)
+    arr = TF.adjust_hue(arr, hue)
+    return normalize_uint8(arr)
+
+
+def _crop_params(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop parameter search, drawn from a numpy Generator."""
+    area = w * h
+    log_ratio = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*CROP_SCALE)
+        ratio = math.exp(rng.uniform(*log_ratio))
+        cw = int(round(math.sqrt(target * ratio)))
+        ch = int(round(math.sqrt(target / ratio)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = int(rng.integers(0, h - ch + 1))
+            left = int(rng.integers(0, w - cw + 1))
+            return top, left, ch, cw
+    side = min(w, h)
+    return (h - side) // 2, (w - side) // 2, side, side
+
+
+# --------------------------------------------------------------------------- sampler
+
+
+@dataclass(frozen=True)
+class PatientInfo:
+    """What the sampler needs to know about a patient (read once, without images)."""
+
+    n_lesions: int
+    malignant: tuple[int, ...]  # indices of the patient's malignant lesions
+
+
+def choose_lesions(info: PatientInfo, n_max: int, positive_sampling: bool,
+                   rng: np.random.Generator) -> tuple[int, ...]:
+    """Up to `n_max` lesion indices of one patient (paper App. D), sorted.
+
+    All lesions when the patient has at most `n_max`; otherwise a random subset that, with
+    positive sampling, contains every malignant lesion (a random `n_max` of them if there are
+    more malignant lesions than `n_max`).
+    """
+    n = info.n_lesions
+    if n <= n_max:
+        return tuple(range(n))
+    if positive_sampling and info.malignant:
+        mal = np.asarray(info.malignant, dtype=np.int64)
+        if len(mal) >= n_max:
+            chosen = rng.choice(mal, size=n_max, replace=False)
+        else:
+            rest = np.setdiff1d(np.arange(n), mal)
+            chosen = np.concatenate([mal, rng.choice(rest, size=n_max - len(mal), replace=False)])
+    else:
+        chosen = rng.choice(n, size=n_max, replace=False)
+    return tuple(sorted(int(i) for i in chosen))
+
+
+class PatientBatchSampler:
+    """Yields, per step, this rank's list of `PatientItem`s (B patients) of the current epoch.
+
+    The plan of an epoch is a pure function of (seed, epoch); `set_epoch(epoch, start_step)`
+    selects the epoch and where to start in it (resume). Incomplete last batches are dropped
+    (contrastive losses want exactly B patients on every rank).
+    """
+
+    def __init__(self, patients: Sequence[PatientInfo], *, patients_per_batch: int,
+                 lesions_per_patient: int, positive_sampling: bool = True, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.patients = list(patients)
+        self.batch = patients_per_batch
+        self.n_max = lesions_per_patient
+        self.positive_sampling = positive_sampling
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        global_batch = patients_per_batch * world_size
+        if len(self.patients) == 0:
+            raise SlimpError("data has no patients; ingest a dataset with images first")
+        if len(self.patients) < global_batch:
+            procs = f" x {world_size} processes" if world_size > 1 else ""
+            raise SlimpError(
+                f"data has {len(self.patients)} patients but --patients-per-batch is "
+                f"{patients_per_batch}{procs}; lower it"
+            )
+        self.steps_per_epoch = len(self.patients) // global_batch
+        self.epoch = 0
+        self.start_step = 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch = epoch
+        self.start_step = start_step
+
+    def plan(self, epoch: int) -> list[list[PatientItem]]:
+        """Every step of `epoch` for this rank: lists of B items."""
+        rng = np.random.default_rng([self.seed, epoch])
+        perm = rng.permutation(len(self.patients))
+        gb = self.batch * self.world_size
+        steps = []
+        for s in range(self.steps_per_epoch):
+            items = []
+            for q in range(gb):  # every rank draws every patient: one shared rng stream
+                p = int(perm[s * gb + q])
+                lesions = choose_lesions(self.patients[p], self.n_max, self.positive_sampling, rng)
+                items.append(PatientItem(p, lesions, (self.seed, epoch, s, q)))
+            steps.append(items[self.rank * self.batch:(self.rank + 1) * self.batch])
+        return steps
+
+    def __iter__(self) -> Iterator[list[PatientItem]]:
+        plan = self.plan(self.epoch)
+        start, self.start_step = self.start_step, 0
+        yield from plan[start:]
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch - self.start_step
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def patient_infos(index) -> list[PatientInfo]:
+    """Lesion counts and malignant lesions of every patient (reads the JSON entries only)."""
+    infos = []
+    for i in range(len(index)):
+        lesions = index.patient(i).lesions
+        infos.append(PatientInfo(len(lesions), tuple(
+            j for j, les in enumerate(lesions) if les.get("malignant") == 1)))
+    return infos
+
+
+class PatientDataset(torch.utils.data.Dataset):
+    """Map-style dataset over a `ShardIndex`: `dataset[PatientItem]` -> one patient's sample.
+
+    A sample is a dict: `images` [n, 3, S, S] (and `images2` for the image variant),
+    `lesion_tab` (TabularBatch over n lesions, flat: patient + lesion features per lesion),
+    `patient_tab` (TabularBatch, one row; nested only), `malignant` [n] and `label` [n]
+    (long, -1 = unknown; logging only).
+
+    `schema` is the model's schema (the encoder's vocabularies and statistics); the index's own
+    schema must agree on the features (checked by the callers).
+    """
+
+    def __init__(self, index, *, schema: ResolvedSchema | None, variant: str, img_size: int,
+                 augment: bool = False) -> None:
+        self.index = index
+        self.schema = schema
+        self.variant = variant
+        self.img_size = img_size
+        self.augment = augment or variant == "image"
+        from ..models import tabular_feature_lists
+
+        # Exactly the feature lists the model's encoders were built with.
+        self.lesion_feats, self.patient_feats = tabular_feature_lists(variant, schema)
+        self.classes = {c: i for i, c in enumerate(schema.classes)} if schema else {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: PatientItem) -> dict:
+        if isinstance(item, (int, np.integer)):
+            n = len(self.index.patient(int(item)).lesions)
+            item = PatientItem(int(item), tuple(range(n)), (0, 0, 0, int(item)))
+        rec = self.index.patient(item.patient)
+        rng = np.random.default_rng(list(item.aug_key)) if self.augment else None
+        images, images2 = [], []
+        for j in item.lesions:
+            where = f"patient {rec.patient_id} lesion {rec.lesions[j].get('lesion_id')}"
+            img = decode_image(rec.read_image(j), where=where)
+            if rng is None:
+                images.append(to_tensor_normalized(resize_center(img, self.img_size)))
+            else:
+                images.append(augment_image(img, self.img_size, rng))
+                if self.variant == "image":
+                    images2.append(augment_image(img, self.img_size, rng))
+        lesions = [rec.lesions[j] for j in item.lesions]
+        out = {
+            "images": torch.stack(images),
+            "malignant": torch.tensor([int(les.get("malignant", -1)) for les in lesions],
+                                      dtype=torch.long),
+            "label": torch.tensor([self.classes.get(les.get("label"), -1) for les in lesions],
+                                  dtype=torch.long),
+        }
+        if self.variant == "image":
+            out["images2"] = torch.stack(images2)
+            return out
+        patient_record = {**(rec.fields or {}), **(rec.derived or {})}
+        if self.variant == "flat":
+            records = [{**patient_record, **(les.get("fields") or {})} for les in lesions]
+        else:
+            records = [les.get("fields") or {} for les in lesions]
+            out["patient_tab"] = encode_tabular(self.patient_feats, [patient_record])
+        out["lesion_tab"] = encode_tabular(self.lesion_feats, records)
+        return out
+
+
+def _cat_tab(parts: Sequence[TabularBatch]) -> TabularBatch:
+    return TabularBatch(*(torch.cat(fields) for fields in zip(*parts)))
+
+
+def collate(samples: Sequence[dict]) -> dict:
+    """Merge B patient samples into the batch dict of docs/internals.md.
+
+    Keys: `images` [L, 3, S, S], `patient_index` [L] (0..B-1), `lesion_tab` (L rows),
+    `patient_tab` (B rows, nested), `images2` (image variant), `malignant`, `label` [L].
+    """
+    counts = [s["images"].shape[0] for s in samples]
+    batch = {
+        "images": torch.cat([s["images"] for s in samples]),
+        "patient_index": torch.repeat_interleave(
+            torch.arange(len(samples)), torch.tensor(counts, dtype=torch.long)),
+        "malignant": torch.cat([s["malignant"] for s in samples]),
+        "label": torch.cat([s["label"] for s in samples]),
+    }
+    for key in ("images2",):
+        if key in samples[0]:
+            batch[key] = torch.cat([s[key] for s in samples])
+    for key in ("lesion_tab", "patient_tab"):
+        if key in samples[0]:
+            batch[key] = _cat_tab([s[key] for s in samples])
+    return batch
+
+
+def batch_to(batch: dict, device: torch.device) -> dict:
+    """Move a collated batch (tensors and TabularBatches) to `device`."""
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, non_blocking=True)
+        elif isinstance(v, TabularBatch):
+            v = v.to(device)
+        out[k] = v
+    return out
+
+
+def make_loader(dataset: PatientDataset, sampler: PatientBatchSampler, *, workers: int,
+                prefetch: int, pin_memory: bool) -> torch.utils.data.DataLoader:
+    """DataLoader over the batch sampler (the sampler itself runs in the main process)."""
+    kw = {}
+    if workers > 0:
+        kw = dict(prefetch_factor=prefetch, persistent_workers=True)
+    # Its own generator: creating an iterator must not draw from the global torch RNG (dropout's),
+    # or a resumed run would diverge from an uninterrupted one.
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+        pin_memory=pin_memory, generator=torch.Generator().manual_seed(0), **kw)

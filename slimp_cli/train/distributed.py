@@ -1,0 +1,173 @@
+"""Several processes (`torchrun`): process-group setup and the all-gather used by the losses.
+
+`torchrun --nproc-per-node K slimp pretrain ...` (or `python -m torch.distributed.run`) sets
+RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; `init_from_env()` joins the group
+(nccl on CUDA, gloo on CPU). Each rank takes a disjoint slice of every global batch
+(`PatientBatchSampler`), DistributedDataParallel averages gradients, and the cross-sample losses
+see the rows of every rank as negatives through `gather_with_grad` (differentiable all-gather).
+
+`python -m slimp_cli.train.ddp_check DATA OUT.json [options]` computes the loss of one fixed
+global batch, so a test can compare K processes against one (see tests/test_distributed.py).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..errors import SlimpError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_info() -> DistInfo:
+    """Read RANK / WORLD_SIZE / LOCAL_RANK (set by torchrun); defaults: one process."""
+    try:
+        rank = int(os.environ.get("RANK", 0))
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except ValueError:
+        raise SlimpError("RANK / WORLD_SIZE / LOCAL_RANK must be integers (set by torchrun)") from None
+    return DistInfo(rank, world, local)
+
+
+def init_from_env(device: torch.device) -> DistInfo:
+    """Join the process group when launched by torchrun (no-op for a single process)."""
+    info = env_info()
+    if not info.enabled:
+        return info
+    if not dist.is_available():
+        raise SlimpError("this torch build has no torch.distributed; run a single process")
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    return info
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
+    """`auto|cpu|cuda` -> a torch.device (the local GPU of this rank under torchrun)."""
+    info = info or env_info()
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SlimpError("--device cuda but no CUDA device is available; use --device auto or cpu")
+    if name in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", info.local_rank % torch.cuda.device_count())
+    if name == "auto":
+        return torch.device("cpu")
+    raise SlimpError(f"unknown device '{name}'; choose auto, cpu or cuda")
+
+
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All-gather `x` [n, ...] from every rank with gradient; rows may differ in number.
+
+    Returns (all rows [sum n_r, ...] in rank order, offset of this rank's rows). The backward
+    pass sums the gradients of every rank's copy onto the local rows (reduce-scatter), so with
+    DDP's gradient averaging the result is the gradient of the global batch's loss.
+    """
+    world = dist.get_world_size()
+    rank = dist.get_rank()
+    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s.item()) for s in sizes]
+    longest = max(sizes)
+    if x.shape[0] < longest:
+        pad = x.new_zeros((longest - x.shape[0],) + tuple(x.shape[1:]))
+        x = torch.cat([x, pad])
+    parts = _AllGather.apply(x)
+    out = torch.cat([p[:s] for p, s in zip(parts, sizes)])
+    return out, sum(sizes[:rank])
+
+
+class _AllGather(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient of each slice (any backend)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor):
+        ctx.rank = dist.get_rank()
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return tuple(parts)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        grad = torch.stack(grads).contiguous()
+        dist.all_reduce(grad)  # sum over ranks of d loss_r / d x_rank
+        return grad[ctx.rank]
+
+
+class Gatherer:
+    """The `gather` callable the losses take; remembers this rank's offset for `offset=`."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out, self.offset = gather_with_grad(x)
+        return out
+
+
+def loss_kwargs(info: DistInfo, outputs: dict) -> dict:
+    """`gather` and `offset` for `compute_loss` (empty for a single process).
+
+    The offset is this rank's first row among the gathered rows of the cross-sample loss:
+    patients (nested: `phenotype`), lesions (flat: `image`) or views (image: `view1`).
+    """
+    if not info.enabled:
+        return {}
+    key = next(k for k in ("phenotype", "image", "view1") if k in outputs)
+    ref = outputs[key]
+    n = torch.tensor([ref.shape[0]], device=ref.device, dtype=torch.long)
+    sizes = [torch.zeros_like(n) for _ in range(info.world_size)]
+    dist.all_gather(sizes, n)
+    offset = int(sum(int(s.item()) for s in sizes[: info.rank]))
+    return {"gather": Gatherer(), "offset": offset}
+
+
+def all_finite(value: torch.Tensor, info: DistInfo) -> bool:
+    """True when `value` is finite on every rank (so all ranks stop together)."""
+    flag = torch.isfinite(value.detach()).all().to(torch.float32).reshape(1)
+    if info.enabled:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() > 0)
+
+
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's `obj` on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()

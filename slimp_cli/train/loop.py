@@ -1,0 +1,319 @@
+"""The training loop shared by `pretrain` and `adapt`.
+
+AdamW (weight decay on weight matrices and embedding tables only), linear warm-up then cosine
+decay to 0 over `epochs * steps_per_epoch` steps (LambdaLR), bf16 autocast on CUDA (fp32 on
+CPU), optional torch.compile, gradient clipping, DistributedDataParallel under torchrun.
+Rank 0 writes `metrics.jsonl` (one line per `log_every` steps: means over the interval), shows
+a rich progress bar and saves `checkpoint-last.pt` after every epoch and when it stops. A
+non-finite loss stops the run with a SlimpError before the optimiser step, so the last
+checkpoint on disk stays the last good one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import SlimpError
+from ..paths import write_json
+from ..schema import ResolvedSchema
+from . import distributed as D
+from .checkpoint import LAST, epoch_name, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .data import PatientBatchSampler, PatientDataset, batch_to, make_loader, patient_infos
+from .rundir import CONFIG, METRICS
+
+NO_DECAY_NAMES = ("cls_token", "pos_embed", "reg_token", "dist_token")
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run leaves: its folder, the trained model, where it ended."""
+
+    run_dir: Path
+    model: nn.Module  # the raw model (not DDP/compiled), on the training device
+    step: int  # optimiser steps done in total
+    epoch: int  # finished epochs
+    metrics: list[dict] = field(default_factory=list)  # metrics.jsonl lines of this session
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """`model.train()`, except fully frozen sub-modules, which go to eval (dropout off).
+
+    A module with parameters none of which is trainable is frozen and evaluated as it was
+    pre-trained; parameter-free modules (dropout, activations) follow their parent.
+    """
+    model.train()
+
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            params = list(child.parameters())
+            if params and not any(p.requires_grad for p in params):
+                child.eval()
+            else:
+                visit(child)
+
+    visit(model)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay for weight matrices/embedding tables, none for biases, norms, tokens."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def lr_factor(step: int, *, warmup: int, total: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_scheduler(optimizer, *, warmup: int, total: int):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup=warmup, total=total))
+
+
+class _Progress:
+    """A rich progress bar on rank 0 (a silent stand-in elsewhere)."""
+
+    def __init__(self, enabled: bool, total: int, done: int, description: str) -> None:
+        self.bar = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+        self.task = self.bar.add_task(description, total=total, completed=done, info="")
+        self.bar.start()
+
+    def update(self, advance: int, info: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=advance, info=info)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class _Metrics:
+    """metrics.jsonl writer (rank 0); on resume drops lines past the checkpoint's step."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None) -> None:
+        self.fh = None
+        if not enabled:
+            return
+        if resume_step is not None and path.is_file():
+            keep = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            path.write_text("".join(line + "\n" for line in keep))
+        elif path.exists():
+            path.unlink()
+        self.fh = open(path, "a")
+
+    def write(self, row: dict) -> None:
+        if self.fh is not None:
+            self.fh.write(json.dumps(row) + "\n")
+            self.fh.flush()
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
+def notice(message: str, info: D.DistInfo | None = None) -> None:
+    """A one-line notice on stderr (rank 0 only)."""
+    if info is None or info.is_main:
+        print(f"notice: {message}", file=sys.stderr, flush=True)
+
+
+def run_training(*, model: nn.Module, schema: ResolvedSchema | None, index, train: TrainConfig,
+                 run_dir: Path, config: dict, device: torch.device, info: D.DistInfo,
+                 resume_state: dict | None = None, progress: bool = False,
+                 find_unused_parameters: bool = False, description: str = "train"
+                 ) -> TrainResult:
+    """Train `model` (its trainable parameters) on `index` and write the run dir.
+
+    `config` is written as `config.json` and copied into every checkpoint. `resume_state` is a
+    loaded checkpoint to continue from (model weights are loaded here too).
+    """
+    variant = config["variant"]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise SlimpError("no trainable parameters (check --tune)")
+    dataset = PatientDataset(index, schema=schema, variant=variant,
+                             img_size=model.config.img_size, augment=train.augment)
+    sampler = PatientBatchSampler(
+        patient_infos(index), patients_per_batch=train.patients_per_batch,
+        lesions_per_patient=train.lesions_per_patient,
+        positive_sampling=train.positive_sampling, seed=train.seed,
+        rank=info.rank, world_size=info.world_size)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if info.is_main:
+        write_json(run_dir / CONFIG, config)
+    model.to(device)
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+    loader = make_loader(dataset, sampler, workers=train.workers, prefetch=train.prefetch,
+                         pin_memory=device.type == "cuda")
+    steps_per_epoch = sampler.steps_per_epoch
+    total = train.epochs * steps_per_epoch
+    warmup = train.schedule_warmup(total)
+
+    optimizer = torch.optim.AdamW(parameter_groups(model, train.weight_decay), lr=train.lr)
+    scheduler = make_scheduler(optimizer, warmup=warmup, total=total)
+    epoch, start_in_epoch, step = 0, 0, 0
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        epoch = int(resume_state["epoch"])
+        start_in_epoch = int(resume_state["step_in_epoch"])
+        step = int(resume_state["step"])
+        set_rng_state(resume_state["rng"])
+
+    net: nn.Module = model
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                  find_unused_parameters=find_unused_parameters)
+    if train.compile:
+        net = torch.compile(net)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+
+    stop_at = min(total, train.max_steps) if train.max_steps is not None else total
+    metrics = _Metrics(run_dir / METRICS, info.is_main, step if resume_state else None)
+    bar = _Progress(progress and info.is_main, stop_at, min(step, stop_at), description)
+    logged: list[dict] = []
+    interval: dict[str, float] = {}
+    n_interval, images_interval, t_interval = 0, 0, time.perf_counter()
+
+    def checkpoint(next_epoch: int, next_in_epoch: int, *, epoch_file: bool = False) -> None:
+        if info.is_main:
+            kw = dict(model=model, optimizer=optimizer, scheduler=scheduler, epoch=next_epoch,
+                      step_in_epoch=next_in_epoch, step=step, config=config)
+            save_checkpoint(run_dir / LAST, **kw)
+            if epoch_file and train.keep_epoch_checkpoints:
+                save_checkpoint(run_dir / epoch_name(next_epoch), **kw)
+        D.barrier(info)
+
+    if resume_state is not None and step >= stop_at:
+        limit = f"--max-steps {train.max_steps}" if stop_at < total else f"--epochs {train.epochs}"
+        notice(f"{run_dir} already reached step {step} ({limit}); give a larger --max-steps "
+               "to train further", info)
+    try:
+        while epoch < train.epochs and step < stop_at:
+            sampler.set_epoch(epoch, start_in_epoch)
+            s = start_in_epoch
+            set_train_mode(model)
+            for batch in loader:
+                batch = batch_to(batch, device)
+                with autocast:
+                    outputs = net(batch)
+                losses = _compute_loss(variant, outputs, train, info)
+                if not D.all_finite(losses["loss"], info):
+                    last = run_dir / LAST
+                    kept = (f"the last good checkpoint is {last}" if last.is_file()
+                            else "no checkpoint was written yet")
+                    raise SlimpError(
+                        f"loss became non-finite ({float(losses['loss'].detach())}) at step "
+                        f"{step + 1} (epoch {epoch + 1}); {kept}; lower --lr or check the data")
+                optimizer.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                if train.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip)
+                lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                s += 1
+                n_images = int(batch["images"].shape[0]) * info.world_size
+                if "images2" in batch:
+                    n_images *= 2
+                for k, v in losses.items():
+                    interval[k] = interval.get(k, 0.0) + float(v.detach())
+                n_interval += 1
+                images_interval += n_images
+                last_loss = {k: float(v.detach()) for k, v in losses.items()}
+                bar.update(1, "  ".join(f"{k.replace('loss_', '')} {v:.3f}"
+                                        for k, v in last_loss.items()) + f"  lr {lr:.2e}")
+                if step % train.log_every == 0 or step == stop_at or s == steps_per_epoch:
+                    elapsed = max(time.perf_counter() - t_interval, 1e-9)
+                    means = _mean_over_ranks(
+                        {k: v / n_interval for k, v in interval.items()}, info, device)
+                    row = {"step": step, "epoch": epoch, **means,
+                           "lr": lr, "images_per_s": images_interval / elapsed}
+                    metrics.write(row)
+                    logged.append(row)
+                    interval, n_interval, images_interval = {}, 0, 0
+                    t_interval = time.perf_counter()
+                if step >= stop_at:
+                    break
+            if s >= steps_per_epoch:
+                epoch, start_in_epoch = epoch + 1, 0
+                checkpoint(epoch, 0, epoch_file=True)
+            else:  # stopped inside the epoch (--max-steps)
+                start_in_epoch = s
+                checkpoint(epoch, s)
+    finally:
+        bar.close()
+        metrics.close()
+    return TrainResult(run_dir=run_dir, model=model, step=step, epoch=epoch, metrics=logged)
+
+
+def _mean_over_ranks(values: dict[str, float], info: D.DistInfo,
+                     device: torch.device) -> dict[str, float]:
+    """Loss parts averaged over the ranks (each rank's loss covers its own patients)."""
+    if not info.enabled:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return {k: float(v) / info.world_size for k, v in zip(keys, t)}
+
+
+def _compute_loss(variant: str, outputs: dict, train: TrainConfig, info: D.DistInfo) -> dict:
+    from ..losses import compute_loss
+
+    return compute_loss(variant, outputs, temperature=train.temperature, lam=train.lam,
+                        **D.loss_kwargs(info, outputs))
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    return {"total": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+def json_safe(obj: Any) -> Any:
+    """Round-trip through JSON (configs stored in checkpoints must be plain containers)."""
+    return json.loads(json.dumps(obj))

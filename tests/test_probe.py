@@ -1,0 +1,160 @@
+"""kNN against a brute-force reference; probe, baselines and leakage audit on synthetic stores."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_store import write_store  # noqa: E402
+
+from slimp_cli.errors import SlimpError  # noqa: E402
+from slimp_cli.eval import WarningLog  # noqa: E402
+from slimp_cli.eval.knn import knn_proba  # noqa: E402
+from slimp_cli.eval.probe import run_probe  # noqa: E402
+
+
+def brute_knn(train_x, train_y, test_x, *, k, n_classes, temperature=0.07, weighting="exp"):
+    """Reference: loop over queries, sort similarities, weighted votes."""
+    tn = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
+    out = []
+    for q in test_x:
+        q = q / np.linalg.norm(q)
+        sims = tn @ q
+        order = np.argsort(-sims)[:k]
+        votes = np.zeros(n_classes)
+        for j in order:
+            votes[train_y[j]] += np.exp(sims[j] / temperature) if weighting == "exp" else max(sims[j], 0)
+        out.append(votes / votes.sum())
+    return np.array(out)
+
+
+@pytest.mark.parametrize("weighting", ["exp", "sim"])
+def test_knn_equals_brute_force(weighting):
+    rng = np.random.default_rng(0)
+    tx, ty, qx = rng.normal(size=(300, 6)), rng.integers(0, 3, 300), rng.normal(size=(50, 6))
+    got = knn_proba(tx, ty, qx, n_classes=3, k=7, weighting=weighting, device="cpu")
+    np.testing.assert_allclose(got, brute_knn(tx, ty, qx, k=7, n_classes=3, weighting=weighting), rtol=1e-4, atol=1e-6)
+
+
+def test_knn_k_larger_than_train_warns():
+    rng = np.random.default_rng(0)
+    log = WarningLog()
+    got = knn_proba(rng.normal(size=(5, 3)), np.array([0, 1, 0, 1, 1]), rng.normal(size=(4, 3)),
+                    n_classes=2, k=20, device="cpu", warnings=log)
+    assert got.shape == (4, 2) and any("using k=5" in w for w in log)
+
+
+def synthetic(tmp_path: Path, *, n=600, d=8, random_labels=False, leak=False, seed=0, multiclass=False) -> Path:
+    """Nested-like store: label is a linear function of the image + lesion features."""
+    rng = np.random.default_rng(seed)
+    image, lesion = rng.normal(size=(n, d)).astype(np.float32), rng.normal(size=(n, d)).astype(np.float32)
+    pid = np.arange(n) // 3
+    patient = rng.normal(size=(n // 3 + 1, d)).astype(np.float32)[pid]
+    score = image @ rng.normal(size=d) + lesion @ rng.normal(size=d)
+    if multiclass:
+        label = np.digitize(score, np.quantile(score, [0.33, 0.66]))
+    else:
+        label = (score > np.median(score)).astype(np.int64)
+    if random_labels:
+        label = rng.integers(0, 2, n)
+    noise = rng.normal(size=(n, 2)).astype(np.float32)
+    raw_cols = np.column_stack([noise, label.astype(np.float32)]) if leak else noise
+    names = ["age", "site"] + (["biopsed"] if leak else [])
+    return write_store(tmp_path / f"s{seed}{int(leak)}.h5",
+                       features={"image": image, "lesion": lesion, "patient": patient},
+                       patient_id=pid, label=label, malignant=(label > 0).astype(np.int8),
+                       raw={"lesion": (raw_cols, names, names)})
+
+
+def _metric(report, method, name="accuracy", low_shot=None):
+    (r,) = [r for r in report["results"] if r["method"] == method and r["low_shot"] == low_shot]
+    return r["metrics"][name]["mean"]
+
+
+def test_linear_label_is_learned(tmp_path):
+    report = run_probe(synthetic(tmp_path), seeds=[0, 1], device="cpu")
+    assert _metric(report, "linear") >= 0.95
+    assert _metric(report, "linear", "auc") >= 0.98
+    assert _metric(report, "knn") >= 0.7  # cosine kNN on a linear rule: well above chance
+    r = report["results"][0]
+    assert r["features"] == ["image", "lesion", "patient"] and r["seeds"] == [0, 1] and r["split"] == "random"
+    assert set(r["metrics"]) >= {"accuracy", "balanced_accuracy", "f1", "auc"}
+    assert set(r["metrics"]["accuracy"]) == {"mean", "std"}
+
+
+def test_random_labels_are_chance(tmp_path):
+    report = run_probe(synthetic(tmp_path, random_labels=True), seeds=[0, 1, 2], device="cpu")
+    for method in ("linear", "knn"):
+        assert 0.3 <= _metric(report, method) <= 0.7
+        assert 0.3 <= _metric(report, method, "auc") <= 0.7
+
+
+def test_features_subset_and_multiclass(tmp_path):
+    store = synthetic(tmp_path, multiclass=True)
+    report = run_probe(store, label="multiclass", features=["image"], methods=["linear"], seeds=[0], device="cpu")
+    (r,) = report["results"]
+    assert r["features"] == ["image"] and r["label"] == "multiclass"
+    assert set(r["metrics"]) >= {"accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "auc"}
+    full = run_probe(store, label="multiclass", methods=["linear"], seeds=[0], device="cpu")
+    assert _metric(full, "linear") > r["metrics"]["accuracy"]["mean"]  # lesion features carry label signal
+
+
+def test_low_shot_and_patient_split(tmp_path):
+    report = run_probe(synthetic(tmp_path), split="patient", seeds=[0], low_shot_fractions=[0.05], k=5, device="cpu")
+    assert {(r["method"], r["low_shot"]) for r in report["results"]} == {
+        ("linear", None), ("knn", None), ("linear", 0.05), ("knn", 0.05)}
+    assert all(r["split"] == "patient" for r in report["results"])
+    with pytest.raises(SlimpError, match="--low-shot"):
+        run_probe(synthetic(tmp_path), low_shot_fractions=[1.5])
+
+
+def test_cv_chooses_c(tmp_path):
+    report = run_probe(synthetic(tmp_path, n=300), methods=["linear"], seeds=[0], cv=True)
+    assert report["results"][0]["params"]["C"] == "cv"
+    assert _metric(report, "linear") >= 0.85
+
+
+def test_baseline_leakage_audit(tmp_path):
+    leaky = run_probe(synthetic(tmp_path, leak=True), baseline=True, methods=["linear"], seeds=[0])
+    assert any("leakage: raw column 'biopsed' alone reaches AUC" in w for w in leaky["warnings"])
+    assert _metric(leaky, "baseline-gbm") >= 0.95
+    clean = run_probe(synthetic(tmp_path, leak=False), baseline=True, methods=["linear"], seeds=[0])
+    assert not any(w.startswith("leakage") for w in clean["warnings"])
+    methods = [r["method"] for r in clean["results"]]
+    assert methods == ["linear", "baseline-logreg", "baseline-gbm"]
+    assert 0.3 <= _metric(clean, "baseline-logreg") <= 0.75  # raw columns are noise here
+
+
+def test_bad_inputs(tmp_path):
+    store = synthetic(tmp_path)
+    with pytest.raises(SlimpError, match="has no features/x|unknown level"):
+        run_probe(store, features=["x"])
+    rng = np.random.default_rng(0)
+    img_only = write_store(tmp_path / "img.h5", features={"image": rng.normal(size=(40, 3)).astype(np.float32)},
+                           patient_id=np.arange(40), label=np.zeros(40, int), malignant=np.zeros(40, np.int8))
+    with pytest.raises(SlimpError, match="no features/patient"):
+        run_probe(img_only, features=["image", "patient"])
+    with pytest.raises(SlimpError, match="single class"):
+        run_probe(img_only)
+    with pytest.raises(SlimpError, match="no pseudo/ilp"):
+        run_probe(img_only, pseudo="ilp")
+
+
+def test_unknown_malignancy_dropped_and_plots(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 200
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    mal = (x[:, 0] > 0).astype(np.int8)
+    mal[:20] = -1
+    store = write_store(tmp_path / "m.h5", features={"image": x}, patient_id=np.arange(n),
+                        label=rng.integers(0, 3, n), malignant=mal)
+    report = run_probe(store, seeds=[0], k=50, plots_dir=tmp_path / "plots", device="cpu")
+    assert any("20 of 200 rows have unknown malignancy" in w for w in report["warnings"])
+    pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert pngs == ["confusion-knn.png", "confusion-linear.png", "roc-knn.png", "roc-linear.png"]
+    mc = run_probe(store, label="multiclass", methods=["knn"], seeds=[0], plots_dir=tmp_path / "mc", device="cpu")
+    assert (tmp_path / "mc" / "roc-knn.png").stat().st_size > 1000 and mc["results"]

@@ -1,0 +1,137 @@
+"""Chunked search and retrieval metrics: known answers and brute-force references."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_store import write_store  # noqa: E402
+
+from slimp_cli.errors import SlimpError  # noqa: E402
+from slimp_cli.eval.metrics import rank_metrics  # noqa: E402
+from slimp_cli.eval.retrieval import ranks_of_relevant, run_retrieval  # noqa: E402
+from slimp_cli.eval.search import count_greater, topk_cosine  # noqa: E402
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_chunked_topk_equals_full_matrix():
+    rng = np.random.default_rng(0)
+    q, g = rng.normal(size=(103, 16)), rng.normal(size=(517, 16))
+    full = _unit(q) @ _unit(g).T
+    want_i = np.argsort(-full, axis=1)[:, :9]
+    for qc, gc, cache in ((7, 50, 1 << 30), (103, 517, 1 << 30), (10, 33, 0)):
+        s, i = topk_cosine(q, g, k=9, query_chunk=qc, gallery_chunk=gc, cache_bytes=cache, device="cpu")
+        np.testing.assert_array_equal(i, want_i)
+        np.testing.assert_allclose(s, np.take_along_axis(full, want_i, 1), atol=1e-5)
+    s, i = topk_cosine(q, g[:4], k=9, device="cpu")  # k capped at the gallery size
+    assert i.shape == (103, 4)
+
+
+def test_count_greater_equals_brute_force():
+    rng = np.random.default_rng(1)
+    q, g = rng.normal(size=(40, 5)), rng.normal(size=(90, 5))
+    thr = rng.uniform(-0.5, 0.5, 40).astype(np.float32)
+    qg, gg = rng.integers(0, 10, 40), rng.integers(0, 10, 90)
+    full = _unit(q) @ _unit(g).T
+    want = ((full > thr[:, None]) & (gg[None, :] != qg[:, None])).sum(1)
+    got = count_greater(q, g, thr, query_groups=qg, gallery_groups=gg, query_chunk=6, gallery_chunk=13, device="cpu")
+    np.testing.assert_array_equal(got, want)
+
+
+def test_hand_made_3x3_ranks():
+    # gallery on the unit circle at 0, 60 and 180 degrees; queries placed so that the true match
+    # (same index) is ranked 1, 2 and 3 respectively.
+    deg = np.deg2rad
+    gallery = np.array([[1, 0], [np.cos(deg(60)), np.sin(deg(60))], [-1, 0]])
+    queries = np.array([[1, 0.1],  # nearest g0 (rank 1 for match 0)
+                        [1, 0.0],  # order g0, g1, g2: match 1 at rank 2
+                        [1, 0.2]])  # order g0, g1, g2: match 2 at rank 3
+    ids = np.arange(3)
+    ranks = ranks_of_relevant(queries, gallery, query_groups=ids, gallery_groups=ids, query_chunk=2, gallery_chunk=2)
+    np.testing.assert_array_equal(ranks, [1, 2, 3])
+    m = rank_metrics(ranks, ks=(1, 2, 5))
+    assert m["R@1"] == pytest.approx(1 / 3) and m["R@2"] == pytest.approx(2 / 3) and m["R@5"] == 1.0
+    assert m["NDCG@2"] == pytest.approx((1 + 1 / np.log2(3)) / 3)
+    assert m["NDCG@5"] == pytest.approx((1 + 1 / np.log2(3) + 1 / np.log2(4)) / 3)
+    assert m["mAP"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+
+
+def _store(tmp_path, image, lesion, pid, patient=None, name="r.h5"):
+    feats = {"image": image.astype(np.float32), "lesion": lesion.astype(np.float32)}
+    if patient is not None:
+        feats["patient"] = patient.astype(np.float32)
+    n = len(image)
+    return write_store(tmp_path / name, features=feats, patient_id=pid, label=np.arange(n) % 2)
+
+
+def test_identical_embeddings_are_perfect(tmp_path):
+    x = np.random.default_rng(0).normal(size=(300, 12))
+    rep = run_retrieval(_store(tmp_path, x, x, np.arange(300)), device="cpu", chunk_size=64, n_negative=5000)
+    for task in ("image_to_lesion", "lesion_to_image"):
+        assert rep[task]["R@1"] == 1.0 and rep[task]["mAP"] == 1.0 and rep[task]["NDCG@10"] == 1.0
+    assert rep["similarity_percentiles"]["matching"]["2"] == pytest.approx(1.0, abs=1e-5)
+    assert abs(rep["similarity_percentiles"]["non_matching"]["50"]) < 0.1
+    assert "image_to_patient" not in rep
+
+
+def test_random_embeddings_recall_is_k_over_n(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 1000
+    rep = run_retrieval(_store(tmp_path, rng.normal(size=(n, 32)), rng.normal(size=(n, 32)), np.arange(n)),
+                        device="cpu", chunk_size=128, n_negative=2000)
+    for k in (5, 20, 100):
+        assert rep["image_to_lesion"][f"R@{k}"] == pytest.approx(k / n, abs=max(0.02, 3 * np.sqrt(k / n / n)))
+    assert rep["image_to_lesion"]["mAP"] < 0.05
+
+
+def test_patient_tasks_against_brute_force(tmp_path):
+    rng = np.random.default_rng(2)
+    n, d = 120, 6
+    pid = rng.integers(0, 30, n)
+    pid[:30] = np.arange(30)  # every patient has a lesion
+    pvec = rng.normal(size=(30, d))
+    image = pvec[pid] + rng.normal(size=(n, d))  # images near their patient's vector
+    lesion = image + 0.5 * rng.normal(size=(n, d))
+    rep = run_retrieval(_store(tmp_path, image, lesion, pid, patient=pvec[pid]), device="cpu", chunk_size=16,
+                        n_negative=1000)
+    # brute force: patient gallery sorted by patient id (np.unique order of the string ids)
+    keys, inv = np.unique(np.array([str(p) for p in pid]), return_inverse=True)
+    gal = np.stack([pvec[int(k)] for k in keys])
+    sims = _unit(image) @ _unit(gal).T
+    ranks = np.array([1 + np.sum(sims[i] > sims[i, inv[i]]) for i in range(n)])
+    assert rep["image_to_patient"] == pytest.approx(rank_metrics(ranks))
+    sims_t = _unit(gal) @ _unit(image).T  # patient -> images: rank of the best image of the patient
+    ranks_t = []
+    for p in range(len(keys)):
+        own = inv == p
+        best = sims_t[p, own].max()
+        ranks_t.append(1 + np.sum(sims_t[p, ~own] > best))
+    assert rep["patient_to_image"] == pytest.approx(rank_metrics(np.array(ranks_t)))
+    assert rep["n_patients"] == 30
+
+
+def test_split_and_plots(tmp_path):
+    rng = np.random.default_rng(3)
+    n = 400
+    x = rng.normal(size=(n, 8))
+    store = _store(tmp_path, x, x + 0.3 * rng.normal(size=(n, 8)), np.arange(n) // 4)
+    rep = run_retrieval(store, split="patient", seed=1, device="cpu", plots_dir=tmp_path / "p", n_negative=1000)
+    assert 24 <= rep["n_queries"] <= 56 and rep["split"] == "patient"
+    assert set(rep["similarity_percentiles"]) == {"matching", "non_matching", "retrieved"}
+    pct = rep["similarity_percentiles"]
+    assert pct["matching"]["50"] > pct["retrieved"]["50"] > pct["non_matching"]["50"]
+    assert (tmp_path / "p" / "similarity.png").stat().st_size > 1000
+
+
+def test_needs_lesion_features(tmp_path):
+    x = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
+    store = write_store(tmp_path / "i.h5", features={"image": x}, patient_id=np.arange(10), label=np.arange(10) % 2)
+    with pytest.raises(SlimpError, match="no features/lesion"):
+        run_retrieval(store)
