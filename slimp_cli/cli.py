@@ -44,7 +44,8 @@ _register_all()
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning SlimpError into `error: ...` and exit 1."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Non-standalone mode returns (not raises) the code of typer.Exit / ctx.exit.
+        rc = app(args=argv, standalone_mode=False)
     except SlimpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

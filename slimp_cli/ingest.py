@@ -8,10 +8,9 @@ leaves a folder that looks complete.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import multiprocessing
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -193,8 +192,7 @@ def ingest(fmt: str, source: str | Path, out: str | Path, *, schema: str | Path 
     written_patients, written_lesions, conflicts = [], [], {}
     bar, task = _progress(progress, len(jobs))
     try:
-        with bar:
-            results = _results(jobs, workers)
+        with bar, contextlib.closing(_results(jobs, workers)) as results:  # closing: pool ends on errors too
             for pid, members in groups:
                 kept, images = [], []
                 for e in members:

@@ -17,6 +17,16 @@ from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 from slimp_cli.errors import SlimpError
 
 
+def ensure_dir(path: str | Path) -> Path:
+    """Create the figure folder (and parents); a user error if impossible."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SlimpError(f"--plots {path}: cannot create folder ({e.strerror})") from None
+    return path
+
+
 def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
     fig.tight_layout()
@@ -44,7 +54,7 @@ def roc_curves(
         RocCurveDisplay.from_predictions(pos, proba[:, c], name=name, ax=ax, plot_chance_level=c == shown[0])
     ax.set_xlabel("False positive rate")
     ax.set_ylabel("True positive rate")
-    ax.set_title(f"ROC: {title}")
+    ax.set_title(f"ROC curve\n{title}", fontsize="medium")
     ax.legend(loc="lower right", fontsize="small")
     _save(fig, path)
 
@@ -61,7 +71,7 @@ def confusion(
         ax=ax, colorbar=False, xticks_rotation=45)
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class")
-    ax.set_title(f"Confusion matrix: {title}")
+    ax.set_title(f"Confusion matrix\n{title}", fontsize="medium")
     _save(fig, path)
 
 
@@ -79,6 +89,6 @@ def similarity_histograms(path: Path, distributions: Mapping[str, np.ndarray], *
         ax.axvline(float(np.median(values)), color=color, linestyle="--", linewidth=1.5)
     ax.set_xlabel("Cosine similarity (image vs metadata)")
     ax.set_ylabel("Density")
-    ax.set_title(title)
+    ax.set_title(title, fontsize="medium")
     ax.legend(fontsize="small")
     _save(fig, path)

@@ -244,8 +244,8 @@ class ShardIndex:
         return len(self._entries)
 
     @property
-    def patient_ids(self) -> list[str]:
-        """Sanitised keys of the patients, in index order (the original ids are in records)."""
+    def keys(self) -> list[str]:
+        """Sample keys (sanitised patient ids) in index order; original ids are in the records."""
         return [e.key for e in self._entries]
 
     @property

@@ -99,7 +99,8 @@ class FeatureStoreWriter:
         def make(name: str, dtype, width: int | None = None) -> h5py.Dataset:
             shape = (n0,) if width is None else (n0, width)
             maxshape = (None,) if width is None else (None, width)
-            chunks = (chunk,) if width is None else (max(1, min(chunk, (1 << 20) // max(1, width))), width)
+            # ~1 MiB chunks: they fit h5py's default chunk cache, so small appends stay cheap
+            chunks = (chunk,) if width is None else (max(1, min(chunk, (1 << 18) // max(1, width))), width)
             return f.create_dataset(name, shape=shape, maxshape=maxshape, dtype=dtype, chunks=chunks)
 
         make("lesion_id", _STR)

@@ -31,6 +31,12 @@ def shared_path(*parts: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared():
+    """The `shared_path` function: tests call shared("formats", "ph2") and skip when absent."""
+    return shared_path
+
+
+@pytest.fixture(scope="session")
 def pad_source() -> Path:
     return shared_path("pad_ufes_20")
 

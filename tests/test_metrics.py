@@ -137,3 +137,17 @@ def test_low_shot():
     for bad in (0, -0.1, 1.5):
         with pytest.raises(SlimpError, match="--low-shot"):
             check_fractions([bad])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_patient_split_many_patients_path(monkeypatch, seed):
+    import slimp_cli.eval.splits as splits
+
+    monkeypatch.setattr(splits, "MANY_GROUPS", 100)  # force the fast path for many patients
+    rng = np.random.default_rng(seed)
+    groups = rng.integers(0, 2000, 6000)
+    y = (rng.random(6000) < 0.2).astype(int)
+    train, test = splits.patient_split(y, groups, seed=seed)
+    assert not set(groups[train]) & set(groups[test])
+    assert len(train) + len(test) == 6000 and 0.08 <= len(test) / 6000 <= 0.12
+    assert abs(y[test].mean() - y.mean()) < 0.05

@@ -158,3 +158,48 @@ def test_unknown_malignancy_dropped_and_plots(tmp_path):
     assert pngs == ["confusion-knn.png", "confusion-linear.png", "roc-knn.png", "roc-linear.png"]
     mc = run_probe(store, label="multiclass", methods=["knn"], seeds=[0], plots_dir=tmp_path / "mc", device="cpu")
     assert (tmp_path / "mc" / "roc-knn.png").stat().st_size > 1000 and mc["results"]
+
+
+def test_class_in_one_patient_never_crashes(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 120
+    pid = np.arange(n) // 3
+    mal = (pid == 0).astype(np.int8)  # every malignant lesion belongs to patient 0
+    store = write_store(tmp_path / "one.h5", features={"image": rng.normal(size=(n, 4)).astype(np.float32)},
+                        patient_id=pid, label=mal.astype(int), malignant=mal)
+    report = run_probe(store, split="patient", seeds=[0, 1, 2, 3], k=5, device="cpu")
+    assert any("absent from the" in w for w in report["warnings"])
+    assert len(report["results"]) == 2
+
+
+def test_single_class_training_part(tmp_path, monkeypatch):
+    import slimp_cli.eval.probe as probe
+
+    store = synthetic(tmp_path, n=90)
+    # a split whose training side holds class 0 only (as a patient split can on tiny data)
+    monkeypatch.setattr(probe, "make_split", lambda kind, y, groups, **kw: (np.flatnonzero(y == 0), np.arange(len(y))))
+    report = probe.run_probe(store, seeds=[0], baseline=True, device="cpu")
+    assert any("single class; linear predicts it" in w for w in report["warnings"])
+    assert _metric(report, "linear", "balanced_accuracy") == pytest.approx(0.5)
+
+
+def test_label_fixing_value_is_flagged_but_not_a_mixed_one():
+    """A one-sided leak (value -> always one class, like PAD's biopsed=False) is caught even
+    though its AUC is below the threshold; an independent indicator is not."""
+    from slimp_cli.eval.baseline import label_fixing_values, leakage_audit
+    from slimp_cli.eval import WarningLog
+
+    rng = np.random.default_rng(0)
+    n = 400
+    y = (rng.random(n) < 0.4).astype(int)
+    leak = np.where(y == 1, 0.0, (rng.random(n) < 0.6).astype(float))  # 1 -> always benign
+    noise = (rng.random(n) < 0.5).astype(float)
+    x = np.stack([leak, noise], axis=1)
+    found = label_fixing_values(x, ["biopsed=false", "coin=heads"], y)
+    assert [(c, k) for c, _, k in found] == [("biopsed=false", 0)]
+    assert found[0][1] == int(leak.sum())
+    warnings = WarningLog()
+    aucs = leakage_audit(x, ["biopsed", "coin"], y, columns=["biopsed=false", "coin=heads"],
+                         class_names=["benign", "malignant"], warnings=warnings)
+    assert aucs["biopsed"] < 0.95
+    assert len(warnings) == 1 and "'biopsed'" in warnings[0] and "'benign'" in warnings[0]

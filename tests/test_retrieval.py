@@ -26,7 +26,7 @@ def test_chunked_topk_equals_full_matrix():
     q, g = rng.normal(size=(103, 16)), rng.normal(size=(517, 16))
     full = _unit(q) @ _unit(g).T
     want_i = np.argsort(-full, axis=1)[:, :9]
-    for qc, gc, cache in ((7, 50, 1 << 30), (103, 517, 1 << 30), (10, 33, 0)):
+    for qc, gc, cache in ((7, 50, 1 << 30), (103, 517, 1 << 30), (10, 33, 0), (10, 5, 1 << 30)):
         s, i = topk_cosine(q, g, k=9, query_chunk=qc, gallery_chunk=gc, cache_bytes=cache, device="cpu")
         np.testing.assert_array_equal(i, want_i)
         np.testing.assert_allclose(s, np.take_along_axis(full, want_i, 1), atol=1e-5)
@@ -135,3 +135,22 @@ def test_needs_lesion_features(tmp_path):
     store = write_store(tmp_path / "i.h5", features={"image": x}, patient_id=np.arange(10), label=np.arange(10) % 2)
     with pytest.raises(SlimpError, match="no features/lesion"):
         run_retrieval(store)
+
+
+def test_phenotype_to_patient_against_brute_force(tmp_path):
+    rng = np.random.default_rng(4)
+    n, d, n_pat = 150, 4, 25
+    pid = np.sort(np.concatenate([np.arange(n_pat), rng.integers(0, n_pat, n - n_pat)]))
+    image, lesion = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    pvec = rng.normal(size=(n_pat, d))
+    weight, bias = rng.normal(size=(d, 2 * d)), rng.normal(size=d)
+    store = write_store(tmp_path / "ph.h5", features={"image": image.astype(np.float32), "lesion": lesion.astype(np.float32),
+                                                       "patient": pvec[pid].astype(np.float32)},
+                        patient_id=np.array([f"p{p:03d}" for p in pid]), label=np.arange(n) % 2,
+                        phenotype=(weight.astype(np.float32), bias.astype(np.float32)))
+    rep = run_retrieval(store, device="cpu", n_negative=100)
+    z = np.stack([np.concatenate([image[pid == p].mean(0), lesion[pid == p].mean(0)]) @ weight.T + bias
+                  for p in range(n_pat)])
+    sims = _unit(z) @ _unit(pvec).T
+    ranks = np.array([1 + np.sum(sims[p] > sims[p, p]) for p in range(n_pat)])
+    assert rep["phenotype_to_patient"] == pytest.approx(rank_metrics(ranks))

@@ -85,7 +85,7 @@ def test_index_random_access_matches_written(tmp_path):
     # plain webdataset reads the same samples
     urls = [str(tmp_path / s.name) for s in shards]
     samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
-    assert [s["__key__"] for s in samples] == index.patient_ids
+    assert [s["__key__"] for s in samples] == index.keys
     assert json.loads(samples[4]["lesions.json"]) == record.lesions
 
 

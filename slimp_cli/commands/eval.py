@@ -1,23 +1,29 @@
 """`slimp probe`, `slimp retrieve`, `slimp extrapolate`: parse options, call the library, print.
 
-User errors (SlimpError) become `error: <message>` on stderr and exit status 1 here already, so
-the commands behave the same under any Typer app that registers them.
+User errors (SlimpError) become `error: <message>` on stderr and exit status 1 here already
+(SystemExit(1)), so the commands behave the same under any Typer app that registers them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import SlimpError
 
-out_console = Console()
 err_console = Console(stderr=True, highlight=False)
+
+
+def _out() -> Console:
+    # a pipe or file gets whole rows instead of rich's 80-column default for non-terminals
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 @contextlib.contextmanager
@@ -26,7 +32,9 @@ def _user_errors() -> Iterator[None]:
         yield
     except SlimpError as exc:
         err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        # SystemExit, not typer.Exit: an app run with standalone_mode=False (cli.main) would
+        # turn typer.Exit into a return value and the process would exit 0.
+        raise SystemExit(1) from None
 
 
 def _csv(text: str | None) -> list[str]:
@@ -55,7 +63,10 @@ def _write_json(path: Path | None, report: dict) -> None:
 
     if not path.parent.is_dir():
         raise SlimpError(f"--json {path}: folder {path.parent} does not exist")
-    write_json(path, report)
+    try:
+        write_json(path, report)
+    except OSError as e:
+        raise SlimpError(f"--json {path}: cannot write ({e.strerror})") from None
     err_console.print(f"wrote {path}", markup=False)
 
 
@@ -96,16 +107,17 @@ def probe_cmd(
             low_shot_fractions=_numbers(low_shot, "--low-shot", float), k=k, temperature=knn_temperature,
             C=c, cv=cv, baseline=baseline, pseudo=pseudo, device=device, plots_dir=plots)
         _warn(report["warnings"])
-        names = ["accuracy", "balanced_accuracy", "f1", "auc"] + (
-            ["f1_weighted"] if label == "multiclass" else [])
-        table = Table(title=f"{store.name}: {label} classification")
-        for col in ["method", "split", "features", "low-shot", *names]:
-            table.add_column(col, justify="right" if col in names else "left")
+        names = ({"accuracy": "Acc", "balanced_accuracy": "BA", "f1": "F1", "auc": "AUC"} if label == "binary" else
+                 {"accuracy": "Acc", "balanced_accuracy": "BA", "f1_macro": "F1-macro",
+                  "f1_weighted": "F1-weighted", "auc": "AUC"})
+        table = Table(title=f"{escape(store.name)}: {label} classification (mean±std over seeds {seeds})")
+        for col in ["method", "split", "features", "low-shot", *names.values()]:
+            table.add_column(col, justify="right" if col in names.values() else "left")
         for r in report["results"]:
-            table.add_row(r["method"], r["split"], "+".join(r["features"]) + (f" ({r['pseudo']})" if r.get("pseudo") else ""),
-                          "-" if r["low_shot"] is None else f"{r['low_shot']:g}",
+            feats = "+".join(r["features"]) + (f" ({r['pseudo']})" if r.get("pseudo") else "")
+            table.add_row(r["method"], r["split"], feats, "-" if r["low_shot"] is None else f"{r['low_shot']:g}",
                           *[_fmt(r["metrics"].get(m, {})) for m in names])
-        out_console.print(table)
+        _out().print(table)
         _write_json(json_path, report)
 
 
@@ -128,15 +140,16 @@ def retrieve_cmd(
         report = run_retrieval(store, split=split, seed=seed, n_negative=negatives, device=device,
                                chunk_size=chunk_size, plots_dir=plots)
         _warn(report["warnings"])
-        tasks = [t for t in ("image_to_lesion", "lesion_to_image", "image_to_patient", "patient_to_image") if t in report]
+        tasks = [t for t in ("image_to_lesion", "lesion_to_image", "image_to_patient", "patient_to_image",
+                                "phenotype_to_patient") if t in report]
         metrics = list(report["image_to_lesion"])
-        table = Table(title=f"{store.name}: retrieval over {report['n_queries']} lesions")
+        table = Table(title=f"{escape(store.name)}: retrieval over {report['n_queries']} lesions")
         table.add_column("task")
         for m in metrics:
             table.add_column(m, justify="right")
         for t in tasks:
             table.add_row(t, *[f"{report[t][m]:.3f}" for m in metrics])
-        out_console.print(table)
+        _out().print(table)
         pct = Table(title="cosine similarity percentiles (image vs lesion metadata)")
         pct.add_column("pairs")
         qs = list(report["similarity_percentiles"]["matching"])
@@ -144,7 +157,7 @@ def retrieve_cmd(
             pct.add_column(f"{q}%", justify="right")
         for name, vals in report["similarity_percentiles"].items():
             pct.add_row(name, *[f"{vals[q]:.3f}" for q in qs])
-        out_console.print(pct)
+        _out().print(pct)
         _write_json(json_path, report)
 
 
@@ -164,7 +177,7 @@ def extrapolate_cmd(
         summary = extrapolate(reference, target, strategy=strategy, device=device, chunk_size=chunk_size)
         _warn(summary["warnings"])
         med = summary["similarity"]["50"]
-        out_console.print(f"wrote pseudo/{strategy} ({', '.join(summary['levels'])}) for {summary['n']} lesions "
+        _out().print(f"wrote pseudo/{strategy} ({', '.join(summary['levels'])}) for {summary['n']} lesions "
                           f"into {target}; median retrieval similarity {med:.3f}", markup=False)
 
 

@@ -25,8 +25,9 @@ def _summary(result, console: Console) -> None:
     console.print(
         f"[bold]ingested[/bold] {counts['patients']} patients, {counts['lesions']} images "
         f"({counts['unique_lesion_ids']} lesions), {counts['malignant']} malignant, "
-        f"{len(result.manifest['shards'])} shard(s) -> {result.out}"
+        f"{len(result.manifest['shards'])} shard(s)"
     )
+    console.print(f"wrote {result.out}/shard-*.tar, schema.json, manifest.json")
     console.print(f"labels: {', '.join(f'{k} {v}' for k, v in counts['labels'].items())}")
     if result.manifest["skipped"]:
         table = Table(title=f"{len(result.manifest['skipped'])} skipped (details in manifest.json)")

@@ -49,8 +49,8 @@ def embed_cmd(
 
 def demo_cmd(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for every file the demo writes."),
-    patients: int = typer.Option(300, "--patients", help="Patients in the generated cohort."),
-    steps: int = typer.Option(150, "--steps", help="Pre-training steps of each model."),
+    patients: int = typer.Option(250, "--patients", help="Patients in the generated cohort."),
+    steps: int = typer.Option(100, "--steps", help="Pre-training steps of each model."),
     seed: int = typer.Option(0, "--seed", help="Seed of the cohort and of training."),
 ) -> None:
     """Run the whole pipeline on a generated cohort on the CPU and print one results table.

@@ -10,10 +10,18 @@ categorical one-hot group, or a number with its missing indicator), a small grad
 model is fit on that group alone and scored by 3-fold cross-validated ROC AUC for the label.
 The group is judged as a whole because a many-valued categorical (a free-text diagnosis, say)
 can determine the label while none of its one-hot columns does alone. A field reaching
-AUC >= 0.95 alone is almost certainly a label leak (PAD-UFES-20's `biopsed`).
+AUC >= 0.95 alone is almost certainly a label leak.
+
+A leak can also be one-sided: PAD-UFES-20's `biopsed` reaches only AUC 0.87 on the shared subset,
+yet `biopsed=False` is benign on every one of its 243 rows (46% of the data), because only
+suspicious lesions are biopsied. So the audit also flags a value (one-hot or missing-indicator
+column) that fixes the label on a large group: at least 10% of the rows (and 20 rows), all of
+one class, where chance alone would give a pure group with probability < 1e-6 (p_class ** m).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -21,14 +29,28 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from slimp_cli.eval import WarningLog
 from slimp_cli.eval.metrics import ovr_auc
 from slimp_cli.store import RAW_LEVELS, FeatureStore
 
 LEAK_AUC = 0.95
+PURE_MIN_FRACTION = 0.10  # a value must cover this share of rows to be judged "label-fixing"
+PURE_MIN_ROWS = 20
+PURE_LOG_P = np.log(1e-6)  # chance of a pure group that large under independence
 AUDIT_MAX_ROWS = 20000  # the audit is a screen, a stratified subsample is enough
 BASELINES = ("baseline-logreg", "baseline-gbm")
+SMALL_DATA_ROWS = 50_000
+
+
+def openmp_threads_for(n_rows: int):
+    """Context: one OpenMP thread for small fits.
+
+    Gradient boosting on a few thousand rows gains nothing from threads, and OpenMP barriers
+    spinning on busy cores (or next to torch's own OpenMP pool) made such fits 20x slower.
+    """
+    return threadpool_limits(limits=1, user_api="openmp") if n_rows < SMALL_DATA_ROWS else contextlib.nullcontext()
 
 
 def raw_metadata(store: FeatureStore) -> tuple[np.ndarray, list[str], list[str]] | None:
@@ -49,16 +71,44 @@ def make_baseline(name: str, *, seed: int, C: float, max_iter: int = 2000):
     raise ValueError(f"unknown baseline {name!r}")
 
 
+def label_fixing_values(
+    x: np.ndarray, columns: list[str], y: np.ndarray
+) -> list[tuple[str, int, int]]:
+    """Indicator columns whose 1-rows all share one label, improbably for their size.
+
+    Shape: x [n, R] (only 0/1 columns are judged), columns [R], y [n] ints.
+    Returns [(column, n_rows, class index)].
+    """
+    n = len(y)
+    prevalence = np.bincount(y) / n
+    out = []
+    for j, name in enumerate(columns):
+        col = x[:, j]
+        if not np.isin(col, (0.0, 1.0)).all():
+            continue
+        rows = col == 1.0
+        m = int(rows.sum())
+        if m < max(PURE_MIN_ROWS, PURE_MIN_FRACTION * n) or m == n:
+            continue
+        labels = np.unique(y[rows])
+        if len(labels) == 1 and m * np.log(prevalence[labels[0]]) < PURE_LOG_P:
+            out.append((name, m, int(labels[0])))
+    return out
+
+
 def leakage_audit(
     x: np.ndarray,
     source_columns: list[str],
     y: np.ndarray,
     *,
+    columns: list[str] | None = None,
+    class_names: list[str] | None = None,
     threshold: float = LEAK_AUC,
     seed: int = 0,
     warnings: WarningLog | None = None,
 ) -> dict[str, float]:
-    """Cross-validated AUC of each source column alone for label y; warns at >= threshold.
+    """Cross-validated AUC of each source column alone for label y; warns at >= threshold,
+    and (given `columns`) warns about values that fix the label (`label_fixing_values`).
 
     Shape: x [n, R], source_columns [R] (field of each column), y [n] ints -> {field: AUC}.
     """
@@ -68,6 +118,14 @@ def leakage_audit(
         keep = np.sort(rng.choice(len(y), AUDIT_MAX_ROWS, replace=False))
         x, y = x[keep], y[keep]
     classes, y = np.unique(y, return_inverse=True)
+    if columns is not None and warnings is not None and len(classes) >= 2:
+        for name, m, k in label_fixing_values(x, columns, y):
+            cls = class_names[classes[k]] if class_names is not None else str(classes[k])
+            warnings.add(
+                f"leakage: raw column '{source_columns[columns.index(name)]}' — every one of the "
+                f"{m} rows with {name} ({100 * m / len(y):.0f}%) is '{cls}'; a value that fixes "
+                "the label is usually recorded after diagnosis"
+            )
     n_folds = min(3, int(np.bincount(y).min()))
     if len(classes) < 2 or n_folds < 2:
         return {}
@@ -77,7 +135,8 @@ def leakage_audit(
     for field in dict.fromkeys(source_columns):  # first-seen order
         cols = x[:, sources == field]
         model = HistGradientBoostingClassifier(max_iter=30, random_state=seed)
-        proba = cross_val_predict(model, cols, y, cv=cv, method="predict_proba")
+        with openmp_threads_for(len(y)):
+            proba = cross_val_predict(model, cols, y, cv=cv, method="predict_proba")
         auc = ovr_auc(y, proba, labels=np.arange(len(classes)))
         out[field] = auc
         if auc >= threshold and warnings is not None:

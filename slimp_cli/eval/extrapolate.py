@@ -95,7 +95,7 @@ def extrapolate(
         n, d = tgt.n, tgt.dims["image"]
     if n == 0:
         raise SlimpError(f"{target_path}: the target store has no rows")
-    kw = dict(device=device, query_chunk=chunk_size, gallery_chunk=max(chunk_size, 8 * chunk_size))
+    kw = dict(device=device, query_chunk=chunk_size)
     with FeatureStore.open(reference_path) as ref, open_for_pseudo(target_path) as f:
         ref_config = json.dumps(ref.config, sort_keys=True)
         pool_rows = None

@@ -36,7 +36,7 @@ from sklearn.preprocessing import StandardScaler
 
 from slimp_cli.errors import SlimpError
 from slimp_cli.eval import WarningLog
-from slimp_cli.eval.baseline import BASELINES, leakage_audit, make_baseline, raw_metadata
+from slimp_cli.eval.baseline import BASELINES, leakage_audit, make_baseline, openmp_threads_for, raw_metadata
 from slimp_cli.eval.knn import knn_proba
 from slimp_cli.eval.metrics import classification_metrics, json_safe, summarize
 from slimp_cli.eval.search import normalize
@@ -94,6 +94,8 @@ def load_probe_data(
     rows = np.flatnonzero(y_all >= 0)
     if len(rows) < len(y_all):
         warnings.add(f"{len(y_all) - len(rows)} of {len(y_all)} rows have {unknown_what}: dropped")
+    if len(rows) == 0:
+        raise SlimpError(f"--label {label}: no row of {store.path} has a known label")
     present = np.unique(y_all[rows])
     if len(present) < 2:
         raise SlimpError(f"--label {label}: {store.path} has a single class among labelled rows; nothing to classify")
@@ -185,8 +187,10 @@ def run_probe(
     names = list(blocks)
     task = "binary" if label == "binary" else "multiclass"
     n_classes = len(class_names)
-    x_linear = np.concatenate([blocks[n] for n in names], axis=1)
-    x_knn = np.concatenate([normalize(blocks[n]) for n in names], axis=1)
+    # built only for the methods asked: at 400k lesions each copy is gigabytes
+    x_linear = np.concatenate([blocks[n] for n in names], axis=1) if "linear" in methods else None
+    x_knn = np.concatenate([normalize(blocks[n]) for n in names], axis=1) if "knn" in methods else None
+    del blocks
     models = list(methods)
     x_raw = None
     if baseline:
@@ -194,7 +198,8 @@ def run_probe(
             warnings.add(f"--baseline: {store_path} has no raw/ metadata; baselines skipped")
         else:
             x_raw = raw[0][rows]
-            leakage_audit(x_raw, raw[2], y, seed=int(seeds[0]), warnings=warnings)
+            leakage_audit(x_raw, raw[2], y, columns=raw[1], class_names=class_names,
+                          seed=int(seeds[0]), warnings=warnings)
             models += list(BASELINES)
 
     runs: dict[tuple[str, float | None], list[dict]] = {}
@@ -205,7 +210,12 @@ def run_probe(
         for frac in fractions:
             tr = train if frac is None else low_shot(train, y, fraction=frac, seed=int(seed))
             for method in models:
-                if method == "linear":
+                if len(np.unique(y[tr])) < 2:
+                    # nothing to fit: a classifier would refuse; predict the one class seen
+                    warnings.add(f"seed {seed}: the training part holds a single class; {method} predicts it everywhere")
+                    proba = np.zeros((len(test), n_classes))
+                    proba[:, int(y[tr][0])] = 1.0
+                elif method == "linear":
                     proba, c = linear_proba(x_linear[tr], y[tr], x_linear[test], n_classes=n_classes,
                                             C=C, cv=cv, seed=int(seed), warnings=warnings)
                     used_c.append(c)
@@ -239,18 +249,19 @@ def run_probe(
 
 def _fit_baseline(method, x_raw, y, tr, test, *, n_classes, seed, C, warnings) -> np.ndarray:
     model = make_baseline(method, seed=seed, C=C, max_iter=MAX_ITER)
-    with pywarnings.catch_warnings(record=True) as caught:
+    with pywarnings.catch_warnings(record=True) as caught, openmp_threads_for(len(tr)):
         pywarnings.simplefilter("always", ConvergenceWarning)
         model.fit(x_raw[tr], y[tr])
+        proba = model.predict_proba(x_raw[test])
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
         warnings.add(f"{method}: did not fully converge in {MAX_ITER} iterations")
-    return _full_proba(model.predict_proba(x_raw[test]), model.classes_, n_classes)
+    return _full_proba(proba, model.classes_, n_classes)
 
 
 def _plots(out: Path, curves: dict, *, class_names: list[str], split: str, seed: int) -> None:
     from slimp_cli import plots  # matplotlib only when figures are asked for
 
-    out.mkdir(parents=True, exist_ok=True)
+    plots.ensure_dir(out)
     for method, (y_true, proba) in curves.items():
         title = f"{method}, {split} split, seed {seed}"
         plots.roc_curves(out / f"roc-{method}.png", y_true, proba, class_names=class_names, title=title)

@@ -7,6 +7,9 @@ Tasks (instance-level: the relevant item of a query is its own counterpart):
   images; a patient's images are all relevant and the rank is that of the best-ranked one
   (first-relevant convention: R@k = a relevant image in the top k, NDCG@k = 1/log2(rank+1),
   "mAP" = mean 1/rank).
+- phenotype_to_patient (nested stores with the phenotype layer): queries = each patient's
+  phenotype z_p = Linear(mean of concat(w, h) over its evaluated lesions), gallery = the unique
+  patient vectors: the retrieval the outer loss trains.
 rank = 1 + number of non-relevant gallery items strictly more similar (ties count in the
 query's favour; they have probability zero for continuous embeddings).
 Counting is chunked (eval/search.py), so no N x N matrix is ever built.
@@ -27,7 +30,7 @@ import numpy as np
 from slimp_cli.errors import SlimpError
 from slimp_cli.eval import WarningLog
 from slimp_cli.eval.metrics import RETRIEVAL_KS, json_safe, percentiles, rank_metrics
-from slimp_cli.eval.search import count_greater, normalize, topk_cosine
+from slimp_cli.eval.search import GALLERY_CHUNK, count_greater, normalize, topk_cosine
 from slimp_cli.eval.splits import make_split
 from slimp_cli.store import FeatureStore
 
@@ -42,7 +45,7 @@ def ranks_of_relevant(
     gallery_groups: np.ndarray,
     device: str = "cpu",
     query_chunk: int = 4096,
-    gallery_chunk: int = 32768,
+    gallery_chunk: int = GALLERY_CHUNK,
 ) -> np.ndarray:
     """1-based rank of the best relevant gallery item of each query.
 
@@ -83,6 +86,23 @@ def _best_relevant(qn: np.ndarray, gn: np.ndarray, qg: np.ndarray, gg: np.ndarra
     if np.isinf(best).any():
         raise ValueError("every query needs at least one relevant gallery item")
     return best
+
+
+def patient_phenotypes(
+    image: np.ndarray, lesion: np.ndarray, patient_of_row: np.ndarray, n_patients: int,
+    weight: np.ndarray, bias: np.ndarray,
+) -> np.ndarray:
+    """z_p = weight @ mean over the patient's lesions of concat(w, h) + bias (the outer loss's query).
+
+    Shape: image, lesion [N, D], patient_of_row [N] in 0..P-1, weight [D, 2D], bias [D] -> [P, D].
+    """
+    import torch  # index_add_: a fast grouped sum without copying the [N, D] blocks
+
+    idx = torch.from_numpy(np.asarray(patient_of_row, dtype=np.int64))
+    count = torch.bincount(idx, minlength=n_patients).to(torch.float32)[:, None]
+    means = [torch.zeros(n_patients, x.shape[1]).index_add_(
+        0, idx, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))) / count for x in (image, lesion)]
+    return (torch.cat(means, 1).numpy() @ weight.T + bias).astype(np.float32)
 
 
 def similarity_samples(
@@ -127,6 +147,7 @@ def run_retrieval(
                                  f"lesion-metadata features (it has: {', '.join(store.feature_names) or 'none'})")
         image, lesion = store.block("image"), store.block("lesion")
         patient = store.block("patient") if "patient" in store.feature_names else None
+        phenotype = store.phenotype
         _, pcode = np.unique(store.patient_id, return_inverse=True)
         label = store.label
     rows = np.arange(len(image))
@@ -135,10 +156,10 @@ def run_retrieval(
         train, rows = make_split(split, label, pcode, seed=seed, test_size=test_size, warnings=warnings)
     if len(rows) < 2:
         raise SlimpError(f"{store_path}: retrieval needs at least 2 lesions, got {len(rows)}")
-    kw = dict(device=device, query_chunk=chunk_size, gallery_chunk=max(chunk_size, 8 * chunk_size))
+    kw = dict(device=device, query_chunk=chunk_size)
     if max(ks) > len(rows):
         warnings.add(f"R@{max(ks)} asked on only {len(rows)} lesions: it is 1 by construction")
-    img, les = image[rows], lesion[rows]
+    img, les = (image, lesion) if split is None else (image[rows], lesion[rows])
     ident = np.arange(len(rows))
     out: dict = {
         "image_to_lesion": rank_metrics(ranks_of_relevant(img, les, query_groups=ident, gallery_groups=ident, **kw), ks=ks),
@@ -146,12 +167,16 @@ def run_retrieval(
     }
     _, first, p_of_row = np.unique(pcode[rows], return_index=True, return_inverse=True)
     if patient is not None:
-        pats = patient[rows][first]  # one metadata vector per patient (rows repeat it per lesion)
+        pats = patient[rows[first]]  # one metadata vector per patient (rows repeat it per lesion)
         pid = np.arange(len(first))
         out["image_to_patient"] = rank_metrics(
             ranks_of_relevant(img, pats, query_groups=p_of_row, gallery_groups=pid, **kw), ks=ks)
         out["patient_to_image"] = rank_metrics(
             ranks_of_relevant(pats, img, query_groups=pid, gallery_groups=p_of_row, **kw), ks=ks)
+        if phenotype is not None:
+            z = patient_phenotypes(img, les, p_of_row, len(first), *phenotype)
+            out["phenotype_to_patient"] = rank_metrics(
+                ranks_of_relevant(z, pats, query_groups=pid, gallery_groups=pid, **kw), ks=ks)
     matching, non_matching = similarity_samples(img, les, n_negative=n_negative, seed=seed)
     dists = {"matching": matching, "non_matching": non_matching}
     if train is not None and len(train):
@@ -163,7 +188,7 @@ def run_retrieval(
     if plots_dir is not None:
         from slimp_cli import plots
 
-        Path(plots_dir).mkdir(parents=True, exist_ok=True)
+        plots.ensure_dir(plots_dir)
         where = f"held-out {split} split (seed {seed})" if split else "whole store"
         names = {"matching": "matching metadata", "non_matching": "non-matching metadata",
                  "retrieved": "metadata retrieved from training part"}

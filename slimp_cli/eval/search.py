@@ -16,7 +16,7 @@ import torch
 from slimp_cli.errors import SlimpError
 
 QUERY_CHUNK = 4096
-GALLERY_CHUNK = 32768
+GALLERY_CHUNK = 16384  # 4096 x 16384 float32 similarities = 256 MiB per block
 
 
 def resolve_device(device: str) -> torch.device:

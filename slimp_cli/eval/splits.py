@@ -19,6 +19,10 @@ from slimp_cli.errors import SlimpError
 from slimp_cli.eval import WarningLog
 
 SPLITS = ("random", "patient")
+# StratifiedGroupKFold loops over groups in Python (~40 s for 100k groups); above this many
+# patients, whole patients are drawn at random instead (stratified by each patient's majority
+# class), and the lesion fraction lands near test_size by the law of large numbers.
+MANY_GROUPS = 20_000
 
 
 def random_split(
@@ -62,6 +66,8 @@ def patient_split(
     n_groups = len(np.unique(groups))
     if n_groups < 2:
         raise SlimpError("--split patient needs at least 2 patients; the store has 1 (use --split random)")
+    if n_groups > MANY_GROUPS:
+        return _many_groups_split(y, groups, seed=seed, test_size=test_size, warnings=warnings)
     n_splits = max(2, min(int(round(1.0 / test_size)), n_groups))
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     all_classes = set(np.unique(y).tolist())
@@ -83,6 +89,30 @@ def patient_split(
             if gone:
                 warnings.add(f"patient split (seed {seed}): class(es) {', '.join(map(str, gone))} absent from the {side} part")
     return np.sort(train), np.sort(test)
+
+
+def _many_groups_split(y, groups, *, seed, test_size, warnings) -> tuple[np.ndarray, np.ndarray]:
+    uniq, code = np.unique(groups, return_inverse=True)
+    # majority class of each patient (ties -> smallest class index)
+    classes, y_code = np.unique(y, return_inverse=True)
+    counts = np.zeros((len(uniq), len(classes)), dtype=np.int64)
+    np.add.at(counts, (code, y_code), 1)
+    strata = counts.argmax(1)
+    ok = np.bincount(strata)[strata] >= 2
+    try:
+        _, test_groups = train_test_split(np.flatnonzero(ok), test_size=test_size, random_state=seed, stratify=strata[ok])
+    except ValueError:
+        _, test_groups = train_test_split(np.flatnonzero(ok), test_size=test_size, random_state=seed)
+    is_test = np.zeros(len(uniq), dtype=bool)
+    is_test[test_groups] = True
+    test = np.flatnonzero(is_test[code])
+    train = np.flatnonzero(~is_test[code])
+    if warnings is not None:
+        for side, rows in (("held-out", test), ("training", train)):
+            gone = sorted(set(np.unique(y).tolist()) - set(np.unique(y[rows]).tolist()))
+            if gone:
+                warnings.add(f"patient split (seed {seed}): class(es) {', '.join(map(str, gone))} absent from the {side} part")
+    return train, test
 
 
 def make_split(

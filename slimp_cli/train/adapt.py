@@ -34,7 +34,7 @@ def adapt_run(checkpoint: str | Path, data: str | Path, out: str | Path, *,
               train: TrainConfig | dict | None = None, tune: str | None = None,
               resume: bool = False, progress: bool = False) -> TrainResult:
     """`adapt` returning the `TrainResult` (with the adapted model) instead of the path."""
-    from ..models import build_model, replace_tabular_inputs
+    from ..models import build_model
     from ..schema import ResolvedSchema
     from ..shards import ShardIndex
 
@@ -67,25 +67,12 @@ def adapt_run(checkpoint: str | Path, data: str | Path, out: str | Path, *,
             model = build_model(ModelConfig.from_dict(saved["model"]),
                                 ResolvedSchema.from_dict(saved["schema"]),
                                 load_image_weights=False)
+            _set_trainable(model, tune)
             state = load_checkpoint(out / LAST)
             source = saved["source"]
         else:
-            model, src_config, src_schema = load_model(ckpt_path, device="cpu")
-            source_variant = model.variant
-            if model.variant != "image":
-                # Fresh input layers, drawn from the seeded RNG.
-                replace_tabular_inputs(model, schema)
-            if source_variant == "nested" and model.variant == "flat":
-                notice(f"{data} has no patient-level features: the nested model is adapted as "
-                       "the flat variant (image <-> lesion metadata)", info)
-            source = {
-                "checkpoint": str(ckpt_path.resolve()),
-                "sha256": sha256_file(ckpt_path),
-                "variant": source_variant,
-                "schema_fingerprint": src_schema.fingerprint() if src_schema else None,
-                "data": src_config.get("data"),
-            }
-        _set_trainable(model, tune)
+            model, source = prepare_model(ckpt_path, schema, tune=tune, info=info,
+                                          data_where=str(data))
         config = run_config(kind="adapt", model=model, train=train_cfg, schema=schema,
                             data=data_record(data, index),
                             extra={"tune": tune, "source": source})
@@ -96,6 +83,34 @@ def adapt_run(checkpoint: str | Path, data: str | Path, out: str | Path, *,
     finally:
         if not was_initialised:
             D.shutdown()
+
+
+def prepare_model(checkpoint: str | Path, schema, *, tune: str, info: D.DistInfo | None = None,
+                  data_where: str = "the target data"):
+    """The source model with new tabular inputs for `schema` and `tune` applied.
+
+    Returns (model, source record for config.json). Call after seeding: the new input layers
+    are drawn from the global torch RNG.
+    """
+    from ..models import replace_tabular_inputs
+
+    ckpt_path, _ = resolve_checkpoint(checkpoint)
+    model, src_config, src_schema = load_model(ckpt_path, device="cpu")
+    source_variant = model.variant
+    if model.variant != "image":
+        replace_tabular_inputs(model, schema)
+    if source_variant == "nested" and model.variant == "flat":
+        notice(f"{data_where} has no patient-level features: the nested model is adapted as "
+               "the flat variant (image <-> lesion metadata)", info)
+    _set_trainable(model, tune)
+    source = {
+        "checkpoint": str(ckpt_path.resolve()),
+        "sha256": sha256_file(ckpt_path),
+        "variant": source_variant,
+        "schema_fingerprint": src_schema.fingerprint() if src_schema else None,
+        "data": src_config.get("data"),
+    }
+    return model, source
 
 
 def _set_trainable(model, tune: str) -> None:

@@ -43,8 +43,9 @@ def rng_state() -> dict[str, Any]:
         },
         "python": [py_state[0], list(py_state[1]), py_state[2]],
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # This process's device only (get_rng_state_all would open a context on every GPU).
+        state["cuda"] = [torch.cuda.get_rng_state()]
     return state
 
 
@@ -56,10 +57,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
                          npst["has_gauss"], npst["cached_gaussian"]))
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = [s.cpu() for s in state["cuda"]]
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"][0].cpu())
 
 
 def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer, scheduler,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SlimpError
+from ..losses import DEFAULT_LAM, DEFAULT_TEMPERATURE
 
 METHODS = ("slimp", "sm3")
 DEVICES = ("auto", "cpu", "cuda")
@@ -20,8 +21,6 @@ DEVICES = ("auto", "cpu", "cuda")
 # reaches (everything else must match the saved run, or resuming would not continue it).
 RESUMABLE_CHANGES = ("max_steps", "workers", "prefetch", "log_every", "compile", "device",
                      "keep_epoch_checkpoints")
-
-DEFAULT_TEMPERATURE = 0.1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,11 +55,11 @@ class TrainConfig:
     weight_decay: float = 0.05
     # Linear warm-up steps before the cosine decay to 0. None = 5% of the schedule.
     warmup_steps: int | None = None
-    # InfoNCE temperature tau (cosine similarity / tau). The paper does not give it; 0.1 is the
-    # usual choice for InfoNCE/SimCLR with small batches (CLIP starts at 0.07).
+    # InfoNCE temperature tau (cosine similarity / tau), fixed. The paper does not give it; 0.1
+    # is the usual value with few negatives (see slimp_cli.losses.DEFAULT_TEMPERATURE).
     temperature: float = DEFAULT_TEMPERATURE
     # lambda of eq. 3: lambda * inner (lesion) loss + (1 - lambda) * outer (patient) loss.
-    lam: float = 0.9
+    lam: float = DEFAULT_LAM
     # Global gradient-norm clipping threshold (None = no clipping).
     grad_clip: float | None = 1.0
     # Seed of everything random: model initialisation, patient order, lesion sampling,

@@ -102,11 +102,11 @@ class _Progress:
             return
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+                                   TimeRemainingColumn)
 
         self.bar = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+            TextColumn("{task.fields[info]}"), TextColumn("ETA"),
             TimeRemainingColumn(), console=Console(stderr=True), transient=False)
         self.task = self.bar.add_task(description, total=total, completed=done, info="")
         self.bar.start()
@@ -213,8 +213,12 @@ def run_training(*, model: nn.Module, schema: ResolvedSchema | None, index, trai
     logged: list[dict] = []
     interval: dict[str, float] = {}
     n_interval, images_interval, t_interval = 0, 0, time.perf_counter()
+    t_step, speed = t_interval, None  # progress bar: moving average of images per second
 
     def checkpoint(next_epoch: int, next_in_epoch: int, *, epoch_file: bool = False) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in trainable):
+            raise SlimpError(f"weights became non-finite at step {step}; the last good "
+                             f"checkpoint is kept in {run_dir}; lower --lr")
         if info.is_main:
             kw = dict(model=model, optimizer=optimizer, scheduler=scheduler, epoch=next_epoch,
                       step_in_epoch=next_in_epoch, step=step, config=config)
@@ -260,9 +264,13 @@ def run_training(*, model: nn.Module, schema: ResolvedSchema | None, index, trai
                     interval[k] = interval.get(k, 0.0) + float(v.detach())
                 n_interval += 1
                 images_interval += n_images
-                last_loss = {k: float(v.detach()) for k, v in losses.items()}
-                bar.update(1, "  ".join(f"{k.replace('loss_', '')} {v:.3f}"
-                                        for k, v in last_loss.items()) + f"  lr {lr:.2e}")
+                now = time.perf_counter()
+                rate = n_images / max(now - t_step, 1e-9)
+                speed = rate if speed is None else 0.9 * speed + 0.1 * rate
+                t_step = now
+                bar.update(1, "  ".join(f"{k.replace('loss_', '')} {float(v.detach()):.3f}"
+                                        for k, v in losses.items())
+                           + f"  lr {lr:.1e}  {speed:.0f} img/s")
                 if step % train.log_every == 0 or step == stop_at or s == steps_per_epoch:
                     elapsed = max(time.perf_counter() - t_interval, 1e-9)
                     means = _mean_over_ranks(

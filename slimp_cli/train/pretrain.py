@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -20,7 +21,7 @@ from .checkpoint import LAST, load_checkpoint
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .loop import (TrainResult, json_safe, notice, parameter_counts, run_training,
                    trainable_names)
-from .rundir import CONFIG, RUN_FORMAT, RUN_VERSION, check_schema_compatible, read_config, sha256_file
+from .rundir import RUN_FORMAT, RUN_VERSION, check_schema_compatible, read_config, sha256_file
 
 SM3_MESSAGE = "SM3 is not implemented yet; use --method slimp"
 
@@ -85,10 +86,10 @@ def prepare_out(out: Path, resume: bool) -> dict | None:
         if not ckpt.is_file():
             raise SlimpError(f"--resume but {out} has no {LAST}; start without --resume")
         return read_config(out)
-    if ckpt.exists() or (out / CONFIG).exists():
-        raise SlimpError(f"{out} already holds a run ({CONFIG}/{LAST}); add --resume to continue "
-                         "it, or choose another --out")
-    return None
+    if ckpt.exists():
+        raise SlimpError(f"{out} already holds a run ({LAST}); add --resume to continue it, or "
+                         "choose another --out")
+    return None  # a folder without a checkpoint (e.g. a run stopped early) is started afresh
 
 
 def data_record(data_dir: Path, index) -> dict:
@@ -98,7 +99,7 @@ def data_record(data_dir: Path, index) -> dict:
         "manifest_sha256": sha256_file(manifest),
         "schema_fingerprint": index.schema.fingerprint(),
         "patients": len(index),
-        "lesions": index.manifest.get("lesions", index.manifest.get("n_lesions")),
+        "lesions": index.manifest.get("counts", {}).get("lesions"),
     }
 
 

@@ -1,0 +1,236 @@
+"""Pre-training: loss curve, run dir contract, rebuild from config.json, exact resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from slimp_cli.errors import SlimpError
+from slimp_cli.train import (TrainConfig, load_model, pretrain, pretrain_run, read_config,
+                             read_metrics)
+from slimp_cli.train.loop import lr_factor
+
+# Tiny models for CPU tests: a 2-block ViT on 32 px images, TRACE d = 32.
+TINY = dict(image_model="vit_test", img_size=32, tab_dim=32, embed_dim=32)
+FAST = dict(workers=0, device="cpu", log_every=1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models on a shared 2-core machine: one intra-op thread is ~10x faster than two.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_train_config_validation_and_roundtrip():
+    cfg = TrainConfig(patients_per_batch=8, lesions_per_patient=4, epochs=2, max_steps=5)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig().patients_per_batch == 4 and TrainConfig().lesions_per_patient == 100
+    assert TrainConfig().epochs == 150 and TrainConfig().lr == 1e-4 and TrainConfig().lam == 0.9
+    for bad in (dict(patients_per_batch=0), dict(lr=-1.0), dict(lam=1.5), dict(device="tpu"),
+                dict(method="foo"), dict(max_steps=0), dict(augment="yes")):
+        with pytest.raises(SlimpError):
+            TrainConfig(**bad)
+    with pytest.raises(SlimpError, match="unknown train option"):
+        TrainConfig.from_dict({"learning_rate": 1.0})
+    with pytest.raises(TypeError):
+        TrainConfig(8)  # keyword-only
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    f = [lr_factor(s, warmup=5, total=100) for s in range(100)]
+    assert f[0] == pytest.approx(0.2) and f[4] == 1.0 and f[5] == 1.0
+    assert all(a >= b for a, b in zip(f[5:], f[6:])) and f[-1] < 0.01
+
+
+@pytest.fixture(scope="module")
+def pad_run(pad_shards, tmp_path_factory):
+    """~100 steps of a tiny nested model on the PAD shards."""
+    out = tmp_path_factory.mktemp("pad_run") / "run"
+    torch.set_num_threads(1)
+    # PAD-UFES-20 has 1.27 lesions per patient: most patients contribute an exactly-zero inner
+    # loss, so with lambda = 0.9 the total is dominated by how many multi-lesion patients a
+    # batch happens to hold. lambda = 0.5 lets the outer (patient) loss show in the total.
+    result = pretrain_run(pad_shards, out, model=TINY, train=dict(
+        FAST, patients_per_batch=8, lesions_per_patient=4, epochs=2, max_steps=100,
+        warmup_steps=5, lr=1e-3, lam=0.5))
+    return result
+
+
+def test_loss_falls_on_pad(pad_run):
+    metrics = read_metrics(pad_run.run_dir)
+    assert [m["step"] for m in metrics] == list(range(1, 101))
+    loss = np.array([m["loss"] for m in metrics])
+    patient = np.array([m["loss_patient"] for m in metrics])
+    # measured (seed 0): total 1.15 -> 0.81, outer 2.23 -> 1.46 (chance ln 8 = 2.08)
+    assert loss[-10:].mean() < 0.8 * loss[:10].mean()
+    assert patient[-10:].mean() < 0.8 * patient[:10].mean()
+    for m in metrics:
+        assert {"step", "epoch", "loss", "loss_lesions", "loss_patient", "lr",
+                "images_per_s"} <= set(m)
+        assert np.isfinite(m["loss"]) and m["images_per_s"] > 0
+
+
+def test_run_dir_contract(pad_run, pad_shards):
+    run = pad_run.run_dir
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-last.pt", "config.json",
+                                                     "metrics.jsonl"]
+    state = torch.load(run / "checkpoint-last.pt", weights_only=True)
+    assert state["step"] == 100 and state["format"] == "slimp-checkpoint"
+    cfg = read_config(run)
+    assert cfg["variant"] == "nested" and cfg["kind"] == "pretrain"
+    assert cfg["train"]["max_steps"] == 100 and cfg["model"]["image_model"] == "vit_test"
+    assert cfg["schema"]["name"] == json.loads((pad_shards / "schema.json").read_text())["name"]
+    assert cfg["data"]["patients"] == 418 and len(cfg["data"]["manifest_sha256"]) == 64
+    assert len(cfg["trainable"]) == len(list(pad_run.model.parameters()))
+    assert cfg == state["config"]
+
+
+def test_model_rebuilt_from_config_gives_the_same_embeddings(pad_run, pad_shards):
+    from slimp_cli.shards import ShardIndex
+    from slimp_cli.train.data import PatientDataset, PatientItem, collate
+
+    model, cfg, schema = load_model(pad_run.run_dir)
+    assert schema.fingerprint() == cfg["data"]["schema_fingerprint"]
+    trained = pad_run.model.eval()
+    index = ShardIndex.open(pad_shards)
+    ds = PatientDataset(index, schema=schema, variant="nested", img_size=32)
+    items = [PatientItem(i, tuple(range(len(index.patient(i).lesions))), (0, 0, 0, i))
+             for i in range(6)]
+    batch = collate([ds[it] for it in items])
+    with torch.no_grad():
+        for enc, arg in (("encode_image", batch["images"]), ("encode_lesion", batch["lesion_tab"]),
+                         ("encode_patient", batch["patient_tab"])):
+            a, b = getattr(model, enc)(arg), getattr(trained, enc)(arg)
+            assert torch.equal(a, b), enc
+    # a lone checkpoint file (config copied inside) rebuilds it too
+    lone = pad_run.run_dir.parent / "lone.pt"
+    shutil.copy(pad_run.run_dir / "checkpoint-last.pt", lone)
+    m2, _, _ = load_model(lone)
+    with torch.no_grad():
+        assert torch.equal(m2.encode_image(batch["images"]), model.encode_image(batch["images"]))
+
+
+RESUME_TRAIN = dict(FAST, patients_per_batch=32, lesions_per_patient=3, epochs=3,
+                    warmup_steps=3, lr=1e-3, augment=True)
+RESUME_MODEL = dict(TINY, tab_dropout=0.1)  # dropout: the RNG state must be restored too
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(pad_shards, tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("resume") / "full"
+    return pretrain(pad_shards, out, model=RESUME_MODEL, train=dict(RESUME_TRAIN, max_steps=16))
+
+
+@pytest.mark.parametrize("k", [5, 13])  # inside epoch 1 / at the end of epoch 1 (13 steps)
+def test_resume_reaches_the_same_weights(pad_shards, uninterrupted, tmp_path, k):
+    out = tmp_path / "run"
+    pretrain(pad_shards, out, model=RESUME_MODEL, train=dict(RESUME_TRAIN, max_steps=k))
+    assert torch.load(out / "checkpoint-last.pt", weights_only=True)["step"] == k
+    # options not given again keep their saved values; workers may change freely
+    pretrain(pad_shards, out, train={"max_steps": 16, "workers": 1}, resume=True)
+    a = torch.load(uninterrupted / "checkpoint-last.pt", weights_only=True)
+    b = torch.load(out / "checkpoint-last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 16
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"])
+    assert [m["step"] for m in read_metrics(out)][-1] == 16
+
+
+def test_resume_refuses_other_options_or_data(pad_shards, derm7pt_shards, uninterrupted):
+    with pytest.raises(SlimpError, match=r"lr: 0.001 -> 0.01"):
+        pretrain(pad_shards, uninterrupted, train={"lr": 1e-2}, resume=True)
+    with pytest.raises(SlimpError, match="does not have the columns"):
+        pretrain(derm7pt_shards, uninterrupted, resume=True)
+    with pytest.raises(SlimpError, match="already holds a run"):
+        pretrain(pad_shards, uninterrupted, model=TINY, train=RESUME_TRAIN)
+
+
+def test_bad_input_errors(pad_shards, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(SlimpError, match="data has 418 patients but --patients-per-batch is 500; lower it"):
+        pretrain(pad_shards, out, model=TINY, train=dict(FAST, patients_per_batch=500))
+    assert not (out / "config.json").exists()
+    with pytest.raises(SlimpError, match="SM3 is not implemented yet"):
+        pretrain(pad_shards, out, model=TINY, train=dict(FAST, method="sm3"))
+    with pytest.raises(SlimpError, match="unknown image model 'no_such_vit'"):
+        pretrain(pad_shards, out, model=dict(TINY, image_model="no_such_vit"), train=FAST)
+    with pytest.raises(SlimpError, match="has no .*checkpoint-last.pt"):
+        pretrain(pad_shards, out, resume=True)
+    with pytest.raises(SlimpError, match="no such folder"):
+        pretrain(tmp_path / "nothing", out, model=TINY, train=FAST)
+    if not torch.cuda.is_available():
+        with pytest.raises(SlimpError, match="--device cuda but no CUDA device is available; "
+                                             "use --device auto or cpu"):
+            pretrain(pad_shards, out, model=TINY, train=dict(FAST, device="cuda"))
+    with pytest.raises(SlimpError, match="no such run dir or checkpoint file"):
+        load_model(tmp_path / "nothing")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(SlimpError, match="not a readable slimp checkpoint"):
+        load_model(tmp_path / "junk.pt")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(pad_shards, tmp_path,
+                                                                  monkeypatch):
+    from slimp_cli.train import loop
+
+    real = loop._compute_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 16:  # epoch 2 (13 steps per epoch), after the epoch-1 checkpoint
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(loop, "_compute_loss", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(SlimpError, match=r"non-finite .* at step 16 .*checkpoint-last.pt"):
+        pretrain(pad_shards, out, model=TINY, train=dict(RESUME_TRAIN, max_steps=20))
+    state = torch.load(out / "checkpoint-last.pt", weights_only=True)
+    assert state["step"] == 13
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_flat_notice_and_image_variant(derm7pt_shards, pad_shards, tmp_path, capsys):
+    run = pretrain(derm7pt_shards, tmp_path / "flat", model=TINY,
+                   train=dict(FAST, patients_per_batch=16, lesions_per_patient=2, max_steps=3))
+    assert "no patient-level features: training the flat variant" in capsys.readouterr().err
+    assert read_config(run)["variant"] == "flat"
+    model, _, _ = load_model(run)
+    assert model.variant == "flat"
+    run = pretrain(pad_shards, tmp_path / "image", model=dict(TINY, variant="image"),
+                   train=dict(FAST, patients_per_batch=8, lesions_per_patient=2, max_steps=3))
+    metrics = read_metrics(run)
+    assert len(metrics) == 3 and all(np.isfinite(m["loss"]) for m in metrics)
+
+
+def test_cli_pretrain(pad_shards, tmp_path):
+    from typer.testing import CliRunner
+
+    from slimp_cli.cli import app
+
+    out = tmp_path / "run"
+    args = ["pretrain", str(pad_shards), "--out", str(out), "--image-model", "vit_test",
+            "--img-size", "32", "--tab-dim", "32", "--patients-per-batch", "8",
+            "--lesions-per-patient", "2", "--max-steps", "2", "--workers", "0", "--no-progress",
+            "--device", "cpu", "--lr", "3e-4", "--lam", "0.8"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cfg = read_config(out)
+    assert cfg["train"]["lr"] == 3e-4 and cfg["train"]["lam"] == 0.8
+    assert cfg["model"]["tab_dim"] == 32 and cfg["train"]["patients_per_batch"] == 8
+    result = CliRunner().invoke(app, ["pretrain", str(pad_shards), "--out", str(out), "--resume",
+                                      "--max-steps", "3", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert read_metrics(out)[-1]["step"] == 3
