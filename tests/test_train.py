@@ -126,7 +126,8 @@ RESUME_MODEL = dict(TINY, tab_dropout=0.1)  # dropout: the RNG state must be res
 def uninterrupted(pad_shards, tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("resume") / "full"
-    return pretrain(pad_shards, out, model=RESUME_MODEL, train=dict(RESUME_TRAIN, max_steps=16))
+    return pretrain(pad_shards, out, model=RESUME_MODEL,
+                    train=dict(RESUME_TRAIN, max_steps=16, keep_epoch_checkpoints=True))
 
 
 @pytest.mark.parametrize("k", [5, 13])  # inside epoch 1 / at the end of epoch 1 (13 steps)
@@ -144,6 +145,9 @@ def test_resume_reaches_the_same_weights(pad_shards, uninterrupted, tmp_path, k)
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"])
     assert [m["step"] for m in read_metrics(out)][-1] == 16
+    epoch_file = uninterrupted / "checkpoint-epoch-0001.pt"
+    assert torch.load(epoch_file, weights_only=True)["step"] == 13
+    assert not (out / "checkpoint-epoch-0001.pt").exists()
 
 
 def test_resume_refuses_other_options_or_data(pad_shards, derm7pt_shards, uninterrupted):
