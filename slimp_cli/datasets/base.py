@@ -7,6 +7,8 @@ for every dataset, driven by the dataset schema.
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,15 +37,16 @@ class SourceTable:
     notes: list[str] = field(default_factory=list)
 
 
-class Adapter:
+class Adapter(abc.ABC):
     """Base adapter: subclasses set `name`, `schema`, `help` and implement `read`."""
 
     name: str = ""
     schema: str | None = None  # built-in schema used when the user gives none
     help: str = ""
 
-    def read(self, source: Path, schema: dict) -> SourceTable:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def read(self, source: Path, schema: dict) -> SourceTable:
+        """Read the release at `source` into a table of rows with located images."""
 
     def default_schema(self, source: Path) -> str | Path | None:
         """The schema to use when the user gives no --schema (a built-in name or a file)."""
