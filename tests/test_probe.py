@@ -203,3 +203,19 @@ def test_label_fixing_value_is_flagged_but_not_a_mixed_one():
                          class_names=["benign", "malignant"], warnings=warnings)
     assert aucs["biopsed"] < 0.95
     assert len(warnings) == 1 and "'biopsed'" in warnings[0] and "'benign'" in warnings[0]
+
+
+def test_columns_missing_together_give_one_missingness_warning():
+    from slimp_cli.eval import WarningLog
+    from slimp_cli.eval.baseline import leakage_audit
+
+    rng = np.random.default_rng(1)
+    n = 300
+    y = (rng.random(n) < 0.5).astype(int)
+    missing = np.where(y == 0, (rng.random(n) < 0.7), False).astype(float)  # only benign rows
+    x = np.stack([missing, missing, rng.normal(size=n)], axis=1)
+    warnings = WarningLog()
+    leakage_audit(x, ["age", "smoke", "diam"], y, columns=["age=missing", "smoke=missing", "diam"],
+                  class_names=["benign", "malignant"], warnings=warnings)
+    assert len(warnings) == 1
+    assert "'age', 'smoke' are missing" in warnings[0] and "'benign'" in warnings[0]

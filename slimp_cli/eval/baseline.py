@@ -96,6 +96,33 @@ def label_fixing_values(
     return out
 
 
+def _warn_label_fixing(x, columns, source_columns, y, classes, class_names, warnings) -> None:
+    """One warning per group of label-fixing columns covering the same rows (PAD's patient
+    fields are missing together on 38% of its rows, all benign: one finding, not eleven)."""
+    groups: dict[tuple[bytes, int], list[str]] = {}
+    for name, m, k in label_fixing_values(x, columns, y):
+        rows = np.packbits(x[:, columns.index(name)] == 1.0).tobytes()
+        groups.setdefault((rows, k), []).append(name)
+    for (_, k), names in groups.items():
+        m = int((x[:, columns.index(names[0])] == 1.0).sum())
+        cls = class_names[classes[k]] if class_names is not None else str(classes[k])
+        fields = sorted({source_columns[columns.index(n)] for n in names})
+        share = f"{m} rows ({100 * m / len(y):.0f}%)"
+        if all(n.endswith("=missing") for n in names):
+            warnings.add(
+                f"leakage: when {', '.join(repr(f) for f in fields)} "
+                f"{'is' if len(fields) == 1 else 'are'} missing ({share}) the label is always "
+                f"'{cls}': missingness this tied to the label usually reflects how the data were "
+                "collected (a site or phase with one class)"
+            )
+        else:
+            warnings.add(
+                f"leakage: raw column {', '.join(repr(f) for f in fields)} — every one of the {share} "
+                f"with {' / '.join(names)} is '{cls}'; a value that fixes the label is usually "
+                "recorded after diagnosis"
+            )
+
+
 def leakage_audit(
     x: np.ndarray,
     source_columns: list[str],
@@ -119,13 +146,7 @@ def leakage_audit(
         x, y = x[keep], y[keep]
     classes, y = np.unique(y, return_inverse=True)
     if columns is not None and warnings is not None and len(classes) >= 2:
-        for name, m, k in label_fixing_values(x, columns, y):
-            cls = class_names[classes[k]] if class_names is not None else str(classes[k])
-            warnings.add(
-                f"leakage: raw column '{source_columns[columns.index(name)]}' — every one of the "
-                f"{m} rows with {name} ({100 * m / len(y):.0f}%) is '{cls}'; a value that fixes "
-                "the label is usually recorded after diagnosis"
-            )
+        _warn_label_fixing(x, columns, source_columns, y, classes, class_names, warnings)
     n_folds = min(3, int(np.bincount(y).min()))
     if len(classes) < 2 or n_folds < 2:
         return {}
