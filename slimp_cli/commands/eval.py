@@ -73,6 +73,8 @@ def _write_json(path: Path | None, report: dict) -> None:
 def _fmt(metric: dict) -> str:
     if metric.get("mean") is None:
         return "n/a"
+    if metric.get("std") is None:  # averages over criteria carry no std
+        return f"{metric['mean']:.3f}"
     return f"{metric['mean']:.3f}±{metric['std']:.3f}"
 
 
@@ -92,15 +94,20 @@ def probe_cmd(
     pseudo: Optional[str] = typer.Option(None, "--pseudo", help="Use pseudo lesion/patient features of slimp extrapolate (ilp, il or ii)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write ROC and confusion-matrix PNGs into this folder."),
-    task: str = typer.Option("classification", "--task", help="classification (derm7pt-multilabel is not implemented)."),
+    task: str = typer.Option("classification", "--task", help="classification, or derm7pt-multilabel: probe each of the seven-point checklist "
+                            "criteria of Derm7pt from image (or pseudo) features."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (kNN search)."),
 ) -> None:
     """Linear probe and kNN classification on frozen features (mean±std over seeds)."""
     with _user_errors():
         from ..eval.probe import run_probe
 
+        if task == "derm7pt-multilabel":
+            return _multilabel(store, features=features, method=method, split=split, seeds=seeds, k=k,
+                               knn_temperature=knn_temperature, c=c, cv=cv, pseudo=pseudo,
+                               device=device, json_path=json_path)
         if task != "classification":
-            raise SlimpError(f"--task {task}: not implemented (only classification)")
+            raise SlimpError(f"--task {task!r}: choose classification or derm7pt-multilabel")
         report = run_probe(
             store, label=label, features=_csv(features) or None,
             methods=_csv(method), split=split, seeds=_numbers(seeds, "--seeds", int),
@@ -119,6 +126,26 @@ def probe_cmd(
                           *[_fmt(r["metrics"].get(m, {})) for m in names])
         _out().print(table)
         _write_json(json_path, report)
+
+
+def _multilabel(store, *, features, method, split, seeds, k, knn_temperature, c, cv, pseudo, device,
+                json_path) -> None:
+    from ..eval.multilabel import run_multilabel
+
+    report = run_multilabel(
+        store, features=_csv(features) or None, methods=_csv(method), split=split,
+        seeds=_numbers(seeds, "--seeds", int), k=k, temperature=knn_temperature, C=c, cv=cv,
+        pseudo=pseudo, device=device)
+    _warn(report["warnings"])
+    names = {"accuracy": "Acc", "balanced_accuracy": "BA", "f1_macro": "F1-macro", "auc": "AUC"}
+    table = Table(title=f"{escape(store.name)}: seven-point criteria (mean±std over seeds {seeds})")
+    for col in ["criterion", "method", "features", *names.values()]:
+        table.add_column(col, justify="right" if col in names.values() else "left")
+    for r in report["results"]:
+        feats = "+".join(r["features"]) + (f" ({r['pseudo']})" if r.get("pseudo") else "")
+        table.add_row(r["target"], r["method"], feats, *[_fmt(r["metrics"].get(m, {})) for m in names])
+    _out().print(table)
+    _write_json(json_path, report)
 
 
 def retrieve_cmd(
