@@ -63,11 +63,12 @@ def tabular_feature_lists(
 
 
 def scatter_to_patients(
-    values: torch.Tensor, patient_index: torch.Tensor, n_patients: int
+    values: torch.Tensor, patient_index: torch.Tensor, n_patients: int, n_max: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad per-lesion rows into a per-patient grid, in any lesion order.
 
-    A patient's lesions keep their relative order; N = the largest lesion count in the batch.
+    A patient's lesions keep their relative order; N = the largest lesion count in the batch
+    (pass it as `n_max` when known on the host, to avoid a device sync).
 
     Shape:
         values [L, D], patient_index [L] long in 0..n_patients-1
@@ -82,7 +83,8 @@ def scatter_to_patients(
     counts = torch.bincount(patient_index, minlength=n_patients)
     if counts.numel() > n_patients:
         raise ValueError(f"patient_index has values >= the {n_patients} patients of the batch")
-    n_max = int(counts.max()) if counts.numel() else 0
+    if n_max is None:
+        n_max = int(counts.max()) if counts.numel() else 0
     order = torch.argsort(patient_index, stable=True)
     starts = torch.cumsum(counts, 0) - counts
     position = torch.empty_like(patient_index)
@@ -231,7 +233,11 @@ class SlimpModel(nn.Module):
         n_patients = x.shape[0]
         patient_index = batch["patient_index"].to(w.device).long()
         counts = torch.bincount(patient_index, minlength=n_patients)
-        if counts.numel() != n_patients or bool((counts == 0).any()):
+        # The check syncs with the device and breaks a torch.compile graph: eager mode only
+        # (collate always covers every patient, so compiled training loses nothing).
+        if not torch.compiler.is_compiling() and (
+            counts.numel() != n_patients or bool((counts == 0).any())
+        ):
             raise ValueError(
                 f"patient_index must cover every one of the {n_patients} patients with values "
                 f"in 0..{n_patients - 1}"
@@ -239,8 +245,9 @@ class SlimpModel(nn.Module):
         wh = torch.cat([w, h.to(w.dtype)], dim=-1)
         sums = wh.new_zeros(n_patients, wh.shape[-1]).index_add(0, patient_index, wh)
         z = self.phenotype_layer(sums / counts.unsqueeze(1).to(sums.dtype))
-        image, mask = scatter_to_patients(w, patient_index, n_patients)
-        lesion, _ = scatter_to_patients(h, patient_index, n_patients)
+        n_max = batch.get("max_lesions")
+        image, mask = scatter_to_patients(w, patient_index, n_patients, n_max)
+        lesion, _ = scatter_to_patients(h, patient_index, n_patients, n_max)
         return {"image": image, "lesion": lesion, "mask": mask, "phenotype": z, "patient": x}
 
     # -- continual pre-training -----------------------------------------------------------------

@@ -313,7 +313,8 @@ def collate(samples: Sequence[dict]) -> dict:
     """Merge B patient samples into the batch dict of docs/internals.md.
 
     Keys: `images` [L, 3, S, S], `patient_index` [L] (0..B-1), `lesion_tab` (L rows),
-    `patient_tab` (B rows, nested), `images2` (image variant), `malignant`, `label` [L].
+    `patient_tab` (B rows, nested), `images2` (image variant), `malignant`, `label` [L],
+    `max_lesions` (int: most lesions of one patient).
     """
     counts = [s["images"].shape[0] for s in samples]
     batch = {
@@ -322,6 +323,8 @@ def collate(samples: Sequence[dict]) -> dict:
             torch.arange(len(samples)), torch.tensor(counts, dtype=torch.long)),
         "malignant": torch.cat([s["malignant"] for s in samples]),
         "label": torch.cat([s["label"] for s in samples]),
+        # known on the host: the model pads to it without a device sync (torch.compile-friendly)
+        "max_lesions": max(counts),
     }
     for key in ("images2",):
         if key in samples[0]:
