@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -22,6 +22,43 @@ _M = "Model"
 
 def _given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None}
+
+
+def _opt(*names: str, help: str, panel: str = _T):
+    return typer.Option(*names, help=help, rich_help_panel=panel)
+
+
+# Training options shared by pretrain and adapt (None = default, or the saved value on --resume).
+Method = Annotated[Optional[str], _opt("--method", help="slimp (default). sm3 is reserved: SM3 is not implemented yet (error).", panel=_M)]
+PatientsPerBatch = Annotated[Optional[int], _opt("--patients-per-batch", "-B", help="Patients per step B, per process (default: pretrain 4, adapt 64).")]
+LesionsPerPatient = Annotated[Optional[int], _opt("--lesions-per-patient", "-N", help="At most N lesions per patient and step, re-drawn every epoch (default 100).")]
+Epochs = Annotated[Optional[int], _opt("--epochs", help="Epochs; the LR schedule spans them (default: pretrain 150, adapt 100).")]
+MaxSteps = Annotated[Optional[int], _opt("--max-steps", help="Stop after K steps in total (the schedule still follows --epochs, so a --resume ends where an uninterrupted run ends).")]
+Lr = Annotated[Optional[float], _opt("--lr", help="AdamW peak learning rate (default 1e-4).")]
+WeightDecay = Annotated[Optional[float], _opt("--weight-decay", help="AdamW weight decay (default 0.05).")]
+WarmupSteps = Annotated[Optional[int], _opt("--warmup-steps", help="Linear warm-up steps (default 5% of the schedule).")]
+Temperature = Annotated[Optional[float], _opt("--temperature", help="InfoNCE temperature tau (default 0.1; not given by the paper).")]
+Lam = Annotated[Optional[float], _opt("--lam", help="lambda: weight of the inner (lesion) loss (default 0.9).")]
+GradClip = Annotated[Optional[float], _opt("--grad-clip", help="Gradient-norm clipping (default 1.0).")]
+Seed = Annotated[Optional[int], _opt("--seed", help="Seed of everything random (default 0).")]
+Device = Annotated[Optional[str], _opt("--device", help="auto (default; CUDA when present), cpu or cuda.")]
+Workers = Annotated[Optional[int], _opt("--workers", help="DataLoader workers decoding JPEGs (default 4).")]
+Augment = Annotated[Optional[bool], _opt("--augment/--no-augment", help="Random resized crop (60-100%), flips, small colour jitter (default off).")]
+PositiveSampling = Annotated[Optional[bool], _opt("--positive-sampling/--no-positive-sampling", help="Always include a patient's malignant lesions among its N (default on).")]
+Compile = Annotated[Optional[bool], _opt("--compile/--no-compile", help="torch.compile the model (default off).")]
+LogEvery = Annotated[Optional[int], _opt("--log-every", help="metrics.jsonl line every K steps (default 10).")]
+KeepEpochCheckpoints = Annotated[Optional[bool], _opt("--keep-epoch-checkpoints/--no-keep-epoch-checkpoints", help="Also keep checkpoint-epoch-XXXX.pt files.")]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+
+TRAIN_KEYS = ("method", "patients_per_batch", "lesions_per_patient", "epochs", "max_steps", "lr",
+              "weight_decay", "warmup_steps", "temperature", "lam", "grad_clip", "seed", "device",
+              "workers", "augment", "positive_sampling", "compile", "log_every",
+              "keep_epoch_checkpoints")
+
+
+def _train_options(options: dict) -> dict:
+    """The TrainConfig fields the user gave, from a command's arguments."""
+    return _given(**{k: options[k] for k in TRAIN_KEYS})
 
 
 def _summary(run_dir: Path) -> None:
@@ -40,14 +77,13 @@ def _summary(run_dir: Path) -> None:
 def pretrain_cmd(
     data: Path = typer.Argument(..., help="Shard folder written by slimp ingest."),
     out: Path = typer.Option(..., "--out", "-o", help="Run dir to create (config.json, checkpoints, metrics.jsonl)."),
-    method: Optional[str] = typer.Option(
-        None, "--method", help="slimp (default). sm3 is accepted but not implemented yet (error).",
-        rich_help_panel=_M),
+    method: Method = None,
     variant: Optional[str] = typer.Option(
         None, "--variant", help="nested (default; becomes flat when the data has no patient "
         "features), flat, or image (SimCLR baseline).", rich_help_panel=_M),
     image_model: Optional[str] = typer.Option(
-        None, "--image-model", help="timm ViT name (default vit_small_patch16_224) or vit_test.",
+        None, "--image-model", help="timm ViT name (default vit_small_patch16_224; also "
+        "vit_tiny_patch16_224, vit_base_patch16_224...) or the local test models vit_test, vit_demo.",
         rich_help_panel=_M),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="Image side in pixels (default 224).",
                                            rich_help_panel=_M),
@@ -58,29 +94,26 @@ def pretrain_cmd(
                                             rich_help_panel=_M),
     tab_dim: Optional[int] = typer.Option(None, "--tab-dim", help="TRACE token size d (default: the ViT width).",
                                           rich_help_panel=_M),
-    patients_per_batch: Optional[int] = typer.Option(None, "--patients-per-batch", "-B", help="Patients per step B (default 4).", rich_help_panel=_T),
-    lesions_per_patient: Optional[int] = typer.Option(None, "--lesions-per-patient", "-N", help="At most N lesions per patient and step (default 100).", rich_help_panel=_T),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs; the LR schedule spans them (default 150).", rich_help_panel=_T),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after K steps in total (the schedule still follows --epochs).", rich_help_panel=_T),
-    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW peak learning rate (default 1e-4).", rich_help_panel=_T),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay (default 0.05).", rich_help_panel=_T),
-    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Linear warm-up steps (default 5% of the schedule).", rich_help_panel=_T),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="InfoNCE temperature tau (default 0.1; not given by the paper).", rich_help_panel=_T),
-    lam: Optional[float] = typer.Option(None, "--lam", help="lambda: weight of the inner (lesion) loss (default 0.9).", rich_help_panel=_T),
-    grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Gradient-norm clipping (default 1.0).", rich_help_panel=_T),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of everything random (default 0).", rich_help_panel=_T),
-    device: Optional[str] = typer.Option(None, "--device", help="auto (default; CUDA when present), cpu or cuda.", rich_help_panel=_T),
-    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers decoding JPEGs (default 4).", rich_help_panel=_T),
-    augment: Optional[bool] = typer.Option(
-        None, "--augment/--no-augment", help="Random resized crop (60-100%), flips, small colour jitter (default off).", rich_help_panel=_T),
-    positive_sampling: Optional[bool] = typer.Option(
-        None, "--positive-sampling/--no-positive-sampling", help="Always include a patient's malignant lesions among its N (default on).", rich_help_panel=_T),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (default off).", rich_help_panel=_T),
-    log_every: Optional[int] = typer.Option(None, "--log-every", help="metrics.jsonl line every K steps (default 10).", rich_help_panel=_T),
-    keep_epoch_checkpoints: Optional[bool] = typer.Option(
-        None, "--keep-epoch-checkpoints/--no-keep-epoch-checkpoints", help="Also keep checkpoint-epoch-XXXX.pt files.", rich_help_panel=_T),
+    patients_per_batch: PatientsPerBatch = None,
+    lesions_per_patient: LesionsPerPatient = None,
+    epochs: Epochs = None,
+    max_steps: MaxSteps = None,
+    lr: Lr = None,
+    weight_decay: WeightDecay = None,
+    warmup_steps: WarmupSteps = None,
+    temperature: Temperature = None,
+    lam: Lam = None,
+    grad_clip: GradClip = None,
+    seed: Seed = None,
+    device: Device = None,
+    workers: Workers = None,
+    augment: Augment = None,
+    positive_sampling: PositiveSampling = None,
+    compile: Compile = None,
+    log_every: LogEvery = None,
+    keep_epoch_checkpoints: KeepEpochCheckpoints = None,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from checkpoint-last.pt (same result as an uninterrupted run)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: Progress = True,
 ) -> None:
     """Pre-train SLIMP (nested image-metadata contrastive learning) on ingested shards.
 
@@ -92,14 +125,8 @@ def pretrain_cmd(
     model = _given(variant=variant, image_model=image_model, img_size=img_size,
                    image_weights=str(image_weights) if image_weights else None,
                    embed_dim=embed_dim, tab_dim=tab_dim)
-    train = _given(
-        method=method, patients_per_batch=patients_per_batch,
-        lesions_per_patient=lesions_per_patient, epochs=epochs, max_steps=max_steps, lr=lr,
-        weight_decay=weight_decay, warmup_steps=warmup_steps, temperature=temperature, lam=lam,
-        grad_clip=grad_clip, seed=seed, device=device, workers=workers, augment=augment,
-        positive_sampling=positive_sampling, compile=compile, log_every=log_every,
-        keep_epoch_checkpoints=keep_epoch_checkpoints)
-    run_dir = pretrain(data, out, model=model, train=train, resume=resume, progress=progress)
+    run_dir = pretrain(data, out, model=model, train=_train_options(locals()), resume=resume,
+                       progress=progress)
     _summary(run_dir)
 
 
@@ -110,29 +137,27 @@ def adapt_cmd(
     tune: Optional[str] = typer.Option(
         None, "--tune", help="embeddings (default: ViT patch embedding + tabular input "
         "embeddings trainable, the rest frozen) or all."),
-    method: Optional[str] = typer.Option(None, "--method", help="slimp (default); sm3 is not implemented yet.", rich_help_panel=_T),
-    patients_per_batch: Optional[int] = typer.Option(None, "--patients-per-batch", "-B", help="Patients per step B (default 64).", rich_help_panel=_T),
-    lesions_per_patient: Optional[int] = typer.Option(None, "--lesions-per-patient", "-N", help="At most N lesions per patient and step (default 100).", rich_help_panel=_T),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs; the LR schedule spans them (default 100).", rich_help_panel=_T),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after K steps in total.", rich_help_panel=_T),
-    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW peak learning rate (default 1e-4).", rich_help_panel=_T),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay (default 0.05).", rich_help_panel=_T),
-    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Linear warm-up steps (default 5% of the schedule).", rich_help_panel=_T),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="InfoNCE temperature (default 0.1).", rich_help_panel=_T),
-    lam: Optional[float] = typer.Option(None, "--lam", help="lambda (default 0.9).", rich_help_panel=_T),
-    grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Gradient-norm clipping (default 1.0).", rich_help_panel=_T),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default 0).", rich_help_panel=_T),
-    device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda.", rich_help_panel=_T),
-    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers (default 4).", rich_help_panel=_T),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Image augmentation (default off).", rich_help_panel=_T),
-    positive_sampling: Optional[bool] = typer.Option(
-        None, "--positive-sampling/--no-positive-sampling", help="Positive sampling (default on).", rich_help_panel=_T),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model.", rich_help_panel=_T),
-    log_every: Optional[int] = typer.Option(None, "--log-every", help="metrics.jsonl line every K steps (default 10).", rich_help_panel=_T),
-    keep_epoch_checkpoints: Optional[bool] = typer.Option(
-        None, "--keep-epoch-checkpoints/--no-keep-epoch-checkpoints", help="Also keep checkpoint-epoch-XXXX.pt files.", rich_help_panel=_T),
+    method: Method = None,
+    patients_per_batch: PatientsPerBatch = None,
+    lesions_per_patient: LesionsPerPatient = None,
+    epochs: Epochs = None,
+    max_steps: MaxSteps = None,
+    lr: Lr = None,
+    weight_decay: WeightDecay = None,
+    warmup_steps: WarmupSteps = None,
+    temperature: Temperature = None,
+    lam: Lam = None,
+    grad_clip: GradClip = None,
+    seed: Seed = None,
+    device: Device = None,
+    workers: Workers = None,
+    augment: Augment = None,
+    positive_sampling: PositiveSampling = None,
+    compile: Compile = None,
+    log_every: LogEvery = None,
+    keep_epoch_checkpoints: KeepEpochCheckpoints = None,
     resume: bool = typer.Option(False, "--resume", help="Continue the adapt run in --out."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: Progress = True,
 ) -> None:
     """Continual pre-training of a SLIMP model on a target dataset (paper Sec. 3.2).
 
@@ -142,14 +167,7 @@ def adapt_cmd(
     """
     from ..train import adapt
 
-    train = _given(
-        method=method, patients_per_batch=patients_per_batch,
-        lesions_per_patient=lesions_per_patient, epochs=epochs, max_steps=max_steps, lr=lr,
-        weight_decay=weight_decay, warmup_steps=warmup_steps, temperature=temperature, lam=lam,
-        grad_clip=grad_clip, seed=seed, device=device, workers=workers, augment=augment,
-        positive_sampling=positive_sampling, compile=compile, log_every=log_every,
-        keep_epoch_checkpoints=keep_epoch_checkpoints)
-    run_dir = adapt(checkpoint, data, out, train=train, tune=tune, resume=resume,
+    run_dir = adapt(checkpoint, data, out, train=_train_options(locals()), tune=tune, resume=resume,
                     progress=progress)
     _summary(run_dir)
 
