@@ -368,3 +368,21 @@ def test_interrupted_ingest_leaves_nothing_complete(synth_dir, tmp_path, monkeyp
     assert list(out.iterdir()) == []  # no manifest, no shards, no temporary files
     with pytest.raises(SlimpError, match="manifest"):
         ShardIndex.open(out)
+
+
+def test_hiba_hierarchical_diagnosis_falls_back_to_a_known_level():
+    """Newer ISIC exports: a subtype at level 4 falls back to its class at level 3."""
+    import pandas as pd
+
+    from slimp_cli.datasets.hiba import most_specific_diagnosis
+
+    frame = pd.DataFrame({
+        "diagnosis_2": ["Benign melanocytic proliferations", "Malignant adnexal", "Benign", ""],
+        "diagnosis_3": ["Nevus", "Basal cell carcinoma", "Pale cell acanthoma", ""],
+        "diagnosis_4": ["Nevus, Spitz", "Basal cell carcinoma, Nodular", "", ""],
+    })
+    known = {"nevus", "basal cell carcinoma"}
+    assert most_specific_diagnosis(frame, known).tolist() == [
+        "Nevus", "Basal cell carcinoma", "Pale cell acanthoma", ""]
+    assert most_specific_diagnosis(frame).tolist() == [
+        "Nevus, Spitz", "Basal cell carcinoma, Nodular", "Pale cell acanthoma", ""]

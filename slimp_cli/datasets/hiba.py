@@ -4,7 +4,9 @@ Layout: `metadata.csv` (ISIC archive columns: isic_id, patient_id, lesion_id, ag
 sex, anatom_site_general, diagnosis or diagnosis_1..5, clin_size_long_diam_mm, ...) + images
 named `<isic_id>.jpg` anywhere below the source. Optional columns may be absent (the schema
 marks them optional). Newer archive exports replace `diagnosis` by the hierarchical
-`diagnosis_1..5`; the most specific filled level is then used as `diagnosis`.
+`diagnosis_1..5`; `diagnosis` is then the most specific level whose value the schema's
+`label_map` knows (subtypes such as "Basal cell carcinoma, Nodular" at level 4 fall back to
+"Basal cell carcinoma" at level 3), else the most specific filled level.
 """
 
 from __future__ import annotations
@@ -19,13 +21,19 @@ from .base import Adapter, SourceTable, find_table, folder_locator, read_csv_str
 HIERARCHY = ("diagnosis_5", "diagnosis_4", "diagnosis_3", "diagnosis_2")
 
 
-def most_specific_diagnosis(frame: pd.DataFrame) -> pd.Series:
-    """Per row, the deepest non-empty diagnosis_k (k >= 2); '' when none is filled."""
+def most_specific_diagnosis(frame: pd.DataFrame, known: set[str] | None = None) -> pd.Series:
+    """Per row, the deepest diagnosis_k (k >= 2) whose lower-cased value is in `known` (the
+    label_map's keys), else the deepest non-empty one; '' when none is filled."""
     out = pd.Series([""] * len(frame), index=frame.index, dtype=object)
+    mapped = pd.Series(False, index=frame.index)
     for column in reversed(HIERARCHY):  # shallow first, deeper levels overwrite
         if column in frame.columns:
             filled = frame[column].str.len() > 0
-            out[filled] = frame.loc[filled, column]
+            is_known = frame[column].str.strip().str.lower().isin(known or set())
+            # a deeper level wins unless it is unknown while a shallower one was known
+            take = filled & (is_known | ~mapped)
+            out[take] = frame.loc[take, column]
+            mapped = (mapped & ~take) | (take & is_known)
     return out
 
 
@@ -40,6 +48,7 @@ class Hiba(Adapter):
         notes = []
         label = schema.get("label")
         if label and label not in frame.columns and any(c in frame.columns for c in HIERARCHY):
-            frame[label] = most_specific_diagnosis(frame)
+            known = {str(k).strip().lower() for k in (schema.get("label_map") or {})}
+            frame[label] = most_specific_diagnosis(frame, known)
             notes.append(f"label '{label}' taken from the most specific of {', '.join(HIERARCHY)}")
         return table_from_frame(frame, table, folder_locator(table.parent), notes)
