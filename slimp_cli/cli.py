@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from .errors import SlimpError
+from .errors import SlimpError, TrainingInterrupted
 
 app = typer.Typer(
     name="slimp",
@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # Non-standalone mode returns (not raises) the code of typer.Exit / ctx.exit.
         rc = app(args=argv, standalone_mode=False)
+    except TrainingInterrupted as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        sys.exit(130)
     except SlimpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

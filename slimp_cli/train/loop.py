@@ -6,14 +6,19 @@ CPU), optional torch.compile, gradient clipping, DistributedDataParallel under t
 Rank 0 writes `metrics.jsonl` (one line per `log_every` steps: means over the interval), shows
 a rich progress bar and saves `checkpoint-last.pt` after every epoch and when it stops. A
 non-finite loss stops the run with a SlimpError before the optimiser step, so the last
-checkpoint on disk stays the last good one.
+checkpoint on disk stays the last good one. Ctrl-C or SIGTERM (a cluster's pre-emption) in a
+single-process run finishes the current step, saves `checkpoint-last.pt` there and raises
+`TrainingInterrupted`: `--resume` then continues exactly as if nothing had happened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import SlimpError
+from ..errors import SlimpError, TrainingInterrupted
 from ..paths import write_json
 from ..schema import ResolvedSchema
 from . import distributed as D
@@ -32,6 +37,33 @@ from .data import PatientBatchSampler, PatientDataset, batch_to, make_loader, pa
 from .rundir import CONFIG, METRICS
 
 NO_DECAY_NAMES = ("cls_token", "pos_embed", "reg_token", "dist_token")
+
+
+@contextlib.contextmanager
+def stop_requests(enabled: bool):
+    """Turn the first SIGINT/SIGTERM into a request (a dict flag) checked between steps.
+
+    A second Ctrl-C raises KeyboardInterrupt at once. Off under torchrun (the ranks would not
+    stop at the same step) and outside the main thread (signals cannot be handled there).
+    """
+    request = {"signal": None}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum, frame):
+        if request["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        request["signal"] = signal.Signals(signum).name
+        print(f"\n{request['signal']}: finishing this step and saving a checkpoint "
+              "(Ctrl-C again to abort without one)", file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @dataclass
@@ -231,7 +263,10 @@ def run_training(*, model: nn.Module, schema: ResolvedSchema | None, index, trai
         limit = f"--max-steps {train.max_steps}" if stop_at < total else f"--epochs {train.epochs}"
         notice(f"{run_dir} already reached step {step} ({limit}); give a larger --max-steps "
                "to train further", info)
-    try:
+    with contextlib.ExitStack() as stack:
+        stop = stack.enter_context(stop_requests(not info.enabled))
+        stack.callback(metrics.close)
+        stack.callback(bar.close)
         while epoch < train.epochs and step < stop_at:
             sampler.set_epoch(epoch, start_in_epoch)
             s = start_in_epoch
@@ -281,17 +316,18 @@ def run_training(*, model: nn.Module, schema: ResolvedSchema | None, index, trai
                     logged.append(row)
                     interval, n_interval, images_interval = {}, 0, 0
                     t_interval = time.perf_counter()
-                if step >= stop_at:
+                if step >= stop_at or stop["signal"]:
                     break
             if s >= steps_per_epoch:
                 epoch, start_in_epoch = epoch + 1, 0
                 checkpoint(epoch, 0, epoch_file=True)
-            else:  # stopped inside the epoch (--max-steps)
+            else:  # stopped inside the epoch (--max-steps or a signal)
                 start_in_epoch = s
                 checkpoint(epoch, s)
-    finally:
-        bar.close()
-        metrics.close()
+            if stop["signal"]:
+                raise TrainingInterrupted(
+                    f"{stop['signal']} at step {step}: checkpoint saved in {run_dir}; "
+                    "continue with the same command and --resume")
     return TrainResult(run_dir=run_dir, model=model, step=step, epoch=epoch, metrics=logged)
 
 
