@@ -79,7 +79,13 @@ def similarity_histograms(path: Path, distributions: Mapping[str, np.ndarray], *
     """Overlaid density histograms of cosine similarities with dashed median lines (paper Fig. 3)."""
     fig = Figure(figsize=(6.5, 4))
     ax = fig.add_subplot()
-    bins = np.linspace(-1, 1, 101)
+    # Bins over the range the values actually span (an untrained model's similarities sit in a
+    # narrow band around 0 that fixed [-1, 1] bins would flatten into two or three bars).
+    present = [np.asarray(v).ravel() for v in distributions.values() if np.asarray(v).size]
+    lo = min((float(v.min()) for v in present), default=-1.0)
+    hi = max((float(v.max()) for v in present), default=1.0)
+    pad = max(0.02, 0.05 * (hi - lo))
+    bins = np.linspace(max(-1.0, lo - pad), min(1.0, hi + pad), 81)
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     for (name, values), color in zip(distributions.items(), colors):
         values = np.asarray(values)
