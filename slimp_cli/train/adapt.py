@@ -22,7 +22,8 @@ from .checkpoint import LAST, load_checkpoint
 from .config import TrainConfig
 from .loop import TrainResult, notice, run_training
 from .pretrain import (SM3_MESSAGE, check_resume_data, check_resume_train, data_record,
-                       prepare_out, resolve_configs, run_config, seed_everything)
+                       open_training_data, prepare_out, resolve_configs, run_config,
+                       seed_everything, training_session)
 from .rundir import load_model, resolve_checkpoint, sha256_file
 
 TUNES = ("embeddings", "all")
@@ -36,7 +37,6 @@ def adapt_run(checkpoint: str | Path, data: str | Path, out: str | Path, *,
     """`adapt` returning the `TrainResult` (with the adapted model) instead of the path."""
     from ..models import build_model
     from ..schema import ResolvedSchema
-    from ..shards import ShardIndex
 
     data, out = Path(data), Path(out)
     saved = prepare_out(out, resume)
@@ -52,13 +52,9 @@ def adapt_run(checkpoint: str | Path, data: str | Path, out: str | Path, *,
         raise SlimpError(SM3_MESSAGE)
     ckpt_path, _ = resolve_checkpoint(checkpoint)
     device = D.resolve_device(train_cfg.device)
-    was_initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
-    info = D.init_from_env(device)
-    try:
-        index = ShardIndex.open(data)
+    with training_session(device) as info:
+        index = open_training_data(data)
         schema = index.schema
-        if len(index) == 0:
-            raise SlimpError(f"{data}: the shards hold no patients; ingest a dataset with images")
         seed_everything(train_cfg.seed)
         state = None
         if saved is not None:
@@ -80,9 +76,6 @@ def adapt_run(checkpoint: str | Path, data: str | Path, out: str | Path, *,
                             run_dir=out, config=config, device=device, info=info,
                             resume_state=state, progress=progress, description="adapt",
                             find_unused_parameters=True)
-    finally:
-        if not was_initialised:
-            D.shutdown()
 
 
 def prepare_model(checkpoint: str | Path, schema, *, tune: str, info: D.DistInfo | None = None,

@@ -7,8 +7,11 @@ trainable parameter names, data folder + manifest sha256), `checkpoint-last.pt` 
 
 from __future__ import annotations
 
+import contextlib
+
 import random
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -123,12 +126,34 @@ def run_config(*, kind: str, model, train: TrainConfig, schema, data: dict,
     return json_safe(cfg)
 
 
+@contextlib.contextmanager
+def training_session(device: torch.device) -> Iterator[D.DistInfo]:
+    """torch.distributed set up from torchrun's environment (a no-op for one process), and
+    torn down afterwards unless the caller had set it up."""
+    was_initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
+    info = D.init_from_env(device)
+    try:
+        yield info
+    finally:
+        if not was_initialised:
+            D.shutdown()
+
+
+def open_training_data(data: Path):
+    """The ShardIndex of `data`; SlimpError when it holds no patients."""
+    from ..shards import ShardIndex
+
+    index = ShardIndex.open(data)
+    if len(index) == 0:
+        raise SlimpError(f"{data}: the shards hold no patients; ingest a dataset with images")
+    return index
+
+
 def pretrain_run(data: str | Path, out: str | Path, *, model: ModelConfig | dict | None = None,
                  train: TrainConfig | dict | None = None, resume: bool = False,
                  progress: bool = False) -> TrainResult:
     """`pretrain` returning the `TrainResult` (with the trained model) instead of the path."""
     from ..models import build_model
-    from ..shards import ShardIndex
 
     data, out = Path(data), Path(out)
     saved = prepare_out(out, resume)
@@ -136,13 +161,9 @@ def pretrain_run(data: str | Path, out: str | Path, *, model: ModelConfig | dict
     if train_cfg.method == "sm3":
         raise SlimpError(SM3_MESSAGE)
     device = D.resolve_device(train_cfg.device)
-    was_initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
-    info = D.init_from_env(device)
-    try:
-        index = ShardIndex.open(data)
+    with training_session(device) as info:
+        index = open_training_data(data)
         schema = index.schema
-        if len(index) == 0:
-            raise SlimpError(f"{data}: the shards hold no patients; ingest a dataset with images")
         if model_cfg.variant == "nested" and not schema.has_patient_features:
             model_cfg = model_cfg.replace(variant="flat")
             notice(f"{data} has no patient-level features: training the flat variant (one "
@@ -163,9 +184,6 @@ def pretrain_run(data: str | Path, out: str | Path, *, model: ModelConfig | dict
         return run_training(model=net, schema=schema, index=index, train=train_cfg, run_dir=out,
                             config=config, device=device, info=info, resume_state=state,
                             progress=progress, description="pretrain")
-    finally:
-        if not was_initialised:
-            D.shutdown()
 
 
 def pretrain(data: str | Path, out: str | Path, *, model: ModelConfig | dict | None = None,
