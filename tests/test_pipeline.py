@@ -16,7 +16,7 @@ import torch
 from slimp_cli.config import ModelConfig
 from slimp_cli.embed import embed
 from slimp_cli.errors import SlimpError
-from slimp_cli.schema import ResolvedSchema, encode_tabular
+from slimp_cli.schema import encode_tabular
 from slimp_cli.shards import ShardIndex
 from slimp_cli.train.config import TrainConfig
 from slimp_cli.train.pretrain import pretrain

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from slimp_cli.errors import SlimpError
 from slimp_cli.schema import (

@@ -66,7 +66,6 @@ def ingest_command(
     """Turn a skin-lesion dataset into patient-grouped WebDataset shards + schema.json + manifest.json."""
     from ..ingest import ingest
 
-    console = Console(stderr=True)
     result = ingest(
         fmt, source, out, schema=schema, image_size=image_size, workers=workers or (os.cpu_count() or 1),
         max_shard_size=max_shard_size, max_patients_per_shard=max_patients_per_shard, strict=strict,
