@@ -8,6 +8,8 @@ members `<key>.patient.json`, `<key>.lesions.json`, `<key>.0000.jpg`, ... Plain
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import hashlib
 import io
 import json
@@ -205,11 +207,17 @@ class ShardIndex:
     Built from the tar headers only (no image decoding). Fork-safe: every read opens the file.
     """
 
+    # Patients whose parsed records are kept: readers that walk lesion by lesion (embed) ask
+    # for the same patient hundreds of times in a row (SLICE-3D: ~385 lesions per patient,
+    # a lesions.json of hundreds of kB), and parsing it once per lesion would dominate.
+    CACHE_SIZE = 8
+
     def __init__(self, *, data_dir: Path, schema, manifest: dict, entries: list[_Entry]) -> None:
         self.data_dir = data_dir
         self.schema = schema
         self.manifest = manifest
         self._entries = entries
+        self._cache: OrderedDict[int, PatientRecord] = OrderedDict()
 
     @classmethod
     def open(cls, data_dir: str | Path) -> "ShardIndex":
@@ -254,7 +262,19 @@ class ShardIndex:
         return [self.data_dir / s["name"] for s in self.manifest.get("shards", [])]
 
     def patient(self, i: int) -> PatientRecord:
-        """Patient i (0 <= i < len): its metadata and lesion list; images read lazily."""
+        """Patient i (0 <= i < len): its metadata and lesion list; images read lazily.
+
+        The last CACHE_SIZE records are kept: treat a returned record as read-only."""
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        record = self._load(i)
+        self._cache[i] = record
+        if len(self._cache) > self.CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return record
+
+    def _load(self, i: int) -> PatientRecord:
         entry = self._entries[i]
         try:
             patient = json.loads(_read_member(entry.shard, *entry.members["patient.json"]))

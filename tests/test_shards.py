@@ -113,3 +113,22 @@ def test_index_refuses_bad_folders(tmp_path):
     (tmp_path / "schema.json").unlink()
     with pytest.raises(SlimpError, match="schema.json"):
         ShardIndex.open(tmp_path)
+
+
+def test_patient_records_are_parsed_once_while_cached(synth_shards, monkeypatch):
+    """Lesion-by-lesion readers (embed) must not re-parse a patient's JSON for every lesion."""
+    import slimp_cli.shards as shards_mod
+
+    index = shards_mod.ShardIndex.open(synth_shards)
+    reads = []
+    real = shards_mod._read_member
+    monkeypatch.setattr(shards_mod, "_read_member", lambda *a: reads.append(a) or real(*a))
+    first = index.patient(0)
+    for _ in range(50):
+        assert index.patient(0) is first
+    assert len(reads) == 2  # patient.json + lesions.json, once
+    for i in range(1, index.CACHE_SIZE + 1):  # push patient 0 out of the cache
+        index.patient(i)
+    reads.clear()
+    again = index.patient(0)
+    assert len(reads) == 2 and again.patient_id == first.patient_id
