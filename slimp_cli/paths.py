@@ -40,6 +40,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def read_json(path: str | os.PathLike):
+    """Parse a JSON file; SlimpError naming the file and the line when it is not valid JSON."""
+    from .errors import SlimpError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SlimpError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
 def write_json(path: str | os.PathLike, obj, *, indent: int = 2) -> None:
     """Write JSON atomically (sorted keys: byte-identical output for identical input)."""
     with atomic_path(path) as tmp:

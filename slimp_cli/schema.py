@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Sequence
 import torch
 
 from .errors import SlimpError
-from .paths import schemas_dir
+from .paths import read_json, schemas_dir
 
 FEATURE_TYPES = ("numerical", "categorical", "boolean")
 
@@ -38,10 +38,7 @@ def load_dataset_schema(path_or_name: str | Path) -> dict:
             f"schema '{path_or_name}' not found; give a JSON file or one of: "
             + ", ".join(builtin_schema_names())
         )
-    try:
-        schema = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SlimpError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    schema = read_json(path)
     validate_dataset_schema(schema, source=str(path))
     return schema
 
@@ -175,10 +172,7 @@ class ResolvedSchema:
         path = Path(path)
         if not path.is_file():
             raise SlimpError(f"{path}: schema.json not found (run slimp ingest first)")
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as exc:
-            raise SlimpError(f"{path}: not valid JSON ({exc.msg})") from None
+        return cls.from_dict(read_json(path))
 
     def to_dict(self) -> dict:
         return self.data

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import SlimpError
+from .paths import read_json
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 SHARD_GLOB = "shard-*.tar"
@@ -230,10 +231,7 @@ class ShardIndex:
         manifest_path = data_dir / "manifest.json"
         if not manifest_path.is_file():
             raise SlimpError(f"{data_dir}: no manifest.json (not an ingested folder, or an interrupted ingest)")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise SlimpError(f"{manifest_path}: not valid JSON ({exc.msg})") from None
+        manifest = read_json(manifest_path)
         if manifest.get("complete") is not True:
             raise SlimpError(f"{manifest_path}: ingest did not complete; run slimp ingest again")
         schema = ResolvedSchema.load(data_dir / "schema.json")

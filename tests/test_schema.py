@@ -93,3 +93,10 @@ def test_encode_raw_one_hot_and_missing_indicators():
         [2.0, 0, 1, 0, 0, 0, 1, 0, 0, 1],
         [0, 1, 0, 0, 0, 0, 0, 1, 0, 0],
     ]
+
+
+def test_invalid_json_names_the_file_and_line(tmp_path):
+    path = tmp_path / "schema.json"
+    path.write_text('{"patient_features": [],\n  "lesion_features": [,]}')
+    with pytest.raises(SlimpError, match=r"schema.json: not valid JSON .* at line 2"):
+        ResolvedSchema.load(path)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import SlimpError
+from ..paths import read_json
 from ..schema import ResolvedSchema
 from .checkpoint import LAST, load_checkpoint
 from .distributed import resolve_device  # noqa: F401  (re-exported for embed)
@@ -52,10 +53,7 @@ def read_config(run_dir: str | Path) -> dict:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise SlimpError(f"{path}: not found; is {run_dir} a slimp run dir?")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SlimpError(f"{path}: not valid JSON ({exc.msg})") from None
+    cfg = read_json(path)
     _check_config(cfg, path)
     return cfg
 
