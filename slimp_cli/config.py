@@ -15,8 +15,43 @@ from .errors import SlimpError
 VARIANTS = ("nested", "flat", "image")
 
 
+class DictConfig:
+    """JSON round trip shared by the frozen config dataclasses (ModelConfig, TrainConfig).
+
+    Subclasses set `_KIND`, the word used in errors ("model config key", "train option").
+    """
+
+    _KIND = "config key"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of all fields."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        """Inverse of `to_dict`; unknown keys raise SlimpError, missing keys take defaults."""
+        if not isinstance(d, dict):
+            raise SlimpError(f"{cls.__name__} needs a JSON object, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SlimpError(
+                f"unknown {cls._KIND}(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**d)
+
+    def replace(self, **changes: Any):
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SlimpError(f"{name} must be a positive integer, got {value!r}")
+
+
 @dataclass(frozen=True, kw_only=True)
-class ModelConfig:
+class ModelConfig(DictConfig):
     """The architecture of a SLIMP model (not the training recipe).
 
     Examples:
@@ -24,6 +59,8 @@ class ModelConfig:
         >>> ModelConfig.from_dict(cfg.to_dict()) == cfg
         True
     """
+
+    _KIND = "model config key"
 
     # "nested" (SLIMP: inner lesion loss + outer patient loss), "flat" (one image<->metadata
     # InfoNCE over concatenated patient+lesion metadata) or "image" (SimCLR baseline).
@@ -59,16 +96,16 @@ class ModelConfig:
             raise SlimpError(
                 "image_model must be a non-empty model name, e.g. vit_small_patch16_224"
             )
-        _positive_int("img_size", self.img_size)
+        positive_int("img_size", self.img_size)
         if self.image_weights is not None and not isinstance(self.image_weights, str):
             raise SlimpError(
                 f"image_weights must be a file path or null, got {self.image_weights!r}"
             )
         for name in ("embed_dim", "tab_dim"):
             if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+                positive_int(name, getattr(self, name))
         for name in ("tab_layers", "tab_heads", "tab_ffn_mult"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         if isinstance(self.tab_dropout, bool) or not isinstance(self.tab_dropout, (int, float)):
             raise SlimpError(f"tab_dropout must be a number in [0, 1), got {self.tab_dropout!r}")
         if not 0.0 <= self.tab_dropout < 1.0:
@@ -77,30 +114,3 @@ class ModelConfig:
             raise SlimpError(
                 f"tab_dim ({self.tab_dim}) must be divisible by tab_heads ({self.tab_heads})"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of all fields."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        """Inverse of `to_dict`; unknown keys raise SlimpError, missing keys take defaults."""
-        if not isinstance(d, dict):
-            raise SlimpError(f"model config must be a JSON object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise SlimpError(
-                f"unknown model config key(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> "ModelConfig":
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise SlimpError(f"{name} must be a positive integer, got {value!r}")

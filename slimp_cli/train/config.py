@@ -6,11 +6,11 @@ a run's trajectory. `to_dict()` goes into `config.json` beside `model`; `from_di
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import DictConfig, positive_int
 from ..errors import SlimpError
 from ..losses import DEFAULT_LAM, DEFAULT_TEMPERATURE
 
@@ -24,7 +24,7 @@ RESUMABLE_CHANGES = ("max_steps", "workers", "prefetch", "log_every", "compile",
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
+class TrainConfig(DictConfig):
     """How to train (pre-training and continual pre-training share it).
 
     Examples:
@@ -32,6 +32,8 @@ class TrainConfig:
         >>> TrainConfig.from_dict(cfg.to_dict()) == cfg
         True
     """
+
+    _KIND = "train option"
 
     # "slimp" (nested image-metadata contrastive learning). "sm3" is reserved for the SM3
     # method of papers/sm3_paper.txt and is rejected ("SM3 is not implemented yet").
@@ -89,9 +91,9 @@ class TrainConfig:
             raise SlimpError(f"unknown method '{self.method}'; choose one of {', '.join(METHODS)}")
         for name in ("patients_per_batch", "lesions_per_patient", "epochs", "log_every",
                      "prefetch"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         if self.max_steps is not None:
-            _positive_int("max_steps", self.max_steps)
+            positive_int("max_steps", self.max_steps)
         if self.warmup_steps is not None:
             _non_negative_int("warmup_steps", self.warmup_steps)
         _non_negative_int("workers", self.workers)
@@ -112,37 +114,11 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise SlimpError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of all fields."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """Inverse of `to_dict`; unknown keys raise SlimpError, missing keys take defaults."""
-        if not isinstance(d, dict):
-            raise SlimpError(f"train config must be a JSON object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise SlimpError(
-                f"unknown train option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> "TrainConfig":
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
     def schedule_warmup(self, total_steps: int) -> int:
         """Warm-up steps for a schedule of `total_steps` (default 5%, at least 1)."""
         if self.warmup_steps is not None:
             return min(self.warmup_steps, total_steps)
         return max(1, int(round(0.05 * total_steps)))
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise SlimpError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _non_negative_int(name: str, value: Any) -> None:
