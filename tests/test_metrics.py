@@ -151,3 +151,18 @@ def test_patient_split_many_patients_path(monkeypatch, seed):
     assert not set(groups[train]) & set(groups[test])
     assert len(train) + len(test) == 6000 and 0.08 <= len(test) / 6000 <= 0.12
     assert abs(y[test].mean() - y.mean()) < 0.05
+
+
+@pytest.mark.parametrize("many_groups", [10_000, 5])
+def test_patient_split_names_a_class_it_left_out(monkeypatch, many_groups):
+    """Both patient-split paths warn when a class sits in one patient only."""
+    import slimp_cli.eval.splits as splits
+
+    monkeypatch.setattr(splits, "MANY_GROUPS", many_groups)
+    y = np.zeros(60, dtype=int)
+    y[:3] = 1  # class 1: all three lesions of patient 0
+    groups = np.arange(60) // 3
+    log = WarningLog()
+    train, test = splits.patient_split(y, groups, seed=0, warnings=log)
+    side = "held-out" if 0 in train else "training"
+    assert any(f"class(es) 1 absent from the {side} part" in w for w in log), list(log)

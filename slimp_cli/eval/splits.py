@@ -83,12 +83,20 @@ def patient_split(
         if best_key is None or key < best_key:
             best, best_key = (train, test), key
     train, test = best
-    if warnings is not None and best_key[0]:
-        for side, rows in (("held-out", test), ("training", train)):
-            gone = sorted(all_classes - set(np.unique(y[rows]).tolist()))
-            if gone:
-                warnings.add(f"patient split (seed {seed}): class(es) {', '.join(map(str, gone))} absent from the {side} part")
+    if best_key[0]:
+        _warn_missing_classes(y, train, test, seed=seed, warnings=warnings)
     return np.sort(train), np.sort(test)
+
+
+def _warn_missing_classes(y, train, test, *, seed, warnings: WarningLog | None) -> None:
+    """Name any class a patient split left out of one side."""
+    if warnings is None:
+        return
+    classes = set(np.unique(y).tolist())
+    for side, rows in (("held-out", test), ("training", train)):
+        gone = sorted(classes - set(np.unique(y[rows]).tolist()))
+        if gone:
+            warnings.add(f"patient split (seed {seed}): class(es) {', '.join(map(str, gone))} absent from the {side} part")
 
 
 def _many_groups_split(y, groups, *, seed, test_size, warnings) -> tuple[np.ndarray, np.ndarray]:
@@ -107,11 +115,7 @@ def _many_groups_split(y, groups, *, seed, test_size, warnings) -> tuple[np.ndar
     is_test[test_groups] = True
     test = np.flatnonzero(is_test[code])
     train = np.flatnonzero(~is_test[code])
-    if warnings is not None:
-        for side, rows in (("held-out", test), ("training", train)):
-            gone = sorted(set(np.unique(y).tolist()) - set(np.unique(y[rows]).tolist()))
-            if gone:
-                warnings.add(f"patient split (seed {seed}): class(es) {', '.join(map(str, gone))} absent from the {side} part")
+    _warn_missing_classes(y, train, test, seed=seed, warnings=warnings)
     return train, test
 
 
