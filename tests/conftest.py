@@ -36,6 +36,17 @@ def shared():
     return shared_path
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is ~10x faster than two."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def pad_source() -> Path:
     return shared_path("pad_ufes_20")

@@ -17,12 +17,7 @@ ADAPT = dict(FAST, patients_per_batch=16, lesions_per_patient=2, epochs=1, max_s
              warmup_steps=2, lr=1e-3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ TINY = dict(image_model="vit_test", img_size=32, tab_dim=32, embed_dim=32)
 FAST = dict(workers=0, device="cpu", log_every=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread is ~10x faster than two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_train_config_validation_and_roundtrip():

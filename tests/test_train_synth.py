@@ -19,12 +19,7 @@ TRAIN = dict(patients_per_batch=8, lesions_per_patient=10, epochs=6, max_steps=1
              warmup_steps=10, lr=1e-3, workers=0, device="cpu", log_every=10)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def permuted_copy(src: Path, dst: Path, seed: int = 0) -> Path:
