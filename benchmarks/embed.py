@@ -22,10 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from slimp_cli.config import ModelConfig  # noqa: E402
-from slimp_cli.datasets.synth import generate_cohort  # noqa: E402
+from slimp_cli.model_config import ModelConfig  # noqa: E402
+from slimp_cli.ingest.synth import generate_cohort  # noqa: E402
 from slimp_cli.ingest import ingest  # noqa: E402
-from slimp_cli.train.config import TrainConfig  # noqa: E402
+from slimp_cli.train.train_config import TrainConfig  # noqa: E402
 from slimp_cli.train.pretrain import pretrain  # noqa: E402
 
 IMAGES_PER_PATIENT = 2.7  # mean images per generated patient

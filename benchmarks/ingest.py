@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slimp_cli.datasets.synth import generate_cohort  # noqa: E402
+from slimp_cli.ingest.synth import generate_cohort  # noqa: E402
 from slimp_cli.ingest import ingest  # noqa: E402
 
 IMAGES_PER_PATIENT = 2.7  # measured mean of the generator (geometric lesion count + second images)

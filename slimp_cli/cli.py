@@ -27,25 +27,32 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
+    from .commands import embed as embed_cmds
     from .commands import eval as eval_cmds
     from .commands import ingest as ingest_cmds
-    from .commands import pipeline as pipeline_cmds
     from .commands import train as train_cmds
 
     ingest_cmds.register(app)
     train_cmds.register(app)
-    pipeline_cmds.register(app)
+    embed_cmds.register(app)
     eval_cmds.register(app)
 
 
 _register_all()
 
 
+def _is_usage_error(exc: BaseException) -> bool:
+    """A click usage/parameter error, whichever click raised it (Typer >= 0.20 vendors its own
+    copy, so an isinstance check against the `click` package would miss it)."""
+    return hasattr(exc, "exit_code") and callable(getattr(exc, "show", None))
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the app, turning SlimpError into `error: ...` and exit 1."""
+    """Console entry point: exit 0 on success, 1 with one line for a user error, 2 with the
+    usage message for bad usage, 130 when interrupted; never a traceback for those."""
     try:
         # Non-standalone mode returns (not raises) the code of typer.Exit / ctx.exit.
-        rc = app(args=argv, standalone_mode=False)
+        rc = app(args=argv, prog_name="slimp", standalone_mode=False)
     except TrainingInterrupted as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         sys.exit(130)
@@ -58,11 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:  # --help and explicit exits
         sys.exit(exc.exit_code)
     except typer.Abort:
-        sys.exit(1)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        if _is_usage_error(exc):
             exc.show()
             sys.exit(exc.exit_code)
         raise

@@ -16,16 +16,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .config import ModelConfig
-from .datasets.synth import generate_cohort
+from .ingest import ingest
+from .ingest.synth import generate_cohort
+from .model_config import ModelConfig
 from .embed import embed
 from .eval.extrapolate import extrapolate
 from .eval.probe import run_probe
 from .eval.retrieval import run_retrieval
-from .ingest import ingest
 from .shards import ShardIndex
-from .train.config import TrainConfig
-from .train.pretrain import pretrain
+from .train import TrainConfig, pretrain
 
 # Tiny models so the demo runs on a 2-core laptop: a 4-block ViT of width 96 on 48 px images.
 DEMO_IMAGE_MODEL = "vit_demo"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Iterator
@@ -55,3 +56,19 @@ def write_json(path: str | os.PathLike, obj, *, indent: int = 2) -> None:
     """Write JSON atomically (sorted keys: byte-identical output for identical input)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def json_safe(obj):
+    """Plain JSON containers, recursively: NaN/inf -> None (strict JSON has no NaN), numpy
+    scalars -> Python numbers, tuples -> lists. Configs stored in checkpoints must be plain."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        obj = obj.item()  # numpy / torch scalars
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return obj

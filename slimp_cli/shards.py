@@ -254,11 +254,6 @@ class ShardIndex:
         """Sample keys (sanitised patient ids) in index order; original ids are in the records."""
         return [e.key for e in self._entries]
 
-    @property
-    def shard_paths(self) -> list[Path]:
-        """Shard files in order (for webdataset pipelines)."""
-        return [self.data_dir / s["name"] for s in self.manifest.get("shards", [])]
-
     def patient(self, i: int) -> PatientRecord:
         """Patient i (0 <= i < len): its metadata and lesion list; images read lazily.
 

@@ -26,8 +26,8 @@ from typing import Mapping, Sequence
 import h5py
 import numpy as np
 
-from slimp_cli.errors import SlimpError
-from slimp_cli.paths import tmp_name
+from .errors import SlimpError
+from .paths import tmp_name
 
 FORMAT = "slimp-feature-store"
 VERSION = 1
@@ -310,6 +310,17 @@ class FeatureStore:
     def dims(self) -> dict[str, int]:
         return {k: int(self.f[f"features/{k}"].shape[1]) for k in self.feature_names}
 
+    def summary(self) -> dict:
+        """Rows, feature and raw widths and the config: what the CLI prints after `embed`."""
+        return {
+            "path": str(self.path),
+            "lesions": int(self.n),
+            "features": {k: int(v) for k, v in self.dims.items()},
+            "raw": {k: int(self.f[f"raw/{k}"].shape[1]) for k in RAW_LEVELS
+                    if f"raw/{k}" in self.f},
+            "config": self.config,
+        }
+
     def dataset(self, name: str) -> h5py.Dataset:
         """The on-disk [N, D] dataset of one level, for chunked reading of large stores."""
         self._require(name)
@@ -355,11 +366,69 @@ class FeatureStore:
         g = self.f[name]
         return {k: g[k][()] for k in g.keys()}
 
-    def pseudo_attrs(self, strategy: str) -> dict:
-        return dict(self.f[f"pseudo/{strategy}"].attrs) if f"pseudo/{strategy}" in self.f else {}
 
+class PseudoWriter:
+    """Add `pseudo/<strategy>/` to a store without ever modifying the store in place.
 
-def open_for_pseudo(path: str | os.PathLike) -> h5py.File:
-    """Open a complete store in append mode (extrapolate adds pseudo/<strategy> to it)."""
-    FeatureStore.open(path).close()  # validation only
-    return h5py.File(path, "r+")
+    The store is rewritten to a temporary sibling (every object copied, the strategy's group
+    new) and renamed over the original only when complete: a kill at any moment leaves the
+    original exactly as it was, and re-runs never grow the file (nothing is left unreclaimed).
+
+    Usage::
+
+        with PseudoWriter(path, strategy, n=N, widths={"lesion": D, "lesion_index": None, ...},
+                          attrs={...}) as out:
+            out["lesion"][a:b] = ...
+        # `out[name]` are h5py datasets of the new group; widths None = 1-D int64 / float32
+    """
+
+    INDEX_NAMES = ("lesion_index", "patient_index")
+
+    def __init__(self, path: str | os.PathLike, strategy: str, *, n: int,
+                 widths: Mapping[str, int | None], attrs: Mapping[str, str]) -> None:
+        if strategy not in PSEUDO_STRATEGIES:
+            raise SlimpError(f"unknown strategy {strategy!r}; choose one of "
+                             f"{', '.join(PSEUDO_STRATEGIES)}")
+        FeatureStore.open(path).close()  # a complete store, or a one-line error
+        self.path = Path(path)
+        self.tmp = tmp_name(self.path)
+        self.strategy = strategy
+        self._n, self._widths, self._attrs = n, dict(widths), dict(attrs)
+        self.f: h5py.File | None = None
+
+    def __enter__(self) -> dict[str, h5py.Dataset]:
+        name = f"pseudo/{self.strategy}"
+        self.f = h5py.File(self.tmp, "w", libver=_LIBVER)
+        with h5py.File(self.path, "r") as src:
+            for key, value in src.attrs.items():
+                self.f.attrs[key] = value
+            self.f.attrs["complete"] = False  # set True last, in __exit__
+            for key in src:
+                if key != "pseudo":
+                    src.copy(src[key], self.f, name=key)
+            if "pseudo" in src:
+                group = self.f.create_group("pseudo")
+                for key in src["pseudo"]:
+                    if key != self.strategy and not key.startswith("."):
+                        src.copy(src["pseudo"][key], group, name=key)
+        g = self.f.create_group(name)
+        out = {}
+        for key, width in self._widths.items():
+            if width is None:
+                dtype = np.int64 if key in self.INDEX_NAMES else np.float32
+                out[key] = g.create_dataset(key, (self._n,), dtype)
+            else:
+                out[key] = g.create_dataset(key, (self._n, int(width)), np.float32)
+        g.attrs.update(self._attrs)
+        return out
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.f.attrs["complete"] = True
+            self.f.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+        finally:
+            if self.tmp.exists():
+                self.tmp.unlink()

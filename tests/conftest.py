@@ -11,11 +11,15 @@ real data, 32 px for the generated cohort) to keep the suite fast on 2 CPU cores
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import pytest
 
 from slimp_cli.paths import shared_data_dir
+from slimp_cli.store import FeatureStoreWriter
 
 TEST_IMAGE_SIZE = 64
 SYNTH_PATIENTS = 60
@@ -77,7 +81,7 @@ def derm7pt_shards(tmp_path_factory, derm7pt_source) -> Path:
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
-    from slimp_cli.datasets.synth import generate_cohort
+    from slimp_cli.ingest.synth import generate_cohort
 
     out = tmp_path_factory.mktemp("synth_cohort")
     generate_cohort(out, patients=SYNTH_PATIENTS, seed=0, image_size=SYNTH_IMAGE_SIZE)
@@ -91,3 +95,78 @@ def synth_shards(tmp_path_factory, synth_dir) -> Path:
     out = tmp_path_factory.mktemp("synth_shards")
     ingest("synth", synth_dir, out, image_size=SYNTH_IMAGE_SIZE, workers=1)
     return out
+
+
+def _write_store(
+    path: Path,
+    *,
+    features: dict[str, np.ndarray],
+    patient_id: np.ndarray,
+    label: np.ndarray,
+    malignant: np.ndarray | None = None,
+    classes: list[str] | None = None,
+    raw: dict[str, tuple[np.ndarray, list[str], list[str]]] | None = None,
+    phenotype: tuple[np.ndarray, np.ndarray] | None = None,
+    config: dict | None = None,
+    chunk: int = 37,
+) -> Path:
+    """Write a store from in-memory arrays in odd-sized chunks (exercises chunked appends)."""
+    n = len(label)
+    malignant = np.asarray(label) % 2 if malignant is None else malignant
+    classes = classes or [f"c{i}" for i in range(int(np.max(label)) + 1)]
+    raw = raw or {}
+    with FeatureStoreWriter(
+        path, n=n, dims={k: v.shape[1] for k, v in features.items()}, config=config or {"model": "test"},
+        schema={"name": "synthetic"}, classes=classes, variant="nested",
+        raw_columns={k: (v[1], v[2]) for k, v in raw.items()}, chunk_rows=16,
+    ) as w:
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            w.append(lesion_id=[f"L{i}" for i in range(s, e)], patient_id=[str(p) for p in patient_id[s:e]],
+                     label=label[s:e], malignant=malignant[s:e],
+                     features={k: v[s:e] for k, v in features.items()},
+                     raw={k: v[0][s:e] for k, v in raw.items()})
+        if phenotype is not None:
+            w.set_phenotype(*phenotype)
+    return path
+
+
+@pytest.fixture()
+def write_store():
+    """`write_store(path, *, features, patient_id, label, ...)`: a store from in-memory arrays."""
+    return _write_store
+
+
+class CliResult(NamedTuple):
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def _run_cli(*args) -> CliResult:
+    """Run the real `slimp` entry point (`cli.main`) in-process, capturing its streams."""
+    from typer.testing import CliRunner
+
+    from slimp_cli.cli import main
+
+    runner = CliRunner()
+    code = 0
+    with runner.isolation() as (out, err, *_):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    return CliResult(code, stdout, stderr)
+
+
+@pytest.fixture()
+def run_cli():
+    """`run_cli("probe", store, ...)` -> CliResult(exit_code, stdout, stderr) of `cli.main`."""
+    return _run_cli

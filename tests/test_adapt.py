@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from slimp_cli.errors import SlimpError
-from slimp_cli.train import adapt, adapt_run, load_model, pretrain, read_config, read_metrics
+from slimp_cli.runs import load_run, read_config, read_metrics
+from slimp_cli.train import adapt, adapt_run, pretrain
 from slimp_cli.train.adapt import prepare_model
 from slimp_cli.train.loop import set_train_mode
-from slimp_cli.train.pretrain import seed_everything
+from slimp_cli.train.session import seed_everything
 
 TINY = dict(image_model="vit_test", img_size=32, tab_dim=32, embed_dim=32)
 FAST = dict(workers=0, device="cpu", log_every=1)
@@ -50,11 +51,13 @@ def test_adapt_to_derm7pt_freezes_all_but_the_embeddings(pad_checkpoint, derm7pt
                              "lesion_encoder.cls_token")) for n in trainable)
     assert not hasattr(result.model, "patient_encoder")  # nested -> flat
 
-    adapted, _, schema = load_model(result.run_dir)  # rebuilt from config.json
+    _run = load_run(result.run_dir)  # rebuilt from config.json
+
+    adapted, _, schema = _run.model, _run.config, _run.schema
     assert schema.name == ShardIndex.open(derm7pt_shards).schema.name
     after = adapted.state_dict()
     assert set(after) == set(before)
-    source = load_model(pad_checkpoint)[0].state_dict()
+    source = load_run(pad_checkpoint).model.state_dict()
     for name, value in after.items():
         if name in trainable:
             assert not torch.equal(value, before[name]), f"tuned {name} did not change"
@@ -83,7 +86,8 @@ def test_adapt_tune_all_and_pad_to_pad(pad_checkpoint, pad_shards, derm7pt_shard
     run = adapt(pad_checkpoint, derm7pt_shards, tmp_path / "all", tune="all",
                 train=dict(ADAPT, max_steps=2))
     cfg = read_config(run)
-    model, _, _ = load_model(run)
+    _run = load_run(run)
+    model, _, _ = _run.model, _run.config, _run.schema
     assert cfg["tune"] == "all" and len(cfg["trainable"]) == len(list(model.parameters()))
     # nested -> nested when the target has patient features; paper default B = 64
     run = adapt(pad_checkpoint / "checkpoint-last.pt", pad_shards, tmp_path / "nested",

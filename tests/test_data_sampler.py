@@ -1,24 +1,21 @@
-"""Patient batch sampler, dataset, collate and augmentation (slimp_cli.train.data)."""
+"""Patient batch sampler, dataset and collate (slimp_cli.train.data)."""
 
 from __future__ import annotations
-
-import io
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from slimp_cli.errors import SlimpError
+from slimp_cli.models import MetadataInputs
 from slimp_cli.schema import TabularBatch
+from slimp_cli.transforms import Preprocess
 from slimp_cli.train.data import (
     PatientBatchSampler,
     PatientDataset,
     PatientInfo,
-    augment_image,
     choose_lesions,
     collate,
-    load_image,
     make_loader,
     patient_infos,
 )
@@ -101,30 +98,11 @@ def test_too_few_patients_is_a_clear_error():
         PatientBatchSampler([], patients_per_batch=1, lesions_per_patient=2)
 
 
-def _jpeg(size=(40, 30), colour=(200, 100, 50)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, colour).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
-def test_load_image_resizes_and_normalises():
-    x = load_image(_jpeg(), 32)
-    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
-    # a flat colour stays flat; ImageNet normalisation of red 200 ~ (200/255 - .485) / .229
-    assert abs(float(x[0].mean()) - (200 / 255 - 0.485) / 0.229) < 0.05
-    with pytest.raises(SlimpError, match="cannot decode image"):
-        load_image(b"not a jpeg", 32, where="lesion X")
-
-
-def test_augmentation_is_reproducible_from_its_seed():
-    rng = np.random.default_rng(0)
-    arr = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
-    img = Image.fromarray(arr)
-    a = augment_image(img, 32, np.random.default_rng([1, 2, 3]))
-    b = augment_image(img, 32, np.random.default_rng([1, 2, 3]))
-    c = augment_image(img, 32, np.random.default_rng([1, 2, 4]))
-    assert a.shape == (3, 32, 32)
-    assert torch.equal(a, b) and not torch.equal(a, c)
+def _dataset(index, variant, *, augment=False):
+    """The dataset a `variant` model built on the index's schema reads."""
+    return PatientDataset(index, inputs=MetadataInputs.build(variant, index.schema),
+                          preprocess=Preprocess(img_size=32), classes=index.schema.classes,
+                          augment=augment)
 
 
 def test_dataset_and_collate_on_pad(pad_shards):
@@ -136,8 +114,7 @@ def test_dataset_and_collate_on_pad(pad_shards):
     sampler = PatientBatchSampler(infos, patients_per_batch=6, lesions_per_patient=2, seed=0)
     step = sampler.plan(0)[0]
     for variant in ("nested", "flat", "image"):
-        ds = PatientDataset(index, schema=index.schema, variant=variant, img_size=32,
-                            augment=False)
+        ds = _dataset(index, variant)
         batch = collate([ds[it] for it in step])
         n = sum(len(it.lesions) for it in step)
         assert batch["images"].shape == (n, 3, 32, 32)
@@ -160,7 +137,7 @@ def test_dataset_and_collate_on_pad(pad_shards):
             n_feats = len(index.schema.flat_features)
         assert tab.categorical.shape[1] + tab.numerical.shape[1] == n_feats
     # the same item gives the same sample (with augmentation too)
-    ds = PatientDataset(index, schema=index.schema, variant="nested", img_size=32, augment=True)
+    ds = _dataset(index, "nested", augment=True)
     assert torch.equal(ds[step[0]]["images"], ds[step[0]]["images"])
 
 
@@ -168,7 +145,7 @@ def test_loader_with_workers_matches_main_process(pad_shards):
     from slimp_cli.shards import ShardIndex
 
     index = ShardIndex.open(pad_shards)
-    ds = PatientDataset(index, schema=index.schema, variant="nested", img_size=32, augment=True)
+    ds = _dataset(index, "nested", augment=True)
 
     def batches(workers):
         sampler = PatientBatchSampler(patient_infos(index), patients_per_batch=50,

@@ -6,11 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from slimp_cli.train import load_model, read_config, read_metrics
+from slimp_cli.runs import load_run, read_config, read_metrics
+
+DDP_CHECK = str(Path(__file__).with_name("ddp_check.py"))
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch.distributed not available")
@@ -34,11 +37,11 @@ def _torchrun(nproc: int, *args: str, timeout: int = 240) -> subprocess.Complete
 def test_two_process_loss_and_gradient_match_one_process(synth_shards, tmp_path):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     args = ["--patients", "8", "--lesions", "4"]
-    proc = subprocess.run([sys.executable, "-m", "slimp_cli.train.ddp_check", str(synth_shards),
+    proc = subprocess.run([sys.executable, DDP_CHECK, str(synth_shards),
                            str(one), *args], capture_output=True, text=True, env=_env(),
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _torchrun(2, "-m", "slimp_cli.train.ddp_check", str(synth_shards), str(two), *args)
+    _torchrun(2, DDP_CHECK, str(synth_shards), str(two), *args)
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert (a["world_size"], b["world_size"]) == (1, 2)
     assert a["loss_lesions"] > 0.1  # the fixed batch has multi-lesion patients
@@ -62,7 +65,8 @@ def test_torchrun_pretrain_completes(synth_shards, tmp_path):
     assert [m["step"] for m in metrics] == list(range(1, 15))
     cfg = read_config(out)
     assert cfg["variant"] == "nested"
-    model, _, _ = load_model(out)
+    _run = load_run(out)
+    model, _, _ = _run.model, _run.config, _run.schema
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-last.pt", "config.json",
                                                      "metrics.jsonl"]

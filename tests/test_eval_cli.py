@@ -1,33 +1,17 @@
-"""`slimp probe / retrieve / extrapolate` through Typer's CliRunner on a tiny app."""
+"""`slimp probe / retrieve / extrapolate` through the real entry point (`cli.main`)."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-import typer
-from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_store import write_store  # noqa: E402
-
-from slimp_cli.commands.eval import register  # noqa: E402
-
-app = typer.Typer()
-register(app)
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture()
-def stores(tmp_path):
+def stores(write_store, tmp_path):
     rng = np.random.default_rng(0)
     n, d = 200, 5
     pid = np.arange(n) // 2
@@ -42,10 +26,10 @@ def stores(tmp_path):
     return ref, tgt
 
 
-def test_probe_json(stores, tmp_path):
+def test_probe_json(run_cli, stores, tmp_path):
     ref, _ = stores
     out = tmp_path / "probe.json"
-    r = invoke("probe", ref, "--seeds", "0,1", "--low-shot", "0.1", "--k", "5", "--baseline", "--json", out,
+    r = run_cli("probe", ref, "--seeds", "0,1", "--low-shot", "0.1", "--k", "5", "--baseline", "--json", out,
                "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert "linear" in r.stdout and "baseline-gbm" in r.stdout
@@ -61,10 +45,10 @@ def test_probe_json(stores, tmp_path):
             assert set(x["metrics"][name]) == {"mean", "std"}
 
 
-def test_retrieve_json_and_plots(stores, tmp_path):
+def test_retrieve_json_and_plots(run_cli, stores, tmp_path):
     ref, _ = stores
     out = tmp_path / "ret.json"
-    r = invoke("retrieve", ref, "--json", out, "--plots", tmp_path / "figs", "--negatives", "500", "--device", "cpu")
+    r = run_cli("retrieve", ref, "--json", out, "--plots", tmp_path / "figs", "--negatives", "500", "--device", "cpu")
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     for task in ("image_to_lesion", "lesion_to_image", "image_to_patient", "patient_to_image"):
@@ -73,12 +57,12 @@ def test_retrieve_json_and_plots(stores, tmp_path):
     assert (tmp_path / "figs" / "similarity.png").exists()
 
 
-def test_extrapolate_then_probe_pseudo(stores):
+def test_extrapolate_then_probe_pseudo(run_cli, stores):
     ref, tgt = stores
-    r = invoke("extrapolate", ref, tgt, "--strategy", "ilp", "--device", "cpu", "--chunk-size", "16")
+    r = run_cli("extrapolate", ref, tgt, "--strategy", "ilp", "--device", "cpu", "--chunk-size", "16")
     assert r.exit_code == 0, r.output
     assert "pseudo/ilp" in r.stdout
-    r = invoke("probe", tgt, "--pseudo", "ilp", "--seeds", "0", "--k", "3", "--device", "cpu")
+    r = run_cli("probe", tgt, "--pseudo", "ilp", "--seeds", "0", "--k", "3", "--device", "cpu")
     assert r.exit_code == 0, r.output
 
 
@@ -89,20 +73,20 @@ def _one_line_error(r, fragment: str) -> None:
     assert "Traceback" not in r.output
 
 
-def test_bad_input_errors(stores, tmp_path):
+def test_bad_input_errors(run_cli, stores, tmp_path):
     ref, tgt = stores
-    _one_line_error(invoke("probe", tmp_path / "nope.h5"), "not found")
+    _one_line_error(run_cli("probe", tmp_path / "nope.h5"), "not found")
     (tmp_path / "junk.h5").write_text("junk")
-    _one_line_error(invoke("probe", tmp_path / "junk.h5"), "not an HDF5 file")
-    _one_line_error(invoke("probe", tgt, "--features", "patient"), "no features/patient")
-    _one_line_error(invoke("probe", ref, "--low-shot", "2"), "--low-shot")
-    _one_line_error(invoke("probe", ref, "--seeds", "a,b"), "--seeds")
-    _one_line_error(invoke("probe", ref, "--task", "derm7pt-multilabel"), "no 'pigment_network' columns")
-    _one_line_error(invoke("probe", ref, "--task", "segmentation"), "choose classification or derm7pt-multilabel")
-    _one_line_error(invoke("probe", tgt, "--pseudo", "ii"), "no pseudo/ii")
-    _one_line_error(invoke("retrieve", tgt), "no features/lesion")
-    _one_line_error(invoke("extrapolate", tgt, ref), "no features/lesion")
+    _one_line_error(run_cli("probe", tmp_path / "junk.h5"), "not an HDF5 file")
+    _one_line_error(run_cli("probe", tgt, "--features", "patient"), "no features/patient")
+    _one_line_error(run_cli("probe", ref, "--low-shot", "2"), "--low-shot")
+    _one_line_error(run_cli("probe", ref, "--seeds", "a,b"), "--seeds")
+    _one_line_error(run_cli("probe", ref, "--task", "derm7pt-multilabel"), "no 'pigment_network' columns")
+    _one_line_error(run_cli("probe", ref, "--task", "segmentation"), "choose classification or derm7pt-multilabel")
+    _one_line_error(run_cli("probe", tgt, "--pseudo", "ii"), "no pseudo/ii")
+    _one_line_error(run_cli("retrieve", tgt), "no features/lesion")
+    _one_line_error(run_cli("extrapolate", tgt, ref), "no features/lesion")
     with h5py.File(ref, "r+") as f:
         f.attrs["complete"] = False
-    _one_line_error(invoke("probe", ref), "is incomplete (interrupted embed?); re-run slimp embed")
-    _one_line_error(invoke("retrieve", ref), "incomplete")
+    _one_line_error(run_cli("probe", ref), "is incomplete (interrupted embed?); re-run slimp embed")
+    _one_line_error(run_cli("retrieve", ref), "incomplete")

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_store import write_store  # noqa: E402
 
-from slimp_cli.errors import SlimpError  # noqa: E402
-from slimp_cli.eval.extrapolate import extrapolate  # noqa: E402
-from slimp_cli.eval.probe import run_probe  # noqa: E402
-from slimp_cli.store import FeatureStore  # noqa: E402
+from slimp_cli.errors import SlimpError
+from slimp_cli.eval.extrapolate import extrapolate
+from slimp_cli.eval.probe import run_probe
+from slimp_cli.store import FeatureStore
 
 D = 6
 
@@ -25,7 +21,7 @@ def _unit(x):
 
 
 @pytest.fixture()
-def stores(tmp_path):
+def stores(write_store, tmp_path):
     rng = np.random.default_rng(0)
     n_ref, n_tgt = 250, 120
     pid = np.sort(rng.integers(0, 60, n_ref))
@@ -85,7 +81,7 @@ def test_rerun_replaces_and_no_temp_left(stores):
         assert f["pseudo/ilp"].attrs["strategy"] == "ilp"
 
 
-def test_flat_reference_omits_patient(tmp_path):
+def test_flat_reference_omits_patient(write_store, tmp_path):
     rng = np.random.default_rng(1)
     ref = write_store(tmp_path / "flat.h5", features={"image": rng.normal(size=(50, D)).astype(np.float32),
                                                        "lesion": rng.normal(size=(50, D)).astype(np.float32)},
@@ -102,7 +98,7 @@ def test_flat_reference_omits_patient(tmp_path):
         run_probe(tgt, pseudo="ilp", features=["image", "patient"])
 
 
-def test_bad_inputs(stores, tmp_path):
+def test_bad_inputs(write_store, stores, tmp_path):
     ref_path, tgt_path, ref, pid, _, _ = stores
     with pytest.raises(SlimpError, match="same store"):
         extrapolate(tgt_path, tgt_path)

@@ -333,7 +333,7 @@ def test_schema_errors(tmp_path):
 
 
 def test_schema_infer_drafts_a_usable_schema(tmp_path, pad_source):
-    from slimp_cli.datasets.infer import infer_schema
+    from slimp_cli.ingest.infer import infer_schema
     from slimp_cli.schema import validate_dataset_schema
 
     draft = infer_schema(pad_source / "metadata.csv")
@@ -374,7 +374,7 @@ def test_hiba_hierarchical_diagnosis_falls_back_to_a_known_level():
     """Newer ISIC exports: a subtype at level 4 falls back to its class at level 3."""
     import pandas as pd
 
-    from slimp_cli.datasets.hiba import most_specific_diagnosis
+    from slimp_cli.ingest.formats.hiba import most_specific_diagnosis
 
     frame = pd.DataFrame({
         "diagnosis_2": ["Benign melanocytic proliferations", "Malignant adnexal", "Benign", ""],

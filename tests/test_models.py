@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from slimp_cli.config import ModelConfig
+from slimp_cli.model_config import ModelConfig
 from slimp_cli.errors import SlimpError
 from slimp_cli.losses import compute_loss
 from slimp_cli.models import (
@@ -314,7 +314,9 @@ def test_replace_tabular_inputs_keeps_shared_weights():
     kept = [k for k in before if ".inputs." not in k]
     assert _same({k: before[k] for k in kept}, {k: after[k] for k in kept})
     assert after["lesion_encoder.inputs.categorical.1.weight"].shape == (5, 64)
-    assert model.schema_fingerprint == target.fingerprint() and model.variant == "nested"
+    assert model.variant == "nested"
+    assert model.lesion_features == target.lesion_features
+    assert model.patient_features == target.patient_all
     out = model(make_batch_for(model, target))
     assert out["image"].shape[0] == 3
     # the adapted architecture rebuilds from (config, target schema)

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from slimp_cli.config import ModelConfig
+from slimp_cli.model_config import ModelConfig
 from slimp_cli.embed import embed
 from slimp_cli.errors import SlimpError
 from slimp_cli.schema import encode_tabular
 from slimp_cli.shards import ShardIndex
-from slimp_cli.train.config import TrainConfig
+from slimp_cli.train.train_config import TrainConfig
 from slimp_cli.train.pretrain import pretrain
-from slimp_cli.train.rundir import load_model
+from slimp_cli.runs import load_run
 
 TINY = dict(image_model="vit_test", img_size=32, tab_dim=32, embed_dim=32)
 
@@ -77,7 +77,8 @@ def test_embed_writes_the_design_layout(pad_store, pad_shards, pad_run):
 
 def test_embedded_features_equal_the_model_on_the_same_inputs(pad_store, pad_run, pad_shards):
     """The store's lesion and patient features are what the rebuilt model computes."""
-    model, _, schema = load_model(pad_run, device="cpu")
+    _run = load_run(pad_run, device="cpu")
+    model, _, schema = _run.model, _run.config, _run.schema
     model.eval()
     index = ShardIndex.open(pad_shards)
     rec = index.patient(0)

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_store import write_store  # noqa: E402
 
-from slimp_cli.errors import SlimpError  # noqa: E402
-from slimp_cli.eval import WarningLog  # noqa: E402
-from slimp_cli.eval.knn import knn_proba  # noqa: E402
-from slimp_cli.eval.probe import run_probe  # noqa: E402
+from slimp_cli.errors import SlimpError
+from slimp_cli.eval import WarningLog
+from slimp_cli.eval.knn import knn_proba
+from slimp_cli.eval.probe import run_probe
 
 
 def brute_knn(train_x, train_y, test_x, *, k, n_classes, temperature=0.07, weighting="exp"):
@@ -48,7 +45,7 @@ def test_knn_k_larger_than_train_warns():
     assert got.shape == (4, 2) and any("using k=5" in w for w in log)
 
 
-def synthetic(tmp_path: Path, *, n=600, d=8, random_labels=False, leak=False, seed=0, multiclass=False) -> Path:
+def synthetic(write_store, tmp_path: Path, *, n=600, d=8, random_labels=False, leak=False, seed=0, multiclass=False) -> Path:
     """Nested-like store: label is a linear function of the image + lesion features."""
     rng = np.random.default_rng(seed)
     image, lesion = rng.normal(size=(n, d)).astype(np.float32), rng.normal(size=(n, d)).astype(np.float32)
@@ -75,8 +72,8 @@ def _metric(report, method, name="accuracy", low_shot=None):
     return r["metrics"][name]["mean"]
 
 
-def test_linear_label_is_learned(tmp_path):
-    report = run_probe(synthetic(tmp_path), seeds=[0, 1], device="cpu")
+def test_linear_label_is_learned(write_store, tmp_path):
+    report = run_probe(synthetic(write_store, tmp_path), seeds=[0, 1], device="cpu")
     assert _metric(report, "linear") >= 0.95
     assert _metric(report, "linear", "auc") >= 0.98
     assert _metric(report, "knn") >= 0.7  # cosine kNN on a linear rule: well above chance
@@ -86,15 +83,15 @@ def test_linear_label_is_learned(tmp_path):
     assert set(r["metrics"]["accuracy"]) == {"mean", "std"}
 
 
-def test_random_labels_are_chance(tmp_path):
-    report = run_probe(synthetic(tmp_path, random_labels=True), seeds=[0, 1, 2], device="cpu")
+def test_random_labels_are_chance(write_store, tmp_path):
+    report = run_probe(synthetic(write_store, tmp_path, random_labels=True), seeds=[0, 1, 2], device="cpu")
     for method in ("linear", "knn"):
         assert 0.3 <= _metric(report, method) <= 0.7
         assert 0.3 <= _metric(report, method, "auc") <= 0.7
 
 
-def test_features_subset_and_multiclass(tmp_path):
-    store = synthetic(tmp_path, multiclass=True)
+def test_features_subset_and_multiclass(write_store, tmp_path):
+    store = synthetic(write_store, tmp_path, multiclass=True)
     report = run_probe(store, label="multiclass", features=["image"], methods=["linear"], seeds=[0], device="cpu")
     (r,) = report["results"]
     assert r["features"] == ["image"] and r["label"] == "multiclass"
@@ -103,34 +100,34 @@ def test_features_subset_and_multiclass(tmp_path):
     assert _metric(full, "linear") > r["metrics"]["accuracy"]["mean"]  # lesion features carry label signal
 
 
-def test_low_shot_and_patient_split(tmp_path):
-    report = run_probe(synthetic(tmp_path), split="patient", seeds=[0], low_shot_fractions=[0.05], k=5, device="cpu")
+def test_low_shot_and_patient_split(write_store, tmp_path):
+    report = run_probe(synthetic(write_store, tmp_path), split="patient", seeds=[0], low_shot_fractions=[0.05], k=5, device="cpu")
     assert {(r["method"], r["low_shot"]) for r in report["results"]} == {
         ("linear", None), ("knn", None), ("linear", 0.05), ("knn", 0.05)}
     assert all(r["split"] == "patient" for r in report["results"])
     with pytest.raises(SlimpError, match="--low-shot"):
-        run_probe(synthetic(tmp_path), low_shot_fractions=[1.5])
+        run_probe(synthetic(write_store, tmp_path), low_shot_fractions=[1.5])
 
 
-def test_cv_chooses_c(tmp_path):
-    report = run_probe(synthetic(tmp_path, n=300), methods=["linear"], seeds=[0], cv=True)
+def test_cv_chooses_c(write_store, tmp_path):
+    report = run_probe(synthetic(write_store, tmp_path, n=300), methods=["linear"], seeds=[0], cv=True)
     assert report["results"][0]["params"]["C"] == "cv"
     assert _metric(report, "linear") >= 0.85
 
 
-def test_baseline_leakage_audit(tmp_path):
-    leaky = run_probe(synthetic(tmp_path, leak=True), baseline=True, methods=["linear"], seeds=[0])
+def test_baseline_leakage_audit(write_store, tmp_path):
+    leaky = run_probe(synthetic(write_store, tmp_path, leak=True), baseline=True, methods=["linear"], seeds=[0])
     assert any("leakage: raw column 'biopsed' alone reaches AUC" in w for w in leaky["warnings"])
     assert _metric(leaky, "baseline-gbm") >= 0.95
-    clean = run_probe(synthetic(tmp_path, leak=False), baseline=True, methods=["linear"], seeds=[0])
+    clean = run_probe(synthetic(write_store, tmp_path, leak=False), baseline=True, methods=["linear"], seeds=[0])
     assert not any(w.startswith("leakage") for w in clean["warnings"])
     methods = [r["method"] for r in clean["results"]]
     assert methods == ["linear", "baseline-logreg", "baseline-gbm"]
     assert 0.3 <= _metric(clean, "baseline-logreg") <= 0.75  # raw columns are noise here
 
 
-def test_bad_inputs(tmp_path):
-    store = synthetic(tmp_path)
+def test_bad_inputs(write_store, tmp_path):
+    store = synthetic(write_store, tmp_path)
     with pytest.raises(SlimpError, match="has no features/x|unknown level"):
         run_probe(store, features=["x"])
     rng = np.random.default_rng(0)
@@ -144,7 +141,7 @@ def test_bad_inputs(tmp_path):
         run_probe(img_only, pseudo="ilp")
 
 
-def test_unknown_malignancy_dropped_and_plots(tmp_path):
+def test_unknown_malignancy_dropped_and_plots(write_store, tmp_path):
     rng = np.random.default_rng(0)
     n = 200
     x = rng.normal(size=(n, 4)).astype(np.float32)
@@ -160,7 +157,7 @@ def test_unknown_malignancy_dropped_and_plots(tmp_path):
     assert (tmp_path / "mc" / "roc-knn.png").stat().st_size > 1000 and mc["results"]
 
 
-def test_class_in_one_patient_never_crashes(tmp_path):
+def test_class_in_one_patient_never_crashes(write_store, tmp_path):
     rng = np.random.default_rng(0)
     n = 120
     pid = np.arange(n) // 3
@@ -172,10 +169,10 @@ def test_class_in_one_patient_never_crashes(tmp_path):
     assert len(report["results"]) == 2
 
 
-def test_single_class_training_part(tmp_path, monkeypatch):
+def test_single_class_training_part(write_store, tmp_path, monkeypatch):
     import slimp_cli.eval.probe as probe
 
-    store = synthetic(tmp_path, n=90)
+    store = synthetic(write_store, tmp_path, n=90)
     # a split whose training side holds class 0 only (as a patient split can on tiny data)
     monkeypatch.setattr(probe, "make_split", lambda kind, y, groups, **kw: (np.flatnonzero(y == 0), np.arange(len(y))))
     report = probe.run_probe(store, seeds=[0], baseline=True, device="cpu")

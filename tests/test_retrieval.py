@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_store import write_store  # noqa: E402
 
-from slimp_cli.errors import SlimpError  # noqa: E402
-from slimp_cli.eval.metrics import rank_metrics  # noqa: E402
-from slimp_cli.eval.retrieval import ranks_of_relevant, run_retrieval  # noqa: E402
-from slimp_cli.eval.search import count_greater, topk_cosine  # noqa: E402
+from slimp_cli.errors import SlimpError
+from slimp_cli.eval.metrics import rank_metrics
+from slimp_cli.eval.retrieval import ranks_of_relevant, run_retrieval
+from slimp_cli.eval.search import count_greater, topk_cosine
 
 
 def _unit(x):
@@ -63,7 +59,7 @@ def test_hand_made_3x3_ranks():
     assert m["mAP"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
 
 
-def _store(tmp_path, image, lesion, pid, patient=None, name="r.h5"):
+def _store(write_store, tmp_path, image, lesion, pid, patient=None, name="r.h5"):
     feats = {"image": image.astype(np.float32), "lesion": lesion.astype(np.float32)}
     if patient is not None:
         feats["patient"] = patient.astype(np.float32)
@@ -71,9 +67,9 @@ def _store(tmp_path, image, lesion, pid, patient=None, name="r.h5"):
     return write_store(tmp_path / name, features=feats, patient_id=pid, label=np.arange(n) % 2)
 
 
-def test_identical_embeddings_are_perfect(tmp_path):
+def test_identical_embeddings_are_perfect(write_store, tmp_path):
     x = np.random.default_rng(0).normal(size=(300, 12))
-    rep = run_retrieval(_store(tmp_path, x, x, np.arange(300)), device="cpu", chunk_size=64, n_negative=5000)
+    rep = run_retrieval(_store(write_store, tmp_path, x, x, np.arange(300)), device="cpu", chunk_size=64, n_negative=5000)
     for task in ("image_to_lesion", "lesion_to_image"):
         assert rep[task]["R@1"] == 1.0 and rep[task]["mAP"] == 1.0 and rep[task]["NDCG@10"] == 1.0
     assert rep["similarity_percentiles"]["matching"]["2"] == pytest.approx(1.0, abs=1e-5)
@@ -81,17 +77,17 @@ def test_identical_embeddings_are_perfect(tmp_path):
     assert "image_to_patient" not in rep
 
 
-def test_random_embeddings_recall_is_k_over_n(tmp_path):
+def test_random_embeddings_recall_is_k_over_n(write_store, tmp_path):
     rng = np.random.default_rng(1)
     n = 1000
-    rep = run_retrieval(_store(tmp_path, rng.normal(size=(n, 32)), rng.normal(size=(n, 32)), np.arange(n)),
+    rep = run_retrieval(_store(write_store, tmp_path, rng.normal(size=(n, 32)), rng.normal(size=(n, 32)), np.arange(n)),
                         device="cpu", chunk_size=128, n_negative=2000)
     for k in (5, 20, 100):
         assert rep["image_to_lesion"][f"R@{k}"] == pytest.approx(k / n, abs=max(0.02, 3 * np.sqrt(k / n / n)))
     assert rep["image_to_lesion"]["mAP"] < 0.05
 
 
-def test_patient_tasks_against_brute_force(tmp_path):
+def test_patient_tasks_against_brute_force(write_store, tmp_path):
     rng = np.random.default_rng(2)
     n, d = 120, 6
     pid = rng.integers(0, 30, n)
@@ -99,7 +95,7 @@ def test_patient_tasks_against_brute_force(tmp_path):
     pvec = rng.normal(size=(30, d))
     image = pvec[pid] + rng.normal(size=(n, d))  # images near their patient's vector
     lesion = image + 0.5 * rng.normal(size=(n, d))
-    rep = run_retrieval(_store(tmp_path, image, lesion, pid, patient=pvec[pid]), device="cpu", chunk_size=16,
+    rep = run_retrieval(_store(write_store, tmp_path, image, lesion, pid, patient=pvec[pid]), device="cpu", chunk_size=16,
                         n_negative=1000)
     # brute force: patient gallery sorted by patient id (np.unique order of the string ids)
     keys, inv = np.unique(np.array([str(p) for p in pid]), return_inverse=True)
@@ -117,11 +113,11 @@ def test_patient_tasks_against_brute_force(tmp_path):
     assert rep["n_patients"] == 30
 
 
-def test_split_and_plots(tmp_path):
+def test_split_and_plots(write_store, tmp_path):
     rng = np.random.default_rng(3)
     n = 400
     x = rng.normal(size=(n, 8))
-    store = _store(tmp_path, x, x + 0.3 * rng.normal(size=(n, 8)), np.arange(n) // 4)
+    store = _store(write_store, tmp_path, x, x + 0.3 * rng.normal(size=(n, 8)), np.arange(n) // 4)
     rep = run_retrieval(store, split="patient", seed=1, device="cpu", plots_dir=tmp_path / "p", n_negative=1000)
     assert 24 <= rep["n_queries"] <= 56 and rep["split"] == "patient"
     assert set(rep["similarity_percentiles"]) == {"matching", "non_matching", "retrieved"}
@@ -130,14 +126,14 @@ def test_split_and_plots(tmp_path):
     assert (tmp_path / "p" / "similarity.png").stat().st_size > 1000
 
 
-def test_needs_lesion_features(tmp_path):
+def test_needs_lesion_features(write_store, tmp_path):
     x = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
     store = write_store(tmp_path / "i.h5", features={"image": x}, patient_id=np.arange(10), label=np.arange(10) % 2)
     with pytest.raises(SlimpError, match="no features/lesion"):
         run_retrieval(store)
 
 
-def test_phenotype_to_patient_against_brute_force(tmp_path):
+def test_phenotype_to_patient_against_brute_force(write_store, tmp_path):
     rng = np.random.default_rng(4)
     n, d, n_pat = 150, 4, 25
     pid = np.sort(np.concatenate([np.arange(n_pat), rng.integers(0, n_pat, n - n_pat)]))

@@ -1,6 +1,6 @@
 """Feature store: writer/reader round trip, atomic writes, validation of bad stores.
 
-`write_store` is also the synthetic-store helper of the other evaluation tests.
+`write_store` (conftest.py) is the synthetic-store helper of the evaluation tests.
 """
 
 from __future__ import annotations
@@ -16,41 +16,7 @@ from slimp_cli.errors import SlimpError
 from slimp_cli.store import FORMAT, FeatureStore, FeatureStoreWriter
 
 
-def write_store(
-    path: Path,
-    *,
-    features: dict[str, np.ndarray],
-    patient_id: np.ndarray,
-    label: np.ndarray,
-    malignant: np.ndarray | None = None,
-    classes: list[str] | None = None,
-    raw: dict[str, tuple[np.ndarray, list[str], list[str]]] | None = None,
-    phenotype: tuple[np.ndarray, np.ndarray] | None = None,
-    config: dict | None = None,
-    chunk: int = 37,
-) -> Path:
-    """Write a store from in-memory arrays in odd-sized chunks (exercises chunked appends)."""
-    n = len(label)
-    malignant = np.asarray(label) % 2 if malignant is None else malignant
-    classes = classes or [f"c{i}" for i in range(int(np.max(label)) + 1)]
-    raw = raw or {}
-    with FeatureStoreWriter(
-        path, n=n, dims={k: v.shape[1] for k, v in features.items()}, config=config or {"model": "test"},
-        schema={"name": "synthetic"}, classes=classes, variant="nested",
-        raw_columns={k: (v[1], v[2]) for k, v in raw.items()}, chunk_rows=16,
-    ) as w:
-        for s in range(0, n, chunk):
-            e = min(n, s + chunk)
-            w.append(lesion_id=[f"L{i}" for i in range(s, e)], patient_id=[str(p) for p in patient_id[s:e]],
-                     label=label[s:e], malignant=malignant[s:e],
-                     features={k: v[s:e] for k, v in features.items()},
-                     raw={k: v[0][s:e] for k, v in raw.items()})
-        if phenotype is not None:
-            w.set_phenotype(*phenotype)
-    return path
-
-
-def _example(tmp_path: Path, n: int = 100) -> tuple[Path, dict]:
+def _example(write_store, tmp_path: Path, n: int = 100) -> tuple[Path, dict]:
     rng = np.random.default_rng(0)
     arrays = {
         "features": {"image": rng.normal(size=(n, 4)).astype(np.float32),
@@ -65,8 +31,8 @@ def _example(tmp_path: Path, n: int = 100) -> tuple[Path, dict]:
     return path, arrays
 
 
-def test_round_trip(tmp_path):
-    path, a = _example(tmp_path)
+def test_round_trip(write_store, tmp_path):
+    path, a = _example(write_store, tmp_path)
     with FeatureStore.open(path) as st:
         assert st.n == 100
         assert st.feature_names == ["image", "lesion"]
@@ -125,7 +91,7 @@ def test_wrong_row_count_and_shapes(tmp_path):
     assert not (tmp_path / "s.h5").exists() and list(tmp_path.iterdir()) == []
 
 
-def test_bad_stores(tmp_path):
+def test_bad_stores(write_store, tmp_path):
     with pytest.raises(SlimpError, match="not found"):
         FeatureStore.open(tmp_path / "missing.h5")
     (tmp_path / "text.h5").write_text("hello")
@@ -135,7 +101,7 @@ def test_bad_stores(tmp_path):
         f["x"] = np.zeros(3)
     with pytest.raises(SlimpError, match="not a slimp feature store"):
         FeatureStore.open(tmp_path / "other.h5")
-    path, _ = _example(tmp_path)
+    path, _ = _example(write_store, tmp_path)
     with h5py.File(path, "r+") as f:
         f.attrs["complete"] = False
     with pytest.raises(SlimpError, match=r"incomplete \(interrupted embed\?\); re-run slimp embed"):
@@ -146,8 +112,8 @@ def test_bad_stores(tmp_path):
         FeatureStore.open(path)
 
 
-def test_missing_level_and_pseudo(tmp_path):
-    path, _ = _example(tmp_path)
+def test_missing_level_and_pseudo(write_store, tmp_path):
+    path, _ = _example(write_store, tmp_path)
     with FeatureStore.open(path) as st:
         with pytest.raises(SlimpError, match="no features/patient"):
             st.block("patient")

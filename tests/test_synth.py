@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from slimp_cli.datasets.synth import COLOURS, generate_cohort
+from slimp_cli.ingest.synth import COLOURS, generate_cohort
 from slimp_cli.errors import SlimpError
 from slimp_cli.shards import ShardIndex
 

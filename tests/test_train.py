@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from slimp_cli.errors import SlimpError
-from slimp_cli.train import (TrainConfig, load_model, pretrain, pretrain_run, read_config,
-                             read_metrics)
+from slimp_cli.runs import load_run, read_config, read_metrics
+from slimp_cli.train import TrainConfig, pretrain, pretrain_run
 from slimp_cli.train.loop import lr_factor
 
 # Tiny models for CPU tests: a 2-block ViT on 32 px images, TRACE d = 32.
@@ -90,11 +90,13 @@ def test_model_rebuilt_from_config_gives_the_same_embeddings(pad_run, pad_shards
     from slimp_cli.shards import ShardIndex
     from slimp_cli.train.data import PatientDataset, PatientItem, collate
 
-    model, cfg, schema = load_model(pad_run.run_dir)
+    _run = load_run(pad_run.run_dir)
+
+    model, cfg, schema = _run.model, _run.config, _run.schema
     assert schema.fingerprint() == cfg["data"]["schema_fingerprint"]
     trained = pad_run.model.eval()
     index = ShardIndex.open(pad_shards)
-    ds = PatientDataset(index, schema=schema, variant="nested", img_size=32)
+    ds = PatientDataset(index, inputs=model.inputs, preprocess=model.preprocess)
     items = [PatientItem(i, tuple(range(len(index.patient(i).lesions))), (0, 0, 0, i))
              for i in range(6)]
     batch = collate([ds[it] for it in items])
@@ -106,7 +108,8 @@ def test_model_rebuilt_from_config_gives_the_same_embeddings(pad_run, pad_shards
     # a lone checkpoint file (config copied inside) rebuilds it too
     lone = pad_run.run_dir.parent / "lone.pt"
     shutil.copy(pad_run.run_dir / "checkpoint-last.pt", lone)
-    m2, _, _ = load_model(lone)
+    _run = load_run(lone)
+    m2, _, _ = _run.model, _run.config, _run.schema
     with torch.no_grad():
         assert torch.equal(m2.encode_image(batch["images"]), model.encode_image(batch["images"]))
 
@@ -171,10 +174,10 @@ def test_bad_input_errors(pad_shards, tmp_path):
                                              "use --device auto or cpu"):
             pretrain(pad_shards, out, model=TINY, train=dict(FAST, device="cuda"))
     with pytest.raises(SlimpError, match="no such run dir or checkpoint file"):
-        load_model(tmp_path / "nothing")
+        load_run(tmp_path / "nothing")
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(SlimpError, match="not a readable slimp checkpoint"):
-        load_model(tmp_path / "junk.pt")
+        load_run(tmp_path / "junk.pt")
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(pad_shards, tmp_path,
@@ -205,7 +208,8 @@ def test_flat_notice_and_image_variant(derm7pt_shards, pad_shards, tmp_path, cap
                    train=dict(FAST, patients_per_batch=16, lesions_per_patient=2, max_steps=3))
     assert "no patient-level features: training the flat variant" in capsys.readouterr().err
     assert read_config(run)["variant"] == "flat"
-    model, _, _ = load_model(run)
+    _run = load_run(run)
+    model, _, _ = _run.model, _run.config, _run.schema
     assert model.variant == "flat"
     run = pretrain(pad_shards, tmp_path / "image", model=dict(TINY, variant="image"),
                    train=dict(FAST, patients_per_batch=8, lesions_per_patient=2, max_steps=3))

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from slimp_cli.train import load_model, pretrain, read_metrics
+from slimp_cli.runs import load_run, read_metrics
+from slimp_cli.train import pretrain
 
 TINY = dict(image_model="vit_test", img_size=32, tab_dim=32, embed_dim=32)
 TRAIN = dict(patients_per_batch=8, lesions_per_patient=10, epochs=6, max_steps=150,
@@ -55,13 +56,14 @@ def image_to_lesion_ranks(run: Path, data: Path) -> np.ndarray:
     """Rank of each lesion's own metadata among all lesions' metadata, queried by its image."""
     from slimp_cli.schema import encode_tabular
     from slimp_cli.shards import ShardIndex
-    from slimp_cli.train.data import load_image
 
-    model, _, _ = load_model(run)
+    _run = load_run(run)
+
+    model, _, _ = _run.model, _run.config, _run.schema
     images, records = [], []
     for rec in ShardIndex.open(data):
         for j, les in enumerate(rec.lesions):
-            images.append(load_image(rec.read_image(j), model.config.img_size))
+            images.append(model.preprocess.load(rec.read_image(j)))
             records.append(les["fields"])
     w = torch.nn.functional.normalize(model.encode_image(torch.stack(images)), dim=1)
     h = model.encode_lesion(encode_tabular(model.lesion_features, records))
@@ -72,7 +74,7 @@ def image_to_lesion_ranks(run: Path, data: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def train_cohort(tmp_path_factory) -> Path:
     """200 training patients from the generator (seed 1); the synth fixture (seed 0) is held out."""
-    from slimp_cli.datasets.synth import generate_cohort
+    from slimp_cli.ingest.synth import generate_cohort
     from slimp_cli.ingest import ingest
 
     root = tmp_path_factory.mktemp("synth_train")

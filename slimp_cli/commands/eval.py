@@ -1,15 +1,13 @@
 """`slimp probe`, `slimp retrieve`, `slimp extrapolate`: parse options, call the library, print.
 
-User errors (SlimpError) become `error: <message>` on stderr and exit status 1 here already
-(SystemExit(1)), so the commands behave the same under any Typer app that registers them.
+User errors (SlimpError) propagate to `cli.main`, which prints one line and exits 1.
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -24,17 +22,6 @@ err_console = Console(stderr=True, highlight=False)
 def _out() -> Console:
     # a pipe or file gets whole rows instead of rich's 80-column default for non-terminals
     return Console() if sys.stdout.isatty() else Console(width=200)
-
-
-@contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    try:
-        yield
-    except SlimpError as exc:
-        err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
-        # SystemExit, not typer.Exit: an app run with standalone_mode=False (cli.main) would
-        # turn typer.Exit into a return value and the process would exit 0.
-        raise SystemExit(1) from None
 
 
 def _csv(text: str | None) -> list[str]:
@@ -99,33 +86,32 @@ def probe_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (kNN search)."),
 ) -> None:
     """Linear probe and kNN classification on frozen features (mean±std over seeds)."""
-    with _user_errors():
-        from ..eval.probe import run_probe
+    from ..eval.probe import run_probe
 
-        if task == "derm7pt-multilabel":
-            return _multilabel(store, features=features, method=method, split=split, seeds=seeds, k=k,
-                               knn_temperature=knn_temperature, c=c, cv=cv, pseudo=pseudo,
-                               device=device, json_path=json_path)
-        if task != "classification":
-            raise SlimpError(f"--task {task!r}: choose classification or derm7pt-multilabel")
-        report = run_probe(
-            store, label=label, features=_csv(features) or None,
-            methods=_csv(method), split=split, seeds=_numbers(seeds, "--seeds", int),
-            low_shot_fractions=_numbers(low_shot, "--low-shot", float), k=k, temperature=knn_temperature,
-            C=c, cv=cv, baseline=baseline, pseudo=pseudo, device=device, plots_dir=plots)
-        _warn(report["warnings"])
-        names = ({"accuracy": "Acc", "balanced_accuracy": "BA", "f1": "F1", "auc": "AUC"} if label == "binary" else
-                 {"accuracy": "Acc", "balanced_accuracy": "BA", "f1_macro": "F1-macro",
-                  "f1_weighted": "F1-weighted", "auc": "AUC"})
-        table = Table(title=f"{escape(store.name)}: {label} classification (mean±std over seeds {seeds})")
-        for col in ["method", "split", "features", "low-shot", *names.values()]:
-            table.add_column(col, justify="right" if col in names.values() else "left")
-        for r in report["results"]:
-            feats = "+".join(r["features"]) + (f" ({r['pseudo']})" if r.get("pseudo") else "")
-            table.add_row(r["method"], r["split"], feats, "-" if r["low_shot"] is None else f"{r['low_shot']:g}",
-                          *[_fmt(r["metrics"].get(m, {})) for m in names])
-        _out().print(table)
-        _write_json(json_path, report)
+    if task == "derm7pt-multilabel":
+        return _multilabel(store, features=features, method=method, split=split, seeds=seeds, k=k,
+                           knn_temperature=knn_temperature, c=c, cv=cv, pseudo=pseudo,
+                           device=device, json_path=json_path)
+    if task != "classification":
+        raise SlimpError(f"--task {task!r}: choose classification or derm7pt-multilabel")
+    report = run_probe(
+        store, label=label, features=_csv(features) or None,
+        methods=_csv(method), split=split, seeds=_numbers(seeds, "--seeds", int),
+        low_shot_fractions=_numbers(low_shot, "--low-shot", float), k=k, temperature=knn_temperature,
+        C=c, cv=cv, baseline=baseline, pseudo=pseudo, device=device, plots_dir=plots)
+    _warn(report["warnings"])
+    names = ({"accuracy": "Acc", "balanced_accuracy": "BA", "f1": "F1", "auc": "AUC"} if label == "binary" else
+             {"accuracy": "Acc", "balanced_accuracy": "BA", "f1_macro": "F1-macro",
+              "f1_weighted": "F1-weighted", "auc": "AUC"})
+    table = Table(title=f"{escape(store.name)}: {label} classification (mean±std over seeds {seeds})")
+    for col in ["method", "split", "features", "low-shot", *names.values()]:
+        table.add_column(col, justify="right" if col in names.values() else "left")
+    for r in report["results"]:
+        feats = "+".join(r["features"]) + (f" ({r['pseudo']})" if r.get("pseudo") else "")
+        table.add_row(r["method"], r["split"], feats, "-" if r["low_shot"] is None else f"{r['low_shot']:g}",
+                      *[_fmt(r["metrics"].get(m, {})) for m in names])
+    _out().print(table)
+    _write_json(json_path, report)
 
 
 def _multilabel(store, *, features, method, split, seeds, k, knn_temperature, c, cv, pseudo, device,
@@ -159,33 +145,32 @@ def retrieve_cmd(
     chunk_size: int = typer.Option(4096, "--chunk-size", help="Queries per similarity block (memory bound)."),
 ) -> None:
     """Image <-> metadata retrieval: R@k, NDCG@k, mAP and similarity percentiles."""
-    with _user_errors():
-        from ..eval.retrieval import run_retrieval
+    from ..eval.retrieval import run_retrieval
 
-        if chunk_size < 1 or negatives < 1:
-            raise SlimpError("--chunk-size and --negatives must be at least 1")
-        report = run_retrieval(store, split=split, seed=seed, n_negative=negatives, device=device,
-                               chunk_size=chunk_size, plots_dir=plots)
-        _warn(report["warnings"])
-        tasks = [t for t in ("image_to_lesion", "lesion_to_image", "image_to_patient", "patient_to_image",
-                                "phenotype_to_patient") if t in report]
-        metrics = list(report["image_to_lesion"])
-        table = Table(title=f"{escape(store.name)}: retrieval over {report['n_queries']} lesions")
-        table.add_column("task")
-        for m in metrics:
-            table.add_column(m, justify="right")
-        for t in tasks:
-            table.add_row(t, *[f"{report[t][m]:.3f}" for m in metrics])
-        _out().print(table)
-        pct = Table(title="cosine similarity percentiles (image vs lesion metadata)")
-        pct.add_column("pairs")
-        qs = list(report["similarity_percentiles"]["matching"])
-        for q in qs:
-            pct.add_column(f"{q}%", justify="right")
-        for name, vals in report["similarity_percentiles"].items():
-            pct.add_row(name, *[f"{vals[q]:.3f}" for q in qs])
-        _out().print(pct)
-        _write_json(json_path, report)
+    if chunk_size < 1 or negatives < 1:
+        raise SlimpError("--chunk-size and --negatives must be at least 1")
+    report = run_retrieval(store, split=split, seed=seed, n_negative=negatives, device=device,
+                           chunk_size=chunk_size, plots_dir=plots)
+    _warn(report["warnings"])
+    tasks = [t for t in ("image_to_lesion", "lesion_to_image", "image_to_patient", "patient_to_image",
+                            "phenotype_to_patient") if t in report]
+    metrics = list(report["image_to_lesion"])
+    table = Table(title=f"{escape(store.name)}: retrieval over {report['n_queries']} lesions")
+    table.add_column("task")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for t in tasks:
+        table.add_row(t, *[f"{report[t][m]:.3f}" for m in metrics])
+    _out().print(table)
+    pct = Table(title="cosine similarity percentiles (image vs lesion metadata)")
+    pct.add_column("pairs")
+    qs = list(report["similarity_percentiles"]["matching"])
+    for q in qs:
+        pct.add_column(f"{q}%", justify="right")
+    for name, vals in report["similarity_percentiles"].items():
+        pct.add_row(name, *[f"{vals[q]:.3f}" for q in qs])
+    _out().print(pct)
+    _write_json(json_path, report)
 
 
 def extrapolate_cmd(
@@ -196,16 +181,15 @@ def extrapolate_cmd(
     chunk_size: int = typer.Option(4096, "--chunk-size", help="Target images per similarity block (memory bound)."),
 ) -> None:
     """Add pseudo lesion/patient metadata features to an image-only store by retrieval."""
-    with _user_errors():
-        from ..eval.extrapolate import extrapolate
+    from ..eval.extrapolate import extrapolate
 
-        if chunk_size < 1:
-            raise SlimpError("--chunk-size must be at least 1")
-        summary = extrapolate(reference, target, strategy=strategy, device=device, chunk_size=chunk_size)
-        _warn(summary["warnings"])
-        med = summary["similarity"]["50"]
-        _out().print(f"wrote pseudo/{strategy} ({', '.join(summary['levels'])}) for {summary['n']} lesions "
-                          f"into {target}; median retrieval similarity {med:.3f}", markup=False)
+    if chunk_size < 1:
+        raise SlimpError("--chunk-size must be at least 1")
+    summary = extrapolate(reference, target, strategy=strategy, device=device, chunk_size=chunk_size)
+    _warn(summary["warnings"])
+    med = summary["similarity"]["50"]
+    _out().print(f"wrote pseudo/{strategy} ({', '.join(summary['levels'])}) for {summary['n']} lesions "
+                      f"into {target}; median retrieval similarity {med:.3f}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

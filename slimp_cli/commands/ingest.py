@@ -15,7 +15,7 @@ schema_app = typer.Typer(help="Dataset schemas: draft one for a new table.", no_
 
 
 def _formats_help() -> str:
-    from ..datasets import FORMATS
+    from ..ingest import FORMATS
 
     return "; ".join(f"{name}: {a.help}" for name, a in FORMATS.items())
 
@@ -81,7 +81,7 @@ def synth_command(
     image_size: int = typer.Option(64, "--image-size", help="Side of the generated square images in pixels."),
 ) -> None:
     """Generate a synthetic cohort whose images follow their metadata (ingest it with `slimp ingest synth`)."""
-    from ..datasets.synth import generate_cohort
+    from ..ingest.synth import generate_cohort
 
     r = generate_cohort(out, patients=patients, seed=seed, image_size=image_size)
     Console().print(
@@ -96,7 +96,7 @@ def infer_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Write the draft here instead of stdout."),
 ) -> None:
     """Draft a dataset schema for a new table: types and roles guessed, marked '_todo' to confirm."""
-    from ..datasets.infer import infer_schema
+    from ..ingest.infer import infer_schema
     from ..paths import atomic_path
 
     text = json.dumps(infer_schema(csv), indent=2, ensure_ascii=False)  # key order kept: roles first

@@ -64,7 +64,7 @@ def _train_options(options: dict) -> dict:
 def _summary(run_dir: Path) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    from ..train import read_config, read_metrics
+    from ..runs import read_config, read_metrics
 
     metrics = read_metrics(run_dir)
     cfg = read_config(run_dir)

@@ -31,9 +31,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from slimp_cli.eval import WarningLog
-from slimp_cli.eval.metrics import ovr_auc
-from slimp_cli.store import RAW_LEVELS, FeatureStore
+from . import WarningLog
+from .metrics import ovr_auc
+from ..store import RAW_LEVELS, FeatureStore
 
 LEAK_AUC = 0.95
 PURE_MIN_FRACTION = 0.10  # a value must cover this share of rows to be judged "label-fixing"

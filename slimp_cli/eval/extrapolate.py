@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from slimp_cli.errors import SlimpError
-from slimp_cli.eval import WarningLog
-from slimp_cli.eval.metrics import json_safe, percentiles
-from slimp_cli.eval.search import iter_topk, topk_cosine
-from slimp_cli.store import PSEUDO_STRATEGIES, FeatureStore, open_for_pseudo
+from ..errors import SlimpError
+from ..paths import json_safe
+from . import WarningLog
+from .metrics import percentiles
+from .search import iter_topk, topk_cosine
+from ..store import PSEUDO_STRATEGIES, FeatureStore, PseudoWriter
 
-STRATEGIES = PSEUDO_STRATEGIES
 
 
 def take_rows(dset, idx: np.ndarray) -> np.ndarray:
@@ -44,8 +44,8 @@ def take_rows(dset, idx: np.ndarray) -> np.ndarray:
 
 def _check(ref: FeatureStore, target: FeatureStore, strategy: str, warnings: WarningLog) -> bool:
     """Validate inputs; returns whether pseudo patient features can be produced."""
-    if strategy not in STRATEGIES:
-        raise SlimpError(f"--strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if strategy not in PSEUDO_STRATEGIES:
+        raise SlimpError(f"--strategy {strategy!r}: choose one of {', '.join(PSEUDO_STRATEGIES)}")
     if "image" not in target.feature_names:
         raise SlimpError(f"{target.path} has no features/image: the target needs image features (slimp embed --image-only)")
     need = ["lesion"] + (["image"] if strategy == "ii" else [])
@@ -96,8 +96,16 @@ def extrapolate(
     if n == 0:
         raise SlimpError(f"{target_path}: the target store has no rows")
     kw = dict(device=device, query_chunk=chunk_size)
-    with FeatureStore.open(reference_path) as ref, open_for_pseudo(target_path) as f:
-        ref_config = json.dumps(ref.config, sort_keys=True)
+    levels = ["lesion"] + (["patient"] if has_patient else [])
+    widths: dict[str, int | None] = {"lesion": d, "lesion_index": None, "similarity": None}
+    if has_patient:
+        widths.update(patient=d, patient_index=None)
+    if has_patient and strategy == "ilp":
+        widths["patient_similarity"] = None
+    with FeatureStore.open(reference_path) as ref, FeatureStore.open(target_path) as tgt:
+        attrs = {"strategy": strategy, "reference": str(reference_path),
+                 "reference_config": json.dumps(ref.config, sort_keys=True),
+                 "levels": json.dumps(levels)}
         pool_rows = None
         if has_patient and strategy == "ilp":
             weight, bias = ref.phenotype
@@ -106,47 +114,32 @@ def extrapolate(
             pool_rows = np.sort(pool_rows)
             patient_pool = take_rows(ref.dataset("patient"), pool_rows)
         gallery = ref.dataset("image" if strategy == "ii" else "lesion")
-        group = f.require_group("pseudo")
-        tmp = f".tmp-{strategy}"
-        if tmp in group:
-            del group[tmp]  # left over by an interrupted run
-        g = group.create_group(tmp)
-        out = {"lesion": g.create_dataset("lesion", (n, d), np.float32),
-               "lesion_index": g.create_dataset("lesion_index", (n,), np.int64),
-               "similarity": g.create_dataset("similarity", (n,), np.float32)}
-        if has_patient:
-            out["patient"] = g.create_dataset("patient", (n, d), np.float32)
-            out["patient_index"] = g.create_dataset("patient_index", (n,), np.int64)
-        if has_patient and strategy == "ilp":
-            out["patient_similarity"] = g.create_dataset("patient_similarity", (n,), np.float32)
-        target_image = f["features/image"]
-        for start, sims, idx in iter_topk(target_image, gallery, k=1, **kw):
-            stop = start + len(idx)
-            j = idx[:, 0]
-            h_hat = take_rows(ref.dataset("lesion"), j)
-            out["lesion"][start:stop] = h_hat
-            out["lesion_index"][start:stop] = j
-            out["similarity"][start:stop] = sims[:, 0]
-            if has_patient and strategy == "ilp":
-                w = np.asarray(target_image[start:stop], dtype=np.float32)
-                z_hat = np.concatenate([w, h_hat], axis=1) @ weight.T + bias
-                p_sims, p_idx = topk_cosine(z_hat, patient_pool, k=1, **kw)
-                rows = pool_rows[p_idx[:, 0]]
-                out["patient"][start:stop] = patient_pool[p_idx[:, 0]]
-                out["patient_index"][start:stop] = rows
-                out["patient_similarity"][start:stop] = p_sims[:, 0]
-            elif has_patient:  # il, ii: the retrieved lesion's own patient
-                out["patient"][start:stop] = take_rows(ref.dataset("patient"), j)
-                out["patient_index"][start:stop] = j
-        g.attrs.update({"strategy": strategy, "reference": str(reference_path), "reference_config": ref_config,
-                        "levels": json.dumps(["lesion"] + (["patient"] if has_patient else []))})
-        if strategy in group:
-            del group[strategy]
-        group.move(tmp, strategy)
-        summary = {"strategy": strategy, "n": n, "levels": ["lesion"] + (["patient"] if has_patient else []),
-                   "similarity": percentiles(group[strategy]["similarity"][()])}
-        if "patient_similarity" in group[strategy]:
-            summary["patient_similarity"] = percentiles(group[strategy]["patient_similarity"][()])
+        target_image = tgt.dataset("image")
+        with PseudoWriter(target_path, strategy, n=n, widths=widths, attrs=attrs) as out:
+            for start, sims, idx in iter_topk(target_image, gallery, k=1, **kw):
+                stop = start + len(idx)
+                j = idx[:, 0]
+                h_hat = take_rows(ref.dataset("lesion"), j)
+                out["lesion"][start:stop] = h_hat
+                out["lesion_index"][start:stop] = j
+                out["similarity"][start:stop] = sims[:, 0]
+                if has_patient and strategy == "ilp":
+                    w = np.asarray(target_image[start:stop], dtype=np.float32)
+                    z_hat = np.concatenate([w, h_hat], axis=1) @ weight.T + bias
+                    p_sims, p_idx = topk_cosine(z_hat, patient_pool, k=1, **kw)
+                    rows = pool_rows[p_idx[:, 0]]
+                    out["patient"][start:stop] = patient_pool[p_idx[:, 0]]
+                    out["patient_index"][start:stop] = rows
+                    out["patient_similarity"][start:stop] = p_sims[:, 0]
+                elif has_patient:  # il, ii: the retrieved lesion's own patient
+                    out["patient"][start:stop] = take_rows(ref.dataset("patient"), j)
+                    out["patient_index"][start:stop] = j
+    with FeatureStore.open(target_path) as tgt:
+        written = tgt.pseudo(strategy)
+    summary = {"strategy": strategy, "n": n, "levels": levels,
+               "similarity": percentiles(written["similarity"])}
+    if "patient_similarity" in written:
+        summary["patient_similarity"] = percentiles(written["patient_similarity"])
     summary["warnings"] = list(warnings)
     return json_safe(summary)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from slimp_cli.eval import WarningLog
-from slimp_cli.eval.search import topk_cosine
+from . import WarningLog
+from .search import topk_cosine
 
 WEIGHTINGS = ("exp", "sim")
 

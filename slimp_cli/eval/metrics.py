@@ -14,7 +14,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
-from slimp_cli.eval import WarningLog
+from . import WarningLog
 
 RETRIEVAL_KS = (1, 5, 10, 15, 20, 100)
 PERCENTILES = (2, 10, 25, 50, 75, 90, 98)
@@ -140,14 +140,3 @@ def percentiles(values: np.ndarray, *, qs: Sequence[int] = PERCENTILES) -> dict[
     return {str(q): float(v) for q, v in zip(qs, np.percentile(values, qs))}
 
 
-def json_safe(obj):
-    """Replace NaN/inf floats by None recursively (strict JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj

@@ -20,14 +20,15 @@ from typing import Sequence
 
 import numpy as np
 
-from slimp_cli.errors import SlimpError
-from slimp_cli.eval import WarningLog
-from slimp_cli.eval.knn import knn_proba
-from slimp_cli.eval.metrics import classification_metrics, json_safe, summarize
-from slimp_cli.eval.probe import DEFAULT_C, METHODS, linear_proba
-from slimp_cli.eval.search import normalize
-from slimp_cli.eval.splits import make_split
-from slimp_cli.store import PSEUDO_STRATEGIES, FeatureStore
+from ..errors import SlimpError
+from ..paths import json_safe
+from . import WarningLog
+from .knn import knn_proba
+from .metrics import classification_metrics, summarize
+from .probe import DEFAULT_C, METHODS, linear_proba
+from .search import normalize
+from .splits import make_split
+from ..store import PSEUDO_STRATEGIES, FeatureStore
 
 CRITERIA = (
     "pigment_network",

@@ -34,14 +34,15 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from slimp_cli.errors import SlimpError
-from slimp_cli.eval import WarningLog
-from slimp_cli.eval.baseline import BASELINES, leakage_audit, make_baseline, openmp_threads_for, raw_metadata
-from slimp_cli.eval.knn import knn_proba
-from slimp_cli.eval.metrics import classification_metrics, json_safe, summarize
-from slimp_cli.eval.search import normalize
-from slimp_cli.eval.splits import check_fractions, low_shot, make_split
-from slimp_cli.store import LEVELS, PSEUDO_STRATEGIES, FeatureStore
+from ..errors import SlimpError
+from ..paths import json_safe
+from . import WarningLog
+from .baseline import BASELINES, leakage_audit, make_baseline, openmp_threads_for, raw_metadata
+from .knn import knn_proba
+from .metrics import classification_metrics, summarize
+from .search import normalize
+from .splits import check_fractions, low_shot, make_split
+from ..store import LEVELS, PSEUDO_STRATEGIES, FeatureStore
 
 METHODS = ("linear", "knn")
 LABELS = ("binary", "multiclass")
@@ -259,7 +260,7 @@ def _fit_baseline(method, x_raw, y, tr, test, *, n_classes, seed, C, warnings) -
 
 
 def _plots(out: Path, curves: dict, *, class_names: list[str], split: str, seed: int) -> None:
-    from slimp_cli import plots  # matplotlib only when figures are asked for
+    from . import plots  # matplotlib only when figures are asked for
 
     plots.ensure_dir(out)
     for method, (y_true, proba) in curves.items():

@@ -27,12 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from slimp_cli.errors import SlimpError
-from slimp_cli.eval import WarningLog
-from slimp_cli.eval.metrics import RETRIEVAL_KS, json_safe, percentiles, rank_metrics
-from slimp_cli.eval.search import GALLERY_CHUNK, count_greater, normalize, topk_cosine
-from slimp_cli.eval.splits import make_split
-from slimp_cli.store import FeatureStore
+from ..errors import SlimpError
+from ..paths import json_safe
+from . import WarningLog
+from .metrics import RETRIEVAL_KS, percentiles, rank_metrics
+from .search import GALLERY_CHUNK, count_greater, normalize, topk_cosine
+from .splits import make_split
+from ..store import FeatureStore
 
 N_NEGATIVE = 100_000
 
@@ -186,7 +187,7 @@ def run_retrieval(
     out.update({"n_queries": int(len(rows)), "n_patients": int(len(first)), "split": split,
                 "seed": seed if split else None, "warnings": list(warnings)})
     if plots_dir is not None:
-        from slimp_cli import plots
+        from . import plots
 
         plots.ensure_dir(plots_dir)
         where = f"held-out {split} split (seed {seed})" if split else "whole store"

@@ -13,21 +13,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from slimp_cli.errors import SlimpError
+from ..devices import resolve_device
+from ..errors import SlimpError
 
 QUERY_CHUNK = 4096
 GALLERY_CHUNK = 16384  # 4096 x 16384 float32 similarities = 256 MiB per block
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda when available else cpu; "cuda" without a GPU is a user error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SlimpError(f"--device {device}: no CUDA device is available (use --device cpu)")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise SlimpError(f"--device {device!r}: choose auto, cpu or cuda")
-    return torch.device(device)
 
 
 def normalize(x: np.ndarray) -> np.ndarray:

@@ -15,8 +15,8 @@ from typing import Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from slimp_cli.errors import SlimpError
-from slimp_cli.eval import WarningLog
+from ..errors import SlimpError
+from . import WarningLog
 
 SPLITS = ("random", "patient")
 # StratifiedGroupKFold loops over groups in Python (~40 s for 100k groups); above this many

@@ -1,6 +1,6 @@
 """SLIMP models: timm image encoder, TRACE tabular encoders, the nested/flat/image model."""
 
-from ..config import ModelConfig
+from ..model_config import ModelConfig
 from .image import (
     LOCAL_MODELS,
     create_image_encoder,
@@ -14,10 +14,12 @@ from .slimp import (
     scatter_to_patients,
     tabular_feature_lists,
 )
+from .inputs import MetadataInputs, patient_record
 from .tabular import TraceEncoder, TraceInputs
 
 __all__ = [
     "LOCAL_MODELS",
+    "MetadataInputs",
     "ModelConfig",
     "SlimpModel",
     "TraceEncoder",
@@ -25,6 +27,7 @@ __all__ = [
     "build_model",
     "create_image_encoder",
     "load_image_weights",
+    "patient_record",
     "patch_embedding_parameters",
     "replace_tabular_inputs",
     "scatter_to_patients",

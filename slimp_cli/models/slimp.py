@@ -21,45 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ModelConfig
 from ..errors import SlimpError
+from ..model_config import ModelConfig
 from ..schema import ResolvedSchema, TabularBatch, cardinalities, n_numerical
+from ..transforms import Preprocess, model_mean_std
 from .image import create_image_encoder, patch_embedding_parameters
+from .inputs import MetadataInputs, tabular_feature_lists
 from .tabular import TraceEncoder
-
-
-def tabular_feature_lists(
-    variant: str, schema: ResolvedSchema | None
-) -> tuple[list[dict] | None, list[dict] | None]:
-    """(lesion-encoder features, patient-encoder features) of `variant` on `schema`.
-
-    None means "no such encoder". Raises SlimpError when the variant cannot be built: `nested`
-    without patient features (the caller, not this function, decides to fall back to `flat`),
-    or a metadata variant on a schema without any feature.
-    """
-    if variant == "image":
-        return None, None
-    if schema is None:
-        raise SlimpError(f"the {variant} variant needs a resolved schema (schema.json)")
-    if variant == "flat":
-        if not schema.flat_features:
-            raise SlimpError(
-                f"dataset '{schema.name}' has no metadata features; use --variant image"
-            )
-        return list(schema.flat_features), None
-    if variant == "nested":
-        if not schema.has_patient_features:
-            raise SlimpError(
-                f"dataset '{schema.name}' has no patient-level features; the nested variant needs "
-                "them (use --variant flat)"
-            )
-        if not schema.lesion_features:
-            raise SlimpError(
-                f"dataset '{schema.name}' has no lesion-level features; the nested variant needs "
-                "them (use --variant flat)"
-            )
-        return list(schema.lesion_features), list(schema.patient_all)
-    raise SlimpError(f"unknown variant '{variant}'; choose one of nested, flat, image")
 
 
 def scatter_to_patients(
@@ -136,9 +104,11 @@ class SlimpModel(nn.Module):
         self.config = config
         self.variant = config.variant
         self.image_dim = feature_dim
-        self.schema_fingerprint = schema.fingerprint() if schema is not None else None
         self.lesion_features = lesion_features
         self.patient_features = patient_features
+        mean, std = model_mean_std(self.image_encoder)
+        # Image size and mean/std this model reads images with (recorded in config.json).
+        self.preprocess = Preprocess(img_size=config.img_size, mean=mean, std=std)
         D, d = config.embed_dim, config.tab_dim
         if self.variant == "image":
             # SimCLR projection head (Linear -> ReLU -> Linear); dropped at evaluation time.
@@ -165,6 +135,11 @@ class SlimpModel(nn.Module):
             ffn_mult=c.tab_ffn_mult,
             dropout=c.tab_dropout,
         )
+
+    @property
+    def inputs(self) -> MetadataInputs:
+        """How records feed this model's tabular encoders (picklable; used by data and embed)."""
+        return MetadataInputs(self.variant, self.lesion_features, self.patient_features)
 
     @property
     def feature_dims(self) -> dict[str, int]:
@@ -253,7 +228,8 @@ class SlimpModel(nn.Module):
     # -- continual pre-training -----------------------------------------------------------------
     def embedding_parameters(self) -> list[nn.Parameter]:
         """What `adapt --tune embeddings` trains (paper App. D): the ViT patch embedding and the
-        TRACE encoders' input embeddings (categorical tables, numerical MLP, CLS token)."""
+        TRACE encoders' input embeddings (categorical tables, numerical MLP, CLS token). An
+        image-only model has no tabular inputs: its patch embedding alone."""
         params = list(patch_embedding_parameters(self.image_encoder))
         for name in ("lesion_encoder", "patient_encoder"):
             encoder = getattr(self, name, None)
@@ -323,5 +299,4 @@ def replace_tabular_inputs(model: SlimpModel, new_schema: ResolvedSchema) -> Sli
     model.variant = variant
     model.config = model.config.replace(variant=variant)
     model.lesion_features, model.patient_features = lesion_features, patient_features
-    model.schema_fingerprint = new_schema.fingerprint()
     return model

@@ -59,10 +59,6 @@ class TraceInputs(nn.Module):
             else None
         )
 
-    @property
-    def n_tokens(self) -> int:
-        return len(self.cardinalities) + self.n_numerical
-
     def forward(
         self, categorical: torch.Tensor, numerical: torch.Tensor, numerical_mask: torch.Tensor
     ) -> torch.Tensor:

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-from ..config import ModelConfig
 from ..errors import SlimpError
+from ..model_config import ModelConfig
+from ..models import build_model, replace_tabular_inputs
+from ..runs import LAST, load_checkpoint, load_run, resolve_checkpoint
+from ..schema import ResolvedSchema
 from . import distributed as D
-from .checkpoint import LAST, load_checkpoint
-from .config import TrainConfig
 from .loop import TrainResult, notice, run_training
-from .pretrain import (SM3_MESSAGE, check_resume_data, check_resume_train, data_record,
-                       open_training_data, prepare_out, resolve_configs, run_config,
-                       seed_everything, training_session)
-from .rundir import load_model, resolve_checkpoint, sha256_file
+from .session import (SM3_MESSAGE, check_resume_data, check_resume_train, data_record,
+                      open_training_data, prepare_out, resolve_configs, run_config,
+                      seed_everything, training_session)
+from .train_config import TrainConfig
 
 TUNES = ("embeddings", "all")
 # Continual pre-training defaults (paper Sec. 4.2): 64 patients per batch, 100 epochs.
@@ -34,9 +34,6 @@ def adapt_run(checkpoint: str | Path, data: str | Path, out: str | Path, *,
               train: TrainConfig | dict | None = None, tune: str | None = None,
               resume: bool = False, progress: bool = False) -> TrainResult:
     """`adapt` returning the `TrainResult` (with the adapted model) instead of the path."""
-    from ..models import build_model
-    from ..schema import ResolvedSchema
-
     data, out = Path(data), Path(out)
     saved = prepare_out(out, resume)
     if tune is None:
@@ -50,7 +47,7 @@ def adapt_run(checkpoint: str | Path, data: str | Path, out: str | Path, *,
     if train_cfg.method == "sm3":
         raise SlimpError(SM3_MESSAGE)
     ckpt_path, _ = resolve_checkpoint(checkpoint)
-    device = D.resolve_device(train_cfg.device)
+    device = D.device_for(train_cfg.device)
     with training_session(device) as info:
         index = open_training_data(data)
         schema = index.schema
@@ -62,7 +59,7 @@ def adapt_run(checkpoint: str | Path, data: str | Path, out: str | Path, *,
             model = build_model(ModelConfig.from_dict(saved["model"]),
                                 ResolvedSchema.from_dict(saved["schema"]),
                                 load_image_weights=False)
-            _set_trainable(model, tune)
+            model.set_trainable(tune)
             state = load_checkpoint(out / LAST)
             source = saved["source"]
         else:
@@ -84,37 +81,23 @@ def prepare_model(checkpoint: str | Path, schema, *, tune: str, info: D.DistInfo
     Returns (model, source record for config.json). Call after seeding: the new input layers
     are drawn from the global torch RNG.
     """
-    from ..models import replace_tabular_inputs
-
-    ckpt_path, _ = resolve_checkpoint(checkpoint)
-    model, src_config, src_schema = load_model(ckpt_path, device="cpu")
+    source_run = load_run(checkpoint, device="cpu")
+    model, src_schema = source_run.model, source_run.schema
     source_variant = model.variant
     if model.variant != "image":
         replace_tabular_inputs(model, schema)
     if source_variant == "nested" and model.variant == "flat":
         notice(f"{data_where} has no patient-level features: the nested model is adapted as "
                "the flat variant (image <-> lesion metadata)", info)
-    _set_trainable(model, tune)
+    model.set_trainable(tune)
     source = {
-        "checkpoint": str(ckpt_path.resolve()),
-        "sha256": sha256_file(ckpt_path),
+        "checkpoint": str(source_run.checkpoint.resolve()),
+        "sha256": source_run.sha256,
         "variant": source_variant,
         "schema_fingerprint": src_schema.fingerprint() if src_schema else None,
-        "data": src_config.get("data"),
+        "data": source_run.config.get("data"),
     }
     return model, source
-
-
-def _set_trainable(model, tune: str) -> None:
-    if model.variant == "image" and tune == "embeddings":
-        # No tabular inputs: the patch embedding alone.
-        from ..models import patch_embedding_parameters
-
-        model.requires_grad_(False)
-        for p in patch_embedding_parameters(model.image_encoder):
-            p.requires_grad_(True)
-        return
-    model.set_trainable(tune)
 
 
 def adapt(checkpoint: str | Path, data: str | Path, out: str | Path, *,

@@ -16,26 +16,16 @@ Design for exact resume and multi-process training:
 
 from __future__ import annotations
 
-import io
-import math
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import SlimpError
-from ..schema import ResolvedSchema, TabularBatch, encode_tabular
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# Augmentation ranges (`--augment`; always on for the `image` variant's two views).
-CROP_SCALE = (0.6, 1.0)  # fraction of the image area kept by the random resized crop
-CROP_RATIO = (3 / 4, 4 / 3)  # aspect ratio range of the crop
-JITTER = dict(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02)  # small colour jitter
-
+from ..models import MetadataInputs, patient_record
+from ..schema import TabularBatch
+from ..transforms import Preprocess, decode_image
 
 class PatientItem(NamedTuple):
     """The key of one dataset item: a patient, the lesions drawn for it, its augmentation seed."""
@@ -43,95 +33,6 @@ class PatientItem(NamedTuple):
     patient: int  # patient index in the ShardIndex
     lesions: tuple[int, ...]  # lesion indices inside the patient (sorted)
     aug_key: tuple[int, ...]  # (seed, epoch, step, position in the global batch)
-
-
-# --------------------------------------------------------------------------- images
-
-
-def decode_image(data: bytes, *, where: str = "image") -> Image.Image:
-    """Decode JPEG/PNG bytes to an RGB PIL image; SlimpError naming `where` when unreadable."""
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise SlimpError(f"{where}: cannot decode image ({exc})") from None
-    return img.convert("RGB")
-
-
-def resize_center(img: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to `size` and centre-crop to `size` x `size` (no-op if already)."""
-    w, h = img.size
-    if (w, h) == (size, size):
-        return img
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
-def to_tensor_normalized(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> float tensor [3, H, W] normalised with ImageNet mean/std."""
-    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-    return normalize_uint8(arr)
-
-
-def normalize_uint8(arr: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (arr.float() / 255.0 - mean) / std
-
-
-def load_image(data: bytes, img_size: int, *, where: str = "image") -> torch.Tensor:
-    """The evaluation preprocessing (also used by `slimp embed`): decode, resize, normalise.
-
-    Shape:
-        returns [3, img_size, img_size] float32.
-    """
-    return to_tensor_normalized(resize_center(decode_image(data, where=where), img_size))
-
-
-def augment_image(img: Image.Image, img_size: int, rng: np.random.Generator) -> torch.Tensor:
-    """Random resized crop (60-100% of the area), h/v flips, small colour jitter -> [3, S, S].
-
-    Skin-lesion photographs have no canonical orientation, hence vertical flips too. All
-    randomness comes from `rng`, so an augmentation is reproducible from its seed.
-    """
-    import torchvision.transforms.v2.functional as TF
-
-    w, h = img.size
-    top, left, ch, cw = _crop_params(w, h, rng)
-    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-    arr = TF.resized_crop(arr, top, left, ch, cw, [img_size, img_size], antialias=True)
-    if rng.random() < 0.5:
-        arr = TF.horizontal_flip(arr)
-    if rng.random() < 0.5:
-        arr = TF.vertical_flip(arr)
-    b, c, s = (float(rng.uniform(1 - JITTER[k], 1 + JITTER[k]))
-               for k in ("brightness", "contrast", "saturation"))
-    hue = float(rng.uniform(-JITTER["hue"], JITTER["hue"]))
-    arr = TF.adjust_brightness(arr, b)
-    arr = TF.adjust_contrast(arr, c)
-    arr = TF.adjust_saturation(arr, s)
-    arr = TF.adjust_hue(arr, hue)
-    return normalize_uint8(arr)
-
-
-def _crop_params(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop parameter search, drawn from a numpy Generator."""
-    area = w * h
-    log_ratio = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*CROP_SCALE)
-        ratio = math.exp(rng.uniform(*log_ratio))
-        cw = int(round(math.sqrt(target * ratio)))
-        ch = int(round(math.sqrt(target / ratio)))
-        if 0 < cw <= w and 0 < ch <= h:
-            top = int(rng.integers(0, h - ch + 1))
-            left = int(rng.integers(0, w - cw + 1))
-            return top, left, ch, cw
-    side = min(w, h)
-    return (h - side) // 2, (w - side) // 2, side, side
 
 
 # --------------------------------------------------------------------------- sampler
@@ -243,27 +144,23 @@ def patient_infos(index) -> list[PatientInfo]:
 class PatientDataset(torch.utils.data.Dataset):
     """Map-style dataset over a `ShardIndex`: `dataset[PatientItem]` -> one patient's sample.
 
-    A sample is a dict: `images` [n, 3, S, S] (and `images2` for the image variant),
-    `lesion_tab` (TabularBatch over n lesions, flat: patient + lesion features per lesion),
-    `patient_tab` (TabularBatch, one row; nested only), `malignant` [n] and `label` [n]
-    (long, -1 = unknown; logging only).
+    A sample is a dict: `images` [n, 3, S, S] (and `images2` when the model trains on two
+    views), `lesion_tab` (TabularBatch over n lesions), `patient_tab` (TabularBatch, one row;
+    when the model has a patient encoder), `malignant` [n] and `label` [n] (long, -1 = unknown;
+    logging only).
 
-    `schema` is the model's schema (the encoder's vocabularies and statistics); the index's own
-    schema must agree on the features (checked by the callers).
+    `inputs` (`model.inputs`) routes records to the model's encoders with the model's own
+    vocabularies and statistics; `preprocess` (`model.preprocess`) gives size and mean/std. The
+    index's own schema must agree on the features (checked by the callers).
     """
 
-    def __init__(self, index, *, schema: ResolvedSchema | None, variant: str, img_size: int,
-                 augment: bool = False) -> None:
+    def __init__(self, index, *, inputs: MetadataInputs, preprocess: Preprocess,
+                 classes: Sequence[str] = (), augment: bool = False) -> None:
         self.index = index
-        self.schema = schema
-        self.variant = variant
-        self.img_size = img_size
-        self.augment = augment or variant == "image"
-        from ..models import tabular_feature_lists
-
-        # Exactly the feature lists the model's encoders were built with.
-        self.lesion_feats, self.patient_feats = tabular_feature_lists(variant, schema)
-        self.classes = {c: i for i, c in enumerate(schema.classes)} if schema else {}
+        self.inputs = inputs
+        self.preprocess = preprocess
+        self.augment = augment or inputs.two_views
+        self.classes = {c: i for i, c in enumerate(classes)}
 
     def __len__(self) -> int:
         return len(self.index)
@@ -274,16 +171,17 @@ class PatientDataset(torch.utils.data.Dataset):
             item = PatientItem(int(item), tuple(range(n)), (0, 0, 0, int(item)))
         rec = self.index.patient(item.patient)
         rng = np.random.default_rng(list(item.aug_key)) if self.augment else None
+        pre = self.preprocess
         images, images2 = [], []
         for j in item.lesions:
             where = f"patient {rec.patient_id} lesion {rec.lesions[j].get('lesion_id')}"
             img = decode_image(rec.read_image(j), where=where)
             if rng is None:
-                images.append(to_tensor_normalized(resize_center(img, self.img_size)))
+                images.append(pre.eval_view(img))
             else:
-                images.append(augment_image(img, self.img_size, rng))
-                if self.variant == "image":
-                    images2.append(augment_image(img, self.img_size, rng))
+                images.append(pre.augment(img, rng))
+                if self.inputs.two_views:
+                    images2.append(pre.augment(img, rng))
         lesions = [rec.lesions[j] for j in item.lesions]
         out = {
             "images": torch.stack(images),
@@ -292,16 +190,16 @@ class PatientDataset(torch.utils.data.Dataset):
             "label": torch.tensor([self.classes.get(les.get("label"), -1) for les in lesions],
                                   dtype=torch.long),
         }
-        if self.variant == "image":
+        if images2:
             out["images2"] = torch.stack(images2)
-            return out
-        patient_record = {**(rec.fields or {}), **(rec.derived or {})}
-        if self.variant == "flat":
-            records = [{**patient_record, **(les.get("fields") or {})} for les in lesions]
-        else:
-            records = [les.get("fields") or {} for les in lesions]
-            out["patient_tab"] = encode_tabular(self.patient_feats, [patient_record])
-        out["lesion_tab"] = encode_tabular(self.lesion_feats, records)
+        prec = patient_record(rec.fields, rec.derived)
+        lesion_tab = self.inputs.lesion_tab([prec] * len(lesions),
+                                            [les.get("fields") or {} for les in lesions])
+        patient_tab = self.inputs.patient_tab([prec])
+        if lesion_tab is not None:
+            out["lesion_tab"] = lesion_tab
+        if patient_tab is not None:
+            out["patient_tab"] = patient_tab
         return out
 
 

@@ -6,8 +6,8 @@ RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; `init_from_env()` jo
 (`PatientBatchSampler`), DistributedDataParallel averages gradients, and the cross-sample losses
 see the rows of every rank as negatives through `gather_with_grad` (differentiable all-gather).
 
-`python -m slimp_cli.train.ddp_check DATA OUT.json [options]` computes the loss of one fixed
-global batch, so a test can compare K processes against one (see tests/test_distributed.py).
+`tests/ddp_check.py` computes the loss of one fixed global batch, so a test can compare K
+processes against one (tests/test_distributed.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..devices import resolve_device
 from ..errors import SlimpError
 
 
@@ -70,29 +71,20 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
-    """`auto|cpu|cuda` -> a torch.device (the local GPU of this rank under torchrun)."""
+def device_for(name: str, info: DistInfo | None = None) -> torch.device:
+    """The `--device` of this process (its local GPU under torchrun)."""
     info = info or env_info()
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SlimpError("--device cuda but no CUDA device is available; use --device auto or cpu")
-    if name in ("cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda", info.local_rank % torch.cuda.device_count())
-    if name == "auto":
-        return torch.device("cpu")
-    raise SlimpError(f"unknown device '{name}'; choose auto, cpu or cuda")
+    return resolve_device(name, local_rank=info.local_rank)
 
 
-def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """All-gather `x` [n, ...] from every rank with gradient; rows may differ in number.
 
-    Returns (all rows [sum n_r, ...] in rank order, offset of this rank's rows). The backward
+    Returns all rows [sum n_r, ...] in rank order. The backward
     pass sums the gradients of every rank's copy onto the local rows (reduce-scatter), so with
     DDP's gradient averaging the result is the gradient of the global batch's loss.
     """
     world = dist.get_world_size()
-    rank = dist.get_rank()
     n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n)
@@ -103,7 +95,7 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
         x = torch.cat([x, pad])
     parts = _AllGather.apply(x)
     out = torch.cat([p[:s] for p, s in zip(parts, sizes)])
-    return out, sum(sizes[:rank])
+    return out
 
 
 class _AllGather(torch.autograd.Function):
@@ -123,17 +115,6 @@ class _AllGather(torch.autograd.Function):
         return grad[ctx.rank]
 
 
-class Gatherer:
-    """The `gather` callable the losses take; remembers this rank's offset for `offset=`."""
-
-    def __init__(self) -> None:
-        self.offset = 0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out, self.offset = gather_with_grad(x)
-        return out
-
-
 def loss_kwargs(info: DistInfo, outputs: dict) -> dict:
     """`gather` and `offset` for `compute_loss` (empty for a single process).
 
@@ -148,7 +129,7 @@ def loss_kwargs(info: DistInfo, outputs: dict) -> dict:
     sizes = [torch.zeros_like(n) for _ in range(info.world_size)]
     dist.all_gather(sizes, n)
     offset = int(sum(int(s.item()) for s in sizes[: info.rank]))
-    return {"gather": Gatherer(), "offset": offset}
+    return {"gather": gather_with_grad, "offset": offset}
 
 
 def all_finite(value: torch.Tensor, info: DistInfo) -> bool:
@@ -157,15 +138,6 @@ def all_finite(value: torch.Tensor, info: DistInfo) -> bool:
     if info.enabled:
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item() > 0)
-
-
-def broadcast_object(obj, info: DistInfo):
-    """Rank 0's `obj` on every rank."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def barrier(info: DistInfo) -> None:

@@ -22,19 +22,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import SlimpError, TrainingInterrupted
 from ..paths import write_json
+from ..runs import CONFIG, LAST, METRICS, epoch_name, save_checkpoint, set_rng_state
 from ..schema import ResolvedSchema
 from . import distributed as D
-from .checkpoint import LAST, epoch_name, save_checkpoint, set_rng_state
-from .config import TrainConfig
+from .train_config import TrainConfig
 from .data import PatientBatchSampler, PatientDataset, batch_to, make_loader, patient_infos
-from .rundir import CONFIG, METRICS
 
 NO_DECAY_NAMES = ("cls_token", "pos_embed", "reg_token", "dist_token")
 
@@ -197,8 +195,8 @@ def run_training(*, model: nn.Module, schema: ResolvedSchema | None, index, trai
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise SlimpError("no trainable parameters (check --tune)")
-    dataset = PatientDataset(index, schema=schema, variant=variant,
-                             img_size=model.config.img_size, augment=train.augment)
+    dataset = PatientDataset(index, inputs=model.inputs, preprocess=model.preprocess,
+                             classes=schema.classes if schema else (), augment=train.augment)
     sampler = PatientBatchSampler(
         patient_infos(index), patients_per_batch=train.patients_per_batch,
         lesions_per_patient=train.lesions_per_patient,
@@ -356,8 +354,3 @@ def trainable_names(model: nn.Module) -> list[str]:
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     return {"total": sum(p.numel() for p in model.parameters()),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-
-
-def json_safe(obj: Any) -> Any:
-    """Round-trip through JSON (configs stored in checkpoints must be plain containers)."""
-    return json.loads(json.dumps(obj))

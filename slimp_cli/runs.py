@@ -1,24 +1,118 @@
-"""Run directories: `config.json` + `checkpoint-last.pt` (+ epoch checkpoints) + `metrics.jsonl`.
+"""The run-dir contract: what `pretrain`/`adapt` write and everything else loads.
 
-`load_model(run_dir_or_checkpoint)` rebuilds a trained model from the config alone (model
-config, resolved schema, variant) and loads its weights; `slimp embed` and `adapt` use it.
-`check_schema_compatible` tells whether data can be fed to a model built for another schema.
+A run dir holds `config.json` (model config, train config, resolved schema, preprocessing,
+parameter counts, versions), `holdout.json` (patients kept out of training),
+`checkpoint-last.pt` (+ optional `checkpoint-epoch-XXXX.pt`) and `metrics.jsonl`.
+
+- `load_run(path) -> Run`: the model rebuilt from the config, its weights, schema, checkpoint
+  path and sha256, and its image preprocessing. `embed`, `adapt`, `export` load through it.
+- `save_checkpoint` / `load_checkpoint`: tensors and plain containers only
+  (`torch.load(path, weights_only=True)`), written under a temporary name and renamed.
+- `check_schema_compatible`: THE answer to "can this model read this data?".
+- `sha256_file`, `resolve_device`: one definition each.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from ..errors import SlimpError
-from ..paths import read_json
-from ..schema import ResolvedSchema
-from .checkpoint import LAST, load_checkpoint
-from .distributed import resolve_device  # noqa: F401  (re-exported for embed)
+from .errors import SlimpError
+from .model_config import ModelConfig
+from .models import build_model
+from .paths import atomic_path, read_json
+from .schema import ResolvedSchema
+from .transforms import Preprocess
+
+FORMAT = "slimp-checkpoint"
+VERSION = 1
+LAST = "checkpoint-last.pt"
+
+
+def epoch_name(epoch: int) -> str:
+    """File name of the checkpoint written after `epoch` (1-based count of finished epochs)."""
+    return f"checkpoint-epoch-{epoch:04d}.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state as tensors / plain lists."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # This process's device only (get_rng_state_all would open a context on every GPU).
+        state["cuda"] = [torch.cuda.get_rng_state()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    npst = state["numpy"]
+    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"],
+                         npst["has_gauss"], npst["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"][0].cpu())
+
+
+def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer, scheduler,
+                    epoch: int, step_in_epoch: int, step: int, config: dict,
+                    extra: dict | None = None) -> Path:
+    """Write a checkpoint atomically. `epoch`/`step_in_epoch`: where training continues."""
+    path = Path(path)
+    state = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": int(epoch),
+        "step_in_epoch": int(step_in_epoch),
+        "step": int(step),
+        "rng": rng_state(),
+        "config": config,
+        "extra": extra or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint with `weights_only=True`; SlimpError when missing or not a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise SlimpError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a truncated/foreign file is a user error
+        raise SlimpError(f"{path}: not a readable slimp checkpoint ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
+        raise SlimpError(f"{path}: not a slimp checkpoint (no '{FORMAT}' format marker)")
+    if state.get("version", 0) > VERSION:
+        raise SlimpError(f"{path}: checkpoint version {state['version']} is newer than this "
+                         f"slimp understands ({VERSION}); upgrade slimp")
+    return state
+
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -27,6 +121,7 @@ RUN_VERSION = 1
 
 
 def sha256_file(path: str | Path) -> str:
+    """sha256 of a file, streamed."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -66,18 +161,25 @@ def _check_config(cfg: Any, where: Path | str) -> None:
             raise SlimpError(f"{where}: run config lacks '{key}'")
 
 
-def load_model(checkpoint_or_rundir: str | Path, *, device: str | torch.device = "cpu"
-               ) -> tuple[torch.nn.Module, dict, ResolvedSchema | None]:
+@dataclass
+class Run:
+    """A trained run, loaded: the model (eval mode, on its device) and what describes it."""
+
+    model: torch.nn.Module  # SlimpModel rebuilt from the config, weights loaded
+    config: dict  # the run's config.json (or the copy inside a lone checkpoint)
+    schema: ResolvedSchema | None  # the model's resolved schema (None: image-only model)
+    checkpoint: Path  # the checkpoint file the weights came from
+    sha256: str  # of that file
+    preprocess: Preprocess  # image size and mean/std the model was trained with
+    run_dir: Path
+
+
+def load_run(checkpoint_or_rundir: str | Path, *, device: str | torch.device = "cpu") -> Run:
     """Rebuild a trained model from a run dir (or a checkpoint file in one) on `device`.
 
     The architecture comes from the run's config (`config.json` beside the checkpoint, else
     the copy inside the checkpoint); the weights from the checkpoint (`weights_only=True`).
-    Returns (model in eval mode, the run config dict, the model's resolved schema or None
-    for an image-only model).
     """
-    from ..config import ModelConfig
-    from ..models import build_model
-
     ckpt_path, run_dir = resolve_checkpoint(checkpoint_or_rundir)
     state = load_checkpoint(ckpt_path, map_location="cpu")
     if (run_dir / CONFIG).is_file():
@@ -94,9 +196,13 @@ def load_model(checkpoint_or_rundir: str | Path, *, device: str | torch.device =
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise SlimpError(f"{ckpt_path}: weights do not match the model described by its "
                          f"config ({first}); was the checkpoint moved from another run?") from None
+    if config.get("preprocess"):
+        # What the model was trained with wins over what its architecture would suggest now.
+        model.preprocess = Preprocess.from_dict(config["preprocess"])
     model.to(torch.device(device) if isinstance(device, str) else device)
     model.eval()
-    return model, config, schema
+    return Run(model=model, config=config, schema=schema, checkpoint=ckpt_path,
+               sha256=sha256_file(ckpt_path), preprocess=model.preprocess, run_dir=run_dir)
 
 
 def schema_differences(expected: ResolvedSchema, actual: ResolvedSchema) -> list[str]:

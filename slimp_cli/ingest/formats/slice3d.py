@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import SlimpError
+from ...errors import SlimpError
 from .base import Adapter, SourceTable, find_table, folder_locator, read_csv_strings, table_from_frame
-from .images import ImageRef
+from ..images import ImageRef
 
 
 class Slice3d(Adapter):

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from . import __version__
-from .datasets import get_adapter
-from .datasets.images import process_image
-from .datasets.rows import Entry, Log, build_entries
-from .errors import SlimpError
-from .paths import write_json
-from .schema import category_key, load_dataset_schema, validate_dataset_schema
-from .shards import SHARD_GLOB, ShardWriter, image_entry_name, unique_keys
+from .. import __version__
+from .formats import get_adapter
+from .images import process_image
+from .rows import Entry, Log, build_entries
+from ..errors import SlimpError
+from ..paths import write_json
+from ..schema import category_key, load_dataset_schema, validate_dataset_schema
+from ..shards import SHARD_GLOB, ShardWriter, image_entry_name, unique_keys
 
 DERIVED = [{"name": "n_lesions", "type": "numerical"}]
 # Warning kinds that --strict turns into errors (data was changed); notes are informational.

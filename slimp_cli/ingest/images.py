@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 from PIL import Image, ImageOps
 
+from ..transforms import resize_center
+
 # Extensions considered images when searching a folder (lower case, with the dot).
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 JPEG_QUALITY = 95
@@ -100,17 +102,6 @@ def read_bytes(ref: ImageRef) -> bytes:
     return value.tobytes() if hasattr(value, "tobytes") and not isinstance(value, bytes) else bytes(value)
 
 
-def square_resize(img: Image.Image, size: int) -> Image.Image:
-    """Shorter side -> size (bicubic, aspect kept), then centre crop to size x size."""
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
 def normalise_image(data: bytes, size: int) -> tuple[bytes, tuple[int, int]]:
     """Decode fully, orient, convert to RGB, square-resize and re-encode as JPEG q95.
 
@@ -127,7 +118,7 @@ def normalise_image(data: bytes, size: int) -> tuple[bytes, tuple[int, int]]:
     img = ImageOps.exif_transpose(img)
     if img.mode != "RGB":
         img = img.convert("RGB")
-    img = square_resize(img, size)
+    img = resize_center(img, size)
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=JPEG_QUALITY, optimize=False)
     return out.getvalue(), original

@@ -1,6 +1,6 @@
 """The training recipe (`TrainConfig`): optimiser, schedule, batches, seed, device.
 
-The architecture lives in `slimp_cli.config.ModelConfig`; this is everything else that decides
+The architecture lives in `slimp_cli.model_config.ModelConfig`; this is everything else that decides
 a run's trajectory. `to_dict()` goes into `config.json` beside `model`; `from_dict()` rebuilds it.
 """
 
@@ -10,12 +10,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import DictConfig, positive_int
+from ..model_config import DictConfig, positive_int
+from ..devices import check_device_name
 from ..errors import SlimpError
 from ..losses import DEFAULT_LAM, DEFAULT_TEMPERATURE
 
 METHODS = ("slimp", "sm3")
-DEVICES = ("auto", "cpu", "cuda")
 
 # Fields that may change between a run and its `--resume` without changing the weights it
 # reaches (everything else must match the saved run, or resuming would not continue it).
@@ -67,7 +67,8 @@ class TrainConfig(DictConfig):
     # Seed of everything random: model initialisation, patient order, lesion sampling,
     # augmentation and dropout. Same seed + same data + CPU = same weights.
     seed: int = 0
-    # "auto" (CUDA when available), "cpu" or "cuda". CUDA trains under bf16 autocast.
+    # "auto" (CUDA when available), "cpu", "cuda", "cuda:N" or "mps". CUDA trains under bf16
+    # autocast.
     device: str = "auto"
     # DataLoader worker processes decoding JPEGs (0 = in the main process) and the batches each
     # worker prepares ahead.
@@ -108,8 +109,7 @@ class TrainConfig(DictConfig):
             raise SlimpError(f"lam must be in [0, 1], got {self.lam}")
         if self.grad_clip is not None:
             _positive_float("grad_clip", self.grad_clip)
-        if self.device not in DEVICES:
-            raise SlimpError(f"unknown device '{self.device}'; choose one of {', '.join(DEVICES)}")
+        check_device_name(self.device)
         for name in ("augment", "positive_sampling", "compile", "keep_epoch_checkpoints"):
             if not isinstance(getattr(self, name), bool):
                 raise SlimpError(f"{name} must be true or false, got {getattr(self, name)!r}")

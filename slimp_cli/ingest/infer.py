@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .base import read_csv_strings
+from .formats.base import read_csv_strings
 from .values import FALSE, TRUE, Unparseable, is_missing, parse_number
 
 ROLE_PATTERNS = {

@@ -15,8 +15,8 @@ from typing import Callable
 
 import pandas as pd
 
-from ..errors import SlimpError
-from .images import ImageLocator, ImageRef
+from ...errors import SlimpError
+from ..images import ImageLocator, ImageRef
 
 
 @dataclass(kw_only=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SlimpError
-from .base import SourceTable
+from .formats.base import SourceTable
 from .images import ImageRef
 from .values import Unparseable, is_missing, parse_category, parse_cell
 

@@ -1,7 +1,7 @@
 """Loss of one fixed global batch with K processes (torchrun) or one: a check of the DDP loss.
 
-    torchrun --nproc-per-node 2 -m slimp_cli.train.ddp_check DATA OUT.json --patients 8
-    python -m slimp_cli.train.ddp_check DATA OUT.json --patients 8
+    torchrun --nproc-per-node 2 tests/ddp_check.py DATA OUT.json --patients 8
+    python tests/ddp_check.py DATA OUT.json --patients 8
 
 Each of K ranks takes its slice of the first `--patients` patients; the outer loss gathers every
 rank's patients as negatives; the rank-averaged loss and DDP-averaged gradient must equal the
@@ -15,8 +15,13 @@ import json
 import torch
 import torch.distributed as dist
 
-from ..errors import SlimpError
-from .distributed import init_from_env, loss_kwargs, shutdown
+from slimp_cli.errors import SlimpError
+from slimp_cli.losses import compute_loss
+from slimp_cli.model_config import ModelConfig
+from slimp_cli.models import build_model
+from slimp_cli.shards import ShardIndex
+from slimp_cli.train.data import PatientDataset, PatientItem, collate
+from slimp_cli.train.distributed import init_from_env, loss_kwargs, shutdown
 
 
 def fixed_batch_loss(data_dir: str, *, patients: int, lesions: int, seed: int = 0,
@@ -27,11 +32,6 @@ def fixed_batch_loss(data_dir: str, *, patients: int, lesions: int, seed: int = 
     Under torchrun each rank takes its slice of the global batch and the outer loss gathers
     every rank's patients; the mean of the rank losses then equals the single-process loss.
     """
-    from ..config import ModelConfig
-    from ..losses import compute_loss
-    from ..models import build_model
-    from ..shards import ShardIndex
-    from .data import PatientDataset, PatientItem, collate
 
     device = torch.device("cpu")
     info = init_from_env(device)
@@ -45,7 +45,7 @@ def fixed_batch_loss(data_dir: str, *, patients: int, lesions: int, seed: int = 
                       tab_dim=tab_dim, embed_dim=tab_dim)
     model = build_model(cfg, schema)
     model.train()
-    ds = PatientDataset(index, schema=schema, variant="nested", img_size=img_size)
+    ds = PatientDataset(index, inputs=model.inputs, preprocess=model.preprocess)
     items = []
     for q in range(info.rank * per_rank, (info.rank + 1) * per_rank):
         n = len(index.patient(q).lesions)

@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
-from slimp_cli.errors import SlimpError
+from ..errors import SlimpError
 
 
 def ensure_dir(path: str | Path) -> Path:

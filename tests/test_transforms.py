@@ -1,0 +1,65 @@
+"""Image preprocessing (slimp_cli.transforms): decode, resize + centre-crop, normalise, augment."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from slimp_cli.errors import SlimpError
+from slimp_cli.models import build_model
+from slimp_cli.model_config import ModelConfig
+from slimp_cli.transforms import IMAGENET_MEAN, Preprocess, model_mean_std, resize_center
+
+
+def _jpeg(size=(40, 30), colour=(200, 100, 50)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_load_image_resizes_and_normalises():
+    x = Preprocess(img_size=32).load(_jpeg())
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    # a flat colour stays flat; ImageNet normalisation of red 200 ~ (200/255 - .485) / .229
+    assert abs(float(x[0].mean()) - (200 / 255 - 0.485) / 0.229) < 0.05
+    with pytest.raises(SlimpError, match="cannot decode image"):
+        Preprocess(img_size=32).load(b"not a jpeg", where="lesion X")
+
+
+def test_augmentation_is_reproducible_from_its_seed():
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    img = Image.fromarray(arr)
+    a = Preprocess(img_size=32).augment(img, np.random.default_rng([1, 2, 3]))
+    b = Preprocess(img_size=32).augment(img, np.random.default_rng([1, 2, 3]))
+    c = Preprocess(img_size=32).augment(img, np.random.default_rng([1, 2, 4]))
+    assert a.shape == (3, 32, 32)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_resize_center_keeps_the_centre_and_skips_matching_sizes():
+    img = Image.new("RGB", (60, 30), (0, 0, 0))
+    img.paste((255, 255, 255), (15, 0, 45, 30))  # a white centre band 30 px wide
+    out = resize_center(img, 30)
+    assert out.size == (30, 30)
+    assert np.asarray(out).min() >= 250  # only the white centre is kept
+    same = Image.new("RGB", (30, 30))
+    assert resize_center(same, 30) is same
+
+
+def test_mean_std_come_from_the_image_model():
+    import timm
+
+    clip_like = timm.create_model("vit_base_patch16_clip_224", pretrained=False, num_classes=0,
+                                  img_size=32, patch_size=16, depth=1)
+    mean, std = model_mean_std(clip_like)
+    assert mean != IMAGENET_MEAN and len(mean) == len(std) == 3
+    # a model without a timm config (the local test ViT) falls back to ImageNet's
+    model = build_model(ModelConfig(variant="image", image_model="vit_test", img_size=32), None)
+    assert model.preprocess.mean == IMAGENET_MEAN
+    with pytest.raises(SlimpError):
+        Preprocess(img_size=8).load(b"")
