@@ -22,11 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from slimp_cli.model_config import ModelConfig  # noqa: E402
-from slimp_cli.ingest.synth import generate_cohort  # noqa: E402
 from slimp_cli.ingest import ingest  # noqa: E402
-from slimp_cli.train.train_config import TrainConfig  # noqa: E402
+from slimp_cli.ingest.synth import generate_cohort  # noqa: E402
+from slimp_cli.model_config import ModelConfig  # noqa: E402
 from slimp_cli.train.pretrain import pretrain  # noqa: E402
+from slimp_cli.train.train_config import TrainConfig  # noqa: E402
 
 IMAGES_PER_PATIENT = 2.7  # mean images per generated patient
 
@@ -43,8 +43,13 @@ print(json.dumps({"seconds": seconds,
 
 
 def embed_in_child(run: Path, data: Path, out: Path, batch_size: int) -> dict:
-    res = subprocess.run([sys.executable, "-c", CHILD, str(run), str(data), str(out), str(batch_size)],
-                         capture_output=True, text=True, cwd=ROOT, check=False)
+    res = subprocess.run(
+        [sys.executable, "-c", CHILD, str(run), str(data), str(out), str(batch_size)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
     if res.returncode != 0:
         raise SystemExit(f"embed failed: {res.stderr[-2000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -62,14 +67,27 @@ def main() -> None:
         sizes = {"half": args.images // 2, "full": args.images}
         shards = {}
         for name, n in sizes.items():
-            cohort = generate_cohort(tmp / f"cohort-{name}", patients=max(1, round(n / IMAGES_PER_PATIENT)),
-                                     seed=1, image_size=args.img_size)
+            cohort = generate_cohort(
+                tmp / f"cohort-{name}",
+                patients=max(1, round(n / IMAGES_PER_PATIENT)),
+                seed=1,
+                image_size=args.img_size,
+            )
             shards[name] = tmp / f"shards-{name}"
             ingest("synth", cohort.out, shards[name], image_size=args.img_size, workers=0)
-        run = pretrain(shards["half"], tmp / "run",
-                       model=ModelConfig(variant="nested", image_model=args.model, img_size=args.img_size),
-                       train=TrainConfig(patients_per_batch=8, lesions_per_patient=4, epochs=1,
-                                         max_steps=1, device="cpu", workers=0))
+        run = pretrain(
+            shards["half"],
+            tmp / "run",
+            model=ModelConfig(variant="nested", image_model=args.model, img_size=args.img_size),
+            train=TrainConfig(
+                patients_per_batch=8,
+                lesions_per_patient=4,
+                epochs=1,
+                max_steps=1,
+                device="cpu",
+                workers=0,
+            ),
+        )
         rows = []
         for name in sizes:
             from slimp_cli.store import FeatureStore
@@ -77,17 +95,29 @@ def main() -> None:
             stats = embed_in_child(run, shards[name], tmp / f"{name}.h5", args.batch_size)
             with FeatureStore.open(tmp / f"{name}.h5") as st:
                 n = st.n
-            rows.append({"lesions": n, "seconds": round(stats["seconds"], 2),
-                         "images_per_s": round(n / stats["seconds"], 1),
-                         "peak_rss_mb": round(stats["peak_rss_mb"], 1)})
-    print(json.dumps({
-        "benchmark": "embed",
-        "model": args.model, "img_size": args.img_size, "batch_size": args.batch_size,
-        "runs": rows,
-        "count_ratio": round(rows[1]["lesions"] / rows[0]["lesions"], 2),
-        "peak_ratio": round(rows[1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-    }, indent=2))
+            rows.append(
+                {
+                    "lesions": n,
+                    "seconds": round(stats["seconds"], 2),
+                    "images_per_s": round(n / stats["seconds"], 1),
+                    "peak_rss_mb": round(stats["peak_rss_mb"], 1),
+                }
+            )
+    print(
+        json.dumps(
+            {
+                "benchmark": "embed",
+                "model": args.model,
+                "img_size": args.img_size,
+                "batch_size": args.batch_size,
+                "runs": rows,
+                "count_ratio": round(rows[1]["lesions"] / rows[0]["lesions"], 2),
+                "peak_ratio": round(rows[1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3),
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

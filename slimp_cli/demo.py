@@ -16,13 +16,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .ingest import ingest
-from .ingest.synth import generate_cohort
-from .model_config import ModelConfig
 from .embed import embed
 from .eval.extrapolate import extrapolate
 from .eval.probe import run_probe
 from .eval.retrieval import run_retrieval
+from .ingest import ingest
+from .ingest.synth import generate_cohort
+from .model_config import ModelConfig
 from .shards import ShardIndex
 from .train import TrainConfig, pretrain
 
@@ -66,10 +66,18 @@ def run_demo(
 
     log(f"generating a {patients}-patient reference cohort and an image-only target cohort")
     generate_cohort(out / "cohort", patients=patients, seed=seed, image_size=64)
-    generate_cohort(out / "target-cohort", patients=max(40, patients // 3), seed=seed + 1, image_size=64)
+    generate_cohort(
+        out / "target-cohort", patients=max(40, patients // 3), seed=seed + 1, image_size=64
+    )
     log("ingesting both into shards")
     ingest("synth", out / "cohort", out / "shards", image_size=DEMO_IMG_SIZE, overwrite=True)
-    ingest("synth", out / "target-cohort", out / "target-shards", image_size=DEMO_IMG_SIZE, overwrite=True)
+    ingest(
+        "synth",
+        out / "target-cohort",
+        out / "target-shards",
+        image_size=DEMO_IMG_SIZE,
+        overwrite=True,
+    )
 
     n_patients = len(ShardIndex.open(out / "shards"))
     runs = {}
@@ -79,17 +87,22 @@ def run_demo(
         run_dir = out / "runs" / variant
         if run_dir.exists():  # a previous demo's run: start afresh
             shutil.rmtree(run_dir)
-        runs[variant] = pretrain(out / "shards", run_dir, model=model,
-                                 train=_train_config(steps, seed, variant=variant, n_patients=n_patients),
-                                 progress=True)
+        runs[variant] = pretrain(
+            out / "shards",
+            run_dir,
+            model=model,
+            train=_train_config(steps, seed, variant=variant, n_patients=n_patients),
+            progress=True,
+        )
 
     log("embedding")
     (out / "stores").mkdir(exist_ok=True)
     stores = {
         "nested": embed(runs["nested"], out / "shards", out / "stores" / "nested.h5"),
         "image": embed(runs["image"], out / "shards", out / "stores" / "image.h5"),
-        "target": embed(runs["nested"], out / "target-shards", out / "stores" / "target.h5",
-                        image_only=True),
+        "target": embed(
+            runs["nested"], out / "target-shards", out / "stores" / "target.h5", image_only=True
+        ),
     }
     log("probing (linear + kNN, random 90/10 split, seeds 0,1,2)")
     probe_kw = dict(label="binary", methods=("linear", "knn"), split="random", seeds=(0, 1, 2))
@@ -102,7 +115,9 @@ def run_demo(
     log("extrapolating metadata onto the image-only target (I->L->P) and probing it")
     extrapolate(stores["nested"], stores["target"], strategy="ilp")
     results["target: image only"] = run_probe(stores["target"], **probe_kw)
-    results["target: image + pseudo-metadata (ilp)"] = run_probe(stores["target"], pseudo="ilp", **probe_kw)
+    results["target: image + pseudo-metadata (ilp)"] = run_probe(
+        stores["target"], pseudo="ilp", **probe_kw
+    )
 
     table = Table(title="slimp demo: benign vs malignant, mean over 3 seeds (random 90/10 split)")
     for col in ("model / features", "method", "accuracy", "balanced acc.", "AUC"):
@@ -122,16 +137,27 @@ def run_demo(
         f"R@10 {_fmt(i2l.get('R@10'))}, mAP {_fmt(i2l.get('mAP'))} "
         f"({_n_lesions(stores['nested'])} lesions; chance R@1 = {1 / _n_lesions(stores['nested']):.4f})"
     )
-    report = {"results": summary, "retrieval": retrieval,
-              "files": {"cohort": str(out / "cohort"), "shards": str(out / "shards"),
-                        "runs": {k: str(v) for k, v in runs.items()},
-                        "stores": {k: str(v) for k, v in stores.items()}},
-              "seconds": round(time.perf_counter() - t0, 1)}
+    report = {
+        "results": summary,
+        "retrieval": retrieval,
+        "files": {
+            "cohort": str(out / "cohort"),
+            "shards": str(out / "shards"),
+            "runs": {k: str(v) for k, v in runs.items()},
+            "stores": {k: str(v) for k, v in stores.items()},
+        },
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     (out / "demo.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     files = Table(title="where everything is", show_header=False)
-    for k, v in [("generated cohort", out / "cohort"), ("shards", out / "shards"),
-                 ("SLIMP run", runs["nested"]), ("SimCLR run", runs["image"]),
-                 ("feature stores", out / "stores"), ("results (JSON)", out / "demo.json")]:
+    for k, v in [
+        ("generated cohort", out / "cohort"),
+        ("shards", out / "shards"),
+        ("SLIMP run", runs["nested"]),
+        ("SimCLR run", runs["image"]),
+        ("feature stores", out / "stores"),
+        ("results (JSON)", out / "demo.json"),
+    ]:
         files.add_row(k, str(v))
     stdout.print(files)
     log("done")

@@ -31,14 +31,16 @@ def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise SlimpError(f"--device {name} but no CUDA device is available; use --device "
-                             "auto or cpu")
+            raise SlimpError(
+                f"--device {name} but no CUDA device is available; use --device auto or cpu"
+            )
         if name == "cuda":
             return torch.device("cuda", local_rank % torch.cuda.device_count())
         index = name.split(":", 1)[1]
         if not index.isdigit() or int(index) >= torch.cuda.device_count():
-            raise SlimpError(f"--device {name}: this machine has CUDA devices "
-                             f"0..{torch.cuda.device_count() - 1}")
+            raise SlimpError(
+                f"--device {name}: this machine has CUDA devices 0..{torch.cuda.device_count() - 1}"
+            )
         return torch.device("cuda", int(index))
     raise SlimpError(f"unknown device '{name}'; choose {DEVICE_HELP}")
 

@@ -6,8 +6,8 @@ depends on the batch size, never on the number of lesions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -24,8 +24,9 @@ from .transforms import Preprocess
 class LesionImages(torch.utils.data.Dataset):
     """Map-style dataset over (patient, lesion) pairs in shard order: item -> image tensor."""
 
-    def __init__(self, data_dir: Path, pairs: list[tuple[int, int]],
-                 preprocess: Preprocess) -> None:
+    def __init__(
+        self, data_dir: Path, pairs: list[tuple[int, int]], preprocess: Preprocess
+    ) -> None:
         self.data_dir = data_dir
         self.pairs = pairs
         self.preprocess = preprocess
@@ -72,8 +73,9 @@ def embed(
     variant = model.config.variant
     inputs = model.inputs
     if not image_only and variant != "image":
-        check_schema_compatible(model_schema, data_schema, model_where=str(run.run_dir),
-                                data_where=str(data_dir))
+        check_schema_compatible(
+            model_schema, data_schema, model_where=str(run.run_dir), data_where=str(data_dir)
+        )
     # Exactly the feature levels this model produces (image only with --image-only).
     levels = ("image",) if image_only else inputs.levels
     dims = {k: model.feature_dims[k] for k in levels}
@@ -109,16 +111,19 @@ def embed(
         persistent_workers=False,
     )
     use_amp = dev.type == "cuda"
-    with FeatureStoreWriter(
-        out,
-        n=len(pairs),
-        dims=dims,
-        config=store_config,
-        schema=data_schema.to_dict(),
-        classes=classes,
-        variant="image" if image_only else variant,
-        raw_columns=raw_cols,
-    ) as writer, torch.no_grad():
+    with (
+        FeatureStoreWriter(
+            out,
+            n=len(pairs),
+            dims=dims,
+            config=store_config,
+            schema=data_schema.to_dict(),
+            classes=classes,
+            variant="image" if image_only else variant,
+            raw_columns=raw_cols,
+        ) as writer,
+        torch.no_grad(),
+    ):
         start = 0
         for images in loader:
             chunk = pairs[start : start + len(images)]
@@ -131,10 +136,12 @@ def embed(
                 feats = {"image": model.encode_image(images.to(dev))}
                 if "patient" in levels:
                     feats["patient"] = model.encode_patient(
-                        inputs.patient_tab(patient_rows).to(dev))
+                        inputs.patient_tab(patient_rows).to(dev)
+                    )
                 if "lesion" in levels:
                     feats["lesion"] = model.encode_lesion(
-                        inputs.lesion_tab(patient_rows, lesion_rows).to(dev))
+                        inputs.lesion_tab(patient_rows, lesion_rows).to(dev)
+                    )
             raw = {}
             for level, feats_spec in raw_levels.items():
                 rows = lesion_rows if level == "lesion" else patient_rows

@@ -13,7 +13,7 @@ mean. `gather=None` (one process) uses the local rows only.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -167,9 +167,7 @@ def flat_loss(
     Shape:
         image, tabular: [L, D]. Returns {"loss": scalar}.
     """
-    return {
-        "loss": info_nce(image, tabular, temperature=temperature, gather=gather, offset=offset)
-    }
+    return {"loss": info_nce(image, tabular, temperature=temperature, gather=gather, offset=offset)}
 
 
 def nt_xent(

@@ -65,17 +65,33 @@ def set_rng_state(state: dict[str, Any]) -> None:
     """Inverse of `rng_state`."""
     torch.set_rng_state(state["torch"].cpu())
     npst = state["numpy"]
-    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"],
-                         npst["has_gauss"], npst["cached_gaussian"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            npst["keys"].numpy().astype(np.uint32),
+            npst["pos"],
+            npst["has_gauss"],
+            npst["cached_gaussian"],
+        )
+    )
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"][0].cpu())
 
 
-def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer, scheduler,
-                    epoch: int, step_in_epoch: int, step: int, config: dict,
-                    extra: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    epoch: int,
+    step_in_epoch: int,
+    step: int,
+    config: dict,
+    extra: dict | None = None,
+) -> Path:
     """Write a checkpoint atomically. `epoch`/`step_in_epoch`: where training continues."""
     path = Path(path)
     state = {
@@ -104,13 +120,17 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a truncated/foreign file is a user error
-        raise SlimpError(f"{path}: not a readable slimp checkpoint ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise SlimpError(
+            f"{path}: not a readable slimp checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
         raise SlimpError(f"{path}: not a slimp checkpoint (no '{FORMAT}' format marker)")
     if state.get("version", 0) > VERSION:
-        raise SlimpError(f"{path}: checkpoint version {state['version']} is newer than this "
-                         f"slimp understands ({VERSION}); upgrade slimp")
+        raise SlimpError(
+            f"{path}: checkpoint version {state['version']} is newer than this "
+            f"slimp understands ({VERSION}); upgrade slimp"
+        )
     return state
 
 
@@ -135,8 +155,10 @@ def resolve_checkpoint(checkpoint_or_rundir: str | Path) -> tuple[Path, Path]:
     if path.is_dir():
         ckpt = path / LAST
         if not ckpt.is_file():
-            raise SlimpError(f"{path}: no {LAST} in this folder; give a slimp run dir "
-                             "(the --out of pretrain/adapt) or a checkpoint file")
+            raise SlimpError(
+                f"{path}: no {LAST} in this folder; give a slimp run dir "
+                "(the --out of pretrain/adapt) or a checkpoint file"
+            )
         return ckpt, path
     if path.is_file():
         return path, path.parent
@@ -194,15 +216,24 @@ def load_run(checkpoint_or_rundir: str | Path, *, device: str | torch.device = "
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise SlimpError(f"{ckpt_path}: weights do not match the model described by its "
-                         f"config ({first}); was the checkpoint moved from another run?") from None
+        raise SlimpError(
+            f"{ckpt_path}: weights do not match the model described by its "
+            f"config ({first}); was the checkpoint moved from another run?"
+        ) from None
     if config.get("preprocess"):
         # What the model was trained with wins over what its architecture would suggest now.
         model.preprocess = Preprocess.from_dict(config["preprocess"])
     model.to(torch.device(device) if isinstance(device, str) else device)
     model.eval()
-    return Run(model=model, config=config, schema=schema, checkpoint=ckpt_path,
-               sha256=sha256_file(ckpt_path), preprocess=model.preprocess, run_dir=run_dir)
+    return Run(
+        model=model,
+        config=config,
+        schema=schema,
+        checkpoint=ckpt_path,
+        sha256=sha256_file(ckpt_path),
+        preprocess=model.preprocess,
+        run_dir=run_dir,
+    )
 
 
 def schema_differences(expected: ResolvedSchema, actual: ResolvedSchema) -> list[str]:
@@ -226,8 +257,14 @@ def schema_differences(expected: ResolvedSchema, actual: ResolvedSchema) -> list
     return diffs
 
 
-def check_schema_compatible(model_schema: ResolvedSchema | None, data_schema: ResolvedSchema,
-                            *, model_where: str, data_where: str, exact: bool = False) -> None:
+def check_schema_compatible(
+    model_schema: ResolvedSchema | None,
+    data_schema: ResolvedSchema,
+    *,
+    model_where: str,
+    data_where: str,
+    exact: bool = False,
+) -> None:
     """SlimpError when data cannot be encoded for a model built on `model_schema`.
 
     Columns (names, types, order) must match. With `exact` (resume) vocabularies and
@@ -241,11 +278,13 @@ def check_schema_compatible(model_schema: ResolvedSchema | None, data_schema: Re
         raise SlimpError(
             f"{data_where} does not have the columns the model of {model_where} was built for "
             f"({'; '.join(diffs)}); use `slimp adapt` to continue pre-training on data with "
-            "other columns, or `slimp embed --image-only`")
+            "other columns, or `slimp embed --image-only`"
+        )
     if exact and model_schema.fingerprint() != data_schema.fingerprint():
         raise SlimpError(
             f"{data_where}: its schema.json (vocabularies or statistics) differs from the one "
-            f"{model_where} was trained on; resume on the same data, or start a new run")
+            f"{model_where} was trained on; resume on the same data, or start a new run"
+        )
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
@@ -100,7 +101,7 @@ class TabularBatch(NamedTuple):
     numerical: torch.Tensor
     numerical_mask: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "TabularBatch":
+    def to(self, device: torch.device | str) -> TabularBatch:
         return TabularBatch(*(t.to(device, non_blocking=True) for t in self))
 
     def __len__(self) -> int:  # rows, not fields
@@ -160,7 +161,7 @@ class ResolvedSchema:
     data: dict
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ResolvedSchema":
+    def from_dict(cls, d: dict) -> ResolvedSchema:
         for key in ("patient_features", "lesion_features"):
             if key not in d:
                 raise SlimpError(f"resolved schema lacks '{key}' (was it written by slimp ingest?)")
@@ -168,7 +169,7 @@ class ResolvedSchema:
         return cls(data=d)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ResolvedSchema":
+    def load(cls, path: str | Path) -> ResolvedSchema:
         path = Path(path)
         if not path.is_file():
             raise SlimpError(f"{path}: schema.json not found (run slimp ingest first)")

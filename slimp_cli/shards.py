@@ -8,17 +8,16 @@ members `<key>.patient.json`, `<key>.lesions.json`, `<key>.0000.jpg`, ... Plain
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import hashlib
 import io
 import json
 import os
 import re
 import tarfile
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from .errors import SlimpError
 from .paths import read_json
@@ -63,9 +62,14 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def sample_members(key: str, patient: dict, lesions: list[dict], images: list[bytes]) -> list[tuple[str, bytes]]:
+def sample_members(
+    key: str, patient: dict, lesions: list[dict], images: list[bytes]
+) -> list[tuple[str, bytes]]:
     """The (member name, bytes) of one patient sample, in their fixed order."""
-    members = [(f"{key}.patient.json", _json_bytes(patient)), (f"{key}.lesions.json", _json_bytes(lesions))]
+    members = [
+        (f"{key}.patient.json", _json_bytes(patient)),
+        (f"{key}.lesions.json", _json_bytes(lesions)),
+    ]
     members += [(f"{key}.{lesion['image']}", data) for lesion, data in zip(lesions, images)]
     return members
 
@@ -93,7 +97,9 @@ class ShardWriter:
     written so far (used for --strict failures and interrupts).
     """
 
-    def __init__(self, out_dir: Path, *, max_bytes: int = 10**9, max_patients: int | None = None) -> None:
+    def __init__(
+        self, out_dir: Path, *, max_bytes: int = 10**9, max_patients: int | None = None
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.max_bytes = max_bytes
         self.max_patients = max_patients
@@ -116,8 +122,13 @@ class ShardWriter:
         self._tar.close()
         name = SHARD_PATTERN.format(len(self.done))
         digest = hashlib.sha256(self._tmp.read_bytes()).hexdigest()
-        info = ShardInfo(name=name, sha256=digest, bytes=self._tmp.stat().st_size,
-                         patients=self._patients, images=self._images)
+        info = ShardInfo(
+            name=name,
+            sha256=digest,
+            bytes=self._tmp.stat().st_size,
+            patients=self._patients,
+            images=self._images,
+        )
         self.done.append((self._tmp, info))
         self._tar = None
 
@@ -221,7 +232,7 @@ class ShardIndex:
         self._cache: OrderedDict[int, PatientRecord] = OrderedDict()
 
     @classmethod
-    def open(cls, data_dir: str | Path) -> "ShardIndex":
+    def open(cls, data_dir: str | Path) -> ShardIndex:
         """Index `data_dir` (shards + schema.json + complete manifest.json)."""
         from .schema import ResolvedSchema
 
@@ -230,12 +241,16 @@ class ShardIndex:
             raise SlimpError(f"{data_dir}: no such folder (run slimp ingest first)")
         manifest_path = data_dir / "manifest.json"
         if not manifest_path.is_file():
-            raise SlimpError(f"{data_dir}: no manifest.json (not an ingested folder, or an interrupted ingest)")
+            raise SlimpError(
+                f"{data_dir}: no manifest.json (not an ingested folder, or an interrupted ingest)"
+            )
         manifest = read_json(manifest_path)
         if manifest.get("complete") is not True:
             raise SlimpError(f"{manifest_path}: ingest did not complete; run slimp ingest again")
         schema = ResolvedSchema.load(data_dir / "schema.json")
-        names = [s["name"] for s in manifest.get("shards", [])] or sorted(p.name for p in data_dir.glob(SHARD_GLOB))
+        names = [s["name"] for s in manifest.get("shards", [])] or sorted(
+            p.name for p in data_dir.glob(SHARD_GLOB)
+        )
         if not names:
             raise SlimpError(f"{data_dir}: no shards (shard-*.tar)")
         entries: list[_Entry] = []
@@ -275,9 +290,15 @@ class ShardIndex:
         except KeyError as exc:
             raise SlimpError(f"{entry.shard}: sample '{entry.key}' lacks {exc.args[0]}") from None
         return PatientRecord(
-            patient_id=patient.get("patient_id", entry.key), key=entry.key, fields=patient.get("fields", {}),
-            derived=patient.get("derived", {}), lesions=lesions, shard=entry.shard,
-            _images={k: v for k, v in entry.members.items() if k not in ("patient.json", "lesions.json")},
+            patient_id=patient.get("patient_id", entry.key),
+            key=entry.key,
+            fields=patient.get("fields", {}),
+            derived=patient.get("derived", {}),
+            lesions=lesions,
+            shard=entry.shard,
+            _images={
+                k: v for k, v in entry.members.items() if k not in ("patient.json", "lesions.json")
+            },
         )
 
     def __iter__(self) -> Iterator[PatientRecord]:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -73,10 +73,14 @@ class FeatureStoreWriter:
     ) -> None:
         unknown = set(dims) - set(LEVELS)
         if unknown:
-            raise SlimpError(f"feature store: unknown feature level(s) {sorted(unknown)}; use {LEVELS}")
+            raise SlimpError(
+                f"feature store: unknown feature level(s) {sorted(unknown)}; use {LEVELS}"
+            )
         bad_raw = set(raw_columns or {}) - set(RAW_LEVELS)
         if bad_raw:
-            raise SlimpError(f"feature store: unknown raw level(s) {sorted(bad_raw)}; use {RAW_LEVELS}")
+            raise SlimpError(
+                f"feature store: unknown raw level(s) {sorted(bad_raw)}; use {RAW_LEVELS}"
+            )
         self.path = Path(path)
         self.tmp = tmp_name(self.path)
         self.n = n
@@ -100,8 +104,14 @@ class FeatureStoreWriter:
             shape = (n0,) if width is None else (n0, width)
             maxshape = (None,) if width is None else (None, width)
             # ~1 MiB chunks: they fit h5py's default chunk cache, so small appends stay cheap
-            chunks = (chunk,) if width is None else (max(1, min(chunk, (1 << 18) // max(1, width))), width)
-            return f.create_dataset(name, shape=shape, maxshape=maxshape, dtype=dtype, chunks=chunks)
+            chunks = (
+                (chunk,)
+                if width is None
+                else (max(1, min(chunk, (1 << 18) // max(1, width))), width)
+            )
+            return f.create_dataset(
+                name, shape=shape, maxshape=maxshape, dtype=dtype, chunks=chunks
+            )
 
         make("lesion_id", _STR)
         make("patient_id", _STR)
@@ -113,7 +123,9 @@ class FeatureStoreWriter:
         for level, (columns, sources) in (raw_columns or {}).items():
             columns, sources = list(columns), list(sources)
             if len(columns) != len(sources):
-                raise SlimpError(f"feature store: raw/{level} has {len(columns)} columns but {len(sources)} source columns")
+                raise SlimpError(
+                    f"feature store: raw/{level} has {len(columns)} columns but {len(sources)} source columns"
+                )
             ds = make(f"raw/{level}", np.float32, len(columns))
             ds.attrs["columns"] = json.dumps(columns)
             ds.attrs["source_columns"] = json.dumps(sources)
@@ -135,19 +147,33 @@ class FeatureStoreWriter:
         """
         b = len(lesion_id)
         # a raw level with no columns is never declared; tolerate callers that still pass it
-        raw = {k: v for k, v in (raw or {}).items() if k in self.raw_levels or np.shape(v)[1:] != (0,)}
+        raw = {
+            k: v for k, v in (raw or {}).items() if k in self.raw_levels or np.shape(v)[1:] != (0,)
+        }
         if set(features) != set(self.dims):
-            raise SlimpError(f"feature store: append got features {sorted(features)}, expected {sorted(self.dims)}")
+            raise SlimpError(
+                f"feature store: append got features {sorted(features)}, expected {sorted(self.dims)}"
+            )
         if set(raw) != set(self.raw_levels):
-            raise SlimpError(f"feature store: append got raw {sorted(raw)}, expected {sorted(self.raw_levels)}")
-        columns = {"lesion_id": np.asarray(lesion_id, dtype=object), "patient_id": np.asarray(patient_id, dtype=object),
-                   "label": np.asarray(label, dtype=np.int64), "malignant": np.asarray(malignant, dtype=np.int8)}
-        columns.update({f"features/{k}": np.asarray(v, dtype=np.float32) for k, v in features.items()})
+            raise SlimpError(
+                f"feature store: append got raw {sorted(raw)}, expected {sorted(self.raw_levels)}"
+            )
+        columns = {
+            "lesion_id": np.asarray(lesion_id, dtype=object),
+            "patient_id": np.asarray(patient_id, dtype=object),
+            "label": np.asarray(label, dtype=np.int64),
+            "malignant": np.asarray(malignant, dtype=np.int8),
+        }
+        columns.update(
+            {f"features/{k}": np.asarray(v, dtype=np.float32) for k, v in features.items()}
+        )
         columns.update({f"raw/{k}": np.asarray(v, dtype=np.float32) for k, v in raw.items()})
         for name, arr in columns.items():
             width = self.f[name].shape[1:]
             if arr.shape != (b, *width):
-                raise SlimpError(f"feature store: {name} chunk has shape {arr.shape}, expected {(b, *width)}")
+                raise SlimpError(
+                    f"feature store: {name} chunk has shape {arr.shape}, expected {(b, *width)}"
+                )
         end = self.rows + b
         if self.n is not None and end > self.n:
             raise SlimpError(f"feature store: appending {b} rows exceeds the declared n={self.n}")
@@ -155,14 +181,20 @@ class FeatureStoreWriter:
             ds = self.f[name]
             if ds.shape[0] < end:  # only when n is unknown: grow geometrically
                 ds.resize(max(end, 2 * ds.shape[0]), axis=0)
-            ds[self.rows:end] = arr
+            ds[self.rows : end] = arr
         self.rows = end
 
     def set_phenotype(self, weight: np.ndarray, bias: np.ndarray) -> None:
         """Store the phenotype layer z = weight @ concat(w, h) + bias. Shape: weight [D, 2D], bias [D]."""
         weight, bias = np.asarray(weight, np.float32), np.asarray(bias, np.float32)
-        if weight.ndim != 2 or weight.shape[1] != 2 * weight.shape[0] or bias.shape != (weight.shape[0],):
-            raise SlimpError(f"feature store: phenotype weight {weight.shape} / bias {bias.shape} are not [D, 2D] / [D]")
+        if (
+            weight.ndim != 2
+            or weight.shape[1] != 2 * weight.shape[0]
+            or bias.shape != (weight.shape[0],)
+        ):
+            raise SlimpError(
+                f"feature store: phenotype weight {weight.shape} / bias {bias.shape} are not [D, 2D] / [D]"
+            )
         for name, arr in (("model/phenotype_weight", weight), ("model/phenotype_bias", bias)):
             if name in self.f:
                 del self.f[name]
@@ -174,7 +206,9 @@ class FeatureStoreWriter:
             return self.path
         if self.n is not None and self.rows != self.n:
             self.abort()
-            raise SlimpError(f"{self.path}: wrote {self.rows} rows but n={self.n} was declared; store not written")
+            raise SlimpError(
+                f"{self.path}: wrote {self.rows} rows but n={self.n} was declared; store not written"
+            )
         if self.n is None:
             for name in _row_datasets(self.f):
                 self.f[name].resize(self.rows, axis=0)
@@ -195,7 +229,7 @@ class FeatureStoreWriter:
             if self.tmp.exists():
                 self.tmp.unlink()
 
-    def __enter__(self) -> "FeatureStoreWriter":
+    def __enter__(self) -> FeatureStoreWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -221,13 +255,15 @@ class FeatureStore:
         self.path = path
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "FeatureStore":
+    def open(cls, path: str | os.PathLike) -> FeatureStore:
         """Open and validate. Raises SlimpError: missing, not HDF5, not a slimp store, incomplete."""
         path = Path(path)
         if not path.is_file():
             raise SlimpError(f"{path}: feature store not found")
         if not h5py.is_hdf5(path):
-            raise SlimpError(f"{path}: not an HDF5 file (expected a feature store from slimp embed)")
+            raise SlimpError(
+                f"{path}: not an HDF5 file (expected a feature store from slimp embed)"
+            )
         try:
             f = h5py.File(path, "r")
         except OSError as e:
@@ -239,7 +275,9 @@ class FeatureStore:
         version = int(f.attrs.get("version", -1))
         if version > VERSION:
             f.close()
-            raise SlimpError(f"{path}: feature store version {version} is newer than this slimp ({VERSION})")
+            raise SlimpError(
+                f"{path}: feature store version {version} is newer than this slimp ({VERSION})"
+            )
         if not bool(f.attrs.get("complete", False)):
             f.close()
             raise SlimpError(f"{path} is incomplete (interrupted embed?); re-run slimp embed")
@@ -248,7 +286,7 @@ class FeatureStore:
     def close(self) -> None:
         self.f.close()
 
-    def __enter__(self) -> "FeatureStore":
+    def __enter__(self) -> FeatureStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -316,8 +354,9 @@ class FeatureStore:
             "path": str(self.path),
             "lesions": int(self.n),
             "features": {k: int(v) for k, v in self.dims.items()},
-            "raw": {k: int(self.f[f"raw/{k}"].shape[1]) for k in RAW_LEVELS
-                    if f"raw/{k}" in self.f},
+            "raw": {
+                k: int(self.f[f"raw/{k}"].shape[1]) for k in RAW_LEVELS if f"raw/{k}" in self.f
+            },
             "config": self.config,
         }
 
@@ -354,15 +393,21 @@ class FeatureStore:
     @property
     def pseudo_strategies(self) -> list[str]:
         # ".tmp-*" groups are interrupted extrapolate runs, not results
-        return sorted(k for k in self.f["pseudo"].keys() if not k.startswith(".")) if "pseudo" in self.f else []
+        return (
+            sorted(k for k in self.f["pseudo"].keys() if not k.startswith("."))
+            if "pseudo" in self.f
+            else []
+        )
 
     def pseudo(self, strategy: str) -> dict[str, np.ndarray]:
         """Arrays of pseudo/<strategy> (lesion [N, D], patient [N, D] if any, indices, similarity)."""
         name = f"pseudo/{strategy}"
         if strategy.startswith(".") or name not in self.f:
             have = ", ".join(self.pseudo_strategies) or "none"
-            raise SlimpError(f"{self.path} has no pseudo/{strategy} features (it has: {have}); "
-                             f"run slimp extrapolate REFERENCE {self.path} --strategy {strategy}")
+            raise SlimpError(
+                f"{self.path} has no pseudo/{strategy} features (it has: {have}); "
+                f"run slimp extrapolate REFERENCE {self.path} --strategy {strategy}"
+            )
         g = self.f[name]
         return {k: g[k][()] for k in g.keys()}
 
@@ -384,11 +429,19 @@ class PseudoWriter:
 
     INDEX_NAMES = ("lesion_index", "patient_index")
 
-    def __init__(self, path: str | os.PathLike, strategy: str, *, n: int,
-                 widths: Mapping[str, int | None], attrs: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        strategy: str,
+        *,
+        n: int,
+        widths: Mapping[str, int | None],
+        attrs: Mapping[str, str],
+    ) -> None:
         if strategy not in PSEUDO_STRATEGIES:
-            raise SlimpError(f"unknown strategy {strategy!r}; choose one of "
-                             f"{', '.join(PSEUDO_STRATEGIES)}")
+            raise SlimpError(
+                f"unknown strategy {strategy!r}; choose one of {', '.join(PSEUDO_STRATEGIES)}"
+            )
         FeatureStore.open(path).close()  # a complete store, or a one-line error
         self.path = Path(path)
         self.tmp = tmp_name(self.path)

@@ -45,9 +45,12 @@ class Preprocess:
         return {"img_size": self.img_size, "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
-        return cls(img_size=int(d["img_size"]), mean=tuple(float(v) for v in d["mean"]),
-                   std=tuple(float(v) for v in d["std"]))
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        return cls(
+            img_size=int(d["img_size"]),
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+        )
 
     def normalize(self, arr: torch.Tensor) -> torch.Tensor:
         """uint8 [..., 3, H, W] -> float32 normalised with this model's mean/std."""
@@ -122,14 +125,17 @@ def augment_uint8(img: Image.Image, img_size: int, rng: np.random.Generator) -> 
 
     w, h = img.size
     top, left, ch, cw = crop_params(w, h, rng)
-    arr = TF.resized_crop(pil_to_uint8(img), top, left, ch, cw, [img_size, img_size],
-                          antialias=True)
+    arr = TF.resized_crop(
+        pil_to_uint8(img), top, left, ch, cw, [img_size, img_size], antialias=True
+    )
     if rng.random() < 0.5:
         arr = TF.horizontal_flip(arr)
     if rng.random() < 0.5:
         arr = TF.vertical_flip(arr)
-    b, c, s = (float(rng.uniform(1 - JITTER[k], 1 + JITTER[k]))
-               for k in ("brightness", "contrast", "saturation"))
+    b, c, s = (
+        float(rng.uniform(1 - JITTER[k], 1 + JITTER[k]))
+        for k in ("brightness", "contrast", "saturation")
+    )
     hue = float(rng.uniform(-JITTER["hue"], JITTER["hue"]))
     arr = TF.adjust_brightness(arr, b)
     arr = TF.adjust_contrast(arr, c)

@@ -116,16 +116,26 @@ def _write_store(
     classes = classes or [f"c{i}" for i in range(int(np.max(label)) + 1)]
     raw = raw or {}
     with FeatureStoreWriter(
-        path, n=n, dims={k: v.shape[1] for k, v in features.items()}, config=config or {"model": "test"},
-        schema={"name": "synthetic"}, classes=classes, variant="nested",
-        raw_columns={k: (v[1], v[2]) for k, v in raw.items()}, chunk_rows=16,
+        path,
+        n=n,
+        dims={k: v.shape[1] for k, v in features.items()},
+        config=config or {"model": "test"},
+        schema={"name": "synthetic"},
+        classes=classes,
+        variant="nested",
+        raw_columns={k: (v[1], v[2]) for k, v in raw.items()},
+        chunk_rows=16,
     ) as w:
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
-            w.append(lesion_id=[f"L{i}" for i in range(s, e)], patient_id=[str(p) for p in patient_id[s:e]],
-                     label=label[s:e], malignant=malignant[s:e],
-                     features={k: v[s:e] for k, v in features.items()},
-                     raw={k: v[0][s:e] for k, v in raw.items()})
+            w.append(
+                lesion_id=[f"L{i}" for i in range(s, e)],
+                patient_id=[str(p) for p in patient_id[s:e]],
+                label=label[s:e],
+                malignant=malignant[s:e],
+                features={k: v[s:e] for k, v in features.items()},
+                raw={k: v[0][s:e] for k, v in raw.items()},
+            )
         if phenotype is not None:
             w.set_phenotype(*phenotype)
     return path
@@ -170,3 +180,107 @@ def _run_cli(*args) -> CliResult:
 def run_cli():
     """`run_cli("probe", store, ...)` -> CliResult(exit_code, stdout, stderr) of `cli.main`."""
     return _run_cli
+
+
+# Tiny models for CPU tests: a 2-block ViT on 32 px images, TRACE d = 32.
+TINY_MODEL = dict(image_model="vit_test", img_size=32, tab_dim=32, embed_dim=32)
+
+
+def _tiny_train(steps: int = 6):
+    from slimp_cli.train import TrainConfig
+
+    return TrainConfig(
+        patients_per_batch=8,
+        lesions_per_patient=4,
+        epochs=1,
+        max_steps=steps,
+        lr=1e-3,
+        device="cpu",
+        workers=0,
+        seed=0,
+    )
+
+
+@pytest.fixture()
+def tiny_train():
+    """`tiny_train(steps)`: a TrainConfig for a few CPU steps of a tiny model."""
+    return _tiny_train
+
+
+@pytest.fixture(scope="session")
+def pad_run(tmp_path_factory, pad_shards) -> Path:
+    """A tiny nested model pre-trained for 6 steps on the PAD subset (a run dir)."""
+    from slimp_cli.model_config import ModelConfig
+    from slimp_cli.train import pretrain
+
+    out = tmp_path_factory.mktemp("pad_run") / "run"
+    return pretrain(
+        pad_shards, out, model=ModelConfig(variant="nested", **TINY_MODEL), train=_tiny_train()
+    )
+
+
+@pytest.fixture(scope="session")
+def pad_store(tmp_path_factory, pad_run, pad_shards) -> Path:
+    """`pad_run`'s feature store of the PAD subset."""
+    from slimp_cli.embed import embed
+
+    out = tmp_path_factory.mktemp("stores") / "pad.h5"
+    return embed(pad_run, pad_shards, out, batch_size=50)
+
+
+@pytest.fixture(scope="session")
+def trained_pad(pad_shards, tmp_path_factory):
+    """~100 steps of a tiny nested model on the PAD shards."""
+    import torch
+
+    from slimp_cli.train import pretrain_run
+
+    out = tmp_path_factory.mktemp("pad_run") / "run"
+    torch.set_num_threads(1)
+    # PAD-UFES-20 has 1.27 lesions per patient: most patients contribute an exactly-zero inner
+    # loss, so with lambda = 0.9 the total is dominated by how many multi-lesion patients a
+    # batch happens to hold. lambda = 0.5 lets the outer (patient) loss show in the total.
+    result = pretrain_run(
+        pad_shards,
+        out,
+        model=TINY_MODEL,
+        train=dict(
+            workers=0,
+            device="cpu",
+            log_every=1,
+            patients_per_batch=8,
+            lesions_per_patient=4,
+            epochs=2,
+            max_steps=100,
+            warmup_steps=5,
+            lr=1e-3,
+            lam=0.5,
+        ),
+    )
+    return result
+
+
+def slimp_executable() -> str:
+    """The installed `slimp` console script beside this Python (what a user runs)."""
+    exe = Path(sys.executable).with_name("slimp")
+    assert exe.exists(), f"{exe} not found: install the package (make install)"
+    return str(exe)
+
+
+def _run_slimp(*args, timeout: int = 600, env: dict | None = None):
+    """Run the installed `slimp` executable in a subprocess (exit code, stdout, stderr)."""
+    import subprocess
+
+    return subprocess.run(
+        [slimp_executable(), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.fixture()
+def run_slimp():
+    """`run_slimp(*args)` -> CompletedProcess of the installed `slimp` executable."""
+    return _run_slimp

@@ -24,9 +24,18 @@ from slimp_cli.train.data import PatientDataset, PatientItem, collate
 from slimp_cli.train.distributed import init_from_env, loss_kwargs, shutdown
 
 
-def fixed_batch_loss(data_dir: str, *, patients: int, lesions: int, seed: int = 0,
-                     image_model: str = "vit_test", img_size: int = 32, tab_dim: int = 32,
-                     temperature: float = 0.1, lam: float = 0.9) -> dict:
+def fixed_batch_loss(
+    data_dir: str,
+    *,
+    patients: int,
+    lesions: int,
+    seed: int = 0,
+    image_model: str = "vit_test",
+    img_size: int = 32,
+    tab_dim: int = 32,
+    temperature: float = 0.1,
+    lam: float = 0.9,
+) -> dict:
     """Loss and gradient norm of a fixed global batch (the first `patients` patients).
 
     Under torchrun each rank takes its slice of the global batch and the outer loss gathers
@@ -41,8 +50,13 @@ def fixed_batch_loss(data_dir: str, *, patients: int, lesions: int, seed: int = 
         raise SlimpError(f"{patients} patients do not split over {info.world_size} processes")
     per_rank = patients // info.world_size
     torch.manual_seed(seed)
-    cfg = ModelConfig(variant="nested", image_model=image_model, img_size=img_size,
-                      tab_dim=tab_dim, embed_dim=tab_dim)
+    cfg = ModelConfig(
+        variant="nested",
+        image_model=image_model,
+        img_size=img_size,
+        tab_dim=tab_dim,
+        embed_dim=tab_dim,
+    )
     model = build_model(cfg, schema)
     model.train()
     ds = PatientDataset(index, inputs=model.inputs, preprocess=model.preprocess)
@@ -52,8 +66,9 @@ def fixed_batch_loss(data_dir: str, *, patients: int, lesions: int, seed: int = 
         items.append(PatientItem(q, tuple(range(min(n, lesions))), (seed, 0, 0, q)))
     batch = collate([ds[it] for it in items])
     outputs = model(batch)
-    out = compute_loss("nested", outputs, temperature=temperature, lam=lam,
-                       **loss_kwargs(info, outputs))
+    out = compute_loss(
+        "nested", outputs, temperature=temperature, lam=lam, **loss_kwargs(info, outputs)
+    )
     out["loss"].backward()
     # Gradients as DDP would average them.
     grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -68,8 +83,13 @@ def fixed_batch_loss(data_dir: str, *, patients: int, lesions: int, seed: int = 
         values = {k: float(v) / info.world_size for k, v in zip(sorted(values), t)}
     flat = torch.cat([g.reshape(-1) for g in grads])
     shutdown()
-    return {"world_size": info.world_size, "rank": info.rank,
-            "grad_norm": float(flat.double().norm()), "grad": flat, **values}
+    return {
+        "world_size": info.world_size,
+        "rank": info.rank,
+        "grad_norm": float(flat.double().norm()),
+        "grad": flat,
+        **values,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,8 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lesions", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    result = fixed_batch_loss(args.data, patients=args.patients, lesions=args.lesions,
-                              seed=args.seed)
+    result = fixed_batch_loss(
+        args.data, patients=args.patients, lesions=args.lesions, seed=args.seed
+    )
     if result["rank"] == 0:
         torch.save(result.pop("grad"), args.out + ".grad.pt")
         with open(args.out, "w") as fh:

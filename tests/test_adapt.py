@@ -14,8 +14,15 @@ from slimp_cli.train.session import seed_everything
 
 TINY = dict(image_model="vit_test", img_size=32, tab_dim=32, embed_dim=32)
 FAST = dict(workers=0, device="cpu", log_every=1)
-ADAPT = dict(FAST, patients_per_batch=16, lesions_per_patient=2, epochs=1, max_steps=8,
-             warmup_steps=2, lr=1e-3)
+ADAPT = dict(
+    FAST,
+    patients_per_batch=16,
+    lesions_per_patient=2,
+    epochs=1,
+    max_steps=8,
+    warmup_steps=2,
+    lr=1e-3,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -25,18 +32,24 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def pad_checkpoint(pad_shards, tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("adapt_src") / "pad"
-    return pretrain(pad_shards, out, model=dict(TINY, tab_dropout=0.1), train=dict(
-        FAST, patients_per_batch=8, lesions_per_patient=4, max_steps=15, lr=1e-3))
+    return pretrain(
+        pad_shards,
+        out,
+        model=dict(TINY, tab_dropout=0.1),
+        train=dict(FAST, patients_per_batch=8, lesions_per_patient=4, max_steps=15, lr=1e-3),
+    )
 
 
-def test_adapt_to_derm7pt_freezes_all_but_the_embeddings(pad_checkpoint, derm7pt_shards,
-                                                         tmp_path, capsys):
+def test_adapt_to_derm7pt_freezes_all_but_the_embeddings(
+    pad_checkpoint, derm7pt_shards, tmp_path, capsys
+):
     from slimp_cli.shards import ShardIndex
 
     # The adapted model before training (the same seed draws the same new input layers).
     seed_everything(0)
-    initial, _ = prepare_model(pad_checkpoint, ShardIndex.open(derm7pt_shards).schema,
-                               tune="embeddings")
+    initial, _ = prepare_model(
+        pad_checkpoint, ShardIndex.open(derm7pt_shards).schema, tune="embeddings"
+    )
     before = {k: v.clone() for k, v in initial.state_dict().items()}
     result = adapt_run(pad_checkpoint, derm7pt_shards, tmp_path / "adapted", train=ADAPT)
     assert "no patient-level features" in capsys.readouterr().err
@@ -47,8 +60,12 @@ def test_adapt_to_derm7pt_freezes_all_but_the_embeddings(pad_checkpoint, derm7pt
     trainable = set(cfg["trainable"])
     assert any(n.startswith("image_encoder.patch_embed.") for n in trainable)
     assert any(n.startswith("lesion_encoder.inputs.") for n in trainable)
-    assert all(n.startswith(("image_encoder.patch_embed.", "lesion_encoder.inputs.",
-                             "lesion_encoder.cls_token")) for n in trainable)
+    assert all(
+        n.startswith(
+            ("image_encoder.patch_embed.", "lesion_encoder.inputs.", "lesion_encoder.cls_token")
+        )
+        for n in trainable
+    )
     assert not hasattr(result.model, "patient_encoder")  # nested -> flat
 
     _run = load_run(result.run_dir)  # rebuilt from config.json
@@ -73,8 +90,9 @@ def test_adapt_to_derm7pt_freezes_all_but_the_embeddings(pad_checkpoint, derm7pt
 def test_frozen_modules_run_in_eval_mode(pad_checkpoint, derm7pt_shards):
     from slimp_cli.shards import ShardIndex
 
-    model, _ = prepare_model(pad_checkpoint, ShardIndex.open(derm7pt_shards).schema,
-                             tune="embeddings")
+    model, _ = prepare_model(
+        pad_checkpoint, ShardIndex.open(derm7pt_shards).schema, tune="embeddings"
+    )
     set_train_mode(model)
     assert model.image_encoder.patch_embed.training
     assert not model.image_encoder.blocks[0].training
@@ -83,15 +101,20 @@ def test_frozen_modules_run_in_eval_mode(pad_checkpoint, derm7pt_shards):
 
 
 def test_adapt_tune_all_and_pad_to_pad(pad_checkpoint, pad_shards, derm7pt_shards, tmp_path):
-    run = adapt(pad_checkpoint, derm7pt_shards, tmp_path / "all", tune="all",
-                train=dict(ADAPT, max_steps=2))
+    run = adapt(
+        pad_checkpoint, derm7pt_shards, tmp_path / "all", tune="all", train=dict(ADAPT, max_steps=2)
+    )
     cfg = read_config(run)
     _run = load_run(run)
     model, _, _ = _run.model, _run.config, _run.schema
     assert cfg["tune"] == "all" and len(cfg["trainable"]) == len(list(model.parameters()))
     # nested -> nested when the target has patient features; paper default B = 64
-    run = adapt(pad_checkpoint / "checkpoint-last.pt", pad_shards, tmp_path / "nested",
-                train=dict(FAST, lesions_per_patient=2, max_steps=2))
+    run = adapt(
+        pad_checkpoint / "checkpoint-last.pt",
+        pad_shards,
+        tmp_path / "nested",
+        train=dict(FAST, lesions_per_patient=2, max_steps=2),
+    )
     cfg = read_config(run)
     assert cfg["variant"] == "nested" and cfg["train"]["patients_per_batch"] == 64
     assert any(n.startswith("patient_encoder.inputs.") for n in cfg["trainable"])

@@ -9,7 +9,6 @@ import torch
 from slimp_cli.errors import SlimpError
 from slimp_cli.models import MetadataInputs
 from slimp_cli.schema import TabularBatch
-from slimp_cli.transforms import Preprocess
 from slimp_cli.train.data import (
     PatientBatchSampler,
     PatientDataset,
@@ -19,6 +18,7 @@ from slimp_cli.train.data import (
     make_loader,
     patient_infos,
 )
+from slimp_cli.transforms import Preprocess
 
 
 def _infos(n=23, seed=0):
@@ -69,8 +69,10 @@ def test_positive_sampling_keeps_malignant_lesions():
     many = PatientInfo(10, tuple(range(8)))
     assert set(choose_lesions(many, 4, True, np.random.default_rng(0))) <= set(range(8))
     # without positive sampling the malignant ones are sometimes left out
-    missed = sum(not {3, 17, 41} <= set(choose_lesions(info, 5, False, np.random.default_rng(s)))
-                 for s in range(20))
+    missed = sum(
+        not {3, 17, 41} <= set(choose_lesions(info, 5, False, np.random.default_rng(s)))
+        for s in range(20)
+    )
     assert missed > 10
     # few lesions: all of them
     assert choose_lesions(PatientInfo(3, ()), 5, True, np.random.default_rng(0)) == (0, 1, 2)
@@ -79,8 +81,12 @@ def test_positive_sampling_keeps_malignant_lesions():
 def test_ranks_take_disjoint_slices_of_the_global_batch():
     infos = _infos(40)
     one = PatientBatchSampler(infos, patients_per_batch=8, lesions_per_patient=3, seed=3)
-    ranks = [PatientBatchSampler(infos, patients_per_batch=4, lesions_per_patient=3, seed=3,
-                                 rank=r, world_size=2) for r in range(2)]
+    ranks = [
+        PatientBatchSampler(
+            infos, patients_per_batch=4, lesions_per_patient=3, seed=3, rank=r, world_size=2
+        )
+        for r in range(2)
+    ]
     assert len(one) == len(ranks[0]) == len(ranks[1]) == 5
     for s, global_step in enumerate(one.plan(1)):
         parts = [rk.plan(1)[s] for rk in ranks]
@@ -90,7 +96,9 @@ def test_ranks_take_disjoint_slices_of_the_global_batch():
 
 
 def test_too_few_patients_is_a_clear_error():
-    with pytest.raises(SlimpError, match="data has 3 patients but --patients-per-batch is 4; lower it"):
+    with pytest.raises(
+        SlimpError, match="data has 3 patients but --patients-per-batch is 4; lower it"
+    ):
         PatientBatchSampler(_infos(3), patients_per_batch=4, lesions_per_patient=2)
     with pytest.raises(SlimpError, match="x 2 processes"):
         PatientBatchSampler(_infos(5), patients_per_batch=4, lesions_per_patient=2, world_size=2)
@@ -100,9 +108,13 @@ def test_too_few_patients_is_a_clear_error():
 
 def _dataset(index, variant, *, augment=False):
     """The dataset a `variant` model built on the index's schema reads."""
-    return PatientDataset(index, inputs=MetadataInputs.build(variant, index.schema),
-                          preprocess=Preprocess(img_size=32), classes=index.schema.classes,
-                          augment=augment)
+    return PatientDataset(
+        index,
+        inputs=MetadataInputs.build(variant, index.schema),
+        preprocess=Preprocess(img_size=32),
+        classes=index.schema.classes,
+        augment=augment,
+    )
 
 
 def test_dataset_and_collate_on_pad(pad_shards):
@@ -118,8 +130,9 @@ def test_dataset_and_collate_on_pad(pad_shards):
         batch = collate([ds[it] for it in step])
         n = sum(len(it.lesions) for it in step)
         assert batch["images"].shape == (n, 3, 32, 32)
-        assert batch["patient_index"].tolist() == [q for q, it in enumerate(step)
-                                                    for _ in it.lesions]
+        assert batch["patient_index"].tolist() == [
+            q for q, it in enumerate(step) for _ in it.lesions
+        ]
         assert batch["malignant"].shape == batch["label"].shape == (n,)
         assert set(batch["malignant"].tolist()) <= {0, 1}
         if variant == "image":
@@ -148,8 +161,9 @@ def test_loader_with_workers_matches_main_process(pad_shards):
     ds = _dataset(index, "nested", augment=True)
 
     def batches(workers):
-        sampler = PatientBatchSampler(patient_infos(index), patients_per_batch=50,
-                                      lesions_per_patient=3, seed=5)
+        sampler = PatientBatchSampler(
+            patient_infos(index), patients_per_batch=50, lesions_per_patient=3, seed=5
+        )
         sampler.set_epoch(1, start_step=5)
         loader = make_loader(ds, sampler, workers=workers, prefetch=2, pin_memory=False)
         return [b["images"] for b in loader]

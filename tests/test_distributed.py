@@ -15,8 +15,9 @@ from slimp_cli.runs import load_run, read_config, read_metrics
 
 DDP_CHECK = str(Path(__file__).with_name("ddp_check.py"))
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
-                                reason="torch.distributed not available")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="torch.distributed not available"
+)
 
 
 def _env():
@@ -27,8 +28,14 @@ def _env():
 
 
 def _torchrun(nproc: int, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -37,9 +44,13 @@ def _torchrun(nproc: int, *args: str, timeout: int = 240) -> subprocess.Complete
 def test_two_process_loss_and_gradient_match_one_process(synth_shards, tmp_path):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     args = ["--patients", "8", "--lesions", "4"]
-    proc = subprocess.run([sys.executable, DDP_CHECK, str(synth_shards),
-                           str(one), *args], capture_output=True, text=True, env=_env(),
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, DDP_CHECK, str(synth_shards), str(one), *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _torchrun(2, DDP_CHECK, str(synth_shards), str(two), *args)
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
@@ -55,11 +66,36 @@ def test_two_process_loss_and_gradient_match_one_process(synth_shards, tmp_path)
 
 def test_torchrun_pretrain_completes(synth_shards, tmp_path):
     out = tmp_path / "run"
-    _torchrun(2, "-m", "slimp_cli.cli", "pretrain", str(synth_shards), "--out", str(out),
-              "--image-model", "vit_test", "--img-size", "32", "--tab-dim", "32",
-              "--patients-per-batch", "4", "--lesions-per-patient", "4", "--epochs", "2",
-              "--workers", "0", "--device", "cpu", "--log-every", "1", "--no-progress",
-              "--lr", "1e-3")
+    _torchrun(
+        2,
+        "-m",
+        "slimp_cli.cli",
+        "pretrain",
+        str(synth_shards),
+        "--out",
+        str(out),
+        "--image-model",
+        "vit_test",
+        "--img-size",
+        "32",
+        "--tab-dim",
+        "32",
+        "--patients-per-batch",
+        "4",
+        "--lesions-per-patient",
+        "4",
+        "--epochs",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--log-every",
+        "1",
+        "--no-progress",
+        "--lr",
+        "1e-3",
+    )
     metrics = read_metrics(out)
     # 60 patients / (4 patients x 2 ranks) = 7 steps per epoch
     assert [m["step"] for m in metrics] == list(range(1, 15))
@@ -68,5 +104,8 @@ def test_torchrun_pretrain_completes(synth_shards, tmp_path):
     _run = load_run(out)
     model, _, _ = _run.model, _run.config, _run.schema
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-last.pt", "config.json",
-                                                     "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint-last.pt",
+        "config.json",
+        "metrics.jsonl",
+    ]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-
 import h5py
 import numpy as np
 import pytest
-
 
 from slimp_cli.errors import SlimpError
 from slimp_cli.eval.extrapolate import extrapolate
@@ -25,16 +23,33 @@ def stores(write_store, tmp_path):
     rng = np.random.default_rng(0)
     n_ref, n_tgt = 250, 120
     pid = np.sort(rng.integers(0, 60, n_ref))
-    ref = {"image": rng.normal(size=(n_ref, D)), "lesion": rng.normal(size=(n_ref, D)),
-           "patient": rng.normal(size=(60, D))[pid]}
+    ref = {
+        "image": rng.normal(size=(n_ref, D)),
+        "lesion": rng.normal(size=(n_ref, D)),
+        "patient": rng.normal(size=(60, D))[pid],
+    }
     ref = {k: v.astype(np.float32) for k, v in ref.items()}
-    weight, bias = rng.normal(size=(D, 2 * D)).astype(np.float32), rng.normal(size=D).astype(np.float32)
-    ref_path = write_store(tmp_path / "ref.h5", features=ref, patient_id=pid, label=rng.integers(0, 2, n_ref),
-                           phenotype=(weight, bias), config={"checkpoint_sha256": "abc"})
+    weight, bias = (
+        rng.normal(size=(D, 2 * D)).astype(np.float32),
+        rng.normal(size=D).astype(np.float32),
+    )
+    ref_path = write_store(
+        tmp_path / "ref.h5",
+        features=ref,
+        patient_id=pid,
+        label=rng.integers(0, 2, n_ref),
+        phenotype=(weight, bias),
+        config={"checkpoint_sha256": "abc"},
+    )
     tgt_image = rng.normal(size=(n_tgt, D)).astype(np.float32)
     label = (tgt_image[:, 0] > 0).astype(int)
-    tgt_path = write_store(tmp_path / "tgt.h5", features={"image": tgt_image}, patient_id=np.arange(n_tgt),
-                           label=label, config={"checkpoint_sha256": "abc"})
+    tgt_path = write_store(
+        tmp_path / "tgt.h5",
+        features={"image": tgt_image},
+        patient_id=np.arange(n_tgt),
+        label=label,
+        config={"checkpoint_sha256": "abc"},
+    )
     return ref_path, tgt_path, ref, pid, (weight, bias), tgt_image
 
 
@@ -83,13 +98,25 @@ def test_rerun_replaces_and_no_temp_left(stores):
 
 def test_flat_reference_omits_patient(write_store, tmp_path):
     rng = np.random.default_rng(1)
-    ref = write_store(tmp_path / "flat.h5", features={"image": rng.normal(size=(50, D)).astype(np.float32),
-                                                       "lesion": rng.normal(size=(50, D)).astype(np.float32)},
-                      patient_id=np.arange(50), label=np.arange(50) % 2)
-    tgt = write_store(tmp_path / "t.h5", features={"image": rng.normal(size=(30, D)).astype(np.float32)},
-                      patient_id=np.arange(30), label=np.arange(30) % 2)
+    ref = write_store(
+        tmp_path / "flat.h5",
+        features={
+            "image": rng.normal(size=(50, D)).astype(np.float32),
+            "lesion": rng.normal(size=(50, D)).astype(np.float32),
+        },
+        patient_id=np.arange(50),
+        label=np.arange(50) % 2,
+    )
+    tgt = write_store(
+        tmp_path / "t.h5",
+        features={"image": rng.normal(size=(30, D)).astype(np.float32)},
+        patient_id=np.arange(30),
+        label=np.arange(30) % 2,
+    )
     summary = extrapolate(ref, tgt, strategy="ilp", device="cpu")
-    assert summary["levels"] == ["lesion"] and any("no patient features" in w for w in summary["warnings"])
+    assert summary["levels"] == ["lesion"] and any(
+        "no patient features" in w for w in summary["warnings"]
+    )
     with FeatureStore.open(tgt) as st:
         assert set(st.pseudo("ilp")) == {"lesion", "lesion_index", "similarity"}
     report = run_probe(tgt, pseudo="ilp", seeds=[0], methods=["knn"], k=3, device="cpu")
@@ -102,23 +129,45 @@ def test_bad_inputs(write_store, stores, tmp_path):
     ref_path, tgt_path, ref, pid, _, _ = stores
     with pytest.raises(SlimpError, match="same store"):
         extrapolate(tgt_path, tgt_path)
-    img_only = write_store(tmp_path / "io.h5", features={"image": ref["image"]}, patient_id=pid,
-                           label=np.arange(len(pid)) % 2)
+    img_only = write_store(
+        tmp_path / "io.h5",
+        features={"image": ref["image"]},
+        patient_id=pid,
+        label=np.arange(len(pid)) % 2,
+    )
     with pytest.raises(SlimpError, match="needs reference lesion"):
         extrapolate(img_only, tgt_path, strategy="il")
-    no_pheno = write_store(tmp_path / "np.h5", features=ref, patient_id=pid, label=np.arange(len(pid)) % 2)
+    no_pheno = write_store(
+        tmp_path / "np.h5", features=ref, patient_id=pid, label=np.arange(len(pid)) % 2
+    )
     with pytest.raises(SlimpError, match="phenotype"):
         extrapolate(no_pheno, tgt_path, strategy="ilp")
     extrapolate(no_pheno, tgt_path, strategy="il", device="cpu")  # il needs no phenotype layer
     with pytest.raises(SlimpError, match="has no features/image"):
-        extrapolate(ref_path, write_store(tmp_path / "lo.h5", features={"lesion": ref["lesion"]},
-                                          patient_id=pid, label=np.arange(len(pid)) % 2))
-    small = write_store(tmp_path / "d.h5", features={"image": np.ones((5, D + 1), np.float32)},
-                        patient_id=np.arange(5), label=np.arange(5) % 2)
+        extrapolate(
+            ref_path,
+            write_store(
+                tmp_path / "lo.h5",
+                features={"lesion": ref["lesion"]},
+                patient_id=pid,
+                label=np.arange(len(pid)) % 2,
+            ),
+        )
+    small = write_store(
+        tmp_path / "d.h5",
+        features={"image": np.ones((5, D + 1), np.float32)},
+        patient_id=np.arange(5),
+        label=np.arange(5) % 2,
+    )
     with pytest.raises(SlimpError, match="dimension"):
         extrapolate(ref_path, small)
-    other = write_store(tmp_path / "o.h5", features={"image": np.ones((5, D), np.float32)},
-                        patient_id=np.arange(5), label=np.arange(5) % 2, config={"checkpoint_sha256": "zzz"})
+    other = write_store(
+        tmp_path / "o.h5",
+        features={"image": np.ones((5, D), np.float32)},
+        patient_id=np.arange(5),
+        label=np.arange(5) % 2,
+        config={"checkpoint_sha256": "zzz"},
+    )
     with pytest.raises(SlimpError, match="different checkpoint"):
         extrapolate(ref_path, other)
     with pytest.raises(SlimpError, match="--strategy"):

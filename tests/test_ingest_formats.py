@@ -16,8 +16,17 @@ from slimp_cli.errors import SlimpError
 from slimp_cli.ingest import ingest
 from slimp_cli.shards import ShardIndex
 
-SLICE_LEAKS = ["iddx_full", "iddx_1", "iddx_2", "iddx_3", "iddx_4", "iddx_5", "mel_thick_mm",
-               "mel_mitotic_index", "tbp_lv_dnn_lesion_confidence"]
+SLICE_LEAKS = [
+    "iddx_full",
+    "iddx_1",
+    "iddx_2",
+    "iddx_3",
+    "iddx_4",
+    "iddx_5",
+    "mel_thick_mm",
+    "mel_mitotic_index",
+    "tbp_lv_dnn_lesion_confidence",
+]
 
 
 def image_bytes(i: int, *, size=(20, 14), fmt="JPEG") -> bytes:
@@ -60,8 +69,9 @@ def test_slice3d_real_sample(tmp_path, shared):
 @pytest.fixture()
 def slice3d_train(tmp_path, shared):
     """50 patients in the ISIC 2024 training layout: csv (leak columns included) + hdf5."""
-    sample = pd.read_csv(shared("formats", "isic2024_sample", "test-metadata.csv"), dtype=str,
-                         keep_default_na=False)
+    sample = pd.read_csv(
+        shared("formats", "isic2024_sample", "test-metadata.csv"), dtype=str, keep_default_na=False
+    )
     rng = np.random.default_rng(0)
     rows = []
     for p in range(50):
@@ -72,10 +82,19 @@ def slice3d_train(tmp_path, shared):
             row["age_approx"] = str(int(rng.integers(3, 17)) * 5)
             row["clin_size_long_diam_mm"] = f"{rng.uniform(1, 9):.2f}"
             target = int(rng.random() < 0.2)
-            row.update(target=str(target), lesion_id=f"IL_{p:05d}{k}" if target else "",
-                       iddx_full="Malignant::Melanoma" if target else "Benign", iddx_1="Malignant" if target else "Benign",
-                       iddx_2="", iddx_3="", iddx_4="", iddx_5="", mel_thick_mm="0.5" if target else "",
-                       mel_mitotic_index="", tbp_lv_dnn_lesion_confidence=f"{rng.uniform(0, 100):.1f}")
+            row.update(
+                target=str(target),
+                lesion_id=f"IL_{p:05d}{k}" if target else "",
+                iddx_full="Malignant::Melanoma" if target else "Benign",
+                iddx_1="Malignant" if target else "Benign",
+                iddx_2="",
+                iddx_3="",
+                iddx_4="",
+                iddx_5="",
+                mel_thick_mm="0.5" if target else "",
+                mel_mitotic_index="",
+                tbp_lv_dnn_lesion_confidence=f"{rng.uniform(0, 100):.1f}",
+            )
             rows.append(row)
     src = tmp_path / "isic2024"
     src.mkdir()
@@ -94,8 +113,10 @@ def test_slice3d_generated_training_layout(slice3d_train, tmp_path):
     assert counts["patients"] == 50
     assert counts["images"] == len(table)
     assert counts["malignant"] == (table["target"] == "1").sum()
-    assert counts["labels"] == {"benign": int((table["target"] == "0").sum()),
-                                "malignant": int((table["target"] == "1").sum())}
+    assert counts["labels"] == {
+        "benign": int((table["target"] == "0").sum()),
+        "malignant": int((table["target"] == "1").sum()),
+    }
     excluded = {e["name"] for e in result.schema["excluded"]}
     assert set(SLICE_LEAKS + ["target"]) <= excluded
     index = ShardIndex.open(tmp_path / "out")
@@ -103,7 +124,9 @@ def test_slice3d_generated_training_layout(slice3d_train, tmp_path):
     sizes = table.groupby("patient_id").size()
     record = index.patient(0)
     assert record.patient_id == "IP_00000" and len(record.lesions) == sizes["IP_00000"]
-    assert record.derived["n_lesions"] == sizes["IP_00000"]  # empty lesion_id -> the image is the lesion
+    assert (
+        record.derived["n_lesions"] == sizes["IP_00000"]
+    )  # empty lesion_id -> the image is the lesion
 
 
 def test_slice3d_image_folder_layout(slice3d_train, tmp_path):
@@ -119,7 +142,9 @@ def test_slice3d_image_folder_layout(slice3d_train, tmp_path):
 
 
 def test_ham10000_lesion_groups_are_patients(tmp_path, shared):
-    meta = pd.read_csv(shared("formats", "ham10000", "HAM10000_metadata.csv"), dtype=str, keep_default_na=False)
+    meta = pd.read_csv(
+        shared("formats", "ham10000", "HAM10000_metadata.csv"), dtype=str, keep_default_na=False
+    )
     lesions = meta["lesion_id"].drop_duplicates().head(25)
     subset = meta[meta["lesion_id"].isin(lesions)]
     src = tmp_path / "ham"
@@ -134,7 +159,9 @@ def test_ham10000_lesion_groups_are_patients(tmp_path, shared):
     assert counts["images"] == len(subset)
     assert counts["skipped_by_kind"] == {"missing_image": len(meta) - len(subset)}
     assert counts["malignant"] == subset["dx"].isin(["mel", "bcc"]).sum()
-    assert result.schema["patient_features"] == [] and result.schema["derived_patient_features"] == []
+    assert (
+        result.schema["patient_features"] == [] and result.schema["derived_patient_features"] == []
+    )
     assert "dx_type" in {e["name"] for e in result.schema["excluded"]}
     index = ShardIndex.open(tmp_path / "out")
     multi = subset.groupby("lesion_id").size()
@@ -149,25 +176,47 @@ def test_ham10000_lesion_groups_are_patients(tmp_path, shared):
 
 def hiba_table(n_patients: int = 12, *, new_style: bool = True) -> pd.DataFrame:
     rng = np.random.default_rng(1)
-    dx3 = ["Basal cell carcinoma", "Nevus", "Melanoma, NOS", "Solar or actinic keratosis", "Seborrheic keratosis",
-           "Dermatofibroma", "Squamous cell carcinoma, NOS"]
+    dx3 = [
+        "Basal cell carcinoma",
+        "Nevus",
+        "Melanoma, NOS",
+        "Solar or actinic keratosis",
+        "Seborrheic keratosis",
+        "Dermatofibroma",
+        "Squamous cell carcinoma, NOS",
+    ]
     rows = []
     for p in range(n_patients):
         for les in range(int(rng.integers(1, 4))):
             for img in range(int(rng.integers(1, 3))):
                 d = dx3[int(rng.integers(0, len(dx3)))]
-                row = {"isic_id": f"ISIC_{9000000 + len(rows):07d}", "patient_id": f"IP_{p:07d}",
-                       "lesion_id": f"IL_{p:04d}{les}", "age_approx": str(int(rng.integers(4, 17)) * 5),
-                       "sex": ["male", "female"][p % 2], "anatom_site_general": "upper extremity",
-                       "clin_size_long_diam_mm": "" if img else f"{rng.uniform(2, 12):.1f}",
-                       "dermoscopic_type": "", "image_type": ["clinical: close-up", "dermoscopic"][img],
-                       "personal_hx_mm": ["False", "True", ""][p % 3], "family_hx_mm": "False",
-                       "fitzpatrick_skin_type": ["II", "III"][p % 2], "melanocytic": str(d in ("Nevus", "Melanoma, NOS")),
-                       "attribution": "Hospital Italiano de Buenos Aires", "copyright_license": "CC-BY",
-                       "concomitant_biopsy": "True", "diagnosis_confirm_type": "histopathology"}
+                row = {
+                    "isic_id": f"ISIC_{9000000 + len(rows):07d}",
+                    "patient_id": f"IP_{p:07d}",
+                    "lesion_id": f"IL_{p:04d}{les}",
+                    "age_approx": str(int(rng.integers(4, 17)) * 5),
+                    "sex": ["male", "female"][p % 2],
+                    "anatom_site_general": "upper extremity",
+                    "clin_size_long_diam_mm": "" if img else f"{rng.uniform(2, 12):.1f}",
+                    "dermoscopic_type": "",
+                    "image_type": ["clinical: close-up", "dermoscopic"][img],
+                    "personal_hx_mm": ["False", "True", ""][p % 3],
+                    "family_hx_mm": "False",
+                    "fitzpatrick_skin_type": ["II", "III"][p % 2],
+                    "melanocytic": str(d in ("Nevus", "Melanoma, NOS")),
+                    "attribution": "Hospital Italiano de Buenos Aires",
+                    "copyright_license": "CC-BY",
+                    "concomitant_biopsy": "True",
+                    "diagnosis_confirm_type": "histopathology",
+                }
                 if new_style:
-                    row.update(diagnosis_1="Malignant" if d.split()[0] in ("Basal", "Melanoma,", "Squamous") else "Benign",
-                               diagnosis_2="", diagnosis_3=d)
+                    row.update(
+                        diagnosis_1="Malignant"
+                        if d.split()[0] in ("Basal", "Melanoma,", "Squamous")
+                        else "Benign",
+                        diagnosis_2="",
+                        diagnosis_3=d,
+                    )
                 else:
                     row["diagnosis"] = d.lower().replace(", nos", "").replace("solar or ", "")
                 rows.append(row)
@@ -190,10 +239,24 @@ def test_hiba_isic_archive_export(tmp_path, new_style):
     expected_malignant = diagnosis.str.lower().str.contains("carcinoma|melanoma").sum()
     assert counts["malignant"] == expected_malignant and counts["malignancy_unknown"] == 0
     patient_names = [f["name"] for f in result.schema["patient_features"]]
-    assert patient_names == ["age_approx", "sex", "fitzpatrick_skin_type", "personal_hx_mm", "family_hx_mm"]
-    assert "anatom_site_special" in {e["name"] for e in result.schema["excluded"]}  # optional, absent
+    assert patient_names == [
+        "age_approx",
+        "sex",
+        "fitzpatrick_skin_type",
+        "personal_hx_mm",
+        "family_hx_mm",
+    ]
+    assert "anatom_site_special" in {
+        e["name"] for e in result.schema["excluded"]
+    }  # optional, absent
     fields = all_fields(ShardIndex.open(tmp_path / "out"))
-    assert not fields & {"image_type", "melanocytic", "attribution", "concomitant_biopsy", "diagnosis_confirm_type"}
+    assert not fields & {
+        "image_type",
+        "melanocytic",
+        "attribution",
+        "concomitant_biopsy",
+        "diagnosis_confirm_type",
+    }
 
 
 # ---------------------------------------------------------------- PH2
@@ -201,7 +264,7 @@ def test_hiba_isic_archive_export(tmp_path, new_style):
 
 def ph2_images(src, names) -> None:
     """The release layout: PH2 Dataset images/IMDxxx/IMDxxx_Dermoscopic_Image/IMDxxx.bmp (+ a mask)."""
-    for i, name in enumerate(names):
+    for _i, name in enumerate(names):
         folder = src / "PH2 Dataset images" / name
         write_images(folder / f"{name}_Dermoscopic_Image", [f"{name}.bmp"], fmt="BMP")
         write_images(folder / f"{name}_lesion", [f"{name}_lesion.bmp"], fmt="BMP")
@@ -226,8 +289,10 @@ def test_ph2_simplified_table(tmp_path, shared):
     assert [f["name"] for f in result.schema["lesion_features"]] == ["Asymmetry"]
 
 
-PIPE_HEADER = ("||   Name   || Histological Diagnosis || Clinical Diagnosis || Asymmetry || Pigment Network || "
-               "Dots/Globules || Streaks || Regression Areas || Blue-Whitish Veil ||    Colors   ||")
+PIPE_HEADER = (
+    "||   Name   || Histological Diagnosis || Clinical Diagnosis || Asymmetry || Pigment Network || "
+    "Dots/Globules || Streaks || Regression Areas || Blue-Whitish Veil ||    Colors   ||"
+)
 
 
 def test_ph2_release_pipe_table(tmp_path):
@@ -238,19 +303,30 @@ def test_ph2_release_pipe_table(tmp_path):
     lines = ["", PIPE_HEADER]
     for name, code in zip(names, codes):
         histo = "Melanoma" if code == "2" else ""
-        lines.append(f"||  {name}  ||  {histo:20s}  ||  {code}  ||  1  ||  T  ||  A  ||  A  ||  A  ||  "
-                     f"{'P' if code == '2' else 'A'}  ||  3  4  ||")
+        lines.append(
+            f"||  {name}  ||  {histo:20s}  ||  {code}  ||  1  ||  T  ||  A  ||  A  ||  A  ||  "
+            f"{'P' if code == '2' else 'A'}  ||  3  4  ||"
+        )
     lines += ["", "Legends for Clinical Diagnosis:", " 0 - Common Nevus", " 2 - Melanoma"]
     (src / "PH2_dataset.txt").write_text("\r\n".join(lines))
     ph2_images(src, names)
     result = ingest("ph2", src, tmp_path / "out", image_size=16)
     assert result.manifest["counts"]["patients"] == 6 and result.manifest["skipped"] == []
-    assert result.manifest["counts"]["labels"] == {"atypical_nevus": 2, "common_nevus": 2, "melanoma": 2}
+    assert result.manifest["counts"]["labels"] == {
+        "atypical_nevus": 2,
+        "common_nevus": 2,
+        "melanoma": 2,
+    }
     features = {f["name"]: f for f in result.schema["lesion_features"]}
-    assert {"Pigment Network", "Blue-Whitish Veil", "Light-Brown", "Dark-Brown", "Black"} <= set(features)
+    assert {"Pigment Network", "Blue-Whitish Veil", "Light-Brown", "Dark-Brown", "Black"} <= set(
+        features
+    )
     assert features["Blue-Whitish Veil"]["vocab"] == ["A", "P"]
     record = ShardIndex.open(tmp_path / "out").patient(0)
-    assert record.lesions[0]["fields"]["Dark-Brown"] is True and record.lesions[0]["fields"]["Black"] is False
+    assert (
+        record.lesions[0]["fields"]["Dark-Brown"] is True
+        and record.lesions[0]["fields"]["Black"] is False
+    )
     assert "Histological Diagnosis" not in record.lesions[0]["fields"]
 
 
@@ -263,20 +339,79 @@ def test_ph2_release_spreadsheet(tmp_path):
     sheet = book.active
     sheet.append(["PH2 Database"])
     sheet.append([])
-    sheet.append(["Image Name", "Histological Diagnosis", "Clinical Diagnosis", None, None, "Asymmetry",
-                  "Pigment Network", "Dots/Globules", "Streaks", "Regression Areas", "Blue-Whitish Veil", "Colors",
-                  None, None, None, None, None])
-    sheet.append([None, None, "Common Nevus", "Atypical Nevus", "Melanoma", None, None, None, None, None, None,
-                  "White", "Red", "Light-Brown", "Dark-Brown", "Blue-Gray", "Black"])
+    sheet.append(
+        [
+            "Image Name",
+            "Histological Diagnosis",
+            "Clinical Diagnosis",
+            None,
+            None,
+            "Asymmetry",
+            "Pigment Network",
+            "Dots/Globules",
+            "Streaks",
+            "Regression Areas",
+            "Blue-Whitish Veil",
+            "Colors",
+            None,
+            None,
+            None,
+            None,
+            None,
+        ]
+    )
+    sheet.append(
+        [
+            None,
+            None,
+            "Common Nevus",
+            "Atypical Nevus",
+            "Melanoma",
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            "White",
+            "Red",
+            "Light-Brown",
+            "Dark-Brown",
+            "Blue-Gray",
+            "Black",
+        ]
+    )
     names = ["IMD003", "IMD020", "IMD061"]
     for k, name in enumerate(names):
         marks = [None, None, None]
         marks[k] = "X"
-        sheet.append([name, None, *marks, k, "T", "A", "A", "A", "A", None, None, "X", "X", None, "X" if k == 2 else None])
+        sheet.append(
+            [
+                name,
+                None,
+                *marks,
+                k,
+                "T",
+                "A",
+                "A",
+                "A",
+                "A",
+                None,
+                None,
+                "X",
+                "X",
+                None,
+                "X" if k == 2 else None,
+            ]
+        )
     book.save(src / "PH2_dataset.xlsx")
     ph2_images(src, names)
     result = ingest("ph2", src, tmp_path / "out", image_size=16)
-    assert result.manifest["counts"]["labels"] == {"atypical_nevus": 1, "common_nevus": 1, "melanoma": 1}
+    assert result.manifest["counts"]["labels"] == {
+        "atypical_nevus": 1,
+        "common_nevus": 1,
+        "melanoma": 1,
+    }
     assert result.manifest["counts"]["malignant"] == 1
     record = ShardIndex.open(tmp_path / "out").patient(2)
     assert record.patient_id == "IMD061" and record.lesions[0]["fields"]["Black"] is True
@@ -286,21 +421,48 @@ def test_ph2_release_spreadsheet(tmp_path):
 
 
 def small_schema(**extra) -> dict:
-    return {"name": "toy", "patient_id": "pid", "lesion_id": "lid", "image": "file", "label": "dx",
-            "malignant": ["mel"], "patient_features": [{"name": "age", "type": "numerical"}],
-            "lesion_features": [{"name": "site", "type": "categorical"}], "excluded": [], **extra}
+    return {
+        "name": "toy",
+        "patient_id": "pid",
+        "lesion_id": "lid",
+        "image": "file",
+        "label": "dx",
+        "malignant": ["mel"],
+        "patient_features": [{"name": "age", "type": "numerical"}],
+        "lesion_features": [{"name": "site", "type": "categorical"}],
+        "excluded": [],
+        **extra,
+    }
 
 
 def test_csv_duplicates_are_skipped(tmp_path):
     src = tmp_path / "toy"
     src.mkdir()
-    table = pd.DataFrame({
-        "pid": ["p1", "p1", "p1", "p2", "p3", "p3"],
-        "lid": ["a", "a", "b", "b", "c", "d"],  # 'a' twice in p1: fine; 'b' under p1 and p2: conflict
-        "file": ["1.png", "2.png", "3.png", "4.png", "5.png", "5.png"],  # 5.png twice: duplicate
-        "dx": ["mel", "nev", "nev", "nev", "mel", "nev"],
-        "age": ["50", "50", "50", "40", "30", "30"], "site": ["arm"] * 6, "note": ["x"] * 6,
-    })
+    table = pd.DataFrame(
+        {
+            "pid": ["p1", "p1", "p1", "p2", "p3", "p3"],
+            "lid": [
+                "a",
+                "a",
+                "b",
+                "b",
+                "c",
+                "d",
+            ],  # 'a' twice in p1: fine; 'b' under p1 and p2: conflict
+            "file": [
+                "1.png",
+                "2.png",
+                "3.png",
+                "4.png",
+                "5.png",
+                "5.png",
+            ],  # 5.png twice: duplicate
+            "dx": ["mel", "nev", "nev", "nev", "mel", "nev"],
+            "age": ["50", "50", "50", "40", "30", "30"],
+            "site": ["arm"] * 6,
+            "note": ["x"] * 6,
+        }
+    )
     table.to_csv(src / "metadata.csv", index=False)
     write_images(src / "images", [f"{i}.png" for i in range(1, 6)], fmt="PNG")
     (src / "schema.json").write_text(json.dumps(small_schema()))
@@ -311,14 +473,17 @@ def test_csv_duplicates_are_skipped(tmp_path):
     assert counts["patients"] == 2 and counts["images"] == 3 and counts["unique_lesion_ids"] == 2
     assert any("note" in n for n in result.manifest["notes"])  # unlisted column reported
     record = ShardIndex.open(tmp_path / "out").patient(0)
-    assert [les["lesion_id"] for les in record.lesions] == ["a", "a"] and record.derived == {"n_lesions": 1}
+    assert [les["lesion_id"] for les in record.lesions] == ["a", "a"] and record.derived == {
+        "n_lesions": 1
+    }
 
 
 def test_schema_errors(tmp_path):
     src = tmp_path / "toy"
     src.mkdir()
-    pd.DataFrame({"pid": ["p"], "lid": ["l"], "file": ["1.png"], "dx": ["mel"], "age": ["1"], "site": ["x"]}).to_csv(
-        src / "metadata.csv", index=False)
+    pd.DataFrame(
+        {"pid": ["p"], "lid": ["l"], "file": ["1.png"], "dx": ["mel"], "age": ["1"], "site": ["x"]}
+    ).to_csv(src / "metadata.csv", index=False)
     write_images(src, ["1.png"], fmt="PNG")
     with pytest.raises(SlimpError, match="unknown format 'nope'"):
         ingest("nope", src, tmp_path / "o")
@@ -327,7 +492,12 @@ def test_schema_errors(tmp_path):
     with pytest.raises(SlimpError, match="_todo"):
         ingest("csv", src, tmp_path / "o", schema={**small_schema(), "_todo": ["check"]})
     with pytest.raises(SlimpError, match="invalid schema"):
-        ingest("csv", src, tmp_path / "o", schema={**small_schema(), "patient_features": [{"name": "age"}]})
+        ingest(
+            "csv",
+            src,
+            tmp_path / "o",
+            schema={**small_schema(), "patient_features": [{"name": "age"}]},
+        )
     result = ingest("csv", src, tmp_path / "o", schema=small_schema())
     assert result.manifest["counts"]["patients"] == 1
 
@@ -340,13 +510,21 @@ def test_schema_infer_drafts_a_usable_schema(tmp_path, pad_source):
     validate_dataset_schema(draft)
     assert draft["_todo"]
     assert (draft["patient_id"], draft["lesion_id"], draft["image"], draft["label"]) == (
-        "patient_id", "lesion_id", "img_id", "diagnostic")
+        "patient_id",
+        "lesion_id",
+        "img_id",
+        "diagnostic",
+    )
     assert draft["malignant"] == ["BCC", "MEL", "SCC"]
     excluded = {e["name"] for e in draft["excluded"]}
     assert "biopsed" in excluded
     patient = {f["name"] for f in draft["patient_features"]}
     lesion = {f["name"]: f["type"] for f in draft["lesion_features"]}
-    assert {"smoke", "gender"} <= patient and lesion["region"] == "categorical" and lesion["itch"] == "boolean"
+    assert (
+        {"smoke", "gender"} <= patient
+        and lesion["region"] == "categorical"
+        and lesion["itch"] == "boolean"
+    )
 
 
 def test_interrupted_ingest_leaves_nothing_complete(synth_dir, tmp_path, monkeypatch):
@@ -376,13 +554,23 @@ def test_hiba_hierarchical_diagnosis_falls_back_to_a_known_level():
 
     from slimp_cli.ingest.formats.hiba import most_specific_diagnosis
 
-    frame = pd.DataFrame({
-        "diagnosis_2": ["Benign melanocytic proliferations", "Malignant adnexal", "Benign", ""],
-        "diagnosis_3": ["Nevus", "Basal cell carcinoma", "Pale cell acanthoma", ""],
-        "diagnosis_4": ["Nevus, Spitz", "Basal cell carcinoma, Nodular", "", ""],
-    })
+    frame = pd.DataFrame(
+        {
+            "diagnosis_2": ["Benign melanocytic proliferations", "Malignant adnexal", "Benign", ""],
+            "diagnosis_3": ["Nevus", "Basal cell carcinoma", "Pale cell acanthoma", ""],
+            "diagnosis_4": ["Nevus, Spitz", "Basal cell carcinoma, Nodular", "", ""],
+        }
+    )
     known = {"nevus", "basal cell carcinoma"}
     assert most_specific_diagnosis(frame, known).tolist() == [
-        "Nevus", "Basal cell carcinoma", "Pale cell acanthoma", ""]
+        "Nevus",
+        "Basal cell carcinoma",
+        "Pale cell acanthoma",
+        "",
+    ]
     assert most_specific_diagnosis(frame).tolist() == [
-        "Nevus, Spitz", "Basal cell carcinoma, Nodular", "Pale cell acanthoma", ""]
+        "Nevus, Spitz",
+        "Basal cell carcinoma, Nodular",
+        "Pale cell acanthoma",
+        "",
+    ]

@@ -20,7 +20,9 @@ from slimp_cli.shards import ShardIndex, iter_lesions
 
 def slimp(*args: str) -> subprocess.CompletedProcess:
     """Run the CLI as a user would (exit status and stderr included)."""
-    return subprocess.run([sys.executable, "-m", "slimp_cli.cli", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "slimp_cli.cli", *map(str, args)], capture_output=True, text=True
+    )
 
 
 def test_counts_and_every_image_decodes(pad_shards, pad_source):
@@ -44,7 +46,9 @@ def test_counts_and_every_image_decodes(pad_shards, pad_source):
         n += 1
     assert n == 531
     for shard in manifest["shards"]:
-        assert hashlib.sha256((pad_shards / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]
+        assert (
+            hashlib.sha256((pad_shards / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]
+        )
 
 
 def test_plain_webdataset_reads_every_patient(pad_shards):
@@ -105,7 +109,9 @@ def test_corrupted_copy_skips_and_warns(corrupted_pad, tmp_path):
     assert sorted(skipped) == [6, 11]
     assert skipped[6]["kind"] == "bad_image" and skipped[6]["id"] == table["img_id"][5]
     assert skipped[11]["kind"] == "missing_image" and "not found" in skipped[11]["reason"]
-    assert [(w["row"], w["column"], w["value"]) for w in manifest["warnings"]] == [(21, "age", "abc")]
+    assert [(w["row"], w["column"], w["value"]) for w in manifest["warnings"]] == [
+        (21, "age", "abc")
+    ]
     assert manifest["counts"]["lesions"] == 529
     assert "skipped" in result.stdout + result.stderr
 
@@ -113,7 +119,9 @@ def test_corrupted_copy_skips_and_warns(corrupted_pad, tmp_path):
 def test_strict_fails_and_leaves_no_shards(corrupted_pad, tmp_path):
     src, _ = corrupted_pad
     out = tmp_path / "strict"
-    result = slimp("ingest", "pad-ufes-20", src, out, "--image-size", "32", "--workers", "1", "--strict")
+    result = slimp(
+        "ingest", "pad-ufes-20", src, out, "--image-size", "32", "--workers", "1", "--strict"
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("error: --strict") and "Traceback" not in result.stderr
     assert not list(out.glob("*.tar")) and not (out / "manifest.json").exists()
@@ -134,13 +142,23 @@ def test_strict_fails_on_image_error_found_late(corrupted_pad, tmp_path):
 
 def test_byte_identical_reruns_any_worker_count(pad_source, pad_shards, tmp_path):
     manifest = json.loads((pad_shards / "manifest.json").read_text())
-    ingest("pad-ufes-20", pad_source, tmp_path / "again", image_size=manifest["options"]["image_size"], workers=1)
+    ingest(
+        "pad-ufes-20",
+        pad_source,
+        tmp_path / "again",
+        image_size=manifest["options"]["image_size"],
+        workers=1,
+    )
     first = manifest["shards"]
     second = json.loads((tmp_path / "again" / "manifest.json").read_text())["shards"]
     assert [s["sha256"] for s in first] == [s["sha256"] for s in second]
     for s in first:
-        assert (pad_shards / s["name"]).read_bytes() == (tmp_path / "again" / s["name"]).read_bytes()
-    assert (pad_shards / "schema.json").read_bytes() == (tmp_path / "again" / "schema.json").read_bytes()
+        assert (pad_shards / s["name"]).read_bytes() == (
+            tmp_path / "again" / s["name"]
+        ).read_bytes()
+    assert (pad_shards / "schema.json").read_bytes() == (
+        tmp_path / "again" / "schema.json"
+    ).read_bytes()
 
 
 def test_existing_output_needs_overwrite(pad_source, tmp_path):

@@ -10,14 +10,39 @@ import time
 
 import torch
 
-ARGS = ["--image-model", "vit_test", "--img-size", "32", "--tab-dim", "16", "--embed-dim", "16",
-        "-B", "8", "-N", "2", "--epochs", "400", "--device", "cpu", "--workers", "0",
-        "--log-every", "1", "--no-progress"]
+ARGS = [
+    "--image-model",
+    "vit_test",
+    "--img-size",
+    "32",
+    "--tab-dim",
+    "16",
+    "--embed-dim",
+    "16",
+    "-B",
+    "8",
+    "-N",
+    "2",
+    "--epochs",
+    "400",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--log-every",
+    "1",
+    "--no-progress",
+]
 
 
 def _slimp(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "slimp_cli.cli", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "slimp_cli.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_sigint_saves_a_checkpoint_and_resume_continues(pad_shards, tmp_path):
@@ -25,7 +50,9 @@ def test_sigint_saves_a_checkpoint_and_resume_continues(pad_shards, tmp_path):
     proc = _slimp("pretrain", pad_shards, "--out", run, *ARGS)
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+    while time.time() < deadline and not (
+        metrics.exists() and metrics.read_text().count("\n") >= 3
+    ):
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
@@ -36,7 +63,9 @@ def test_sigint_saves_a_checkpoint_and_resume_continues(pad_shards, tmp_path):
     stopped = int(state["step"])
     assert stopped >= 3
     assert stopped == json.loads(metrics.read_text().splitlines()[-1])["step"]
-    proc = _slimp("pretrain", pad_shards, "--out", run, "--resume", "--max-steps", stopped + 2, *ARGS)
+    proc = _slimp(
+        "pretrain", pad_shards, "--out", run, "--resume", "--max-steps", stopped + 2, *ARGS
+    )
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert int(torch.load(run / "checkpoint-last.pt", weights_only=True)["step"]) == stopped + 2

@@ -16,7 +16,7 @@ def cos(u, v):
 
 def ref_symmetric_infonce(a, b, tau):
     """-1/(2n) sum_l [log e^{s(a_l,b_l)} / sum_j e^{s(a_l,b_j)}
-                     + log e^{s(b_l,a_l)} / sum_j e^{s(b_l,a_j)}]."""
+    + log e^{s(b_l,a_l)} / sum_j e^{s(b_l,a_j)}]."""
     a, b = a.double(), b.double()
     n = a.shape[0]
     total = 0.0
@@ -175,15 +175,25 @@ def test_gather_over_ranks_reproduces_the_full_batch_loss():
     a, b = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
     a_parts, b_parts = list(a.split(3)), list(b.split(3))
     per_rank = [
-        info_nce(a_parts[r], b_parts[r], temperature=0.2,
-                 gather=fake_gather([a_parts, b_parts], r), offset=3 * r)
+        info_nce(
+            a_parts[r],
+            b_parts[r],
+            temperature=0.2,
+            gather=fake_gather([a_parts, b_parts], r),
+            offset=3 * r,
+        )
         for r in range(2)
     ]
     full = info_nce(a, b, temperature=0.2)
     assert (sum(per_rank) / 2).item() == pytest.approx(full.item(), rel=1e-5)
     per_rank = [
-        nt_xent(a_parts[r], b_parts[r], temperature=0.2,
-                gather=fake_gather([a_parts, b_parts], r), offset=3 * r)["loss"]
+        nt_xent(
+            a_parts[r],
+            b_parts[r],
+            temperature=0.2,
+            gather=fake_gather([a_parts, b_parts], r),
+            offset=3 * r,
+        )["loss"]
         for r in range(2)
     ]
     full = nt_xent(a, b, temperature=0.2)["loss"]
@@ -199,8 +209,9 @@ def test_gradients_finite_and_bf16_ok():
         assert torch.isfinite(t.grad).all()
     bf = [t.bfloat16() for t in (image, lesion, z, x)]
     got = nested_loss(bf[0], bf[1], mask, bf[2], bf[3], temperature=0.1)["loss"]
-    want = nested_loss(*(t.float() for t in bf[:2]), mask, *(t.float() for t in bf[2:]),
-                       temperature=0.1)["loss"]
+    want = nested_loss(
+        *(t.float() for t in bf[:2]), mask, *(t.float() for t in bf[2:]), temperature=0.1
+    )["loss"]
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -213,10 +224,15 @@ def test_gradients_finite_and_bf16_ok():
 
 def test_compute_loss_dispatches():
     image, lesion, mask, z, x = random_batch([2, 2])
-    nested = compute_loss("nested", dict(image=image, lesion=lesion, mask=mask, phenotype=z,
-                                         patient=x), temperature=0.1, lam=0.5)
+    nested = compute_loss(
+        "nested",
+        dict(image=image, lesion=lesion, mask=mask, phenotype=z, patient=x),
+        temperature=0.1,
+        lam=0.5,
+    )
     assert nested["loss"].item() == pytest.approx(
-        nested_loss(image, lesion, mask, z, x, temperature=0.1, lam=0.5)["loss"].item())
+        nested_loss(image, lesion, mask, z, x, temperature=0.1, lam=0.5)["loss"].item()
+    )
     flat = compute_loss("flat", {"image": z, "tabular": x}, temperature=0.1, lam=0.9)
     assert flat["loss"].item() == pytest.approx(info_nce(z, x, temperature=0.1).item())
     simclr = compute_loss("image", {"view1": z, "view2": x}, temperature=0.1, lam=0.9)

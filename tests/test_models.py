@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from slimp_cli.model_config import ModelConfig
 from slimp_cli.errors import SlimpError
 from slimp_cli.losses import compute_loss
+from slimp_cli.model_config import ModelConfig
 from slimp_cli.models import (
     TraceEncoder,
     build_model,
@@ -26,14 +26,24 @@ def cat(name, vocab, type_="categorical"):
 
 
 def make_schema(patient=True, lesion=None):
-    return ResolvedSchema.from_dict({
-        "format": "slimp-schema", "version": 1, "name": "toy",
-        "patient_features": [num("age", 50, 10), cat("sex", ["f", "m"]),
-                             cat("smoke", ["false", "true"], "boolean")] if patient else [],
-        "derived_patient_features": [num("n_lesions", 3, 2)] if patient else [],
-        "lesion_features": lesion if lesion is not None else [
-            cat("site", ["arm", "back", "face"]), num("diam", 4, 2), num("hue", 0, 1)],
-    })
+    return ResolvedSchema.from_dict(
+        {
+            "format": "slimp-schema",
+            "version": 1,
+            "name": "toy",
+            "patient_features": [
+                num("age", 50, 10),
+                cat("sex", ["f", "m"]),
+                cat("smoke", ["false", "true"], "boolean"),
+            ]
+            if patient
+            else [],
+            "derived_patient_features": [num("n_lesions", 3, 2)] if patient else [],
+            "lesion_features": lesion
+            if lesion is not None
+            else [cat("site", ["arm", "back", "face"]), num("diam", 4, 2), num("hue", 0, 1)],
+        }
+    )
 
 
 def cfg(variant="nested", **kw):
@@ -120,11 +130,13 @@ def test_trace_output_is_mean_of_feature_tokens_after_a_post_ln_transformer():
 
 def test_trace_without_categorical_or_numerical_features():
     only_num = TraceEncoder(cardinalities=[], n_numerical=3, d=8)
-    assert only_num(torch.zeros(4, 0, dtype=torch.long), torch.randn(4, 3),
-                    torch.ones(4, 3, dtype=torch.bool)).shape == (4, 8)
+    assert only_num(
+        torch.zeros(4, 0, dtype=torch.long), torch.randn(4, 3), torch.ones(4, 3, dtype=torch.bool)
+    ).shape == (4, 8)
     only_cat = TraceEncoder(cardinalities=[5], n_numerical=0, d=8)
-    assert only_cat(torch.tensor([[1], [0]]), torch.zeros(2, 0),
-                    torch.zeros(2, 0, dtype=torch.bool)).shape == (2, 8)
+    assert only_cat(
+        torch.tensor([[1], [0]]), torch.zeros(2, 0), torch.zeros(2, 0, dtype=torch.bool)
+    ).shape == (2, 8)
     with pytest.raises(SlimpError, match="at least one feature"):
         TraceEncoder(cardinalities=[], n_numerical=0, d=8)
     with pytest.raises(SlimpError, match="divisible"):
@@ -251,8 +263,15 @@ def test_scatter_to_patients_any_order():
 def test_flat_and_image_variants():
     schema = make_schema()
     flat = build_model(cfg("flat"), schema).eval()
-    assert [f["name"] for f in flat.lesion_features] == ["age", "sex", "smoke", "n_lesions",
-                                                          "site", "diam", "hue"]
+    assert [f["name"] for f in flat.lesion_features] == [
+        "age",
+        "sex",
+        "smoke",
+        "n_lesions",
+        "site",
+        "diam",
+        "hue",
+    ]
     out = flat(make_batch(flat))
     assert set(out) == {"image", "tabular"}
     assert out["image"].shape == out["tabular"].shape == (6, 64)
@@ -292,8 +311,12 @@ def test_set_trainable_embeddings():
     assert "image_encoder.patch_embed.proj.weight" in names
     assert "lesion_encoder.cls_token" in names
     assert "patient_encoder.inputs.numerical.0.weight" in names
-    assert not any(n.startswith(("image_encoder.blocks", "lesion_encoder.transformer",
-                                 "phenotype_layer", "image_proj")) for n in names)
+    assert not any(
+        n.startswith(
+            ("image_encoder.blocks", "lesion_encoder.transformer", "phenotype_layer", "image_proj")
+        )
+        for n in names
+    )
     assert len(model.set_trainable("all")) == len(list(model.parameters()))
     with pytest.raises(SlimpError, match="--tune"):
         model.set_trainable("half")
@@ -307,8 +330,9 @@ def test_replace_tabular_inputs_keeps_shared_weights():
     torch.manual_seed(0)
     model = build_model(cfg(), make_schema())
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    target = make_schema(lesion=[cat("site", ["hand", "leg"]), cat("color", ["a", "b", "c", "d"]),
-                                 num("elev", 1, 1)])
+    target = make_schema(
+        lesion=[cat("site", ["hand", "leg"]), cat("color", ["a", "b", "c", "d"]), num("elev", 1, 1)]
+    )
     replace_tabular_inputs(model, target)
     after = model.state_dict()
     kept = [k for k in before if ".inputs." not in k]

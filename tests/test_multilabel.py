@@ -19,13 +19,27 @@ def make_store(path, n=240, seed=0):
     for r in records[:10]:
         r["streaks"] = None  # missing: left out of that criterion's probe
     centres = rng.normal(size=(3, 16)) * 4
-    image = np.stack([centres[VALUES.index(r["pigment_network"])] for r in records]) + rng.normal(size=(n, 16))
+    image = np.stack([centres[VALUES.index(r["pigment_network"])] for r in records]) + rng.normal(
+        size=(n, 16)
+    )
     cols, sources = raw_columns(features)
-    with FeatureStoreWriter(path, n=n, dims={"image": 16}, config={}, schema=None, classes=["a", "b"],
-                            raw_columns={"lesion": (cols, sources)}) as w:
-        w.append(lesion_id=[str(i) for i in range(n)], patient_id=[str(i) for i in range(n)],
-                 label=np.zeros(n, int), malignant=np.zeros(n, np.int8),
-                 features={"image": image.astype(np.float32)}, raw={"lesion": encode_raw(features, records)})
+    with FeatureStoreWriter(
+        path,
+        n=n,
+        dims={"image": 16},
+        config={},
+        schema=None,
+        classes=["a", "b"],
+        raw_columns={"lesion": (cols, sources)},
+    ) as w:
+        w.append(
+            lesion_id=[str(i) for i in range(n)],
+            patient_id=[str(i) for i in range(n)],
+            label=np.zeros(n, int),
+            malignant=np.zeros(n, np.int8),
+            features={"image": image.astype(np.float32)},
+            raw={"lesion": encode_raw(features, records)},
+        )
     return path, records
 
 

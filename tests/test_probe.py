@@ -7,48 +7,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
 from slimp_cli.errors import SlimpError
 from slimp_cli.eval import WarningLog
-from slimp_cli.eval.knn import knn_proba
 from slimp_cli.eval.probe import run_probe
 
 
-def brute_knn(train_x, train_y, test_x, *, k, n_classes, temperature=0.07, weighting="exp"):
-    """Reference: loop over queries, sort similarities, weighted votes."""
-    tn = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
-    out = []
-    for q in test_x:
-        q = q / np.linalg.norm(q)
-        sims = tn @ q
-        order = np.argsort(-sims)[:k]
-        votes = np.zeros(n_classes)
-        for j in order:
-            votes[train_y[j]] += np.exp(sims[j] / temperature) if weighting == "exp" else max(sims[j], 0)
-        out.append(votes / votes.sum())
-    return np.array(out)
-
-
-@pytest.mark.parametrize("weighting", ["exp", "sim"])
-def test_knn_equals_brute_force(weighting):
-    rng = np.random.default_rng(0)
-    tx, ty, qx = rng.normal(size=(300, 6)), rng.integers(0, 3, 300), rng.normal(size=(50, 6))
-    got = knn_proba(tx, ty, qx, n_classes=3, k=7, weighting=weighting, device="cpu")
-    np.testing.assert_allclose(got, brute_knn(tx, ty, qx, k=7, n_classes=3, weighting=weighting), rtol=1e-4, atol=1e-6)
-
-
-def test_knn_k_larger_than_train_warns():
-    rng = np.random.default_rng(0)
-    log = WarningLog()
-    got = knn_proba(rng.normal(size=(5, 3)), np.array([0, 1, 0, 1, 1]), rng.normal(size=(4, 3)),
-                    n_classes=2, k=20, device="cpu", warnings=log)
-    assert got.shape == (4, 2) and any("using k=5" in w for w in log)
-
-
-def synthetic(write_store, tmp_path: Path, *, n=600, d=8, random_labels=False, leak=False, seed=0, multiclass=False) -> Path:
+def synthetic(
+    write_store,
+    tmp_path: Path,
+    *,
+    n=600,
+    d=8,
+    random_labels=False,
+    leak=False,
+    seed=0,
+    multiclass=False,
+) -> Path:
     """Nested-like store: label is a linear function of the image + lesion features."""
     rng = np.random.default_rng(seed)
-    image, lesion = rng.normal(size=(n, d)).astype(np.float32), rng.normal(size=(n, d)).astype(np.float32)
+    image, lesion = (
+        rng.normal(size=(n, d)).astype(np.float32),
+        rng.normal(size=(n, d)).astype(np.float32),
+    )
     pid = np.arange(n) // 3
     patient = rng.normal(size=(n // 3 + 1, d)).astype(np.float32)[pid]
     score = image @ rng.normal(size=d) + lesion @ rng.normal(size=d)
@@ -61,10 +41,14 @@ def synthetic(write_store, tmp_path: Path, *, n=600, d=8, random_labels=False, l
     noise = rng.normal(size=(n, 2)).astype(np.float32)
     raw_cols = np.column_stack([noise, label.astype(np.float32)]) if leak else noise
     names = ["age", "site"] + (["biopsed"] if leak else [])
-    return write_store(tmp_path / f"s{seed}{int(leak)}.h5",
-                       features={"image": image, "lesion": lesion, "patient": patient},
-                       patient_id=pid, label=label, malignant=(label > 0).astype(np.int8),
-                       raw={"lesion": (raw_cols, names, names)})
+    return write_store(
+        tmp_path / f"s{seed}{int(leak)}.h5",
+        features={"image": image, "lesion": lesion, "patient": patient},
+        patient_id=pid,
+        label=label,
+        malignant=(label > 0).astype(np.int8),
+        raw={"lesion": (raw_cols, names, names)},
+    )
 
 
 def _metric(report, method, name="accuracy", low_shot=None):
@@ -78,13 +62,19 @@ def test_linear_label_is_learned(write_store, tmp_path):
     assert _metric(report, "linear", "auc") >= 0.98
     assert _metric(report, "knn") >= 0.7  # cosine kNN on a linear rule: well above chance
     r = report["results"][0]
-    assert r["features"] == ["image", "lesion", "patient"] and r["seeds"] == [0, 1] and r["split"] == "random"
+    assert (
+        r["features"] == ["image", "lesion", "patient"]
+        and r["seeds"] == [0, 1]
+        and r["split"] == "random"
+    )
     assert set(r["metrics"]) >= {"accuracy", "balanced_accuracy", "f1", "auc"}
     assert set(r["metrics"]["accuracy"]) == {"mean", "std"}
 
 
 def test_random_labels_are_chance(write_store, tmp_path):
-    report = run_probe(synthetic(write_store, tmp_path, random_labels=True), seeds=[0, 1, 2], device="cpu")
+    report = run_probe(
+        synthetic(write_store, tmp_path, random_labels=True), seeds=[0, 1, 2], device="cpu"
+    )
     for method in ("linear", "knn"):
         assert 0.3 <= _metric(report, method) <= 0.7
         assert 0.3 <= _metric(report, method, "auc") <= 0.7
@@ -92,34 +82,55 @@ def test_random_labels_are_chance(write_store, tmp_path):
 
 def test_features_subset_and_multiclass(write_store, tmp_path):
     store = synthetic(write_store, tmp_path, multiclass=True)
-    report = run_probe(store, label="multiclass", features=["image"], methods=["linear"], seeds=[0], device="cpu")
+    report = run_probe(
+        store, label="multiclass", features=["image"], methods=["linear"], seeds=[0], device="cpu"
+    )
     (r,) = report["results"]
     assert r["features"] == ["image"] and r["label"] == "multiclass"
     assert set(r["metrics"]) >= {"accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "auc"}
     full = run_probe(store, label="multiclass", methods=["linear"], seeds=[0], device="cpu")
-    assert _metric(full, "linear") > r["metrics"]["accuracy"]["mean"]  # lesion features carry label signal
+    assert (
+        _metric(full, "linear") > r["metrics"]["accuracy"]["mean"]
+    )  # lesion features carry label signal
 
 
 def test_low_shot_and_patient_split(write_store, tmp_path):
-    report = run_probe(synthetic(write_store, tmp_path), split="patient", seeds=[0], low_shot_fractions=[0.05], k=5, device="cpu")
+    report = run_probe(
+        synthetic(write_store, tmp_path),
+        split="patient",
+        seeds=[0],
+        low_shot_fractions=[0.05],
+        k=5,
+        device="cpu",
+    )
     assert {(r["method"], r["low_shot"]) for r in report["results"]} == {
-        ("linear", None), ("knn", None), ("linear", 0.05), ("knn", 0.05)}
+        ("linear", None),
+        ("knn", None),
+        ("linear", 0.05),
+        ("knn", 0.05),
+    }
     assert all(r["split"] == "patient" for r in report["results"])
     with pytest.raises(SlimpError, match="--low-shot"):
         run_probe(synthetic(write_store, tmp_path), low_shot_fractions=[1.5])
 
 
 def test_cv_chooses_c(write_store, tmp_path):
-    report = run_probe(synthetic(write_store, tmp_path, n=300), methods=["linear"], seeds=[0], cv=True)
+    report = run_probe(
+        synthetic(write_store, tmp_path, n=300), methods=["linear"], seeds=[0], cv=True
+    )
     assert report["results"][0]["params"]["C"] == "cv"
     assert _metric(report, "linear") >= 0.85
 
 
 def test_baseline_leakage_audit(write_store, tmp_path):
-    leaky = run_probe(synthetic(write_store, tmp_path, leak=True), baseline=True, methods=["linear"], seeds=[0])
+    leaky = run_probe(
+        synthetic(write_store, tmp_path, leak=True), baseline=True, methods=["linear"], seeds=[0]
+    )
     assert any("leakage: raw column 'biopsed' alone reaches AUC" in w for w in leaky["warnings"])
     assert _metric(leaky, "baseline-gbm") >= 0.95
-    clean = run_probe(synthetic(write_store, tmp_path, leak=False), baseline=True, methods=["linear"], seeds=[0])
+    clean = run_probe(
+        synthetic(write_store, tmp_path, leak=False), baseline=True, methods=["linear"], seeds=[0]
+    )
     assert not any(w.startswith("leakage") for w in clean["warnings"])
     methods = [r["method"] for r in clean["results"]]
     assert methods == ["linear", "baseline-logreg", "baseline-gbm"]
@@ -131,8 +142,13 @@ def test_bad_inputs(write_store, tmp_path):
     with pytest.raises(SlimpError, match="has no features/x|unknown level"):
         run_probe(store, features=["x"])
     rng = np.random.default_rng(0)
-    img_only = write_store(tmp_path / "img.h5", features={"image": rng.normal(size=(40, 3)).astype(np.float32)},
-                           patient_id=np.arange(40), label=np.zeros(40, int), malignant=np.zeros(40, np.int8))
+    img_only = write_store(
+        tmp_path / "img.h5",
+        features={"image": rng.normal(size=(40, 3)).astype(np.float32)},
+        patient_id=np.arange(40),
+        label=np.zeros(40, int),
+        malignant=np.zeros(40, np.int8),
+    )
     with pytest.raises(SlimpError, match="no features/patient"):
         run_probe(img_only, features=["image", "patient"])
     with pytest.raises(SlimpError, match="single class"):
@@ -147,13 +163,25 @@ def test_unknown_malignancy_dropped_and_plots(write_store, tmp_path):
     x = rng.normal(size=(n, 4)).astype(np.float32)
     mal = (x[:, 0] > 0).astype(np.int8)
     mal[:20] = -1
-    store = write_store(tmp_path / "m.h5", features={"image": x}, patient_id=np.arange(n),
-                        label=rng.integers(0, 3, n), malignant=mal)
+    store = write_store(
+        tmp_path / "m.h5",
+        features={"image": x},
+        patient_id=np.arange(n),
+        label=rng.integers(0, 3, n),
+        malignant=mal,
+    )
     report = run_probe(store, seeds=[0], k=50, plots_dir=tmp_path / "plots", device="cpu")
     assert any("20 of 200 rows have unknown malignancy" in w for w in report["warnings"])
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert pngs == ["confusion-knn.png", "confusion-linear.png", "roc-knn.png", "roc-linear.png"]
-    mc = run_probe(store, label="multiclass", methods=["knn"], seeds=[0], plots_dir=tmp_path / "mc", device="cpu")
+    mc = run_probe(
+        store,
+        label="multiclass",
+        methods=["knn"],
+        seeds=[0],
+        plots_dir=tmp_path / "mc",
+        device="cpu",
+    )
     assert (tmp_path / "mc" / "roc-knn.png").stat().st_size > 1000 and mc["results"]
 
 
@@ -162,8 +190,13 @@ def test_class_in_one_patient_never_crashes(write_store, tmp_path):
     n = 120
     pid = np.arange(n) // 3
     mal = (pid == 0).astype(np.int8)  # every malignant lesion belongs to patient 0
-    store = write_store(tmp_path / "one.h5", features={"image": rng.normal(size=(n, 4)).astype(np.float32)},
-                        patient_id=pid, label=mal.astype(int), malignant=mal)
+    store = write_store(
+        tmp_path / "one.h5",
+        features={"image": rng.normal(size=(n, 4)).astype(np.float32)},
+        patient_id=pid,
+        label=mal.astype(int),
+        malignant=mal,
+    )
     report = run_probe(store, split="patient", seeds=[0, 1, 2, 3], k=5, device="cpu")
     assert any("absent from the" in w for w in report["warnings"])
     assert len(report["results"]) == 2
@@ -174,7 +207,11 @@ def test_single_class_training_part(write_store, tmp_path, monkeypatch):
 
     store = synthetic(write_store, tmp_path, n=90)
     # a split whose training side holds class 0 only (as a patient split can on tiny data)
-    monkeypatch.setattr(probe, "make_split", lambda kind, y, groups, **kw: (np.flatnonzero(y == 0), np.arange(len(y))))
+    monkeypatch.setattr(
+        probe,
+        "make_split",
+        lambda kind, y, groups, **kw: (np.flatnonzero(y == 0), np.arange(len(y))),
+    )
     report = probe.run_probe(store, seeds=[0], baseline=True, device="cpu")
     assert any("single class; linear predicts it" in w for w in report["warnings"])
     assert _metric(report, "linear", "balanced_accuracy") == pytest.approx(0.5)
@@ -184,7 +221,6 @@ def test_label_fixing_value_is_flagged_but_not_a_mixed_one():
     """A one-sided leak (value -> always one class, like PAD's biopsed=False) is caught even
     though its AUC is below the threshold; an independent indicator is not."""
     from slimp_cli.eval.baseline import label_fixing_values, leakage_audit
-    from slimp_cli.eval import WarningLog
 
     rng = np.random.default_rng(0)
     n = 400
@@ -196,14 +232,19 @@ def test_label_fixing_value_is_flagged_but_not_a_mixed_one():
     assert [(c, k) for c, _, k in found] == [("biopsed=false", 0)]
     assert found[0][1] == int(leak.sum())
     warnings = WarningLog()
-    aucs = leakage_audit(x, ["biopsed", "coin"], y, columns=["biopsed=false", "coin=heads"],
-                         class_names=["benign", "malignant"], warnings=warnings)
+    aucs = leakage_audit(
+        x,
+        ["biopsed", "coin"],
+        y,
+        columns=["biopsed=false", "coin=heads"],
+        class_names=["benign", "malignant"],
+        warnings=warnings,
+    )
     assert aucs["biopsed"] < 0.95
     assert len(warnings) == 1 and "'biopsed'" in warnings[0] and "'benign'" in warnings[0]
 
 
 def test_columns_missing_together_give_one_missingness_warning():
-    from slimp_cli.eval import WarningLog
     from slimp_cli.eval.baseline import leakage_audit
 
     rng = np.random.default_rng(1)
@@ -212,7 +253,13 @@ def test_columns_missing_together_give_one_missingness_warning():
     missing = np.where(y == 0, (rng.random(n) < 0.7), False).astype(float)  # only benign rows
     x = np.stack([missing, missing, rng.normal(size=n)], axis=1)
     warnings = WarningLog()
-    leakage_audit(x, ["age", "smoke", "diam"], y, columns=["age=missing", "smoke=missing", "diam"],
-                  class_names=["benign", "malignant"], warnings=warnings)
+    leakage_audit(
+        x,
+        ["age", "smoke", "diam"],
+        y,
+        columns=["age=missing", "smoke=missing", "diam"],
+        class_names=["benign", "malignant"],
+        warnings=warnings,
+    )
     assert len(warnings) == 1
     assert "'age', 'smoke' are missing" in warnings[0] and "'benign'" in warnings[0]

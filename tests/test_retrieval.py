@@ -2,43 +2,16 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-
 
 from slimp_cli.errors import SlimpError
 from slimp_cli.eval.metrics import rank_metrics
 from slimp_cli.eval.retrieval import ranks_of_relevant, run_retrieval
-from slimp_cli.eval.search import count_greater, topk_cosine
 
 
 def _unit(x):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def test_chunked_topk_equals_full_matrix():
-    rng = np.random.default_rng(0)
-    q, g = rng.normal(size=(103, 16)), rng.normal(size=(517, 16))
-    full = _unit(q) @ _unit(g).T
-    want_i = np.argsort(-full, axis=1)[:, :9]
-    for qc, gc, cache in ((7, 50, 1 << 30), (103, 517, 1 << 30), (10, 33, 0), (10, 5, 1 << 30)):
-        s, i = topk_cosine(q, g, k=9, query_chunk=qc, gallery_chunk=gc, cache_bytes=cache, device="cpu")
-        np.testing.assert_array_equal(i, want_i)
-        np.testing.assert_allclose(s, np.take_along_axis(full, want_i, 1), atol=1e-5)
-    s, i = topk_cosine(q, g[:4], k=9, device="cpu")  # k capped at the gallery size
-    assert i.shape == (103, 4)
-
-
-def test_count_greater_equals_brute_force():
-    rng = np.random.default_rng(1)
-    q, g = rng.normal(size=(40, 5)), rng.normal(size=(90, 5))
-    thr = rng.uniform(-0.5, 0.5, 40).astype(np.float32)
-    qg, gg = rng.integers(0, 10, 40), rng.integers(0, 10, 90)
-    full = _unit(q) @ _unit(g).T
-    want = ((full > thr[:, None]) & (gg[None, :] != qg[:, None])).sum(1)
-    got = count_greater(q, g, thr, query_groups=qg, gallery_groups=gg, query_chunk=6, gallery_chunk=13, device="cpu")
-    np.testing.assert_array_equal(got, want)
 
 
 def test_hand_made_3x3_ranks():
@@ -46,11 +19,17 @@ def test_hand_made_3x3_ranks():
     # (same index) is ranked 1, 2 and 3 respectively.
     deg = np.deg2rad
     gallery = np.array([[1, 0], [np.cos(deg(60)), np.sin(deg(60))], [-1, 0]])
-    queries = np.array([[1, 0.1],  # nearest g0 (rank 1 for match 0)
-                        [1, 0.0],  # order g0, g1, g2: match 1 at rank 2
-                        [1, 0.2]])  # order g0, g1, g2: match 2 at rank 3
+    queries = np.array(
+        [
+            [1, 0.1],  # nearest g0 (rank 1 for match 0)
+            [1, 0.0],  # order g0, g1, g2: match 1 at rank 2
+            [1, 0.2],
+        ]
+    )  # order g0, g1, g2: match 2 at rank 3
     ids = np.arange(3)
-    ranks = ranks_of_relevant(queries, gallery, query_groups=ids, gallery_groups=ids, query_chunk=2, gallery_chunk=2)
+    ranks = ranks_of_relevant(
+        queries, gallery, query_groups=ids, gallery_groups=ids, query_chunk=2, gallery_chunk=2
+    )
     np.testing.assert_array_equal(ranks, [1, 2, 3])
     m = rank_metrics(ranks, ks=(1, 2, 5))
     assert m["R@1"] == pytest.approx(1 / 3) and m["R@2"] == pytest.approx(2 / 3) and m["R@5"] == 1.0
@@ -69,7 +48,12 @@ def _store(write_store, tmp_path, image, lesion, pid, patient=None, name="r.h5")
 
 def test_identical_embeddings_are_perfect(write_store, tmp_path):
     x = np.random.default_rng(0).normal(size=(300, 12))
-    rep = run_retrieval(_store(write_store, tmp_path, x, x, np.arange(300)), device="cpu", chunk_size=64, n_negative=5000)
+    rep = run_retrieval(
+        _store(write_store, tmp_path, x, x, np.arange(300)),
+        device="cpu",
+        chunk_size=64,
+        n_negative=5000,
+    )
     for task in ("image_to_lesion", "lesion_to_image"):
         assert rep[task]["R@1"] == 1.0 and rep[task]["mAP"] == 1.0 and rep[task]["NDCG@10"] == 1.0
     assert rep["similarity_percentiles"]["matching"]["2"] == pytest.approx(1.0, abs=1e-5)
@@ -80,10 +64,18 @@ def test_identical_embeddings_are_perfect(write_store, tmp_path):
 def test_random_embeddings_recall_is_k_over_n(write_store, tmp_path):
     rng = np.random.default_rng(1)
     n = 1000
-    rep = run_retrieval(_store(write_store, tmp_path, rng.normal(size=(n, 32)), rng.normal(size=(n, 32)), np.arange(n)),
-                        device="cpu", chunk_size=128, n_negative=2000)
+    rep = run_retrieval(
+        _store(
+            write_store, tmp_path, rng.normal(size=(n, 32)), rng.normal(size=(n, 32)), np.arange(n)
+        ),
+        device="cpu",
+        chunk_size=128,
+        n_negative=2000,
+    )
     for k in (5, 20, 100):
-        assert rep["image_to_lesion"][f"R@{k}"] == pytest.approx(k / n, abs=max(0.02, 3 * np.sqrt(k / n / n)))
+        assert rep["image_to_lesion"][f"R@{k}"] == pytest.approx(
+            k / n, abs=max(0.02, 3 * np.sqrt(k / n / n))
+        )
     assert rep["image_to_lesion"]["mAP"] < 0.05
 
 
@@ -95,8 +87,12 @@ def test_patient_tasks_against_brute_force(write_store, tmp_path):
     pvec = rng.normal(size=(30, d))
     image = pvec[pid] + rng.normal(size=(n, d))  # images near their patient's vector
     lesion = image + 0.5 * rng.normal(size=(n, d))
-    rep = run_retrieval(_store(write_store, tmp_path, image, lesion, pid, patient=pvec[pid]), device="cpu", chunk_size=16,
-                        n_negative=1000)
+    rep = run_retrieval(
+        _store(write_store, tmp_path, image, lesion, pid, patient=pvec[pid]),
+        device="cpu",
+        chunk_size=16,
+        n_negative=1000,
+    )
     # brute force: patient gallery sorted by patient id (np.unique order of the string ids)
     keys, inv = np.unique(np.array([str(p) for p in pid]), return_inverse=True)
     gal = np.stack([pvec[int(k)] for k in keys])
@@ -118,7 +114,9 @@ def test_split_and_plots(write_store, tmp_path):
     n = 400
     x = rng.normal(size=(n, 8))
     store = _store(write_store, tmp_path, x, x + 0.3 * rng.normal(size=(n, 8)), np.arange(n) // 4)
-    rep = run_retrieval(store, split="patient", seed=1, device="cpu", plots_dir=tmp_path / "p", n_negative=1000)
+    rep = run_retrieval(
+        store, split="patient", seed=1, device="cpu", plots_dir=tmp_path / "p", n_negative=1000
+    )
     assert 24 <= rep["n_queries"] <= 56 and rep["split"] == "patient"
     assert set(rep["similarity_percentiles"]) == {"matching", "non_matching", "retrieved"}
     pct = rep["similarity_percentiles"]
@@ -128,7 +126,9 @@ def test_split_and_plots(write_store, tmp_path):
 
 def test_needs_lesion_features(write_store, tmp_path):
     x = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
-    store = write_store(tmp_path / "i.h5", features={"image": x}, patient_id=np.arange(10), label=np.arange(10) % 2)
+    store = write_store(
+        tmp_path / "i.h5", features={"image": x}, patient_id=np.arange(10), label=np.arange(10) % 2
+    )
     with pytest.raises(SlimpError, match="no features/lesion"):
         run_retrieval(store)
 
@@ -140,13 +140,24 @@ def test_phenotype_to_patient_against_brute_force(write_store, tmp_path):
     image, lesion = rng.normal(size=(n, d)), rng.normal(size=(n, d))
     pvec = rng.normal(size=(n_pat, d))
     weight, bias = rng.normal(size=(d, 2 * d)), rng.normal(size=d)
-    store = write_store(tmp_path / "ph.h5", features={"image": image.astype(np.float32), "lesion": lesion.astype(np.float32),
-                                                       "patient": pvec[pid].astype(np.float32)},
-                        patient_id=np.array([f"p{p:03d}" for p in pid]), label=np.arange(n) % 2,
-                        phenotype=(weight.astype(np.float32), bias.astype(np.float32)))
+    store = write_store(
+        tmp_path / "ph.h5",
+        features={
+            "image": image.astype(np.float32),
+            "lesion": lesion.astype(np.float32),
+            "patient": pvec[pid].astype(np.float32),
+        },
+        patient_id=np.array([f"p{p:03d}" for p in pid]),
+        label=np.arange(n) % 2,
+        phenotype=(weight.astype(np.float32), bias.astype(np.float32)),
+    )
     rep = run_retrieval(store, device="cpu", n_negative=100)
-    z = np.stack([np.concatenate([image[pid == p].mean(0), lesion[pid == p].mean(0)]) @ weight.T + bias
-                  for p in range(n_pat)])
+    z = np.stack(
+        [
+            np.concatenate([image[pid == p].mean(0), lesion[pid == p].mean(0)]) @ weight.T + bias
+            for p in range(n_pat)
+        ]
+    )
     sims = _unit(z) @ _unit(pvec).T
     ranks = np.array([1 + np.sum(sims[p] > sims[p, p]) for p in range(n_pat)])
     assert rep["phenotype_to_patient"] == pytest.approx(rank_metrics(ranks))

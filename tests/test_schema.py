@@ -84,11 +84,26 @@ def test_encode_raw_one_hot_and_missing_indicators():
     from slimp_cli.schema import encode_raw, raw_columns
 
     cols, sources = raw_columns(FEATURES)
-    assert cols == ["age", "age=missing", "sex=female", "sex=male", "sex=missing",
-                    "smoke=false", "smoke=true", "smoke=missing", "diam", "diam=missing"]
+    assert cols == [
+        "age",
+        "age=missing",
+        "sex=female",
+        "sex=male",
+        "sex=missing",
+        "smoke=false",
+        "smoke=true",
+        "smoke=missing",
+        "diam",
+        "diam=missing",
+    ]
     assert sources == ["age"] * 2 + ["sex"] * 3 + ["smoke"] * 3 + ["diam"] * 2
-    m = encode_raw(FEATURES, [{"age": 70, "sex": "female", "smoke": True, "diam": None},
-                              {"age": None, "sex": "other", "smoke": None, "diam": 2.0}])
+    m = encode_raw(
+        FEATURES,
+        [
+            {"age": 70, "sex": "female", "smoke": True, "diam": None},
+            {"age": None, "sex": "other", "smoke": None, "diam": 2.0},
+        ],
+    )
     assert m.tolist() == [
         [2.0, 0, 1, 0, 0, 0, 1, 0, 0, 1],
         [0, 1, 0, 0, 0, 0, 0, 1, 0, 0],

@@ -24,15 +24,33 @@ def _jpeg(colour: int) -> bytes:
 def _write(out, n_patients: int, *, max_bytes: int = 10**9, max_patients=None):
     writer = ShardWriter(out, max_bytes=max_bytes, max_patients=max_patients)
     for i in range(n_patients):
-        lesions = [{"lesion_id": f"L{i}-{j}", "image_id": f"img{i}{j}", "image": f"{j:04d}.jpg", "label": "a",
-                    "malignant": 0, "fields": {"x": float(j)}} for j in range(i % 3 + 1)]
-        patient = {"patient_id": f"P.{i}", "fields": {"age": 40 + i}, "derived": {"n_lesions": len(lesions)}}
-        writer.write(f"P_{i:03d}", patient, lesions, [_jpeg(10 * i + j) for j in range(len(lesions))])
+        lesions = [
+            {
+                "lesion_id": f"L{i}-{j}",
+                "image_id": f"img{i}{j}",
+                "image": f"{j:04d}.jpg",
+                "label": "a",
+                "malignant": 0,
+                "fields": {"x": float(j)},
+            }
+            for j in range(i % 3 + 1)
+        ]
+        patient = {
+            "patient_id": f"P.{i}",
+            "fields": {"age": 40 + i},
+            "derived": {"n_lesions": len(lesions)},
+        }
+        writer.write(
+            f"P_{i:03d}", patient, lesions, [_jpeg(10 * i + j) for j in range(len(lesions))]
+        )
     return writer.commit()
 
 
 def _finish(out, shards):
-    write_json(out / "schema.json", {"patient_features": [], "lesion_features": [], "derived_patient_features": []})
+    write_json(
+        out / "schema.json",
+        {"patient_features": [], "lesion_features": [], "derived_patient_features": []},
+    )
     write_json(out / "manifest.json", {"complete": True, "shards": [s.__dict__ for s in shards]})
 
 
@@ -50,11 +68,19 @@ def test_writer_is_deterministic_and_stamps_nothing(tmp_path):
     first = _write(tmp_path / "a", 5)
     second = _write(tmp_path / "b", 5)
     assert [s.sha256 for s in first] == [s.sha256 for s in second]
-    assert (tmp_path / "a" / first[0].name).read_bytes() == (tmp_path / "b" / second[0].name).read_bytes()
+    assert (tmp_path / "a" / first[0].name).read_bytes() == (
+        tmp_path / "b" / second[0].name
+    ).read_bytes()
     with tarfile.open(tmp_path / "a" / first[0].name) as tar:
         members = tar.getmembers()
-    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {(0, 0, 0, "", "", 0o644)}
-    assert [m.name for m in members[:3]] == ["P_000.patient.json", "P_000.lesions.json", "P_000.0000.jpg"]
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {
+        (0, 0, 0, "", "", 0o644)
+    }
+    assert [m.name for m in members[:3]] == [
+        "P_000.patient.json",
+        "P_000.lesions.json",
+        "P_000.0000.jpg",
+    ]
 
 
 def test_size_cap_splits_between_patients(tmp_path):
@@ -65,7 +91,7 @@ def test_size_cap_splits_between_patients(tmp_path):
     for s in shards:
         with tarfile.open(tmp_path / s.name) as tar:
             keys.append({m.name.split(".")[0] for m in tar.getmembers()})
-    assert all(not (a & b) for i, a in enumerate(keys) for b in keys[i + 1:])  # no patient split
+    assert all(not (a & b) for i, a in enumerate(keys) for b in keys[i + 1 :])  # no patient split
     (tmp_path / "capped").mkdir()
     assert len(_write(tmp_path / "capped", 12, max_patients=5)) == 3
 
@@ -104,10 +130,14 @@ def test_index_refuses_bad_folders(tmp_path):
         ShardIndex.open(tmp_path)
     shards = _write(tmp_path, 2)
     _finish(tmp_path, shards)
-    write_json(tmp_path / "manifest.json", {"complete": False, "shards": [s.__dict__ for s in shards]})
+    write_json(
+        tmp_path / "manifest.json", {"complete": False, "shards": [s.__dict__ for s in shards]}
+    )
     with pytest.raises(SlimpError, match="did not complete"):
         ShardIndex.open(tmp_path)
-    write_json(tmp_path / "manifest.json", {"complete": True, "shards": [{"name": "shard-000009.tar"}]})
+    write_json(
+        tmp_path / "manifest.json", {"complete": True, "shards": [{"name": "shard-000009.tar"}]}
+    )
     with pytest.raises(SlimpError, match="missing"):
         ShardIndex.open(tmp_path)
     (tmp_path / "schema.json").unlink()

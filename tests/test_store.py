@@ -19,13 +19,24 @@ from slimp_cli.store import FORMAT, FeatureStore, FeatureStoreWriter
 def _example(write_store, tmp_path: Path, n: int = 100) -> tuple[Path, dict]:
     rng = np.random.default_rng(0)
     arrays = {
-        "features": {"image": rng.normal(size=(n, 4)).astype(np.float32),
-                     "lesion": rng.normal(size=(n, 4)).astype(np.float32)},
+        "features": {
+            "image": rng.normal(size=(n, 4)).astype(np.float32),
+            "lesion": rng.normal(size=(n, 4)).astype(np.float32),
+        },
         "patient_id": np.arange(n) // 3,
         "label": rng.integers(0, 3, n),
         "malignant": rng.integers(-1, 2, n).astype(np.int8),
-        "raw": {"lesion": (rng.normal(size=(n, 3)).astype(np.float32), ["a", "b=x", "b=y"], ["a", "b", "b"])},
-        "phenotype": (rng.normal(size=(4, 8)).astype(np.float32), rng.normal(size=4).astype(np.float32)),
+        "raw": {
+            "lesion": (
+                rng.normal(size=(n, 3)).astype(np.float32),
+                ["a", "b=x", "b=y"],
+                ["a", "b", "b"],
+            )
+        },
+        "phenotype": (
+            rng.normal(size=(4, 8)).astype(np.float32),
+            rng.normal(size=4).astype(np.float32),
+        ),
     }
     path = write_store(tmp_path / "s.h5", classes=["x", "y", "z"], **arrays)
     return path, arrays
@@ -38,8 +49,10 @@ def test_round_trip(write_store, tmp_path):
         assert st.feature_names == ["image", "lesion"]
         assert st.dims == {"image": 4, "lesion": 4}
         np.testing.assert_array_equal(st.block("image"), a["features"]["image"])
-        np.testing.assert_array_equal(st.features(["lesion", "image"]),
-                                      np.concatenate([a["features"]["lesion"], a["features"]["image"]], 1))
+        np.testing.assert_array_equal(
+            st.features(["lesion", "image"]),
+            np.concatenate([a["features"]["lesion"], a["features"]["image"]], 1),
+        )
         np.testing.assert_array_equal(st.label, a["label"])
         np.testing.assert_array_equal(st.malignant, a["malignant"])
         assert st.classes == ["x", "y", "z"]
@@ -61,11 +74,18 @@ def test_round_trip(write_store, tmp_path):
 
 
 def test_unknown_n_grows(tmp_path):
-    with FeatureStoreWriter(tmp_path / "g.h5", n=None, dims={"image": 2}, config={}, schema=None, classes=["a"]) as w:
+    with FeatureStoreWriter(
+        tmp_path / "g.h5", n=None, dims={"image": 2}, config={}, schema=None, classes=["a"]
+    ) as w:
         for s in range(0, 50, 7):
             b = min(7, 50 - s)
-            w.append(lesion_id=["x"] * b, patient_id=["p"] * b, label=[0] * b, malignant=[0] * b,
-                     features={"image": np.full((b, 2), s, np.float32)})
+            w.append(
+                lesion_id=["x"] * b,
+                patient_id=["p"] * b,
+                label=[0] * b,
+                malignant=[0] * b,
+                features={"image": np.full((b, 2), s, np.float32)},
+            )
     with FeatureStore.open(tmp_path / "g.h5") as st:
         assert st.n == 50 and st.block("image")[49, 0] == 49 // 7 * 7
 
@@ -73,19 +93,39 @@ def test_unknown_n_grows(tmp_path):
 def test_interrupted_write_leaves_nothing(tmp_path):
     out = tmp_path / "s.h5"
     with pytest.raises(RuntimeError):
-        with FeatureStoreWriter(out, n=10, dims={"image": 2}, config={}, schema=None, classes=["a"]) as w:
-            w.append(lesion_id=["x"], patient_id=["p"], label=[0], malignant=[0],
-                     features={"image": np.zeros((1, 2), np.float32)})
+        with FeatureStoreWriter(
+            out, n=10, dims={"image": 2}, config={}, schema=None, classes=["a"]
+        ) as w:
+            w.append(
+                lesion_id=["x"],
+                patient_id=["p"],
+                label=[0],
+                malignant=[0],
+                features={"image": np.zeros((1, 2), np.float32)},
+            )
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_wrong_row_count_and_shapes(tmp_path):
-    w = FeatureStoreWriter(tmp_path / "s.h5", n=3, dims={"image": 2}, config={}, schema=None, classes=["a"])
+    w = FeatureStoreWriter(
+        tmp_path / "s.h5", n=3, dims={"image": 2}, config={}, schema=None, classes=["a"]
+    )
     with pytest.raises(SlimpError, match="shape"):
-        w.append(lesion_id=["x"], patient_id=["p"], label=[0], malignant=[0],
-                 features={"image": np.zeros((1, 3), np.float32)})
-    w.append(lesion_id=["x"], patient_id=["p"], label=[0], malignant=[0], features={"image": np.zeros((1, 2))})
+        w.append(
+            lesion_id=["x"],
+            patient_id=["p"],
+            label=[0],
+            malignant=[0],
+            features={"image": np.zeros((1, 3), np.float32)},
+        )
+    w.append(
+        lesion_id=["x"],
+        patient_id=["p"],
+        label=[0],
+        malignant=[0],
+        features={"image": np.zeros((1, 2))},
+    )
     with pytest.raises(SlimpError, match="wrote 1 rows but n=3"):
         w.close()
     assert not (tmp_path / "s.h5").exists() and list(tmp_path.iterdir()) == []

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from slimp_cli.ingest.synth import COLOURS, generate_cohort
 from slimp_cli.errors import SlimpError
+from slimp_cli.ingest.synth import COLOURS, generate_cohort
 from slimp_cli.shards import ShardIndex
 
 
@@ -61,7 +61,9 @@ def test_images_follow_metadata(tmp_path):
     for name in table["image"]:
         pixels = np.asarray(Image.open(tmp_path / "images" / name), dtype=np.float32)
         corner.append(pixels[:6, :6].mean())
-        bg = np.median(np.concatenate([pixels[:4].reshape(-1, 3), pixels[-4:].reshape(-1, 3)]), axis=0)
+        bg = np.median(
+            np.concatenate([pixels[:4].reshape(-1, 3), pixels[-4:].reshape(-1, 3)]), axis=0
+        )
         area.append((np.abs(pixels - bg).sum(axis=2) > 60).mean())
         centre.append(pixels[22:26, 22:26].reshape(-1, 3).mean(axis=0))
     fitz = table["fitzpatrick"].astype(float)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import numpy as np
 import pytest
 import torch
 
 from slimp_cli.errors import SlimpError
 from slimp_cli.runs import load_run, read_config, read_metrics
-from slimp_cli.train import TrainConfig, pretrain, pretrain_run
+from slimp_cli.train import TrainConfig, pretrain
 from slimp_cli.train.loop import lr_factor
 
 # Tiny models for CPU tests: a 2-block ViT on 32 px images, TRACE d = 32.
@@ -27,8 +24,15 @@ def test_train_config_validation_and_roundtrip():
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert TrainConfig().patients_per_batch == 4 and TrainConfig().lesions_per_patient == 100
     assert TrainConfig().epochs == 150 and TrainConfig().lr == 1e-4 and TrainConfig().lam == 0.9
-    for bad in (dict(patients_per_batch=0), dict(lr=-1.0), dict(lam=1.5), dict(device="tpu"),
-                dict(method="foo"), dict(max_steps=0), dict(augment="yes")):
+    for bad in (
+        dict(patients_per_batch=0),
+        dict(lr=-1.0),
+        dict(lam=1.5),
+        dict(device="tpu"),
+        dict(method="foo"),
+        dict(max_steps=0),
+        dict(augment="yes"),
+    ):
         with pytest.raises(SlimpError):
             TrainConfig(**bad)
     with pytest.raises(SlimpError, match="unknown train option"):
@@ -43,22 +47,8 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert all(a >= b for a, b in zip(f[5:], f[6:])) and f[-1] < 0.01
 
 
-@pytest.fixture(scope="module")
-def pad_run(pad_shards, tmp_path_factory):
-    """~100 steps of a tiny nested model on the PAD shards."""
-    out = tmp_path_factory.mktemp("pad_run") / "run"
-    torch.set_num_threads(1)
-    # PAD-UFES-20 has 1.27 lesions per patient: most patients contribute an exactly-zero inner
-    # loss, so with lambda = 0.9 the total is dominated by how many multi-lesion patients a
-    # batch happens to hold. lambda = 0.5 lets the outer (patient) loss show in the total.
-    result = pretrain_run(pad_shards, out, model=TINY, train=dict(
-        FAST, patients_per_batch=8, lesions_per_patient=4, epochs=2, max_steps=100,
-        warmup_steps=5, lr=1e-3, lam=0.5))
-    return result
-
-
-def test_loss_falls_on_pad(pad_run):
-    metrics = read_metrics(pad_run.run_dir)
+def test_loss_falls_on_pad(trained_pad):
+    metrics = read_metrics(trained_pad.run_dir)
     assert [m["step"] for m in metrics] == list(range(1, 101))
     loss = np.array([m["loss"] for m in metrics])
     patient = np.array([m["loss_patient"] for m in metrics])
@@ -66,56 +56,27 @@ def test_loss_falls_on_pad(pad_run):
     assert loss[-10:].mean() < 0.8 * loss[:10].mean()
     assert patient[-10:].mean() < 0.8 * patient[:10].mean()
     for m in metrics:
-        assert {"step", "epoch", "loss", "loss_lesions", "loss_patient", "lr",
-                "images_per_s"} <= set(m)
+        assert {
+            "step",
+            "epoch",
+            "loss",
+            "loss_lesions",
+            "loss_patient",
+            "lr",
+            "images_per_s",
+        } <= set(m)
         assert np.isfinite(m["loss"]) and m["images_per_s"] > 0
 
 
-def test_run_dir_contract(pad_run, pad_shards):
-    run = pad_run.run_dir
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-last.pt", "config.json",
-                                                     "metrics.jsonl"]
-    state = torch.load(run / "checkpoint-last.pt", weights_only=True)
-    assert state["step"] == 100 and state["format"] == "slimp-checkpoint"
-    cfg = read_config(run)
-    assert cfg["variant"] == "nested" and cfg["kind"] == "pretrain"
-    assert cfg["train"]["max_steps"] == 100 and cfg["model"]["image_model"] == "vit_test"
-    assert cfg["schema"]["name"] == json.loads((pad_shards / "schema.json").read_text())["name"]
-    assert cfg["data"]["patients"] == 418 and len(cfg["data"]["manifest_sha256"]) == 64
-    assert len(cfg["trainable"]) == len(list(pad_run.model.parameters()))
-    assert cfg == state["config"]
-
-
-def test_model_rebuilt_from_config_gives_the_same_embeddings(pad_run, pad_shards):
-    from slimp_cli.shards import ShardIndex
-    from slimp_cli.train.data import PatientDataset, PatientItem, collate
-
-    _run = load_run(pad_run.run_dir)
-
-    model, cfg, schema = _run.model, _run.config, _run.schema
-    assert schema.fingerprint() == cfg["data"]["schema_fingerprint"]
-    trained = pad_run.model.eval()
-    index = ShardIndex.open(pad_shards)
-    ds = PatientDataset(index, inputs=model.inputs, preprocess=model.preprocess)
-    items = [PatientItem(i, tuple(range(len(index.patient(i).lesions))), (0, 0, 0, i))
-             for i in range(6)]
-    batch = collate([ds[it] for it in items])
-    with torch.no_grad():
-        for enc, arg in (("encode_image", batch["images"]), ("encode_lesion", batch["lesion_tab"]),
-                         ("encode_patient", batch["patient_tab"])):
-            a, b = getattr(model, enc)(arg), getattr(trained, enc)(arg)
-            assert torch.equal(a, b), enc
-    # a lone checkpoint file (config copied inside) rebuilds it too
-    lone = pad_run.run_dir.parent / "lone.pt"
-    shutil.copy(pad_run.run_dir / "checkpoint-last.pt", lone)
-    _run = load_run(lone)
-    m2, _, _ = _run.model, _run.config, _run.schema
-    with torch.no_grad():
-        assert torch.equal(m2.encode_image(batch["images"]), model.encode_image(batch["images"]))
-
-
-RESUME_TRAIN = dict(FAST, patients_per_batch=32, lesions_per_patient=3, epochs=3,
-                    warmup_steps=3, lr=1e-3, augment=True)
+RESUME_TRAIN = dict(
+    FAST,
+    patients_per_batch=32,
+    lesions_per_patient=3,
+    epochs=3,
+    warmup_steps=3,
+    lr=1e-3,
+    augment=True,
+)
 RESUME_MODEL = dict(TINY, tab_dropout=0.1)  # dropout: the RNG state must be restored too
 
 
@@ -123,8 +84,12 @@ RESUME_MODEL = dict(TINY, tab_dropout=0.1)  # dropout: the RNG state must be res
 def uninterrupted(pad_shards, tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("resume") / "full"
-    return pretrain(pad_shards, out, model=RESUME_MODEL,
-                    train=dict(RESUME_TRAIN, max_steps=16, keep_epoch_checkpoints=True))
+    return pretrain(
+        pad_shards,
+        out,
+        model=RESUME_MODEL,
+        train=dict(RESUME_TRAIN, max_steps=16, keep_epoch_checkpoints=True),
+    )
 
 
 @pytest.mark.parametrize("k", [5, 13])  # inside epoch 1 / at the end of epoch 1 (13 steps)
@@ -158,7 +123,9 @@ def test_resume_refuses_other_options_or_data(pad_shards, derm7pt_shards, uninte
 
 def test_bad_input_errors(pad_shards, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(SlimpError, match="data has 418 patients but --patients-per-batch is 500; lower it"):
+    with pytest.raises(
+        SlimpError, match="data has 418 patients but --patients-per-batch is 500; lower it"
+    ):
         pretrain(pad_shards, out, model=TINY, train=dict(FAST, patients_per_batch=500))
     assert not (out / "config.json").exists()
     with pytest.raises(SlimpError, match="SM3 is not implemented yet"):
@@ -170,8 +137,10 @@ def test_bad_input_errors(pad_shards, tmp_path):
     with pytest.raises(SlimpError, match="no such folder"):
         pretrain(tmp_path / "nothing", out, model=TINY, train=FAST)
     if not torch.cuda.is_available():
-        with pytest.raises(SlimpError, match="--device cuda but no CUDA device is available; "
-                                             "use --device auto or cpu"):
+        with pytest.raises(
+            SlimpError,
+            match="--device cuda but no CUDA device is available; use --device auto or cpu",
+        ):
             pretrain(pad_shards, out, model=TINY, train=dict(FAST, device="cuda"))
     with pytest.raises(SlimpError, match="no such run dir or checkpoint file"):
         load_run(tmp_path / "nothing")
@@ -180,8 +149,9 @@ def test_bad_input_errors(pad_shards, tmp_path):
         load_run(tmp_path / "junk.pt")
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(pad_shards, tmp_path,
-                                                                  monkeypatch):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    pad_shards, tmp_path, monkeypatch
+):
     from slimp_cli.train import loop
 
     real = loop._compute_loss
@@ -204,15 +174,23 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(pad_shards, tm
 
 
 def test_flat_notice_and_image_variant(derm7pt_shards, pad_shards, tmp_path, capsys):
-    run = pretrain(derm7pt_shards, tmp_path / "flat", model=TINY,
-                   train=dict(FAST, patients_per_batch=16, lesions_per_patient=2, max_steps=3))
+    run = pretrain(
+        derm7pt_shards,
+        tmp_path / "flat",
+        model=TINY,
+        train=dict(FAST, patients_per_batch=16, lesions_per_patient=2, max_steps=3),
+    )
     assert "no patient-level features: training the flat variant" in capsys.readouterr().err
     assert read_config(run)["variant"] == "flat"
     _run = load_run(run)
     model, _, _ = _run.model, _run.config, _run.schema
     assert model.variant == "flat"
-    run = pretrain(pad_shards, tmp_path / "image", model=dict(TINY, variant="image"),
-                   train=dict(FAST, patients_per_batch=8, lesions_per_patient=2, max_steps=3))
+    run = pretrain(
+        pad_shards,
+        tmp_path / "image",
+        model=dict(TINY, variant="image"),
+        train=dict(FAST, patients_per_batch=8, lesions_per_patient=2, max_steps=3),
+    )
     metrics = read_metrics(run)
     assert len(metrics) == 3 and all(np.isfinite(m["loss"]) for m in metrics)
 
@@ -223,16 +201,50 @@ def test_cli_pretrain(pad_shards, tmp_path):
     from slimp_cli.cli import app
 
     out = tmp_path / "run"
-    args = ["pretrain", str(pad_shards), "--out", str(out), "--image-model", "vit_test",
-            "--img-size", "32", "--tab-dim", "32", "--patients-per-batch", "8",
-            "--lesions-per-patient", "2", "--max-steps", "2", "--workers", "0", "--no-progress",
-            "--device", "cpu", "--lr", "3e-4", "--lam", "0.8"]
+    args = [
+        "pretrain",
+        str(pad_shards),
+        "--out",
+        str(out),
+        "--image-model",
+        "vit_test",
+        "--img-size",
+        "32",
+        "--tab-dim",
+        "32",
+        "--patients-per-batch",
+        "8",
+        "--lesions-per-patient",
+        "2",
+        "--max-steps",
+        "2",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--lr",
+        "3e-4",
+        "--lam",
+        "0.8",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     cfg = read_config(out)
     assert cfg["train"]["lr"] == 3e-4 and cfg["train"]["lam"] == 0.8
     assert cfg["model"]["tab_dim"] == 32 and cfg["train"]["patients_per_batch"] == 8
-    result = CliRunner().invoke(app, ["pretrain", str(pad_shards), "--out", str(out), "--resume",
-                                      "--max-steps", "3", "--no-progress"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "pretrain",
+            str(pad_shards),
+            "--out",
+            str(out),
+            "--resume",
+            "--max-steps",
+            "3",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert read_metrics(out)[-1]["step"] == 3

@@ -16,8 +16,17 @@ from slimp_cli.runs import load_run, read_metrics
 from slimp_cli.train import pretrain
 
 TINY = dict(image_model="vit_test", img_size=32, tab_dim=32, embed_dim=32)
-TRAIN = dict(patients_per_batch=8, lesions_per_patient=10, epochs=6, max_steps=150,
-             warmup_steps=10, lr=1e-3, workers=0, device="cpu", log_every=10)
+TRAIN = dict(
+    patients_per_batch=8,
+    lesions_per_patient=10,
+    epochs=6,
+    max_steps=150,
+    warmup_steps=10,
+    lr=1e-3,
+    workers=0,
+    device="cpu",
+    log_every=10,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -39,14 +48,25 @@ def permuted_copy(src: Path, dst: Path, seed: int = 0) -> Path:
         for les in rec.lesions:
             lesions.append({**les, "fields": fields[perm[k]]})
             k += 1
-        writer.write(rec.key, {"patient_id": rec.patient_id, "fields": rec.fields,
-                               "derived": rec.derived}, lesions,
-                     [rec.read_image(j) for j in range(len(rec.lesions))])
+        writer.write(
+            rec.key,
+            {"patient_id": rec.patient_id, "fields": rec.fields, "derived": rec.derived},
+            lesions,
+            [rec.read_image(j) for j in range(len(rec.lesions))],
+        )
     shards = writer.commit()
     shutil.copy(src / "schema.json", dst / "schema.json")  # same values: same statistics
     manifest = json.loads((src / "manifest.json").read_text())
-    manifest["shards"] = [{"name": s.name, "sha256": s.sha256, "bytes": s.bytes,
-                           "patients": s.patients, "images": s.images} for s in shards]
+    manifest["shards"] = [
+        {
+            "name": s.name,
+            "sha256": s.sha256,
+            "bytes": s.bytes,
+            "patients": s.patients,
+            "images": s.images,
+        }
+        for s in shards
+    ]
     (dst / "manifest.json").write_text(json.dumps(manifest))
     return dst
 
@@ -74,8 +94,8 @@ def image_to_lesion_ranks(run: Path, data: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def train_cohort(tmp_path_factory) -> Path:
     """200 training patients from the generator (seed 1); the synth fixture (seed 0) is held out."""
-    from slimp_cli.ingest.synth import generate_cohort
     from slimp_cli.ingest import ingest
+    from slimp_cli.ingest.synth import generate_cohort
 
     root = tmp_path_factory.mktemp("synth_train")
     generate_cohort(root / "cohort", patients=200, seed=1, image_size=32)
@@ -83,8 +103,9 @@ def train_cohort(tmp_path_factory) -> Path:
     return root / "shards"
 
 
-def test_retrieval_beats_chance_only_when_metadata_match_images(train_cohort, synth_shards,
-                                                                tmp_path):
+def test_retrieval_beats_chance_only_when_metadata_match_images(
+    train_cohort, synth_shards, tmp_path
+):
     real = pretrain(train_cohort, tmp_path / "real", model=TINY, train=TRAIN)
     control_data = permuted_copy(train_cohort, tmp_path / "permuted")
     control = pretrain(control_data, tmp_path / "control", model=TINY, train=TRAIN)
@@ -94,9 +115,11 @@ def test_retrieval_beats_chance_only_when_metadata_match_images(train_cohort, sy
     n = len(ranks)
     chance_r1 = 1.0 / n
     r1, control_r1 = float(np.mean(ranks == 1)), float(np.mean(control_ranks == 1))
-    print(f"held-out lesions {n}: R@1 {r1:.3f} (control {control_r1:.3f}, chance "
-          f"{chance_r1:.3f}); mean rank {ranks.mean():.1f} (control {control_ranks.mean():.1f}, "
-          f"chance {(n + 1) / 2:.1f})")
+    print(
+        f"held-out lesions {n}: R@1 {r1:.3f} (control {control_r1:.3f}, chance "
+        f"{chance_r1:.3f}); mean rank {ranks.mean():.1f} (control {control_ranks.mean():.1f}, "
+        f"chance {(n + 1) / 2:.1f})"
+    )
     assert r1 >= 5 * chance_r1
     assert ranks.mean() < (n + 1) / 2 / 3
     assert control_r1 < 5 * chance_r1

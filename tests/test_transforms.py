@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from slimp_cli.errors import SlimpError
-from slimp_cli.models import build_model
 from slimp_cli.model_config import ModelConfig
+from slimp_cli.models import build_model
 from slimp_cli.transforms import IMAGENET_MEAN, Preprocess, model_mean_std, resize_center
 
 
@@ -54,8 +54,14 @@ def test_resize_center_keeps_the_centre_and_skips_matching_sizes():
 def test_mean_std_come_from_the_image_model():
     import timm
 
-    clip_like = timm.create_model("vit_base_patch16_clip_224", pretrained=False, num_classes=0,
-                                  img_size=32, patch_size=16, depth=1)
+    clip_like = timm.create_model(
+        "vit_base_patch16_clip_224",
+        pretrained=False,
+        num_classes=0,
+        img_size=32,
+        patch_size=16,
+        depth=1,
+    )
     mean, std = model_mean_std(clip_like)
     assert mean != IMAGENET_MEAN and len(mean) == len(std) == 3
     # a model without a timm config (the local test ViT) falls back to ImageNet's

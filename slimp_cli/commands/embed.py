@@ -11,13 +11,18 @@ console = Console(stderr=True)
 
 
 def embed_cmd(
-    checkpoint: Path = typer.Argument(..., help="Run dir of slimp pretrain/adapt, or a checkpoint file in it."),
+    checkpoint: Path = typer.Argument(
+        ..., help="Run dir of slimp pretrain/adapt, or a checkpoint file in it."
+    ),
     data: Path = typer.Argument(..., help="Shard folder written by slimp ingest."),
-    out: Path = typer.Option(..., "--out", "-o", help="Feature store to write (HDF5, e.g. feats.h5)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Feature store to write (HDF5, e.g. feats.h5)."
+    ),
     batch_size: int = typer.Option(64, "--batch-size", help="Lesions per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     image_only: bool = typer.Option(
-        False, "--image-only",
+        False,
+        "--image-only",
         help="Embed images only: for data whose metadata columns the model was not built for "
         "(the target of slimp extrapolate).",
     ),
@@ -34,13 +39,23 @@ def embed_cmd(
     from ..embed import embed, store_summary
 
     with Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), console=console, transient=True,
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
     ) as bar:
         task = bar.add_task("embedding lesions", total=None)
         path = embed(
-            checkpoint, data, out, batch_size=batch_size, device=device, image_only=image_only,
-            workers=workers, progress=lambda done, total: bar.update(task, completed=done, total=total),
+            checkpoint,
+            data,
+            out,
+            batch_size=batch_size,
+            device=device,
+            image_only=image_only,
+            workers=workers,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     info = store_summary(path)
     dims = ", ".join(f"{k} {v}" for k, v in info["features"].items())
@@ -48,7 +63,9 @@ def embed_cmd(
 
 
 def demo_cmd(
-    out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for every file the demo writes."),
+    out: Path = typer.Option(
+        Path("demo-out"), "--out", help="Folder for every file the demo writes."
+    ),
     patients: int = typer.Option(250, "--patients", help="Patients in the generated cohort."),
     steps: int = typer.Option(100, "--steps", help="Pre-training steps of each model."),
     seed: int = typer.Option(0, "--seed", help="Seed of the cohort and of training."),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -67,61 +66,139 @@ def _fmt(metric: dict) -> str:
 
 def probe_cmd(
     store: Path = typer.Argument(..., help="Feature store (HDF5) written by slimp embed."),
-    label: str = typer.Option("binary", "--label", help="binary (benign/malignant, the paper's main task) or multiclass."),
-    features: Optional[str] = typer.Option(None, "--features", help="Comma list of image,lesion,patient (default: all the store has)."),
+    label: str = typer.Option(
+        "binary", "--label", help="binary (benign/malignant, the paper's main task) or multiclass."
+    ),
+    features: str | None = typer.Option(
+        None, "--features", help="Comma list of image,lesion,patient (default: all the store has)."
+    ),
     method: str = typer.Option("linear,knn", "--method", help="Comma list of linear,knn."),
-    split: str = typer.Option("random", "--split", help="random (stratified lesion-level 90/10) or patient (patient-disjoint)."),
-    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma list of split seeds; metrics are mean±std over them."),
-    low_shot: Optional[str] = typer.Option(None, "--low-shot", help="Comma list of fractions of training labels kept, e.g. 0.01,0.1."),
+    split: str = typer.Option(
+        "random",
+        "--split",
+        help="random (stratified lesion-level 90/10) or patient (patient-disjoint).",
+    ),
+    seeds: str = typer.Option(
+        "0,1,2", "--seeds", help="Comma list of split seeds; metrics are mean±std over them."
+    ),
+    low_shot: str | None = typer.Option(
+        None, "--low-shot", help="Comma list of fractions of training labels kept, e.g. 0.01,0.1."
+    ),
     k: int = typer.Option(20, "--k", help="Neighbours of the kNN classifier."),
-    knn_temperature: float = typer.Option(0.07, "--knn-temperature", help="kNN vote weight exp(sim / T)."),
-    c: float = typer.Option(1.0, "--C", help="Inverse L2 strength of the linear probe (standardised features)."),
-    cv: bool = typer.Option(False, "--cv", help="Choose C by inner 5-fold cross-validation instead."),
-    baseline: bool = typer.Option(False, "--baseline", help="Add metadata-only baselines (raw/) and a label-leakage audit."),
-    pseudo: Optional[str] = typer.Option(None, "--pseudo", help="Use pseudo lesion/patient features of slimp extrapolate (ilp, il or ii)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
-    plots: Optional[Path] = typer.Option(None, "--plots", help="Write ROC and confusion-matrix PNGs into this folder."),
-    task: str = typer.Option("classification", "--task", help="classification, or derm7pt-multilabel: probe each of the seven-point checklist "
-                            "criteria of Derm7pt from image (or pseudo) features."),
+    knn_temperature: float = typer.Option(
+        0.07, "--knn-temperature", help="kNN vote weight exp(sim / T)."
+    ),
+    c: float = typer.Option(
+        1.0, "--C", help="Inverse L2 strength of the linear probe (standardised features)."
+    ),
+    cv: bool = typer.Option(
+        False, "--cv", help="Choose C by inner 5-fold cross-validation instead."
+    ),
+    baseline: bool = typer.Option(
+        False, "--baseline", help="Add metadata-only baselines (raw/) and a label-leakage audit."
+    ),
+    pseudo: str | None = typer.Option(
+        None,
+        "--pseudo",
+        help="Use pseudo lesion/patient features of slimp extrapolate (ilp, il or ii).",
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
+    plots: Path | None = typer.Option(
+        None, "--plots", help="Write ROC and confusion-matrix PNGs into this folder."
+    ),
+    task: str = typer.Option(
+        "classification",
+        "--task",
+        help="classification, or derm7pt-multilabel: probe each of the seven-point checklist "
+        "criteria of Derm7pt from image (or pseudo) features.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (kNN search)."),
 ) -> None:
     """Linear probe and kNN classification on frozen features (mean±std over seeds)."""
     from ..eval.probe import run_probe
 
     if task == "derm7pt-multilabel":
-        return _multilabel(store, features=features, method=method, split=split, seeds=seeds, k=k,
-                           knn_temperature=knn_temperature, c=c, cv=cv, pseudo=pseudo,
-                           device=device, json_path=json_path)
+        return _multilabel(
+            store,
+            features=features,
+            method=method,
+            split=split,
+            seeds=seeds,
+            k=k,
+            knn_temperature=knn_temperature,
+            c=c,
+            cv=cv,
+            pseudo=pseudo,
+            device=device,
+            json_path=json_path,
+        )
     if task != "classification":
         raise SlimpError(f"--task {task!r}: choose classification or derm7pt-multilabel")
     report = run_probe(
-        store, label=label, features=_csv(features) or None,
-        methods=_csv(method), split=split, seeds=_numbers(seeds, "--seeds", int),
-        low_shot_fractions=_numbers(low_shot, "--low-shot", float), k=k, temperature=knn_temperature,
-        C=c, cv=cv, baseline=baseline, pseudo=pseudo, device=device, plots_dir=plots)
+        store,
+        label=label,
+        features=_csv(features) or None,
+        methods=_csv(method),
+        split=split,
+        seeds=_numbers(seeds, "--seeds", int),
+        low_shot_fractions=_numbers(low_shot, "--low-shot", float),
+        k=k,
+        knn_temperature=knn_temperature,
+        C=c,
+        cv=cv,
+        baseline=baseline,
+        pseudo=pseudo,
+        device=device,
+        plots_dir=plots,
+    )
     _warn(report["warnings"])
-    names = ({"accuracy": "Acc", "balanced_accuracy": "BA", "f1": "F1", "auc": "AUC"} if label == "binary" else
-             {"accuracy": "Acc", "balanced_accuracy": "BA", "f1_macro": "F1-macro",
-              "f1_weighted": "F1-weighted", "auc": "AUC"})
-    table = Table(title=f"{escape(store.name)}: {label} classification (mean±std over seeds {seeds})")
+    names = (
+        {"accuracy": "Acc", "balanced_accuracy": "BA", "f1": "F1", "auc": "AUC"}
+        if label == "binary"
+        else {
+            "accuracy": "Acc",
+            "balanced_accuracy": "BA",
+            "f1_macro": "F1-macro",
+            "f1_weighted": "F1-weighted",
+            "auc": "AUC",
+        }
+    )
+    table = Table(
+        title=f"{escape(store.name)}: {label} classification (mean±std over seeds {seeds})"
+    )
     for col in ["method", "split", "features", "low-shot", *names.values()]:
         table.add_column(col, justify="right" if col in names.values() else "left")
     for r in report["results"]:
         feats = "+".join(r["features"]) + (f" ({r['pseudo']})" if r.get("pseudo") else "")
-        table.add_row(r["method"], r["split"], feats, "-" if r["low_shot"] is None else f"{r['low_shot']:g}",
-                      *[_fmt(r["metrics"].get(m, {})) for m in names])
+        table.add_row(
+            r["method"],
+            r["split"],
+            feats,
+            "-" if r["low_shot"] is None else f"{r['low_shot']:g}",
+            *[_fmt(r["metrics"].get(m, {})) for m in names],
+        )
     _out().print(table)
     _write_json(json_path, report)
 
 
-def _multilabel(store, *, features, method, split, seeds, k, knn_temperature, c, cv, pseudo, device,
-                json_path) -> None:
+def _multilabel(
+    store, *, features, method, split, seeds, k, knn_temperature, c, cv, pseudo, device, json_path
+) -> None:
     from ..eval.multilabel import run_multilabel
 
     report = run_multilabel(
-        store, features=_csv(features) or None, methods=_csv(method), split=split,
-        seeds=_numbers(seeds, "--seeds", int), k=k, temperature=knn_temperature, C=c, cv=cv,
-        pseudo=pseudo, device=device)
+        store,
+        features=_csv(features) or None,
+        methods=_csv(method),
+        split=split,
+        seeds=_numbers(seeds, "--seeds", int),
+        k=k,
+        knn_temperature=knn_temperature,
+        C=c,
+        cv=cv,
+        pseudo=pseudo,
+        device=device,
+    )
     _warn(report["warnings"])
     names = {"accuracy": "Acc", "balanced_accuracy": "BA", "f1_macro": "F1-macro", "auc": "AUC"}
     table = Table(title=f"{escape(store.name)}: seven-point criteria (mean±std over seeds {seeds})")
@@ -129,31 +206,61 @@ def _multilabel(store, *, features, method, split, seeds, k, knn_temperature, c,
         table.add_column(col, justify="right" if col in names.values() else "left")
     for r in report["results"]:
         feats = "+".join(r["features"]) + (f" ({r['pseudo']})" if r.get("pseudo") else "")
-        table.add_row(r["target"], r["method"], feats, *[_fmt(r["metrics"].get(m, {})) for m in names])
+        table.add_row(
+            r["target"], r["method"], feats, *[_fmt(r["metrics"].get(m, {})) for m in names]
+        )
     _out().print(table)
     _write_json(json_path, report)
 
 
 def retrieve_cmd(
     store: Path = typer.Argument(..., help="Feature store (HDF5) with image and lesion features."),
-    split: Optional[str] = typer.Option(None, "--split", help="Evaluate on the 10% held-out part of a random or patient split (default: whole store)."),
-    seed: int = typer.Option(0, "--seed", help="Split seed and seed of the non-matching pair sample."),
-    negatives: int = typer.Option(100_000, "--negatives", help="Random non-matching pairs for the similarity percentiles."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
-    plots: Optional[Path] = typer.Option(None, "--plots", help="Write the similarity histogram PNG into this folder."),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        help="Evaluate on the 10% held-out part of a random or patient split (default: whole store).",
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Split seed and seed of the non-matching pair sample."
+    ),
+    negatives: int = typer.Option(
+        100_000, "--negatives", help="Random non-matching pairs for the similarity percentiles."
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
+    plots: Path | None = typer.Option(
+        None, "--plots", help="Write the similarity histogram PNG into this folder."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    chunk_size: int = typer.Option(4096, "--chunk-size", help="Queries per similarity block (memory bound)."),
+    chunk_size: int = typer.Option(
+        4096, "--chunk-size", help="Queries per similarity block (memory bound)."
+    ),
 ) -> None:
     """Image <-> metadata retrieval: R@k, NDCG@k, mAP and similarity percentiles."""
     from ..eval.retrieval import run_retrieval
 
     if chunk_size < 1 or negatives < 1:
         raise SlimpError("--chunk-size and --negatives must be at least 1")
-    report = run_retrieval(store, split=split, seed=seed, n_negative=negatives, device=device,
-                           chunk_size=chunk_size, plots_dir=plots)
+    report = run_retrieval(
+        store,
+        split=split,
+        seed=seed,
+        n_negative=negatives,
+        device=device,
+        chunk_size=chunk_size,
+        plots_dir=plots,
+    )
     _warn(report["warnings"])
-    tasks = [t for t in ("image_to_lesion", "lesion_to_image", "image_to_patient", "patient_to_image",
-                            "phenotype_to_patient") if t in report]
+    tasks = [
+        t
+        for t in (
+            "image_to_lesion",
+            "lesion_to_image",
+            "image_to_patient",
+            "patient_to_image",
+            "phenotype_to_patient",
+        )
+        if t in report
+    ]
     metrics = list(report["image_to_lesion"])
     table = Table(title=f"{escape(store.name)}: retrieval over {report['n_queries']} lesions")
     table.add_column("task")
@@ -174,22 +281,36 @@ def retrieve_cmd(
 
 
 def extrapolate_cmd(
-    reference: Path = typer.Argument(..., help="Reference store (image, lesion, patient features + phenotype layer)."),
-    target: Path = typer.Argument(..., help="Target store with image features (slimp embed --image-only); pseudo/ is added to it."),
-    strategy: str = typer.Option("ilp", "--strategy", help="ilp (image->lesion->patient, the paper's), il or ii."),
+    reference: Path = typer.Argument(
+        ..., help="Reference store (image, lesion, patient features + phenotype layer)."
+    ),
+    target: Path = typer.Argument(
+        ...,
+        help="Target store with image features (slimp embed --image-only); pseudo/ is added to it.",
+    ),
+    strategy: str = typer.Option(
+        "ilp", "--strategy", help="ilp (image->lesion->patient, the paper's), il or ii."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    chunk_size: int = typer.Option(4096, "--chunk-size", help="Target images per similarity block (memory bound)."),
+    chunk_size: int = typer.Option(
+        4096, "--chunk-size", help="Target images per similarity block (memory bound)."
+    ),
 ) -> None:
     """Add pseudo lesion/patient metadata features to an image-only store by retrieval."""
     from ..eval.extrapolate import extrapolate
 
     if chunk_size < 1:
         raise SlimpError("--chunk-size must be at least 1")
-    summary = extrapolate(reference, target, strategy=strategy, device=device, chunk_size=chunk_size)
+    summary = extrapolate(
+        reference, target, strategy=strategy, device=device, chunk_size=chunk_size
+    )
     _warn(summary["warnings"])
     med = summary["similarity"]["50"]
-    _out().print(f"wrote pseudo/{strategy} ({', '.join(summary['levels'])}) for {summary['n']} lesions "
-                      f"into {target}; median retrieval similarity {med:.3f}", markup=False)
+    _out().print(
+        f"wrote pseudo/{strategy} ({', '.join(summary['levels'])}) for {summary['n']} lesions "
+        f"into {target}; median retrieval similarity {med:.3f}",
+        markup=False,
+    )
 
 
 def register(app: typer.Typer) -> None:

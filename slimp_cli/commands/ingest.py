@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -39,7 +38,9 @@ def _summary(result, console: Console) -> None:
             by_kind.setdefault(s["kind"], []).append(s)
         for kind, items in sorted(by_kind.items()):
             first = items[0]
-            table.add_row(kind, str(len(items)), f"row {first['row']} {first['id']}: {first['reason']}")
+            table.add_row(
+                kind, str(len(items)), f"row {first['row']} {first['id']}: {first['reason']}"
+            )
         console.print(table)
     if result.manifest["warnings"]:
         w = result.manifest["warnings"][0]
@@ -54,31 +55,67 @@ def _summary(result, console: Console) -> None:
 def ingest_command(
     fmt: str = typer.Argument(..., metavar="FORMAT", help="Dataset layout. " + _formats_help()),
     source: Path = typer.Argument(..., help="The dataset folder (or its metadata table)."),
-    out: Path = typer.Argument(..., help="Output folder for shard-*.tar, schema.json and manifest.json."),
-    schema: Optional[Path] = typer.Option(None, "--schema", help="Dataset schema JSON (default: the format's built-in schema; required for csv)."),
-    image_size: int = typer.Option(256, "--image-size", help="Stored image side in pixels: shorter side resized to it, then centre-cropped square (JPEG q95)."),
-    workers: int = typer.Option(0, "--workers", help="Processes decoding/resizing images (0 = all CPU cores). Output does not depend on it."),
-    max_shard_size: int = typer.Option(10**9, "--max-shard-size", help="Maximum bytes per shard (a patient is never split)."),
-    max_patients_per_shard: Optional[int] = typer.Option(None, "--max-patients-per-shard", help="Also cap the patients per shard."),
-    strict: bool = typer.Option(False, "--strict", help="Any skipped row or unparseable value is an error; no shards are left behind."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing ingested dataset in OUT."),
+    out: Path = typer.Argument(
+        ..., help="Output folder for shard-*.tar, schema.json and manifest.json."
+    ),
+    schema: Path | None = typer.Option(
+        None,
+        "--schema",
+        help="Dataset schema JSON (default: the format's built-in schema; required for csv).",
+    ),
+    image_size: int = typer.Option(
+        256,
+        "--image-size",
+        help="Stored image side in pixels: shorter side resized to it, then centre-cropped square (JPEG q95).",
+    ),
+    workers: int = typer.Option(
+        0,
+        "--workers",
+        help="Processes decoding/resizing images (0 = all CPU cores). Output does not depend on it.",
+    ),
+    max_shard_size: int = typer.Option(
+        10**9, "--max-shard-size", help="Maximum bytes per shard (a patient is never split)."
+    ),
+    max_patients_per_shard: int | None = typer.Option(
+        None, "--max-patients-per-shard", help="Also cap the patients per shard."
+    ),
+    strict: bool = typer.Option(
+        False,
+        "--strict",
+        help="Any skipped row or unparseable value is an error; no shards are left behind.",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing ingested dataset in OUT."
+    ),
 ) -> None:
     """Turn a skin-lesion dataset into patient-grouped WebDataset shards + schema.json + manifest.json."""
     from ..ingest import ingest
 
     result = ingest(
-        fmt, source, out, schema=schema, image_size=image_size, workers=workers or (os.cpu_count() or 1),
-        max_shard_size=max_shard_size, max_patients_per_shard=max_patients_per_shard, strict=strict,
-        overwrite=overwrite, progress=True,
+        fmt,
+        source,
+        out,
+        schema=schema,
+        image_size=image_size,
+        workers=workers or (os.cpu_count() or 1),
+        max_shard_size=max_shard_size,
+        max_patients_per_shard=max_patients_per_shard,
+        strict=strict,
+        overwrite=overwrite,
+        progress=True,
     )
     _summary(result, Console())
 
 
 def synth_command(
     out: Path = typer.Argument(..., help="Output folder (metadata.csv, images/, schema.json)."),
-    patients: int = typer.Option(200, "--patients", help="Number of generated patients (1-10 lesions each)."),
+    patients: int = typer.Option(
+        200, "--patients", help="Number of generated patients (1-10 lesions each)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical files."),
-    image_size: int = typer.Option(64, "--image-size", help="Side of the generated square images in pixels."),
+    image_size: int = typer.Option(
+        64, "--image-size", help="Side of the generated square images in pixels."
+    ),
 ) -> None:
     """Generate a synthetic cohort whose images follow their metadata (ingest it with `slimp ingest synth`)."""
     from ..ingest.synth import generate_cohort
@@ -93,19 +130,23 @@ def synth_command(
 @schema_app.command("infer")
 def infer_command(
     csv: Path = typer.Argument(..., help="The metadata table (CSV, or TSV with .tsv/.tab)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the draft here instead of stdout."),
+    out: Path | None = typer.Option(None, "--out", help="Write the draft here instead of stdout."),
 ) -> None:
     """Draft a dataset schema for a new table: types and roles guessed, marked '_todo' to confirm."""
     from ..ingest.infer import infer_schema
     from ..paths import atomic_path
 
-    text = json.dumps(infer_schema(csv), indent=2, ensure_ascii=False)  # key order kept: roles first
+    text = json.dumps(
+        infer_schema(csv), indent=2, ensure_ascii=False
+    )  # key order kept: roles first
     if out is None:
         typer.echo(text)
     else:
         with atomic_path(out) as tmp:
             tmp.write_text(text + "\n")
-        Console(stderr=True).print(f"draft schema -> {out} (review the '_todo' notes, then delete '_todo')")
+        Console(stderr=True).print(
+            f"draft schema -> {out} (review the '_todo' notes, then delete '_todo')"
+        )
 
 
 def register(app: typer.Typer) -> None:

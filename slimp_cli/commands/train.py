@@ -7,9 +7,10 @@ Several processes: `torchrun --nproc-per-node K -m slimp_cli.cli pretrain ...`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -29,36 +30,101 @@ def _opt(*names: str, help: str, panel: str = _T):
 
 
 # Training options shared by pretrain and adapt (None = default, or the saved value on --resume).
-Method = Annotated[Optional[str], _opt("--method", help="slimp (default). sm3 is reserved: SM3 is not implemented yet (error).", panel=_M)]
-PatientsPerBatch = Annotated[Optional[int], _opt("--patients-per-batch", "-B", help="Patients per step B, per process (default: pretrain 4, adapt 64).")]
-LesionsPerPatient = Annotated[Optional[int], _opt("--lesions-per-patient", "-N", help="At most N lesions per patient and step, re-drawn every epoch (default 100).")]
-Epochs = Annotated[Optional[int], _opt("--epochs", help="Epochs; the LR schedule spans them (default: pretrain 150, adapt 100).")]
-MaxSteps = Annotated[Optional[int], _opt("--max-steps", help="Stop after K steps in total (the schedule still follows --epochs, so a --resume ends where an uninterrupted run ends).")]
-Lr = Annotated[Optional[float], _opt("--lr", help="AdamW peak learning rate (default 1e-4).")]
-WeightDecay = Annotated[Optional[float], _opt("--weight-decay", help="AdamW weight decay (default 0.05).")]
-WarmupSteps = Annotated[Optional[int], _opt("--warmup-steps", help="Linear warm-up steps (default 5% of the schedule).")]
-Temperature = Annotated[Optional[float], _opt("--temperature", help="InfoNCE temperature tau (default 0.1; not given by the paper).")]
-Lam = Annotated[Optional[float], _opt("--lam", help="lambda: weight of the inner (lesion) loss (default 0.9).")]
-GradClip = Annotated[Optional[float], _opt("--grad-clip", help="Gradient-norm clipping (default 1.0).")]
-Seed = Annotated[Optional[int], _opt("--seed", help="Seed of everything random (default 0).")]
-Device = Annotated[Optional[str], _opt("--device", help="auto (default; CUDA when present), cpu or cuda.")]
-Workers = Annotated[Optional[int], _opt("--workers", help="DataLoader workers decoding JPEGs (default 4).")]
-Augment = Annotated[Optional[bool], _opt("--augment/--no-augment", help="Random resized crop (60-100%), flips, small colour jitter (default off).")]
-PositiveSampling = Annotated[Optional[bool], _opt("--positive-sampling/--no-positive-sampling", help="Always include a patient's malignant lesions among its N (default on).")]
-Compile = Annotated[Optional[bool], _opt("--compile/--no-compile", help="torch.compile the model (default off).")]
-LogEvery = Annotated[Optional[int], _opt("--log-every", help="metrics.jsonl line every K steps (default 10).")]
-KeepEpochCheckpoints = Annotated[Optional[bool], _opt("--keep-epoch-checkpoints/--no-keep-epoch-checkpoints", help="Also keep checkpoint-epoch-XXXX.pt files.")]
+Method = Annotated[
+    str | None,
+    _opt(
+        "--method",
+        help="slimp (default). sm3 is reserved: SM3 is not implemented yet (error).",
+        panel=_M,
+    ),
+]
+PatientsPerBatch = Annotated[
+    int | None,
+    _opt(
+        "--patients-per-batch",
+        "-B",
+        help="Patients per step B, per process (default: pretrain 4, adapt 64).",
+    ),
+]
+LesionsPerPatient = Annotated[
+    int | None,
+    _opt(
+        "--lesions-per-patient",
+        "-N",
+        help="At most N lesions per patient and step, re-drawn every epoch (default 100).",
+    ),
+]
+Epochs = Annotated[
+    int | None,
+    _opt("--epochs", help="Epochs; the LR schedule spans them (default: pretrain 150, adapt 100)."),
+]
+MaxSteps = Annotated[
+    int | None,
+    _opt(
+        "--max-steps",
+        help="Stop after K steps in total (the schedule still follows --epochs, so a --resume ends where an uninterrupted run ends).",
+    ),
+]
+Lr = Annotated[float | None, _opt("--lr", help="AdamW peak learning rate (default 1e-4).")]
+WeightDecay = Annotated[
+    float | None, _opt("--weight-decay", help="AdamW weight decay (default 0.05).")
+]
+WarmupSteps = Annotated[
+    int | None, _opt("--warmup-steps", help="Linear warm-up steps (default 5% of the schedule).")
+]
+Temperature = Annotated[
+    float | None,
+    _opt("--temperature", help="InfoNCE temperature tau (default 0.1; not given by the paper)."),
+]
+Lam = Annotated[
+    float | None, _opt("--lam", help="lambda: weight of the inner (lesion) loss (default 0.9).")
+]
+GradClip = Annotated[
+    float | None, _opt("--grad-clip", help="Gradient-norm clipping (default 1.0).")
+]
+Seed = Annotated[int | None, _opt("--seed", help="Seed of everything random (default 0).")]
+Device = Annotated[
+    str | None, _opt("--device", help="auto (default; CUDA when present), cpu or cuda.")
+]
+Workers = Annotated[
+    int | None, _opt("--workers", help="DataLoader workers decoding JPEGs (default 4).")
+]
+Augment = Annotated[
+    bool | None,
+    _opt(
+        "--augment/--no-augment",
+        help="Random resized crop (60-100%), flips, small colour jitter (default off).",
+    ),
+]
+PositiveSampling = Annotated[
+    bool | None,
+    _opt(
+        "--positive-sampling/--no-positive-sampling",
+        help="Always include a patient's malignant lesions among its N (default on).",
+    ),
+]
+Compile = Annotated[
+    bool | None, _opt("--compile/--no-compile", help="torch.compile the model (default off).")
+]
+LogEvery = Annotated[
+    int | None, _opt("--log-every", help="metrics.jsonl line every K steps (default 10).")
+]
+KeepEpochCheckpoints = Annotated[
+    bool | None,
+    _opt(
+        "--keep-epoch-checkpoints/--no-keep-epoch-checkpoints",
+        help="Also keep checkpoint-epoch-XXXX.pt files.",
+    ),
+]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
-
-TRAIN_KEYS = ("method", "patients_per_batch", "lesions_per_patient", "epochs", "max_steps", "lr",
-              "weight_decay", "warmup_steps", "temperature", "lam", "grad_clip", "seed", "device",
-              "workers", "augment", "positive_sampling", "compile", "log_every",
-              "keep_epoch_checkpoints")
 
 
 def _train_options(options: dict) -> dict:
-    """The TrainConfig fields the user gave, from a command's arguments."""
-    return _given(**{k: options[k] for k in TRAIN_KEYS})
+    """The TrainConfig fields the user gave, from a command's arguments (its locals())."""
+    from ..train import TrainConfig
+
+    keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    return _given(**{k: v for k, v in options.items() if k in keys})
 
 
 def _summary(run_dir: Path) -> None:
@@ -70,30 +136,50 @@ def _summary(run_dir: Path) -> None:
     cfg = read_config(run_dir)
     last = metrics[-1] if metrics else {}
     loss = f", last loss {last['loss']:.4f}" if "loss" in last else ""
-    console.print(f"wrote [bold]{run_dir}[/]: {cfg['variant']} model, step {last.get('step', 0)}"
-                  f"{loss}; checkpoint-last.pt, config.json, metrics.jsonl")
+    console.print(
+        f"wrote [bold]{run_dir}[/]: {cfg['variant']} model, step {last.get('step', 0)}"
+        f"{loss}; checkpoint-last.pt, config.json, metrics.jsonl"
+    )
 
 
 def pretrain_cmd(
     data: Path = typer.Argument(..., help="Shard folder written by slimp ingest."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run dir to create (config.json, checkpoints, metrics.jsonl)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Run dir to create (config.json, checkpoints, metrics.jsonl)."
+    ),
     method: Method = None,
-    variant: Optional[str] = typer.Option(
-        None, "--variant", help="nested (default; becomes flat when the data has no patient "
-        "features), flat, or image (SimCLR baseline).", rich_help_panel=_M),
-    image_model: Optional[str] = typer.Option(
-        None, "--image-model", help="timm ViT name (default vit_small_patch16_224; also "
+    variant: str | None = typer.Option(
+        None,
+        "--variant",
+        help="nested (default; becomes flat when the data has no patient "
+        "features), flat, or image (SimCLR baseline).",
+        rich_help_panel=_M,
+    ),
+    image_model: str | None = typer.Option(
+        None,
+        "--image-model",
+        help="timm ViT name (default vit_small_patch16_224; also "
         "vit_tiny_patch16_224, vit_base_patch16_224...) or the local test models vit_test, vit_demo.",
-        rich_help_panel=_M),
-    img_size: Optional[int] = typer.Option(None, "--img-size", help="Image side in pixels (default 224).",
-                                           rich_help_panel=_M),
-    image_weights: Optional[Path] = typer.Option(
-        None, "--image-weights", help="Local weights file for the image encoder (nothing is downloaded).",
-        rich_help_panel=_M),
-    embed_dim: Optional[int] = typer.Option(None, "--embed-dim", help="Shared embedding size D (default: the ViT width).",
-                                            rich_help_panel=_M),
-    tab_dim: Optional[int] = typer.Option(None, "--tab-dim", help="TRACE token size d (default: the ViT width).",
-                                          rich_help_panel=_M),
+        rich_help_panel=_M,
+    ),
+    img_size: int | None = typer.Option(
+        None, "--img-size", help="Image side in pixels (default 224).", rich_help_panel=_M
+    ),
+    image_weights: Path | None = typer.Option(
+        None,
+        "--image-weights",
+        help="Local weights file for the image encoder (nothing is downloaded).",
+        rich_help_panel=_M,
+    ),
+    embed_dim: int | None = typer.Option(
+        None,
+        "--embed-dim",
+        help="Shared embedding size D (default: the ViT width).",
+        rich_help_panel=_M,
+    ),
+    tab_dim: int | None = typer.Option(
+        None, "--tab-dim", help="TRACE token size d (default: the ViT width).", rich_help_panel=_M
+    ),
     patients_per_batch: PatientsPerBatch = None,
     lesions_per_patient: LesionsPerPatient = None,
     epochs: Epochs = None,
@@ -112,7 +198,11 @@ def pretrain_cmd(
     compile: Compile = None,
     log_every: LogEvery = None,
     keep_epoch_checkpoints: KeepEpochCheckpoints = None,
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from checkpoint-last.pt (same result as an uninterrupted run)."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the run in --out from checkpoint-last.pt (same result as an uninterrupted run).",
+    ),
     progress: Progress = True,
 ) -> None:
     """Pre-train SLIMP (nested image-metadata contrastive learning) on ingested shards.
@@ -122,21 +212,34 @@ def pretrain_cmd(
     """
     from ..train import pretrain
 
-    model = _given(variant=variant, image_model=image_model, img_size=img_size,
-                   image_weights=str(image_weights) if image_weights else None,
-                   embed_dim=embed_dim, tab_dim=tab_dim)
-    run_dir = pretrain(data, out, model=model, train=_train_options(locals()), resume=resume,
-                       progress=progress)
+    model = _given(
+        variant=variant,
+        image_model=image_model,
+        img_size=img_size,
+        image_weights=str(image_weights) if image_weights else None,
+        embed_dim=embed_dim,
+        tab_dim=tab_dim,
+    )
+    run_dir = pretrain(
+        data, out, model=model, train=_train_options(locals()), resume=resume, progress=progress
+    )
     _summary(run_dir)
 
 
 def adapt_cmd(
-    checkpoint: Path = typer.Argument(..., help="Run dir of slimp pretrain/adapt, or a checkpoint file in it."),
-    data: Path = typer.Argument(..., help="Target dataset's shard folder (its columns may differ)."),
+    checkpoint: Path = typer.Argument(
+        ..., help="Run dir of slimp pretrain/adapt, or a checkpoint file in it."
+    ),
+    data: Path = typer.Argument(
+        ..., help="Target dataset's shard folder (its columns may differ)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Run dir to create."),
-    tune: Optional[str] = typer.Option(
-        None, "--tune", help="embeddings (default: ViT patch embedding + tabular input "
-        "embeddings trainable, the rest frozen) or all."),
+    tune: str | None = typer.Option(
+        None,
+        "--tune",
+        help="embeddings (default: ViT patch embedding + tabular input "
+        "embeddings trainable, the rest frozen) or all.",
+    ),
     method: Method = None,
     patients_per_batch: PatientsPerBatch = None,
     lesions_per_patient: LesionsPerPatient = None,
@@ -167,8 +270,15 @@ def adapt_cmd(
     """
     from ..train import adapt
 
-    run_dir = adapt(checkpoint, data, out, train=_train_options(locals()), tune=tune, resume=resume,
-                    progress=progress)
+    run_dir = adapt(
+        checkpoint,
+        data,
+        out,
+        train=_train_options(locals()),
+        tune=tune,
+        resume=resume,
+        progress=progress,
+    )
     _summary(run_dir)
 
 

@@ -31,9 +31,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from ..store import RAW_LEVELS, FeatureStore
 from . import WarningLog
 from .metrics import ovr_auc
-from ..store import RAW_LEVELS, FeatureStore
 
 LEAK_AUC = 0.95
 PURE_MIN_FRACTION = 0.10  # a value must cover this share of rows to be judged "label-fixing"
@@ -50,7 +50,11 @@ def openmp_threads_for(n_rows: int):
     Gradient boosting on a few thousand rows gains nothing from threads, and OpenMP barriers
     spinning on busy cores (or next to torch's own OpenMP pool) made such fits 20x slower.
     """
-    return threadpool_limits(limits=1, user_api="openmp") if n_rows < SMALL_DATA_ROWS else contextlib.nullcontext()
+    return (
+        threadpool_limits(limits=1, user_api="openmp")
+        if n_rows < SMALL_DATA_ROWS
+        else contextlib.nullcontext()
+    )
 
 
 def raw_metadata(store: FeatureStore) -> tuple[np.ndarray, list[str], list[str]] | None:
@@ -100,7 +104,7 @@ def _warn_label_fixing(x, columns, source_columns, y, classes, class_names, warn
     """One warning per group of label-fixing columns covering the same rows (PAD's patient
     fields are missing together on 38% of its rows, all benign: one finding, not eleven)."""
     groups: dict[tuple[bytes, int], list[str]] = {}
-    for name, m, k in label_fixing_values(x, columns, y):
+    for name, _m, k in label_fixing_values(x, columns, y):
         rows = np.packbits(x[:, columns.index(name)] == 1.0).tobytes()
         groups.setdefault((rows, k), []).append(name)
     for (_, k), names in groups.items():

@@ -29,11 +29,10 @@ import numpy as np
 
 from ..errors import SlimpError
 from ..paths import json_safe
+from ..store import PSEUDO_STRATEGIES, FeatureStore, PseudoWriter
 from . import WarningLog
 from .metrics import percentiles
 from .search import iter_topk, topk_cosine
-from ..store import PSEUDO_STRATEGIES, FeatureStore, PseudoWriter
-
 
 
 def take_rows(dset, idx: np.ndarray) -> np.ndarray:
@@ -47,31 +46,45 @@ def _check(ref: FeatureStore, target: FeatureStore, strategy: str, warnings: War
     if strategy not in PSEUDO_STRATEGIES:
         raise SlimpError(f"--strategy {strategy!r}: choose one of {', '.join(PSEUDO_STRATEGIES)}")
     if "image" not in target.feature_names:
-        raise SlimpError(f"{target.path} has no features/image: the target needs image features (slimp embed --image-only)")
+        raise SlimpError(
+            f"{target.path} has no features/image: the target needs image features (slimp embed --image-only)"
+        )
     need = ["lesion"] + (["image"] if strategy == "ii" else [])
     for level in need:
         if level not in ref.feature_names:
-            raise SlimpError(f"{ref.path} has no features/{level}: strategy {strategy} needs reference "
-                             f"{' and '.join(need)} features (it has: {', '.join(ref.feature_names) or 'none'})")
+            raise SlimpError(
+                f"{ref.path} has no features/{level}: strategy {strategy} needs reference "
+                f"{' and '.join(need)} features (it has: {', '.join(ref.feature_names) or 'none'})"
+            )
     d = target.dims["image"]
     for level in ref.feature_names:
         if ref.dims[level] != d:
-            raise SlimpError(f"{ref.path}: features/{level} has dimension {ref.dims[level]} but {target.path} "
-                             f"images have {d}; embed both with the same model")
+            raise SlimpError(
+                f"{ref.path}: features/{level} has dimension {ref.dims[level]} but {target.path} "
+                f"images have {d}; embed both with the same model"
+            )
     ref_ck, tgt_ck = ref.config.get("checkpoint_sha256"), target.config.get("checkpoint_sha256")
     if ref_ck and tgt_ck and ref_ck != tgt_ck:
-        raise SlimpError(f"{target.path} was embedded with a different checkpoint than {ref.path} "
-                         f"(checkpoint_sha256 {tgt_ck[:12]} vs {ref_ck[:12]}); re-embed it with the reference model")
+        raise SlimpError(
+            f"{target.path} was embedded with a different checkpoint than {ref.path} "
+            f"(checkpoint_sha256 {tgt_ck[:12]} vs {ref_ck[:12]}); re-embed it with the reference model"
+        )
     has_patient = "patient" in ref.feature_names
     if not has_patient:
-        warnings.add(f"{ref.path} has no patient features (flat model?): pseudo patient features omitted")
+        warnings.add(
+            f"{ref.path} has no patient features (flat model?): pseudo patient features omitted"
+        )
     elif strategy == "ilp":
         ph = ref.phenotype
         if ph is None:
-            raise SlimpError(f"{ref.path} has no model/phenotype_weight: strategy ilp needs the phenotype layer "
-                             "of a nested model (use --strategy il or ii)")
+            raise SlimpError(
+                f"{ref.path} has no model/phenotype_weight: strategy ilp needs the phenotype layer "
+                "of a nested model (use --strategy il or ii)"
+            )
         if ph[0].shape != (d, 2 * d):
-            raise SlimpError(f"{ref.path}: phenotype weight has shape {ph[0].shape}, expected {(d, 2 * d)}")
+            raise SlimpError(
+                f"{ref.path}: phenotype weight has shape {ph[0].shape}, expected {(d, 2 * d)}"
+            )
     return has_patient
 
 
@@ -87,7 +100,11 @@ def extrapolate(
     {"strategy", "n", "levels", "similarity": percentiles, ["patient_similarity"], "warnings"}.
     """
     reference_path, target_path = Path(reference_path), Path(target_path)
-    if reference_path.exists() and target_path.exists() and reference_path.resolve() == target_path.resolve():
+    if (
+        reference_path.exists()
+        and target_path.exists()
+        and reference_path.resolve() == target_path.resolve()
+    ):
         raise SlimpError(f"{target_path}: REFERENCE and TARGET are the same store")
     warnings = WarningLog()
     with FeatureStore.open(reference_path) as ref, FeatureStore.open(target_path) as tgt:
@@ -103,9 +120,12 @@ def extrapolate(
     if has_patient and strategy == "ilp":
         widths["patient_similarity"] = None
     with FeatureStore.open(reference_path) as ref, FeatureStore.open(target_path) as tgt:
-        attrs = {"strategy": strategy, "reference": str(reference_path),
-                 "reference_config": json.dumps(ref.config, sort_keys=True),
-                 "levels": json.dumps(levels)}
+        attrs = {
+            "strategy": strategy,
+            "reference": str(reference_path),
+            "reference_config": json.dumps(ref.config, sort_keys=True),
+            "levels": json.dumps(levels),
+        }
         pool_rows = None
         if has_patient and strategy == "ilp":
             weight, bias = ref.phenotype
@@ -136,10 +156,13 @@ def extrapolate(
                     out["patient_index"][start:stop] = j
     with FeatureStore.open(target_path) as tgt:
         written = tgt.pseudo(strategy)
-    summary = {"strategy": strategy, "n": n, "levels": levels,
-               "similarity": percentiles(written["similarity"])}
+    summary = {
+        "strategy": strategy,
+        "n": n,
+        "levels": levels,
+        "similarity": percentiles(written["similarity"]),
+    }
     if "patient_similarity" in written:
         summary["patient_similarity"] = percentiles(written["patient_similarity"])
     summary["warnings"] = list(warnings)
     return json_safe(summary)
-

@@ -23,7 +23,7 @@ def knn_proba(
     *,
     n_classes: int,
     k: int = 20,
-    temperature: float = 0.07,
+    knn_temperature: float = 0.07,
     weighting: str = "exp",
     device: str = "cpu",
     warnings: WarningLog | None = None,
@@ -39,7 +39,11 @@ def knn_proba(
     sims, idx = topk_cosine(test_x, train_x, k=k, device=device)
     sims = sims.astype(np.float64)
     # exp(s/T) is shifted by the row maximum (a common factor) so it never overflows.
-    weights = np.exp((sims - sims[:, :1]) / temperature) if weighting == "exp" else np.clip(sims, 0.0, None)
+    weights = (
+        np.exp((sims - sims[:, :1]) / knn_temperature)
+        if weighting == "exp"
+        else np.clip(sims, 0.0, None)
+    )
     votes = np.zeros((len(test_x), n_classes), dtype=np.float64)
     rows = np.repeat(np.arange(len(test_x)), k)
     np.add.at(votes, (rows, np.asarray(train_y)[idx].ravel()), weights.ravel())
@@ -48,6 +52,10 @@ def knn_proba(
     bad = total[:, 0] <= 0
     if bad.any():
         counts = np.zeros((int(bad.sum()), n_classes))
-        np.add.at(counts, (np.repeat(np.arange(int(bad.sum())), k), np.asarray(train_y)[idx[bad]].ravel()), 1.0)
+        np.add.at(
+            counts,
+            (np.repeat(np.arange(int(bad.sum())), k), np.asarray(train_y)[idx[bad]].ravel()),
+            1.0,
+        )
         votes[bad], total[bad] = counts, k
     return votes / total

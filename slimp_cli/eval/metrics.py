@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings as pywarnings
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
@@ -40,7 +40,9 @@ def classification_metrics(
         # sklearn's UserWarnings (class in y_pred not in y_true, ...) are noise here: the
         # cases that matter are reported through `warnings` below.
         pywarnings.simplefilter("ignore", UserWarning)
-        return _classification_metrics(y_true, proba, task=task, class_names=class_names, warnings=warnings)
+        return _classification_metrics(
+            y_true, proba, task=task, class_names=class_names, warnings=warnings
+        )
 
 
 def _classification_metrics(y_true, proba, *, task, class_names, warnings) -> dict[str, float]:
@@ -59,7 +61,9 @@ def _classification_metrics(y_true, proba, *, task, class_names, warnings) -> di
         out["f1_macro"] = float(f1_score(y_true, y_pred, average="macro", zero_division=0))
         out["f1"] = out["f1_macro"]
         out["f1_weighted"] = float(f1_score(y_true, y_pred, average="weighted", zero_division=0))
-        out["auc"] = ovr_auc(y_true, proba, labels=labels, class_names=class_names, warnings=warnings)
+        out["auc"] = ovr_auc(
+            y_true, proba, labels=labels, class_names=class_names, warnings=warnings
+        )
     else:
         raise ValueError(f"unknown task {task!r}")
     return out
@@ -83,7 +87,9 @@ def ovr_auc(
     absent = [c for c in labels if c not in present]
     if absent and warnings is not None:
         names = [class_names[c] if class_names else str(c) for c in absent]
-        warnings.add(f"class(es) {', '.join(names)} absent from the test split: AUC averaged over the {len(present)} present classes")
+        warnings.add(
+            f"class(es) {', '.join(names)} absent from the test split: AUC averaged over the {len(present)} present classes"
+        )
     if len(present) < 2:
         if warnings is not None:
             warnings.add("test split holds a single class: AUC undefined (reported as null)")
@@ -91,7 +97,9 @@ def ovr_auc(
     return float(np.mean([roc_auc_score(y_true == c, proba[:, c]) for c in present]))
 
 
-def _binary_auc(y_bool: np.ndarray, score: np.ndarray, what: str, warnings: WarningLog | None) -> float:
+def _binary_auc(
+    y_bool: np.ndarray, score: np.ndarray, what: str, warnings: WarningLog | None
+) -> float:
     if y_bool.all() or not y_bool.any():
         if warnings is not None:
             warnings.add(f"test split holds a single class: {what} undefined (reported as null)")
@@ -109,8 +117,11 @@ def summarize(runs: Iterable[Mapping[str, float]]) -> dict[str, dict[str, float 
     for key in runs[0] if runs else []:
         vals = np.array([r[key] for r in runs], dtype=np.float64)
         vals = vals[~np.isnan(vals)]
-        out[key] = ({"mean": float(vals.mean()), "std": float(vals.std())} if len(vals)
-                    else {"mean": None, "std": None})
+        out[key] = (
+            {"mean": float(vals.mean()), "std": float(vals.std())}
+            if len(vals)
+            else {"mean": None, "std": None}
+        )
     return out
 
 
@@ -138,5 +149,3 @@ def percentiles(values: np.ndarray, *, qs: Sequence[int] = PERCENTILES) -> dict[
     """{"2": p2, "10": p10, ...} of a 1-D array (numpy's linear interpolation)."""
     values = np.asarray(values, dtype=np.float64)
     return {str(q): float(v) for q, v in zip(qs, np.percentile(values, qs))}
-
-

@@ -16,19 +16,19 @@ Rows where a criterion is missing are left out of that criterion's probe.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from ..errors import SlimpError
 from ..paths import json_safe
+from ..store import PSEUDO_STRATEGIES, FeatureStore
 from . import WarningLog
 from .knn import knn_proba
 from .metrics import classification_metrics, summarize
 from .probe import DEFAULT_C, METHODS, linear_proba
 from .search import normalize
 from .splits import make_split
-from ..store import PSEUDO_STRATEGIES, FeatureStore
 
 CRITERIA = (
     "pigment_network",
@@ -41,16 +41,24 @@ CRITERIA = (
 )
 
 
-def criterion_targets(x_raw: np.ndarray, columns: list[str], criterion: str) -> tuple[np.ndarray, list[str]]:
+def criterion_targets(
+    x_raw: np.ndarray, columns: list[str], criterion: str
+) -> tuple[np.ndarray, list[str]]:
     """Decode one criterion from its one-hot raw columns.
 
     Shape: x_raw [n, R] -> (y [n] in 0..C-1, or -1 where missing/unknown; class names [C]).
     """
     prefix = f"{criterion}="
-    cols = [(j, c[len(prefix):]) for j, c in enumerate(columns) if c.startswith(prefix) and c != f"{criterion}=missing"]
+    cols = [
+        (j, c[len(prefix) :])
+        for j, c in enumerate(columns)
+        if c.startswith(prefix) and c != f"{criterion}=missing"
+    ]
     if not cols:
-        raise SlimpError(f"--task derm7pt-multilabel: the store's raw/lesion has no '{criterion}' columns "
-                         "(is this Derm7pt data ingested with the derm7pt schema?)")
+        raise SlimpError(
+            f"--task derm7pt-multilabel: the store's raw/lesion has no '{criterion}' columns "
+            "(is this Derm7pt data ingested with the derm7pt schema?)"
+        )
     onehot = x_raw[:, [j for j, _ in cols]]
     y = np.where(onehot.sum(1) == 1, onehot.argmax(1), -1)
     return y, [v for _, v in cols]
@@ -64,7 +72,7 @@ def run_multilabel(
     split: str = "random",
     seeds: Sequence[int] = (0, 1, 2),
     k: int = 20,
-    temperature: float = 0.07,
+    knn_temperature: float = 0.07,
     C: float = DEFAULT_C,
     cv: bool = False,
     pseudo: str | None = None,
@@ -78,8 +86,10 @@ def run_multilabel(
     if pseudo is not None and pseudo not in PSEUDO_STRATEGIES:
         raise SlimpError(f"--pseudo {pseudo!r}: choose one of {', '.join(PSEUDO_STRATEGIES)}")
     if "lesion" in names and pseudo is None:
-        raise SlimpError("--task derm7pt-multilabel: lesion features are learned from the criteria "
-                         "themselves (a leak); use --features image, or pseudo features (--pseudo)")
+        raise SlimpError(
+            "--task derm7pt-multilabel: lesion features are learned from the criteria "
+            "themselves (a leak); use --features image, or pseudo features (--pseudo)"
+        )
     for m in methods:
         if m not in METHODS:
             raise SlimpError(f"--method {m!r}: choose from {', '.join(METHODS)}")
@@ -96,7 +106,9 @@ def run_multilabel(
                 blocks[name] = np.asarray(store.block(name), dtype=np.float32)
             else:
                 if name not in pseudo_arrays:
-                    raise SlimpError(f"--features {name}: {store_path} has no pseudo/{pseudo}/{name}")
+                    raise SlimpError(
+                        f"--features {name}: {store_path} has no pseudo/{pseudo}/{name}"
+                    )
                 blocks[name] = np.asarray(pseudo_arrays[name], dtype=np.float32)
         groups = np.asarray(store.patient_id)
     x_raw, columns, _ = raw
@@ -115,25 +127,54 @@ def run_multilabel(
         class_names = [classes[c] for c in present]
         runs = {m: [] for m in methods}
         for seed in seeds:
-            train, test = make_split(split, y, groups[rows], seed=int(seed), test_size=test_size, warnings=warnings)
+            train, test = make_split(
+                split, y, groups[rows], seed=int(seed), test_size=test_size, warnings=warnings
+            )
             for method in methods:
                 if method == "linear":
-                    proba, _ = linear_proba(x_lin[rows][train], y[train], x_lin[rows][test],
-                                            n_classes=len(present), C=C, cv=cv, seed=int(seed), warnings=warnings)
+                    proba, _ = linear_proba(
+                        x_lin[rows][train],
+                        y[train],
+                        x_lin[rows][test],
+                        n_classes=len(present),
+                        C=C,
+                        cv=cv,
+                        seed=int(seed),
+                        warnings=warnings,
+                    )
                 else:
-                    proba = knn_proba(x_knn[rows][train], y[train], x_knn[rows][test], n_classes=len(present),
-                                      k=k, temperature=temperature, device=device, warnings=warnings)
-                runs[method].append(classification_metrics(y[test], proba, task="multiclass",
-                                                           class_names=class_names, warnings=warnings))
+                    proba = knn_proba(
+                        x_knn[rows][train],
+                        y[train],
+                        x_knn[rows][test],
+                        n_classes=len(present),
+                        k=k,
+                        knn_temperature=knn_temperature,
+                        device=device,
+                        warnings=warnings,
+                    )
+                runs[method].append(
+                    classification_metrics(
+                        y[test],
+                        proba,
+                        task="multiclass",
+                        class_names=class_names,
+                        warnings=warnings,
+                    )
+                )
         for method in methods:
             summary = summarize(runs[method])
             per_method[method].append(summary)
-            results.append(_result(method, criterion, class_names, summary, names, split, seeds, pseudo))
+            results.append(
+                _result(method, criterion, class_names, summary, names, split, seeds, pseudo)
+            )
     for method in methods:
         if per_method[method]:
             keys = per_method[method][0].keys()
-            mean = {key: {"mean": _nanmean([s[key]["mean"] for s in per_method[method]]), "std": None}
-                    for key in keys}
+            mean = {
+                key: {"mean": _nanmean([s[key]["mean"] for s in per_method[method]]), "std": None}
+                for key in keys
+            }
             results.append(_result(method, "mean", None, mean, names, split, seeds, pseudo))
     if not results:
         raise SlimpError(f"{store_path}: no seven-point criterion has two annotated values")
@@ -146,6 +187,16 @@ def _nanmean(values: list) -> float | None:
 
 
 def _result(method, target, classes, metrics, names, split, seeds, pseudo) -> dict:
-    return {"method": method, "task": "derm7pt-multilabel", "target": target, "classes": classes,
-            "split": split, "features": names, "label": "multiclass", "low_shot": None,
-            "seeds": [int(s) for s in seeds], "metrics": metrics, "pseudo": pseudo}
+    return {
+        "method": method,
+        "task": "derm7pt-multilabel",
+        "target": target,
+        "classes": classes,
+        "split": split,
+        "features": names,
+        "label": "multiclass",
+        "low_shot": None,
+        "seeds": [int(s) for s in seeds],
+        "metrics": metrics,
+        "pseudo": pseudo,
+    }

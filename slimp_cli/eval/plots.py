@@ -6,8 +6,8 @@ needs a display.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -51,7 +51,9 @@ def roc_curves(
         if pos.all() or not pos.any():
             continue  # a class absent from the test split has no curve
         name = class_names[c] if proba.shape[1] > 2 else f"{class_names[1]} vs {class_names[0]}"
-        RocCurveDisplay.from_predictions(pos, proba[:, c], name=name, ax=ax, plot_chance_level=c == shown[0])
+        RocCurveDisplay.from_predictions(
+            pos, proba[:, c], name=name, ax=ax, plot_chance_level=c == shown[0]
+        )
     ax.set_xlabel("False positive rate")
     ax.set_ylabel("True positive rate")
     ax.set_title(f"ROC curve\n{title}", fontsize="medium")
@@ -67,15 +69,23 @@ def confusion(
     fig = Figure(figsize=(size, size))
     ax = fig.add_subplot()
     ConfusionMatrixDisplay.from_predictions(
-        y_true, y_pred, labels=np.arange(len(class_names)), display_labels=list(class_names),
-        ax=ax, colorbar=False, xticks_rotation=45)
+        y_true,
+        y_pred,
+        labels=np.arange(len(class_names)),
+        display_labels=list(class_names),
+        ax=ax,
+        colorbar=False,
+        xticks_rotation=45,
+    )
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class")
     ax.set_title(f"Confusion matrix\n{title}", fontsize="medium")
     _save(fig, path)
 
 
-def similarity_histograms(path: Path, distributions: Mapping[str, np.ndarray], *, title: str) -> None:
+def similarity_histograms(
+    path: Path, distributions: Mapping[str, np.ndarray], *, title: str
+) -> None:
     """Overlaid density histograms of cosine similarities with dashed median lines (paper Fig. 3)."""
     fig = Figure(figsize=(6.5, 4))
     ax = fig.add_subplot()
@@ -91,7 +101,14 @@ def similarity_histograms(path: Path, distributions: Mapping[str, np.ndarray], *
         values = np.asarray(values)
         if values.size == 0:
             continue
-        ax.hist(values, bins=bins, density=True, alpha=0.45, color=color, label=f"{name} (n={values.size})")
+        ax.hist(
+            values,
+            bins=bins,
+            density=True,
+            alpha=0.45,
+            color=color,
+            label=f"{name} (n={values.size})",
+        )
         ax.axvline(float(np.median(values)), color=color, linestyle="--", linewidth=1.5)
     ax.set_xlabel("Cosine similarity (image vs metadata)")
     ax.set_ylabel("Density")

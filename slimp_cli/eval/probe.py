@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import os
 import warnings as pywarnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -36,13 +36,13 @@ from sklearn.preprocessing import StandardScaler
 
 from ..errors import SlimpError
 from ..paths import json_safe
+from ..store import LEVELS, PSEUDO_STRATEGIES, FeatureStore
 from . import WarningLog
 from .baseline import BASELINES, leakage_audit, make_baseline, openmp_threads_for, raw_metadata
 from .knn import knn_proba
 from .metrics import classification_metrics, summarize
 from .search import normalize
 from .splits import check_fractions, low_shot, make_split
-from ..store import LEVELS, PSEUDO_STRATEGIES, FeatureStore
 
 METHODS = ("linear", "knn")
 LABELS = ("binary", "multiclass")
@@ -72,16 +72,24 @@ def load_probe_data(
         if pseudo not in PSEUDO_STRATEGIES:
             raise SlimpError(f"--pseudo {pseudo!r}: choose one of {', '.join(PSEUDO_STRATEGIES)}")
         pseudo_arrays = store.pseudo(pseudo)
-        available = [k for k in LEVELS if (k == "image" and "image" in store.feature_names) or
-                     (k != "image" and k in pseudo_arrays)]
+        available = [
+            k
+            for k in LEVELS
+            if (k == "image" and "image" in store.feature_names)
+            or (k != "image" and k in pseudo_arrays)
+        ]
     names = list(features) if features else available
     for name in names:
         if name not in LEVELS:
-            raise SlimpError(f"--features: unknown level {name!r}; choose from image, lesion, patient")
+            raise SlimpError(
+                f"--features: unknown level {name!r}; choose from image, lesion, patient"
+            )
         if name not in available:
             where = f"pseudo/{pseudo}" if pseudo and name != "image" else "features"
-            raise SlimpError(f"--features {name}: {store.path} has no {where}/{name} "
-                             f"(available: {', '.join(available) or 'none'})")
+            raise SlimpError(
+                f"--features {name}: {store.path} has no {where}/{name} "
+                f"(available: {', '.join(available) or 'none'})"
+            )
     if not names:
         raise SlimpError(f"{store.path} holds no features to probe")
     names = list(dict.fromkeys(names))
@@ -99,7 +107,9 @@ def load_probe_data(
         raise SlimpError(f"--label {label}: no row of {store.path} has a known label")
     present = np.unique(y_all[rows])
     if len(present) < 2:
-        raise SlimpError(f"--label {label}: {store.path} has a single class among labelled rows; nothing to classify")
+        raise SlimpError(
+            f"--label {label}: {store.path} has a single class among labelled rows; nothing to classify"
+        )
     if label == "multiclass":
         # keep only classes that occur, so no empty class distorts macro averages
         y = np.searchsorted(present, y_all[rows])
@@ -130,15 +140,21 @@ def linear_proba(
         counts = np.bincount(y_train)
         folds = min(5, int(counts[counts > 0].min()))
         if folds >= 2:
-            model = GridSearchCV(model, {"logisticregression__C": list(CV_CS)}, scoring="balanced_accuracy",
-                                 cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed))
+            model = GridSearchCV(
+                model,
+                {"logisticregression__C": list(CV_CS)},
+                scoring="balanced_accuracy",
+                cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed),
+            )
         elif warnings is not None:
             warnings.add(f"--cv: a class has fewer than 2 training samples; using C={C}")
     with pywarnings.catch_warnings(record=True) as caught:
         pywarnings.simplefilter("always", ConvergenceWarning)
         model.fit(x_train, y_train)
     if warnings is not None and any(issubclass(w.category, ConvergenceWarning) for w in caught):
-        warnings.add(f"linear probe: lbfgs did not fully converge in {MAX_ITER} iterations (try --cv for stronger regularisation)")
+        warnings.add(
+            f"linear probe: lbfgs did not fully converge in {MAX_ITER} iterations (try --cv for stronger regularisation)"
+        )
     used_c = model.best_params_["logisticregression__C"] if isinstance(model, GridSearchCV) else C
     return _full_proba(model.predict_proba(x_test), model.classes_, n_classes), float(used_c)
 
@@ -160,7 +176,7 @@ def run_probe(
     seeds: Sequence[int] = (0, 1, 2),
     low_shot_fractions: Sequence[float] = (),
     k: int = 20,
-    temperature: float = 0.07,
+    knn_temperature: float = 0.07,
     C: float = DEFAULT_C,
     cv: bool = False,
     baseline: bool = False,
@@ -183,14 +199,17 @@ def run_probe(
     fractions: list[float | None] = [None, *check_fractions(low_shot_fractions)]
     with FeatureStore.open(store_path) as store:
         blocks, y, groups, class_names, rows = load_probe_data(
-            store, label=label, features=features, pseudo=pseudo, warnings=warnings)
+            store, label=label, features=features, pseudo=pseudo, warnings=warnings
+        )
         raw = raw_metadata(store) if baseline else None
     names = list(blocks)
     task = "binary" if label == "binary" else "multiclass"
     n_classes = len(class_names)
     # built only for the methods asked: at 400k lesions each copy is gigabytes
     x_linear = np.concatenate([blocks[n] for n in names], axis=1) if "linear" in methods else None
-    x_knn = np.concatenate([normalize(blocks[n]) for n in names], axis=1) if "knn" in methods else None
+    x_knn = (
+        np.concatenate([normalize(blocks[n]) for n in names], axis=1) if "knn" in methods else None
+    )
     del blocks
     models = list(methods)
     x_raw = None
@@ -199,50 +218,100 @@ def run_probe(
             warnings.add(f"--baseline: {store_path} has no raw/ metadata; baselines skipped")
         else:
             x_raw = raw[0][rows]
-            leakage_audit(x_raw, raw[2], y, columns=raw[1], class_names=class_names,
-                          seed=int(seeds[0]), warnings=warnings)
+            leakage_audit(
+                x_raw,
+                raw[2],
+                y,
+                columns=raw[1],
+                class_names=class_names,
+                seed=int(seeds[0]),
+                warnings=warnings,
+            )
             models += list(BASELINES)
 
     runs: dict[tuple[str, float | None], list[dict]] = {}
     used_c: list[float] = []
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # first seed, full data: for plots
     for seed in seeds:
-        train, test = make_split(split, y, groups, seed=int(seed), test_size=test_size, warnings=warnings)
+        train, test = make_split(
+            split, y, groups, seed=int(seed), test_size=test_size, warnings=warnings
+        )
         for frac in fractions:
             tr = train if frac is None else low_shot(train, y, fraction=frac, seed=int(seed))
             for method in models:
                 if len(np.unique(y[tr])) < 2:
                     # nothing to fit: a classifier would refuse; predict the one class seen
-                    warnings.add(f"seed {seed}: the training part holds a single class; {method} predicts it everywhere")
+                    warnings.add(
+                        f"seed {seed}: the training part holds a single class; {method} predicts it everywhere"
+                    )
                     proba = np.zeros((len(test), n_classes))
                     proba[:, int(y[tr][0])] = 1.0
                 elif method == "linear":
-                    proba, c = linear_proba(x_linear[tr], y[tr], x_linear[test], n_classes=n_classes,
-                                            C=C, cv=cv, seed=int(seed), warnings=warnings)
+                    proba, c = linear_proba(
+                        x_linear[tr],
+                        y[tr],
+                        x_linear[test],
+                        n_classes=n_classes,
+                        C=C,
+                        cv=cv,
+                        seed=int(seed),
+                        warnings=warnings,
+                    )
                     used_c.append(c)
                 elif method == "knn":
-                    proba = knn_proba(x_knn[tr], y[tr], x_knn[test], n_classes=n_classes, k=k,
-                                      temperature=temperature, device=device, warnings=warnings)
+                    proba = knn_proba(
+                        x_knn[tr],
+                        y[tr],
+                        x_knn[test],
+                        n_classes=n_classes,
+                        k=k,
+                        knn_temperature=knn_temperature,
+                        device=device,
+                        warnings=warnings,
+                    )
                 else:
-                    proba = _fit_baseline(method, x_raw, y, tr, test, n_classes=n_classes, seed=int(seed),
-                                          C=C, warnings=warnings)
-                runs.setdefault((method, frac), []).append(classification_metrics(
-                    y[test], proba, task=task, class_names=class_names, warnings=warnings))
+                    proba = _fit_baseline(
+                        method,
+                        x_raw,
+                        y,
+                        tr,
+                        test,
+                        n_classes=n_classes,
+                        seed=int(seed),
+                        C=C,
+                        warnings=warnings,
+                    )
+                runs.setdefault((method, frac), []).append(
+                    classification_metrics(
+                        y[test], proba, task=task, class_names=class_names, warnings=warnings
+                    )
+                )
                 if frac is None and seed == seeds[0]:
                     curves[method] = (y[test], proba)
 
     results = []
     for frac in fractions:
         for method in models:
-            params = ({"C": "cv" if cv else C, "C_used": sorted(set(used_c))} if method == "linear" else
-                      {"k": k, "temperature": temperature, "weighting": "exp"} if method == "knn" else {})
-            results.append({
-                "method": method, "split": split,
-                "features": ["raw"] if method in BASELINES else names,
-                "label": label, "low_shot": frac, "seeds": [int(s) for s in seeds],
-                "metrics": summarize(runs[(method, frac)]),
-                "pseudo": None if method in BASELINES else pseudo, "params": params,
-            })
+            params = (
+                {"C": "cv" if cv else C, "C_used": sorted(set(used_c))}
+                if method == "linear"
+                else {"k": k, "knn_temperature": knn_temperature, "weighting": "exp"}
+                if method == "knn"
+                else {}
+            )
+            results.append(
+                {
+                    "method": method,
+                    "split": split,
+                    "features": ["raw"] if method in BASELINES else names,
+                    "label": label,
+                    "low_shot": frac,
+                    "seeds": [int(s) for s in seeds],
+                    "metrics": summarize(runs[(method, frac)]),
+                    "pseudo": None if method in BASELINES else pseudo,
+                    "params": params,
+                }
+            )
     if plots_dir is not None:
         _plots(Path(plots_dir), curves, class_names=class_names, split=split, seed=int(seeds[0]))
     return json_safe({"results": results, "warnings": list(warnings)})
@@ -265,5 +334,13 @@ def _plots(out: Path, curves: dict, *, class_names: list[str], split: str, seed:
     plots.ensure_dir(out)
     for method, (y_true, proba) in curves.items():
         title = f"{method}, {split} split, seed {seed}"
-        plots.roc_curves(out / f"roc-{method}.png", y_true, proba, class_names=class_names, title=title)
-        plots.confusion(out / f"confusion-{method}.png", y_true, proba.argmax(1), class_names=class_names, title=title)
+        plots.roc_curves(
+            out / f"roc-{method}.png", y_true, proba, class_names=class_names, title=title
+        )
+        plots.confusion(
+            out / f"confusion-{method}.png",
+            y_true,
+            proba.argmax(1),
+            class_names=class_names,
+            title=title,
+        )

@@ -29,11 +29,11 @@ import numpy as np
 
 from ..errors import SlimpError
 from ..paths import json_safe
+from ..store import FeatureStore
 from . import WarningLog
 from .metrics import RETRIEVAL_KS, percentiles, rank_metrics
 from .search import GALLERY_CHUNK, count_greater, normalize, topk_cosine
 from .splits import make_split
-from ..store import FeatureStore
 
 N_NEGATIVE = 100_000
 
@@ -60,8 +60,16 @@ def ranks_of_relevant(
     qg = np.asarray(query_groups, dtype=np.int64)
     gg = np.asarray(gallery_groups, dtype=np.int64)
     best = _best_relevant(qn, gn, qg, gg)
-    counts = count_greater(qn, gn, best, query_groups=qg, gallery_groups=gg,
-                           device=device, query_chunk=query_chunk, gallery_chunk=gallery_chunk)
+    counts = count_greater(
+        qn,
+        gn,
+        best,
+        query_groups=qg,
+        gallery_groups=gg,
+        device=device,
+        query_chunk=query_chunk,
+        gallery_chunk=gallery_chunk,
+    )
     return counts + 1
 
 
@@ -90,8 +98,12 @@ def _best_relevant(qn: np.ndarray, gn: np.ndarray, qg: np.ndarray, gg: np.ndarra
 
 
 def patient_phenotypes(
-    image: np.ndarray, lesion: np.ndarray, patient_of_row: np.ndarray, n_patients: int,
-    weight: np.ndarray, bias: np.ndarray,
+    image: np.ndarray,
+    lesion: np.ndarray,
+    patient_of_row: np.ndarray,
+    n_patients: int,
+    weight: np.ndarray,
+    bias: np.ndarray,
 ) -> np.ndarray:
     """z_p = weight @ mean over the patient's lesions of concat(w, h) + bias (the outer loss's query).
 
@@ -101,8 +113,13 @@ def patient_phenotypes(
 
     idx = torch.from_numpy(np.asarray(patient_of_row, dtype=np.int64))
     count = torch.bincount(idx, minlength=n_patients).to(torch.float32)[:, None]
-    means = [torch.zeros(n_patients, x.shape[1]).index_add_(
-        0, idx, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))) / count for x in (image, lesion)]
+    means = [
+        torch.zeros(n_patients, x.shape[1]).index_add_(
+            0, idx, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        )
+        / count
+        for x in (image, lesion)
+    ]
     return (torch.cat(means, 1).numpy() @ weight.T + bias).astype(np.float32)
 
 
@@ -144,8 +161,10 @@ def run_retrieval(
     with FeatureStore.open(store_path) as store:
         for level in ("image", "lesion"):
             if level not in store.feature_names:
-                raise SlimpError(f"{store.path} has no features/{level}: retrieval needs image and "
-                                 f"lesion-metadata features (it has: {', '.join(store.feature_names) or 'none'})")
+                raise SlimpError(
+                    f"{store.path} has no features/{level}: retrieval needs image and "
+                    f"lesion-metadata features (it has: {', '.join(store.feature_names) or 'none'})"
+                )
         image, lesion = store.block("image"), store.block("lesion")
         patient = store.block("patient") if "patient" in store.feature_names else None
         phenotype = store.phenotype
@@ -154,7 +173,9 @@ def run_retrieval(
     rows = np.arange(len(image))
     train = None
     if split is not None:
-        train, rows = make_split(split, label, pcode, seed=seed, test_size=test_size, warnings=warnings)
+        train, rows = make_split(
+            split, label, pcode, seed=seed, test_size=test_size, warnings=warnings
+        )
     if len(rows) < 2:
         raise SlimpError(f"{store_path}: retrieval needs at least 2 lesions, got {len(rows)}")
     kw = dict(device=device, query_chunk=chunk_size)
@@ -163,37 +184,56 @@ def run_retrieval(
     img, les = (image, lesion) if split is None else (image[rows], lesion[rows])
     ident = np.arange(len(rows))
     out: dict = {
-        "image_to_lesion": rank_metrics(ranks_of_relevant(img, les, query_groups=ident, gallery_groups=ident, **kw), ks=ks),
-        "lesion_to_image": rank_metrics(ranks_of_relevant(les, img, query_groups=ident, gallery_groups=ident, **kw), ks=ks),
+        "image_to_lesion": rank_metrics(
+            ranks_of_relevant(img, les, query_groups=ident, gallery_groups=ident, **kw), ks=ks
+        ),
+        "lesion_to_image": rank_metrics(
+            ranks_of_relevant(les, img, query_groups=ident, gallery_groups=ident, **kw), ks=ks
+        ),
     }
     _, first, p_of_row = np.unique(pcode[rows], return_index=True, return_inverse=True)
     if patient is not None:
         pats = patient[rows[first]]  # one metadata vector per patient (rows repeat it per lesion)
         pid = np.arange(len(first))
         out["image_to_patient"] = rank_metrics(
-            ranks_of_relevant(img, pats, query_groups=p_of_row, gallery_groups=pid, **kw), ks=ks)
+            ranks_of_relevant(img, pats, query_groups=p_of_row, gallery_groups=pid, **kw), ks=ks
+        )
         out["patient_to_image"] = rank_metrics(
-            ranks_of_relevant(pats, img, query_groups=pid, gallery_groups=p_of_row, **kw), ks=ks)
+            ranks_of_relevant(pats, img, query_groups=pid, gallery_groups=p_of_row, **kw), ks=ks
+        )
         if phenotype is not None:
             z = patient_phenotypes(img, les, p_of_row, len(first), *phenotype)
             out["phenotype_to_patient"] = rank_metrics(
-                ranks_of_relevant(z, pats, query_groups=pid, gallery_groups=pid, **kw), ks=ks)
+                ranks_of_relevant(z, pats, query_groups=pid, gallery_groups=pid, **kw), ks=ks
+            )
     matching, non_matching = similarity_samples(img, les, n_negative=n_negative, seed=seed)
     dists = {"matching": matching, "non_matching": non_matching}
     if train is not None and len(train):
         retrieved, _ = topk_cosine(img, lesion[train], k=1, **kw)
         dists["retrieved"] = retrieved[:, 0]
     out["similarity_percentiles"] = {k: percentiles(v) for k, v in dists.items() if len(v)}
-    out.update({"n_queries": int(len(rows)), "n_patients": int(len(first)), "split": split,
-                "seed": seed if split else None, "warnings": list(warnings)})
+    out.update(
+        {
+            "n_queries": int(len(rows)),
+            "n_patients": int(len(first)),
+            "split": split,
+            "seed": seed if split else None,
+            "warnings": list(warnings),
+        }
+    )
     if plots_dir is not None:
         from . import plots
 
         plots.ensure_dir(plots_dir)
         where = f"held-out {split} split (seed {seed})" if split else "whole store"
-        names = {"matching": "matching metadata", "non_matching": "non-matching metadata",
-                 "retrieved": "metadata retrieved from training part"}
-        plots.similarity_histograms(Path(plots_dir) / "similarity.png",
-                                    {names[k]: v for k, v in dists.items()},
-                                    title=f"Image-metadata cosine similarity, {where}")
+        names = {
+            "matching": "matching metadata",
+            "non_matching": "non-matching metadata",
+            "retrieved": "metadata retrieved from training part",
+        }
+        plots.similarity_histograms(
+            Path(plots_dir) / "similarity.png",
+            {names[k]: v for k, v in dists.items()},
+            title=f"Image-metadata cosine similarity, {where}",
+        )
     return json_safe(out)

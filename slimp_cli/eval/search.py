@@ -8,7 +8,7 @@ the device. Inputs may be numpy arrays or h5py datasets (read one chunk at a tim
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ class _Gallery:
             self.cache = [self._load(s) for s in range(0, self.n, self.chunk)]
 
     def _load(self, start: int) -> torch.Tensor:
-        block = np.asarray(self.gallery[start:start + self.chunk], dtype=np.float32)
+        block = np.asarray(self.gallery[start : start + self.chunk], dtype=np.float32)
         return _unit(torch.from_numpy(block).to(self.device))
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
@@ -52,7 +52,9 @@ def _unit(t: torch.Tensor) -> torch.Tensor:
 
 def _check(queries, gallery) -> None:
     if queries.shape[1] != gallery.shape[1]:
-        raise SlimpError(f"similarity search: query dimension {queries.shape[1]} != gallery dimension {gallery.shape[1]}")
+        raise SlimpError(
+            f"similarity search: query dimension {queries.shape[1]} != gallery dimension {gallery.shape[1]}"
+        )
     if gallery.shape[0] == 0:
         raise SlimpError("similarity search: the gallery is empty")
 
@@ -76,14 +78,18 @@ def iter_topk(
     k = min(int(k), int(gallery.shape[0]))
     gal = _Gallery(gallery, chunk=gallery_chunk, device=dev, cache_bytes=cache_bytes)
     for qs in range(0, int(queries.shape[0]), max(1, query_chunk)):
-        q = _unit(torch.from_numpy(np.asarray(queries[qs:qs + query_chunk], dtype=np.float32)).to(dev))
+        q = _unit(
+            torch.from_numpy(np.asarray(queries[qs : qs + query_chunk], dtype=np.float32)).to(dev)
+        )
         best_s = torch.full((q.shape[0], 0), -torch.inf, device=dev)
         best_i = torch.zeros((q.shape[0], 0), dtype=torch.long, device=dev)
         for gs, g in gal:
             sims = q @ g.T
             s, i = sims.topk(min(k, g.shape[0]), dim=1)
             # merge the chunk's top-k with the running top-k
-            best_s, pos = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
+            best_s, pos = torch.cat([best_s, s], 1).topk(
+                min(k, best_s.shape[1] + s.shape[1]), dim=1
+            )
             best_i = torch.cat([best_i, i + gs], 1).gather(1, pos)
         yield qs, best_s.cpu().numpy(), best_i.cpu().numpy()
 
@@ -122,13 +128,19 @@ def count_greater(
     ggroups = torch.from_numpy(np.asarray(gallery_groups, dtype=np.int64)).to(dev)
     out = np.zeros(int(queries.shape[0]), dtype=np.int64)
     for qs in range(0, int(queries.shape[0]), max(1, query_chunk)):
-        q = _unit(torch.from_numpy(np.asarray(queries[qs:qs + query_chunk], dtype=np.float32)).to(dev))
-        thr = torch.from_numpy(np.asarray(thresholds[qs:qs + query_chunk], dtype=np.float32)).to(dev)
-        qg = torch.from_numpy(np.asarray(query_groups[qs:qs + query_chunk], dtype=np.int64)).to(dev)
+        q = _unit(
+            torch.from_numpy(np.asarray(queries[qs : qs + query_chunk], dtype=np.float32)).to(dev)
+        )
+        thr = torch.from_numpy(np.asarray(thresholds[qs : qs + query_chunk], dtype=np.float32)).to(
+            dev
+        )
+        qg = torch.from_numpy(np.asarray(query_groups[qs : qs + query_chunk], dtype=np.int64)).to(
+            dev
+        )
         count = torch.zeros(q.shape[0], dtype=torch.long, device=dev)
         for gs, g in gal:
             above = (q @ g.T) > thr[:, None]
-            above &= ggroups[None, gs:gs + g.shape[0]] != qg[:, None]
+            above &= ggroups[None, gs : gs + g.shape[0]] != qg[:, None]
             count += above.sum(1)
-        out[qs:qs + q.shape[0]] = count.cpu().numpy()
+        out[qs : qs + q.shape[0]] = count.cpu().numpy()
     return out

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import warnings as _pywarnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
@@ -38,13 +38,19 @@ def random_split(
     rare = values[counts < 2]
     keep = ~np.isin(y, rare)
     if len(rare) and warnings is not None:
-        warnings.add(f"class(es) {', '.join(map(str, rare))} have a single sample: kept in the training split only")
+        warnings.add(
+            f"class(es) {', '.join(map(str, rare))} have a single sample: kept in the training split only"
+        )
     try:
-        train, test = train_test_split(idx[keep], test_size=test_size, random_state=seed, stratify=y[keep])
+        train, test = train_test_split(
+            idx[keep], test_size=test_size, random_state=seed, stratify=y[keep]
+        )
     except ValueError:
         # Too few rows for one test sample per class: fall back to an unstratified split.
         if warnings is not None:
-            warnings.add(f"too few samples ({keep.sum()}) to stratify a {test_size:.0%} split by class; split is unstratified")
+            warnings.add(
+                f"too few samples ({keep.sum()}) to stratify a {test_size:.0%} split by class; split is unstratified"
+            )
         train, test = train_test_split(idx[keep], test_size=test_size, random_state=seed)
     train = np.concatenate([train, idx[~keep]])
     return np.sort(train), np.sort(test)
@@ -65,7 +71,9 @@ def patient_split(
     y, groups = np.asarray(y), np.asarray(groups)
     n_groups = len(np.unique(groups))
     if n_groups < 2:
-        raise SlimpError("--split patient needs at least 2 patients; the store has 1 (use --split random)")
+        raise SlimpError(
+            "--split patient needs at least 2 patients; the store has 1 (use --split random)"
+        )
     if n_groups > MANY_GROUPS:
         return _many_groups_split(y, groups, seed=seed, test_size=test_size, warnings=warnings)
     n_splits = max(2, min(int(round(1.0 / test_size)), n_groups))
@@ -78,7 +86,9 @@ def patient_split(
         _pywarnings.simplefilter("ignore", UserWarning)
         folds = list(cv.split(np.zeros(len(y)), y, groups))
     for train, test in folds:
-        missing = len(all_classes - set(np.unique(y[test]).tolist())) + len(all_classes - set(np.unique(y[train]).tolist()))
+        missing = len(all_classes - set(np.unique(y[test]).tolist())) + len(
+            all_classes - set(np.unique(y[train]).tolist())
+        )
         key = (missing, abs(len(test) / len(y) - test_size))
         if best_key is None or key < best_key:
             best, best_key = (train, test), key
@@ -96,7 +106,9 @@ def _warn_missing_classes(y, train, test, *, seed, warnings: WarningLog | None) 
     for side, rows in (("held-out", test), ("training", train)):
         gone = sorted(classes - set(np.unique(y[rows]).tolist()))
         if gone:
-            warnings.add(f"patient split (seed {seed}): class(es) {', '.join(map(str, gone))} absent from the {side} part")
+            warnings.add(
+                f"patient split (seed {seed}): class(es) {', '.join(map(str, gone))} absent from the {side} part"
+            )
 
 
 def _many_groups_split(y, groups, *, seed, test_size, warnings) -> tuple[np.ndarray, np.ndarray]:
@@ -108,9 +120,13 @@ def _many_groups_split(y, groups, *, seed, test_size, warnings) -> tuple[np.ndar
     strata = counts.argmax(1)
     ok = np.bincount(strata)[strata] >= 2
     try:
-        _, test_groups = train_test_split(np.flatnonzero(ok), test_size=test_size, random_state=seed, stratify=strata[ok])
+        _, test_groups = train_test_split(
+            np.flatnonzero(ok), test_size=test_size, random_state=seed, stratify=strata[ok]
+        )
     except ValueError:
-        _, test_groups = train_test_split(np.flatnonzero(ok), test_size=test_size, random_state=seed)
+        _, test_groups = train_test_split(
+            np.flatnonzero(ok), test_size=test_size, random_state=seed
+        )
     is_test = np.zeros(len(uniq), dtype=bool)
     is_test[test_groups] = True
     test = np.flatnonzero(is_test[code])

@@ -99,7 +99,11 @@ def read_bytes(ref: ImageRef) -> bytes:
         handle = _H5_CACHE[ref.path] = h5py.File(ref.path, "r")
     value = handle[ref.key][()]
     # ISIC 2024 stores a bytes scalar; some re-exports store a uint8 array.
-    return value.tobytes() if hasattr(value, "tobytes") and not isinstance(value, bytes) else bytes(value)
+    return (
+        value.tobytes()
+        if hasattr(value, "tobytes") and not isinstance(value, bytes)
+        else bytes(value)
+    )
 
 
 def normalise_image(data: bytes, size: int) -> tuple[bytes, tuple[int, int]]:

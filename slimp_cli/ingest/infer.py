@@ -15,13 +15,22 @@ from .formats.base import read_csv_strings
 from .values import FALSE, TRUE, Unparseable, is_missing, parse_number
 
 ROLE_PATTERNS = {
-    "patient_id": re.compile(r"^(patient|subject|person)[ _-]?(id|num|number)?$|^pat(ient)?_?id$", re.I),
+    "patient_id": re.compile(
+        r"^(patient|subject|person)[ _-]?(id|num|number)?$|^pat(ient)?_?id$", re.I
+    ),
     "lesion_id": re.compile(r"^lesion[ _-]?(id|num|number)?$", re.I),
-    "image": re.compile(r"^(isic_id|image(_id|_name|_path|_file)?|img(_id|_name|_path)?|file(_name|name|path)?|path|derm)$", re.I),
-    "label": re.compile(r"^(diagnosis|diagnostic|dx|label|target|class|benign_malignant|diagnosis_?[1-5]?)$", re.I),
+    "image": re.compile(
+        r"^(isic_id|image(_id|_name|_path|_file)?|img(_id|_name|_path)?|file(_name|name|path)?|path|derm)$",
+        re.I,
+    ),
+    "label": re.compile(
+        r"^(diagnosis|diagnostic|dx|label|target|class|benign_malignant|diagnosis_?[1-5]?)$", re.I
+    ),
 }
 # Names that usually leak the label or are mere identifiers / free text.
-LEAK = re.compile(r"biops|dx_type|confirm|management|histo|mel_thick|mitotic|iddx|malignan|benign", re.I)
+LEAK = re.compile(
+    r"biops|dx_type|confirm|management|histo|mel_thick|mitotic|iddx|malignan|benign", re.I
+)
 IDENT = re.compile(r"attribution|copyright|licen[cs]e|url|comment|note|^id$|_id$|uuid", re.I)
 MALIGNANT_WORDS = ("melanoma", "mel", "bcc", "scc", "carcinoma", "malignant", "1")
 
@@ -41,9 +50,14 @@ def guess_type(values: pd.Series) -> tuple[str | None, str]:
     except Unparseable:
         numeric = False
     if numeric:
-        return ("numerical" if len(distinct) > 5 else "categorical"), f"{len(distinct)} distinct numbers"
+        return (
+            "numerical" if len(distinct) > 5 else "categorical"
+        ), f"{len(distinct)} distinct numbers"
     if len(distinct) > max(30, 0.5 * len(present)):
-        return None, f"{len(distinct)} distinct values in {len(present)} rows: identifier or free text"
+        return (
+            None,
+            f"{len(distinct)} distinct values in {len(present)} rows: identifier or free text",
+        )
     return "categorical", f"{len(distinct)} categories"
 
 
@@ -76,24 +90,38 @@ def infer_schema(path: str | Path) -> dict:
             taken.add(roles[role])
     if roles["image"] is None:  # the column whose values look like file names
         for column in columns:
-            if column not in taken and frame[column].str.contains(r"\.(jpe?g|png|bmp|tiff?)$", case=False).mean() > 0.9:
+            if (
+                column not in taken
+                and frame[column].str.contains(r"\.(jpe?g|png|bmp|tiff?)$", case=False).mean() > 0.9
+            ):
                 roles["image"] = column
                 taken.add(column)
                 break
-    todo = ["confirm every role below (patient_id, lesion_id, image, label) and the malignant classes",
-            "confirm the level (patient vs lesion) and type of each feature",
-            "check 'excluded': columns that leak the label must stay excluded",
-            "then delete this '_todo' key; `slimp ingest csv` refuses a schema that still has it"]
+    todo = [
+        "confirm every role below (patient_id, lesion_id, image, label) and the malignant classes",
+        "confirm the level (patient vs lesion) and type of each feature",
+        "check 'excluded': columns that leak the label must stay excluded",
+        "then delete this '_todo' key; `slimp ingest csv` refuses a schema that still has it",
+    ]
     classes: list[str] = []
     if roles["label"]:
         classes = sorted({v for v in frame[roles["label"]] if not is_missing(v)})
-    malignant = [c for c in classes if any(w == c.lower() or (len(w) > 3 and w in c.lower()) for w in MALIGNANT_WORDS)]
+    malignant = [
+        c
+        for c in classes
+        if any(w == c.lower() or (len(w) > 3 and w in c.lower()) for w in MALIGNANT_WORDS)
+    ]
     patient_features, lesion_features, excluded = [], [], []
     for column in columns:
         if column in taken:
             continue
         if LEAK.search(column):
-            excluded.append({"name": column, "reason": "possible label leak (name suggests a diagnostic outcome); confirm"})
+            excluded.append(
+                {
+                    "name": column,
+                    "reason": "possible label leak (name suggests a diagnostic outcome); confirm",
+                }
+            )
             continue
         kind, why = guess_type(frame[column])
         if kind is None or IDENT.search(column):

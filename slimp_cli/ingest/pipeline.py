@@ -11,18 +11,18 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from .. import __version__
-from .formats import get_adapter
-from .images import process_image
-from .rows import Entry, Log, build_entries
 from ..errors import SlimpError
 from ..paths import write_json
 from ..schema import category_key, load_dataset_schema, validate_dataset_schema
 from ..shards import SHARD_GLOB, ShardWriter, image_entry_name, unique_keys
+from .formats import get_adapter
+from .images import process_image
+from .rows import Entry, Log, build_entries
 
 DERIVED = [{"name": "n_lesions", "type": "numerical"}]
 # Warning kinds that --strict turns into errors (data was changed); notes are informational.
@@ -44,7 +44,9 @@ def load_schema_for(adapter, source: Path, schema: str | Path | dict | None) -> 
         validate_dataset_schema(schema, source="schema")
         loaded = schema
     else:
-        loaded = load_dataset_schema(schema if schema is not None else adapter.default_schema(source))
+        loaded = load_dataset_schema(
+            schema if schema is not None else adapter.default_schema(source)
+        )
     if "_todo" in loaded:
         raise SlimpError(
             "the schema still has a '_todo' note (drafted by `slimp schema infer`): confirm the guessed "
@@ -56,8 +58,11 @@ def load_schema_for(adapter, source: Path, schema: str | Path | dict | None) -> 
 def resolve_feature(feature: dict, values: list) -> dict:
     """Resolved feature: missing rate, and mean/std (numerical) or sorted vocabulary."""
     present = [v for v in values if v is not None]
-    out = {"name": feature["name"], "type": feature["type"],
-           "missing_rate": round(1 - len(present) / len(values), 6) if values else 1.0}
+    out = {
+        "name": feature["name"],
+        "type": feature["type"],
+        "missing_rate": round(1 - len(present) / len(values), 6) if values else 1.0,
+    }
     if feature["type"] == "numerical":
         nums = [float(v) for v in present]
         mean = math.fsum(nums) / len(nums) if nums else 0.0
@@ -70,9 +75,16 @@ def resolve_feature(feature: dict, values: list) -> dict:
     return out
 
 
-def resolve_schema(dataset_schema: dict, *, patients: list[dict], lesions: list[dict],
-                   patient_features: list[dict], lesion_features: list[dict],
-                   has_patient_ids: bool, dropped: Iterable[dict] = ()) -> dict:
+def resolve_schema(
+    dataset_schema: dict,
+    *,
+    patients: list[dict],
+    lesions: list[dict],
+    patient_features: list[dict],
+    lesion_features: list[dict],
+    has_patient_ids: bool,
+    dropped: Iterable[dict] = (),
+) -> dict:
     """The resolved schema (docs/internals.md) from the typed rows that went into the shards.
 
     patients: one dict per written patient, {"fields": {...}, "derived": {...}};
@@ -83,7 +95,8 @@ def resolve_schema(dataset_schema: dict, *, patients: list[dict], lesions: list[
     malignant |= {e["label"] for e in lesions if e["malignant"] == 1}
     derived = DERIVED if has_patient_ids else []
     return {
-        "format": "slimp-schema", "version": 1,
+        "format": "slimp-schema",
+        "version": 1,
         "name": dataset_schema.get("name", "dataset"),
         "patient_id": dataset_schema.get("patient_id"),
         "lesion_id": dataset_schema.get("lesion_id"),
@@ -91,12 +104,17 @@ def resolve_schema(dataset_schema: dict, *, patients: list[dict], lesions: list[
         "label": dataset_schema.get("label"),
         "malignant": sorted(malignant),
         "classes": classes,
-        "patient_features": [resolve_feature(f, [p["fields"].get(f["name"]) for p in patients])
-                             for f in patient_features],
-        "lesion_features": [resolve_feature(f, [e["fields"].get(f["name"]) for e in lesions])
-                            for f in lesion_features],
-        "derived_patient_features": [resolve_feature(f, [p["derived"].get(f["name"]) for p in patients])
-                                     for f in derived],
+        "patient_features": [
+            resolve_feature(f, [p["fields"].get(f["name"]) for p in patients])
+            for f in patient_features
+        ],
+        "lesion_features": [
+            resolve_feature(f, [e["fields"].get(f["name"]) for e in lesions])
+            for f in lesion_features
+        ],
+        "derived_patient_features": [
+            resolve_feature(f, [p["derived"].get(f["name"]) for p in patients]) for f in derived
+        ],
         "excluded": list(dataset_schema.get("excluded", [])) + list(dropped),
     }
 
@@ -121,7 +139,9 @@ def _patient_fields(pid: str, entries: list[Entry], conflicts: dict[str, int]) -
 
 
 def _existing_output(out: Path) -> list[Path]:
-    return sorted(out.glob(SHARD_GLOB)) + [p for p in (out / "manifest.json", out / "schema.json") if p.exists()]
+    return sorted(out.glob(SHARD_GLOB)) + [
+        p for p in (out / "manifest.json", out / "schema.json") if p.exists()
+    ]
 
 
 def _results(jobs: list, workers: int) -> Iterator[tuple[bytes | None, str | None]]:
@@ -131,31 +151,58 @@ def _results(jobs: list, workers: int) -> Iterator[tuple[bytes | None, str | Non
         return
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
     with multiprocessing.get_context(method).Pool(workers) as pool:
-        yield from pool.imap(process_image, jobs, chunksize=max(1, min(16, len(jobs) // (workers * 8))))
+        yield from pool.imap(
+            process_image, jobs, chunksize=max(1, min(16, len(jobs) // (workers * 8)))
+        )
 
 
 def _progress(enabled: bool, total: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
-    progress = Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        disable=not enabled, transient=False)
+    progress = Progress(
+        TextColumn("ingest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
     return progress, progress.add_task("images", total=total)
 
 
 def _strict_failure(log: Log) -> str | None:
     problems = [f"row {s['row']} ({s['id'] or s['file']}): {s['reason']}" for s in log.skipped]
-    problems += [f"row {w['row']} column '{w['column']}': value '{w['value']}' {w['message']}"
-                 for w in log.warnings if w["kind"] in STRICT_WARNINGS]
+    problems += [
+        f"row {w['row']} column '{w['column']}': value '{w['value']}' {w['message']}"
+        for w in log.warnings
+        if w["kind"] in STRICT_WARNINGS
+    ]
     if not problems:
         return None
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return f"--strict: {problems[0]}{more}; no shards written"
 
 
-def ingest(fmt: str, source: str | Path, out: str | Path, *, schema: str | Path | dict | None = None,
-           image_size: int = 256, workers: int = 1, max_shard_size: int = 10**9,
-           max_patients_per_shard: int | None = None, strict: bool = False, overwrite: bool = False,
-           progress: bool = False) -> IngestResult:
+def ingest(
+    fmt: str,
+    source: str | Path,
+    out: str | Path,
+    *,
+    schema: str | Path | dict | None = None,
+    image_size: int = 256,
+    workers: int = 1,
+    max_shard_size: int = 10**9,
+    max_patients_per_shard: int | None = None,
+    strict: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> IngestResult:
     """Ingest one dataset (`fmt` is a key of slimp_cli.datasets.FORMATS) into shards under `out`.
 
     Raises SlimpError for user errors (unknown format, bad schema, missing required column,
@@ -173,7 +220,9 @@ def ingest(fmt: str, source: str | Path, out: str | Path, *, schema: str | Path 
         raise SlimpError(f"{out}: exists and is not a folder")
     previous = _existing_output(out) if out.is_dir() else []
     if previous and not overwrite:
-        raise SlimpError(f"{out}: already holds an ingested dataset ({previous[0].name}); use --overwrite or another folder")
+        raise SlimpError(
+            f"{out}: already holds an ingested dataset ({previous[0].name}); use --overwrite or another folder"
+        )
     dataset_schema = load_schema_for(adapter, source, schema)
     table = adapter.read(source, dataset_schema)
     log = Log(notes=list(table.notes))
@@ -181,8 +230,10 @@ def ingest(fmt: str, source: str | Path, out: str | Path, *, schema: str | Path 
     if strict and (message := _strict_failure(log)):
         raise SlimpError(message)
     if not entries:
-        raise SlimpError(f"{table.path}: no usable rows ({len(log.skipped)} skipped; first: "
-                         f"{log.skipped[0]['reason'] if log.skipped else 'none'})")
+        raise SlimpError(
+            f"{table.path}: no usable rows ({len(log.skipped)} skipped; first: "
+            f"{log.skipped[0]['reason'] if log.skipped else 'none'})"
+        )
 
     groups = _group(entries)
     keys = unique_keys([pid for pid, _ in groups])
@@ -192,15 +243,23 @@ def ingest(fmt: str, source: str | Path, out: str | Path, *, schema: str | Path 
     written_patients, written_lesions, conflicts = [], [], {}
     bar, task = _progress(progress, len(jobs))
     try:
-        with bar, contextlib.closing(_results(jobs, workers)) as results:  # closing: pool ends on errors too
+        with (
+            bar,
+            contextlib.closing(_results(jobs, workers)) as results,
+        ):  # closing: pool ends on errors too
             for pid, members in groups:
                 kept, images = [], []
                 for e in members:
                     jpeg, error = next(results)
                     bar.advance(task)
                     if error is not None:
-                        log.skip(row=e.row, id=e.image_id, file=e.ref.display(), reason=error,
-                                 kind="missing_image" if "not found" in error else "bad_image")
+                        log.skip(
+                            row=e.row,
+                            id=e.image_id,
+                            file=e.ref.display(),
+                            reason=error,
+                            kind="missing_image" if "not found" in error else "bad_image",
+                        )
                         if strict:
                             raise SlimpError(_strict_failure(log))
                         continue
@@ -208,26 +267,57 @@ def ingest(fmt: str, source: str | Path, out: str | Path, *, schema: str | Path 
                     images.append(jpeg)
                 if not kept:
                     continue
-                lesions = [{"lesion_id": e.lesion_id, "image_id": e.image_id, "image": image_entry_name(j, len(kept)),
-                            "label": e.label, "malignant": e.malignant, "fields": e.lesion_fields, "row": e.row}
-                           for j, e in enumerate(kept)]
-                patient = {"patient_id": pid, "fields": _patient_fields(pid, kept, conflicts),
-                           "derived": {"n_lesions": len({e.lesion_id for e in kept})}}
+                lesions = [
+                    {
+                        "lesion_id": e.lesion_id,
+                        "image_id": e.image_id,
+                        "image": image_entry_name(j, len(kept)),
+                        "label": e.label,
+                        "malignant": e.malignant,
+                        "fields": e.lesion_fields,
+                        "row": e.row,
+                    }
+                    for j, e in enumerate(kept)
+                ]
+                patient = {
+                    "patient_id": pid,
+                    "fields": _patient_fields(pid, kept, conflicts),
+                    "derived": {"n_lesions": len({e.lesion_id for e in kept})},
+                }
                 writer.write(keys[pid], patient, lesions, images)
                 written_patients.append(patient)
                 written_lesions.extend(lesions)
         if not written_patients:
-            raise SlimpError(f"{table.path}: no usable images ({len(log.skipped)} rows skipped; first: "
-                             f"{log.skipped[0]['reason']})")
+            raise SlimpError(
+                f"{table.path}: no usable images ({len(log.skipped)} rows skipped; first: "
+                f"{log.skipped[0]['reason']})"
+            )
         for name, n in sorted(conflicts.items()):
-            log.notes.append(f"patient field '{name}' differs between rows of {n} patients; first non-missing value kept")
+            log.notes.append(
+                f"patient field '{name}' differs between rows of {n} patients; first non-missing value kept"
+            )
         resolved = resolve_schema(
-            dataset_schema, patients=written_patients, lesions=written_lesions,
-            patient_features=info["patient_features"], lesion_features=info["lesion_features"],
-            has_patient_ids=info["roles"]["patient_id"] is not None, dropped=info["dropped"],
+            dataset_schema,
+            patients=written_patients,
+            lesions=written_lesions,
+            patient_features=info["patient_features"],
+            lesion_features=info["lesion_features"],
+            has_patient_ids=info["roles"]["patient_id"] is not None,
+            dropped=info["dropped"],
         )
-        manifest = _manifest(fmt, source, table.path, out, image_size, max_shard_size, strict,
-                             written_patients, written_lesions, log, n_rows=len(table.frame))
+        manifest = _manifest(
+            fmt,
+            source,
+            table.path,
+            out,
+            image_size,
+            max_shard_size,
+            strict,
+            written_patients,
+            written_lesions,
+            log,
+            n_rows=len(table.frame),
+        )
         _commit(out, writer, resolved, manifest, previous)
     except BaseException:
         writer.abort()
@@ -235,7 +325,9 @@ def ingest(fmt: str, source: str | Path, out: str | Path, *, schema: str | Path 
     return IngestResult(out=out, manifest=manifest, schema=resolved)
 
 
-def _commit(out: Path, writer: ShardWriter, resolved: dict, manifest: dict, previous: list[Path]) -> None:
+def _commit(
+    out: Path, writer: ShardWriter, resolved: dict, manifest: dict, previous: list[Path]
+) -> None:
     """Replace any previous dataset: old manifest first (never complete-looking), then rename."""
     old_manifest = out / "manifest.json"
     if old_manifest.exists():
@@ -250,8 +342,20 @@ def _commit(out: Path, writer: ShardWriter, resolved: dict, manifest: dict, prev
     write_json(out / "manifest.json", manifest)
 
 
-def _manifest(fmt, source, table_path, out, image_size, max_shard_size, strict, patients, lesions, log: Log,
-              *, n_rows: int) -> dict:
+def _manifest(
+    fmt,
+    source,
+    table_path,
+    out,
+    image_size,
+    max_shard_size,
+    strict,
+    patients,
+    lesions,
+    log: Log,
+    *,
+    n_rows: int,
+) -> dict:
     labels: dict[str, int] = {}
     for e in lesions:
         key = e["label"] if e["label"] is not None else "(none)"
@@ -260,13 +364,19 @@ def _manifest(fmt, source, table_path, out, image_size, max_shard_size, strict, 
     for s in log.skipped:
         skip_kinds[s["kind"]] = skip_kinds.get(s["kind"], 0) + 1
     return {
-        "format": "slimp-manifest", "version": 1, "complete": False,
+        "format": "slimp-manifest",
+        "version": 1,
+        "complete": False,
         "slimp_version": __version__,
         "source_format": fmt,
         "source": str(source),
         "table": str(table_path),
-        "options": {"image_size": image_size, "max_shard_size": max_shard_size, "strict": strict,
-                    "resize": "shorter side to image_size (bicubic), centre crop, RGB JPEG q95"},
+        "options": {
+            "image_size": image_size,
+            "max_shard_size": max_shard_size,
+            "strict": strict,
+            "resize": "shorter side to image_size (bicubic), centre crop, RGB JPEG q95",
+        },
         "counts": {
             "rows": n_rows,
             "patients": len(patients),
@@ -288,4 +398,3 @@ def _manifest(fmt, source, table_path, out, image_size, max_shard_size, strict, 
         "notes": log.notes,
         "shards": [],
     }
-

@@ -27,8 +27,12 @@ class Log:
     def skip(self, *, row: int, id: str, file: str, reason: str, kind: str) -> None:
         self.skipped.append({"row": row, "id": id, "file": file, "reason": reason, "kind": kind})
 
-    def warn(self, *, row: int, column: str, value: str, message: str, kind: str = "unparseable") -> None:
-        self.warnings.append({"row": row, "column": column, "value": value, "message": message, "kind": kind})
+    def warn(
+        self, *, row: int, column: str, value: str, message: str, kind: str = "unparseable"
+    ) -> None:
+        self.warnings.append(
+            {"row": row, "column": column, "value": value, "message": message, "kind": kind}
+        )
 
 
 @dataclass(kw_only=True)
@@ -86,7 +90,9 @@ def malignancy(schema: dict):
     return classify
 
 
-def present_features(schema: dict, columns: list[str], table: Path, log: Log) -> tuple[list[dict], list[dict], list[dict]]:
+def present_features(
+    schema: dict, columns: list[str], table: Path, log: Log
+) -> tuple[list[dict], list[dict], list[dict]]:
     """Patient and lesion features whose columns exist; missing required ones are an error.
 
     Returns (patient features, lesion features, dropped optional features with a reason).
@@ -98,7 +104,9 @@ def present_features(schema: dict, columns: list[str], table: Path, log: Log) ->
             if feature["name"] in columns:
                 kept[level].append(feature)
             elif feature.get("optional"):
-                dropped.append({"name": feature["name"], "reason": "optional column absent from the table"})
+                dropped.append(
+                    {"name": feature["name"], "reason": "optional column absent from the table"}
+                )
             else:
                 raise SlimpError(
                     f"{table}: missing required column '{feature['name']}' ({level.split('_')[0]} feature); "
@@ -115,7 +123,9 @@ def check_roles(schema: dict, columns: list[str], table: Path, log: Log) -> dict
     for role in ("image", "patient_id"):
         column = schema.get(role)
         if column is not None and column not in columns:
-            raise SlimpError(f"{table}: missing required column '{column}' ({role}); columns are: {', '.join(columns)}")
+            raise SlimpError(
+                f"{table}: missing required column '{column}' ({role}); columns are: {', '.join(columns)}"
+            )
         roles[role] = column
     lesion = schema.get("lesion_id")
     if lesion is not None and lesion not in columns:
@@ -162,15 +172,19 @@ def build_entries(table: SourceTable, schema: dict, log: Log) -> tuple[list[Entr
     roles = check_roles(schema, columns, path, log)
     patient_features, lesion_features, dropped = present_features(schema, columns, path, log)
     extra_columns = [c for c in schema.get("extra_images", []) if c in columns]
-    known = {v for v in roles.values() if v} | {f["name"] for f in patient_features + lesion_features}
+    known = {v for v in roles.values() if v} | {
+        f["name"] for f in patient_features + lesion_features
+    }
     known |= {e["name"] for e in schema.get("excluded", [])} | set(extra_columns)
     unlisted = [c for c in columns if c not in known]
     if unlisted:
         log.notes.append("columns not in the schema, ignored: " + ", ".join(unlisted))
 
     rows = table.rows
-    typed = {f["name"]: type_column(frame[f["name"]].tolist(), f["type"], f["name"], rows, log)
-             for f in patient_features + lesion_features}
+    typed = {
+        f["name"]: type_column(frame[f["name"]].tolist(), f["type"], f["name"], rows, log)
+        for f in patient_features + lesion_features
+    }
     to_label, classify = label_lookup(schema), malignancy(schema)
     unmapped: dict[str, int] = {}
     images = frame[roles["image"]].tolist()
@@ -184,26 +198,48 @@ def build_entries(table: SourceTable, schema: dict, log: Log) -> tuple[list[Entr
     for i, row in enumerate(rows):
         image_id = images[i].strip()
         if not image_id:
-            log.skip(row=row, id="", file="", reason=f"empty image reference ('{roles['image']}')", kind="empty_id")
+            log.skip(
+                row=row,
+                id="",
+                file="",
+                reason=f"empty image reference ('{roles['image']}')",
+                kind="empty_id",
+            )
             continue
         lesion_id = (lesions[i].strip() if lesions else "") or image_id
         patient_id = patients[i].strip() if patients else lesion_id
         if not patient_id:
-            log.skip(row=row, id=image_id, file="", reason=f"empty patient id ('{roles['patient_id']}')", kind="empty_id")
+            log.skip(
+                row=row,
+                id=image_id,
+                file="",
+                reason=f"empty patient id ('{roles['patient_id']}')",
+                kind="empty_id",
+            )
             continue
         if per_patient and patients:
             lesion_id = f"{patient_id}/{lesion_id}"  # unique across the dataset from here on
         if image_id in seen_image:
-            log.skip(row=row, id=image_id, file="", kind="duplicate_image",
-                     reason=f"duplicate image reference (first at row {seen_image[image_id]})")
+            log.skip(
+                row=row,
+                id=image_id,
+                file="",
+                kind="duplicate_image",
+                reason=f"duplicate image reference (first at row {seen_image[image_id]})",
+            )
             continue
         seen_image[image_id] = row
         label, unknown = to_label(labels[i]) if labels else (None, False)
         if unknown:
             unmapped[label] = unmapped.get(label, 0) + 1
         entry = Entry(
-            row=row, patient_id=patient_id, lesion_id=lesion_id, image_id=image_id, ref=ImageRef(""),
-            label=label, malignant=classify(label),
+            row=row,
+            patient_id=patient_id,
+            lesion_id=lesion_id,
+            image_id=image_id,
+            ref=ImageRef(""),
+            label=label,
+            malignant=classify(label),
             patient_fields={f["name"]: typed[f["name"]][i] for f in patient_features},
             lesion_fields={f["name"]: typed[f["name"]][i] for f in lesion_features},
         )
@@ -211,14 +247,23 @@ def build_entries(table: SourceTable, schema: dict, log: Log) -> tuple[list[Entr
         for column in extra_columns:
             extra = frame[column].iat[i].strip()
             if extra and not is_missing(extra):
-                entries.append(Entry(**{**entry.__dict__, "image_id": extra, "ref": ImageRef(f"\0{column}")}))
+                entries.append(
+                    Entry(**{**entry.__dict__, "image_id": extra, "ref": ImageRef(f"\0{column}")})
+                )
     if unmapped:
-        log.notes.append("label values not in label_map, kept as is: "
-                         + ", ".join(f"{k} ({v} rows)" for k, v in sorted(unmapped.items())))
+        log.notes.append(
+            "label values not in label_map, kept as is: "
+            + ", ".join(f"{k} ({v} rows)" for k, v in sorted(unmapped.items()))
+        )
     entries = _drop_lesion_conflicts(entries, log) if patients else entries
     entries = _locate(entries, table, roles["image"], log)
-    info = {"roles": roles, "patient_features": patient_features, "lesion_features": lesion_features,
-            "dropped": dropped, "extra_images": extra_columns}
+    info = {
+        "roles": roles,
+        "patient_features": patient_features,
+        "lesion_features": lesion_features,
+        "dropped": dropped,
+        "extra_images": extra_columns,
+    }
     return entries, info
 
 
@@ -233,8 +278,13 @@ def _drop_lesion_conflicts(entries: list[Entry], log: Log) -> list[Entry]:
     kept = []
     for e in entries:
         if e.lesion_id in bad:
-            log.skip(row=e.row, id=e.image_id, file="", kind="lesion_conflict",
-                     reason=f"lesion id '{e.lesion_id}' appears under several patients ({', '.join(bad[e.lesion_id])})")
+            log.skip(
+                row=e.row,
+                id=e.image_id,
+                file="",
+                kind="lesion_conflict",
+                reason=f"lesion id '{e.lesion_id}' appears under several patients ({', '.join(bad[e.lesion_id])})",
+            )
         else:
             kept.append(e)
     return kept
@@ -257,8 +307,13 @@ def _locate(entries: list[Entry], table: SourceTable, image_column: str, log: Lo
                 missing_extra[column] = missing_extra.get(column, 0) + 1
             else:
                 skipped_rows.add(e.row)
-                log.skip(row=e.row, id=e.image_id, file=e.image_id, kind="missing_image",
-                         reason=f"image file not found for '{e.image_id}' under {table.path.parent}")
+                log.skip(
+                    row=e.row,
+                    id=e.image_id,
+                    file=e.image_id,
+                    kind="missing_image",
+                    reason=f"image file not found for '{e.image_id}' under {table.path.parent}",
+                )
             continue
         key = ref.display()
         if extra and seen_file.get(key) == e.row:  # the release names the main image twice
@@ -267,14 +322,23 @@ def _locate(entries: list[Entry], table: SourceTable, image_column: str, log: Lo
         if key in seen_file:
             if not extra:
                 skipped_rows.add(e.row)
-            log.skip(row=e.row, id=e.image_id, file=key, kind="duplicate_image",
-                     reason=f"same image file as row {seen_file[key]}")
+            log.skip(
+                row=e.row,
+                id=e.image_id,
+                file=key,
+                kind="duplicate_image",
+                reason=f"same image file as row {seen_file[key]}",
+            )
             continue
         seen_file[key] = e.row
         e.ref = ref
         located.append(e)
     for column, n in missing_extra.items():
-        log.notes.append(f"{n} optional '{column}' images not found; those lesions keep their main image only")
+        log.notes.append(
+            f"{n} optional '{column}' images not found; those lesions keep their main image only"
+        )
     for column, n in same_file.items():
-        log.notes.append(f"{n} optional '{column}' images are the row's main image file; not added twice")
+        log.notes.append(
+            f"{n} optional '{column}' images are the row's main image file; not added twice"
+        )
     return located

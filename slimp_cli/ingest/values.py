@@ -11,7 +11,20 @@ import math
 import re
 
 # Spellings of "no value" seen in real exports (empty cells, spreadsheets, R, pandas dumps).
-MISSING = {"", "na", "n/a", "nan", "none", "null", "unknown", "unk", "?", "-", "missing", "not available"}
+MISSING = {
+    "",
+    "na",
+    "n/a",
+    "nan",
+    "none",
+    "null",
+    "unknown",
+    "unk",
+    "?",
+    "-",
+    "missing",
+    "not available",
+}
 
 TRUE = {"true", "t", "yes", "y", "1", "1.0", "present", "x"}
 FALSE = {"false", "f", "no", "n", "0", "0.0", "absent"}

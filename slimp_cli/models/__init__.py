@@ -7,6 +7,7 @@ from .image import (
     load_image_weights,
     patch_embedding_parameters,
 )
+from .inputs import MetadataInputs, patient_record
 from .slimp import (
     SlimpModel,
     build_model,
@@ -14,7 +15,6 @@ from .slimp import (
     scatter_to_patients,
     tabular_feature_lists,
 )
-from .inputs import MetadataInputs, patient_record
 from .tabular import TraceEncoder, TraceInputs
 
 __all__ = [

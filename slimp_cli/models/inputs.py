@@ -10,8 +10,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..errors import SlimpError
 from ..schema import ResolvedSchema, TabularBatch, encode_tabular
@@ -26,7 +26,7 @@ class MetadataInputs:
     patient_features: list[dict] | None  # patient-encoder features (nested only)
 
     @classmethod
-    def build(cls, variant: str, schema: ResolvedSchema | None) -> "MetadataInputs":
+    def build(cls, variant: str, schema: ResolvedSchema | None) -> MetadataInputs:
         """The inputs of a `variant` model built on `schema` (see `tabular_feature_lists`)."""
         return cls(variant, *tabular_feature_lists(variant, schema))
 
@@ -44,8 +44,9 @@ class MetadataInputs:
         """SimCLR (image variant) trains on two augmented views of every image."""
         return self.variant == "image"
 
-    def lesion_tab(self, patient_records: Sequence[dict],
-                   lesion_records: Sequence[dict]) -> TabularBatch | None:
+    def lesion_tab(
+        self, patient_records: Sequence[dict], lesion_records: Sequence[dict]
+    ) -> TabularBatch | None:
         """Lesion-encoder input over L lesions; `patient_records[i]` is lesion i's patient."""
         if self.lesion_features is None:
             return None

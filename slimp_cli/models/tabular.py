@@ -52,9 +52,7 @@ class TraceInputs(nn.Module):
             nn.Embedding(n + 1, d, padding_idx=0) for n in self.cardinalities
         )
         self.numerical = (
-            nn.Sequential(
-                nn.Linear(n_numerical, d), nn.SELU(), nn.Linear(d, d * n_numerical)
-            )
+            nn.Sequential(nn.Linear(n_numerical, d), nn.SELU(), nn.Linear(d, d * n_numerical))
             if n_numerical
             else None
         )
@@ -116,8 +114,12 @@ class TraceEncoder(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        for name, value in (("d", d), ("n_layers", n_layers), ("n_heads", n_heads),
-                            ("ffn_mult", ffn_mult)):
+        for name, value in (
+            ("d", d),
+            ("n_layers", n_layers),
+            ("n_heads", n_heads),
+            ("ffn_mult", ffn_mult),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SlimpError(f"TRACE {name} must be a positive int, got {value!r}")
         if d % n_heads:

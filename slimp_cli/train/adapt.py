@@ -20,9 +20,18 @@ from ..runs import LAST, load_checkpoint, load_run, resolve_checkpoint
 from ..schema import ResolvedSchema
 from . import distributed as D
 from .loop import TrainResult, notice, run_training
-from .session import (SM3_MESSAGE, check_resume_data, check_resume_train, data_record,
-                      open_training_data, prepare_out, resolve_configs, run_config,
-                      seed_everything, training_session)
+from .session import (
+    SM3_MESSAGE,
+    check_resume_data,
+    check_resume_train,
+    data_record,
+    open_training_data,
+    prepare_out,
+    resolve_configs,
+    run_config,
+    seed_everything,
+    training_session,
+)
 from .train_config import TrainConfig
 
 TUNES = ("embeddings", "all")
@@ -30,9 +39,16 @@ TUNES = ("embeddings", "all")
 ADAPT_DEFAULTS = {"patients_per_batch": 64, "epochs": 100}
 
 
-def adapt_run(checkpoint: str | Path, data: str | Path, out: str | Path, *,
-              train: TrainConfig | dict | None = None, tune: str | None = None,
-              resume: bool = False, progress: bool = False) -> TrainResult:
+def adapt_run(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    train: TrainConfig | dict | None = None,
+    tune: str | None = None,
+    resume: bool = False,
+    progress: bool = False,
+) -> TrainResult:
     """`adapt` returning the `TrainResult` (with the adapted model) instead of the path."""
     data, out = Path(data), Path(out)
     saved = prepare_out(out, resume)
@@ -41,8 +57,9 @@ def adapt_run(checkpoint: str | Path, data: str | Path, out: str | Path, *,
     if tune not in TUNES:
         raise SlimpError(f"unknown --tune '{tune}'; choose embeddings or all")
     if saved is not None and saved.get("tune") != tune:
-        raise SlimpError(f"--resume with --tune {tune} but the run in {out} used "
-                         f"--tune {saved.get('tune')}")
+        raise SlimpError(
+            f"--resume with --tune {tune} but the run in {out} used --tune {saved.get('tune')}"
+        )
     _, train_cfg = resolve_configs(None, train, saved=saved, train_defaults=ADAPT_DEFAULTS)
     if train_cfg.method == "sm3":
         raise SlimpError(SM3_MESSAGE)
@@ -56,26 +73,50 @@ def adapt_run(checkpoint: str | Path, data: str | Path, out: str | Path, *,
         if saved is not None:
             check_resume_train(saved, train_cfg, out)
             check_resume_data(saved, index, out, data)
-            model = build_model(ModelConfig.from_dict(saved["model"]),
-                                ResolvedSchema.from_dict(saved["schema"]),
-                                load_image_weights=False)
+            model = build_model(
+                ModelConfig.from_dict(saved["model"]),
+                ResolvedSchema.from_dict(saved["schema"]),
+                load_image_weights=False,
+            )
             model.set_trainable(tune)
             state = load_checkpoint(out / LAST)
             source = saved["source"]
         else:
-            model, source = prepare_model(ckpt_path, schema, tune=tune, info=info,
-                                          data_where=str(data))
-        config = run_config(kind="adapt", model=model, train=train_cfg, schema=schema,
-                            data=data_record(data, index),
-                            extra={"tune": tune, "source": source})
-        return run_training(model=model, schema=schema, index=index, train=train_cfg,
-                            run_dir=out, config=config, device=device, info=info,
-                            resume_state=state, progress=progress, description="adapt",
-                            find_unused_parameters=True)
+            model, source = prepare_model(
+                ckpt_path, schema, tune=tune, info=info, data_where=str(data)
+            )
+        config = run_config(
+            kind="adapt",
+            model=model,
+            train=train_cfg,
+            schema=schema,
+            data=data_record(data, index),
+            extra={"tune": tune, "source": source},
+        )
+        return run_training(
+            model=model,
+            schema=schema,
+            index=index,
+            train=train_cfg,
+            run_dir=out,
+            config=config,
+            device=device,
+            info=info,
+            resume_state=state,
+            progress=progress,
+            description="adapt",
+            find_unused_parameters=True,
+        )
 
 
-def prepare_model(checkpoint: str | Path, schema, *, tune: str, info: D.DistInfo | None = None,
-                  data_where: str = "the target data"):
+def prepare_model(
+    checkpoint: str | Path,
+    schema,
+    *,
+    tune: str,
+    info: D.DistInfo | None = None,
+    data_where: str = "the target data",
+):
     """The source model with new tabular inputs for `schema` and `tune` applied.
 
     Returns (model, source record for config.json). Call after seeding: the new input layers
@@ -87,8 +128,11 @@ def prepare_model(checkpoint: str | Path, schema, *, tune: str, info: D.DistInfo
     if model.variant != "image":
         replace_tabular_inputs(model, schema)
     if source_variant == "nested" and model.variant == "flat":
-        notice(f"{data_where} has no patient-level features: the nested model is adapted as "
-               "the flat variant (image <-> lesion metadata)", info)
+        notice(
+            f"{data_where} has no patient-level features: the nested model is adapted as "
+            "the flat variant (image <-> lesion metadata)",
+            info,
+        )
     model.set_trainable(tune)
     source = {
         "checkpoint": str(source_run.checkpoint.resolve()),
@@ -100,9 +144,16 @@ def prepare_model(checkpoint: str | Path, schema, *, tune: str, info: D.DistInfo
     return model, source
 
 
-def adapt(checkpoint: str | Path, data: str | Path, out: str | Path, *,
-          train: TrainConfig | dict | None = None, tune: str | None = None,
-          resume: bool = False, progress: bool = False) -> Path:
+def adapt(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    train: TrainConfig | dict | None = None,
+    tune: str | None = None,
+    resume: bool = False,
+    progress: bool = False,
+) -> Path:
     """Continual pre-training of the model in `checkpoint` on the shards in `data` -> run dir.
 
     Args:
@@ -119,5 +170,6 @@ def adapt(checkpoint: str | Path, data: str | Path, out: str | Path, *,
     `config.json` records the source checkpoint (path, sha256), `tune` and the names of the
     trainable parameters (`trainable`).
     """
-    return adapt_run(checkpoint, data, out, train=train, tune=tune, resume=resume,
-                     progress=progress).run_dir
+    return adapt_run(
+        checkpoint, data, out, train=train, tune=tune, resume=resume, progress=progress
+    ).run_dir

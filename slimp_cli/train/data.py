@@ -16,8 +16,9 @@ Design for exact resume and multi-process training:
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from ..errors import SlimpError
 from ..models import MetadataInputs, patient_record
 from ..schema import TabularBatch
 from ..transforms import Preprocess, decode_image
+
 
 class PatientItem(NamedTuple):
     """The key of one dataset item: a patient, the lesions drawn for it, its augmentation seed."""
@@ -46,8 +48,9 @@ class PatientInfo:
     malignant: tuple[int, ...]  # indices of the patient's malignant lesions
 
 
-def choose_lesions(info: PatientInfo, n_max: int, positive_sampling: bool,
-                   rng: np.random.Generator) -> tuple[int, ...]:
+def choose_lesions(
+    info: PatientInfo, n_max: int, positive_sampling: bool, rng: np.random.Generator
+) -> tuple[int, ...]:
     """Up to `n_max` lesion indices of one patient (paper App. D), sorted.
 
     All lesions when the patient has at most `n_max`; otherwise a random subset that, with
@@ -77,9 +80,17 @@ class PatientBatchSampler:
     (contrastive losses want exactly B patients on every rank).
     """
 
-    def __init__(self, patients: Sequence[PatientInfo], *, patients_per_batch: int,
-                 lesions_per_patient: int, positive_sampling: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        patients: Sequence[PatientInfo],
+        *,
+        patients_per_batch: int,
+        lesions_per_patient: int,
+        positive_sampling: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.patients = list(patients)
         self.batch = patients_per_batch
         self.n_max = lesions_per_patient
@@ -116,7 +127,7 @@ class PatientBatchSampler:
                 p = int(perm[s * gb + q])
                 lesions = choose_lesions(self.patients[p], self.n_max, self.positive_sampling, rng)
                 items.append(PatientItem(p, lesions, (self.seed, epoch, s, q)))
-            steps.append(items[self.rank * self.batch:(self.rank + 1) * self.batch])
+            steps.append(items[self.rank * self.batch : (self.rank + 1) * self.batch])
         return steps
 
     def __iter__(self) -> Iterator[list[PatientItem]]:
@@ -136,8 +147,11 @@ def patient_infos(index) -> list[PatientInfo]:
     infos = []
     for i in range(len(index)):
         lesions = index.patient(i).lesions
-        infos.append(PatientInfo(len(lesions), tuple(
-            j for j, les in enumerate(lesions) if les.get("malignant") == 1)))
+        infos.append(
+            PatientInfo(
+                len(lesions), tuple(j for j, les in enumerate(lesions) if les.get("malignant") == 1)
+            )
+        )
     return infos
 
 
@@ -154,8 +168,15 @@ class PatientDataset(torch.utils.data.Dataset):
     index's own schema must agree on the features (checked by the callers).
     """
 
-    def __init__(self, index, *, inputs: MetadataInputs, preprocess: Preprocess,
-                 classes: Sequence[str] = (), augment: bool = False) -> None:
+    def __init__(
+        self,
+        index,
+        *,
+        inputs: MetadataInputs,
+        preprocess: Preprocess,
+        classes: Sequence[str] = (),
+        augment: bool = False,
+    ) -> None:
         self.index = index
         self.inputs = inputs
         self.preprocess = preprocess
@@ -185,16 +206,19 @@ class PatientDataset(torch.utils.data.Dataset):
         lesions = [rec.lesions[j] for j in item.lesions]
         out = {
             "images": torch.stack(images),
-            "malignant": torch.tensor([int(les.get("malignant", -1)) for les in lesions],
-                                      dtype=torch.long),
-            "label": torch.tensor([self.classes.get(les.get("label"), -1) for les in lesions],
-                                  dtype=torch.long),
+            "malignant": torch.tensor(
+                [int(les.get("malignant", -1)) for les in lesions], dtype=torch.long
+            ),
+            "label": torch.tensor(
+                [self.classes.get(les.get("label"), -1) for les in lesions], dtype=torch.long
+            ),
         }
         if images2:
             out["images2"] = torch.stack(images2)
         prec = patient_record(rec.fields, rec.derived)
-        lesion_tab = self.inputs.lesion_tab([prec] * len(lesions),
-                                            [les.get("fields") or {} for les in lesions])
+        lesion_tab = self.inputs.lesion_tab(
+            [prec] * len(lesions), [les.get("fields") or {} for les in lesions]
+        )
         patient_tab = self.inputs.patient_tab([prec])
         if lesion_tab is not None:
             out["lesion_tab"] = lesion_tab
@@ -218,7 +242,8 @@ def collate(samples: Sequence[dict]) -> dict:
     batch = {
         "images": torch.cat([s["images"] for s in samples]),
         "patient_index": torch.repeat_interleave(
-            torch.arange(len(samples)), torch.tensor(counts, dtype=torch.long)),
+            torch.arange(len(samples)), torch.tensor(counts, dtype=torch.long)
+        ),
         "malignant": torch.cat([s["malignant"] for s in samples]),
         "label": torch.cat([s["label"] for s in samples]),
         # known on the host: the model pads to it without a device sync (torch.compile-friendly)
@@ -245,8 +270,14 @@ def batch_to(batch: dict, device: torch.device) -> dict:
     return out
 
 
-def make_loader(dataset: PatientDataset, sampler: PatientBatchSampler, *, workers: int,
-                prefetch: int, pin_memory: bool) -> torch.utils.data.DataLoader:
+def make_loader(
+    dataset: PatientDataset,
+    sampler: PatientBatchSampler,
+    *,
+    workers: int,
+    prefetch: int,
+    pin_memory: bool,
+) -> torch.utils.data.DataLoader:
     """DataLoader over the batch sampler (the sampler itself runs in the main process)."""
     kw = {}
     if workers > 0:
@@ -254,5 +285,11 @@ def make_loader(dataset: PatientDataset, sampler: PatientBatchSampler, *, worker
     # Its own generator: creating an iterator must not draw from the global torch RNG (dropout's),
     # or a resumed run would diverge from an uninterrupted one.
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
-        pin_memory=pin_memory, generator=torch.Generator().manual_seed(0), **kw)
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(0),
+        **kw,
+    )

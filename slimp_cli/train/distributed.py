@@ -47,7 +47,9 @@ def env_info() -> DistInfo:
         world = int(os.environ.get("WORLD_SIZE", 1))
         local = int(os.environ.get("LOCAL_RANK", rank))
     except ValueError:
-        raise SlimpError("RANK / WORLD_SIZE / LOCAL_RANK must be integers (set by torchrun)") from None
+        raise SlimpError(
+            "RANK / WORLD_SIZE / LOCAL_RANK must be integers (set by torchrun)"
+        ) from None
     return DistInfo(rank, world, local)
 
 

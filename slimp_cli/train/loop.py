@@ -31,8 +31,8 @@ from ..paths import write_json
 from ..runs import CONFIG, LAST, METRICS, epoch_name, save_checkpoint, set_rng_state
 from ..schema import ResolvedSchema
 from . import distributed as D
-from .train_config import TrainConfig
 from .data import PatientBatchSampler, PatientDataset, batch_to, make_loader, patient_infos
+from .train_config import TrainConfig
 
 NO_DECAY_NAMES = ("cls_token", "pos_embed", "reg_token", "dist_token")
 
@@ -53,8 +53,12 @@ def stop_requests(enabled: bool):
         if request["signal"] is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         request["signal"] = signal.Signals(signum).name
-        print(f"\n{request['signal']}: finishing this step and saving a checkpoint "
-              "(Ctrl-C again to abort without one)", file=sys.stderr, flush=True)
+        print(
+            f"\n{request['signal']}: finishing this step and saving a checkpoint "
+            "(Ctrl-C again to abort without one)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -120,7 +124,8 @@ def lr_factor(step: int, *, warmup: int, total: int) -> float:
 
 def make_scheduler(optimizer, *, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup=warmup, total=total))
+        optimizer, lambda s: lr_factor(s, warmup=warmup, total=total)
+    )
 
 
 class _Progress:
@@ -131,13 +136,24 @@ class _Progress:
         if not enabled:
             return
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TextColumn("ETA"),
-            TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
         self.task = self.bar.add_task(description, total=total, completed=done, info="")
         self.bar.start()
 
@@ -158,8 +174,11 @@ class _Metrics:
         if not enabled:
             return
         if resume_step is not None and path.is_file():
-            keep = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            keep = [
+                line
+                for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
             path.write_text("".join(line + "\n" for line in keep))
         elif path.exists():
             path.unlink()
@@ -181,11 +200,21 @@ def notice(message: str, info: D.DistInfo | None = None) -> None:
         print(f"notice: {message}", file=sys.stderr, flush=True)
 
 
-def run_training(*, model: nn.Module, schema: ResolvedSchema | None, index, train: TrainConfig,
-                 run_dir: Path, config: dict, device: torch.device, info: D.DistInfo,
-                 resume_state: dict | None = None, progress: bool = False,
-                 find_unused_parameters: bool = False, description: str = "train"
-                 ) -> TrainResult:
+def run_training(
+    *,
+    model: nn.Module,
+    schema: ResolvedSchema | None,
+    index,
+    train: TrainConfig,
+    run_dir: Path,
+    config: dict,
+    device: torch.device,
+    info: D.DistInfo,
+    resume_state: dict | None = None,
+    progress: bool = False,
+    find_unused_parameters: bool = False,
+    description: str = "train",
+) -> TrainResult:
     """Train `model` (its trainable parameters) on `index` and write the run dir.
 
     `config` is written as `config.json` and copied into every checkpoint. `resume_state` is a
@@ -195,13 +224,22 @@ def run_training(*, model: nn.Module, schema: ResolvedSchema | None, index, trai
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise SlimpError("no trainable parameters (check --tune)")
-    dataset = PatientDataset(index, inputs=model.inputs, preprocess=model.preprocess,
-                             classes=schema.classes if schema else (), augment=train.augment)
+    dataset = PatientDataset(
+        index,
+        inputs=model.inputs,
+        preprocess=model.preprocess,
+        classes=schema.classes if schema else (),
+        augment=train.augment,
+    )
     sampler = PatientBatchSampler(
-        patient_infos(index), patients_per_batch=train.patients_per_batch,
+        patient_infos(index),
+        patients_per_batch=train.patients_per_batch,
         lesions_per_patient=train.lesions_per_patient,
-        positive_sampling=train.positive_sampling, seed=train.seed,
-        rank=info.rank, world_size=info.world_size)
+        positive_sampling=train.positive_sampling,
+        seed=train.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if info.is_main:
@@ -209,8 +247,13 @@ def run_training(*, model: nn.Module, schema: ResolvedSchema | None, index, trai
     model.to(device)
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
-    loader = make_loader(dataset, sampler, workers=train.workers, prefetch=train.prefetch,
-                         pin_memory=device.type == "cuda")
+    loader = make_loader(
+        dataset,
+        sampler,
+        workers=train.workers,
+        prefetch=train.prefetch,
+        pin_memory=device.type == "cuda",
+    )
     steps_per_epoch = sampler.steps_per_epoch
     total = train.epochs * steps_per_epoch
     warmup = train.schedule_warmup(total)
@@ -230,12 +273,18 @@ def run_training(*, model: nn.Module, schema: ResolvedSchema | None, index, trai
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                  find_unused_parameters=find_unused_parameters)
+        net = DDP(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters,
+        )
     if train.compile:
         net = torch.compile(net)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
 
     stop_at = min(total, train.max_steps) if train.max_steps is not None else total
     metrics = _Metrics(run_dir / METRICS, info.is_main, step if resume_state else None)
@@ -247,11 +296,20 @@ def run_training(*, model: nn.Module, schema: ResolvedSchema | None, index, trai
 
     def checkpoint(next_epoch: int, next_in_epoch: int, *, epoch_file: bool = False) -> None:
         if not all(bool(torch.isfinite(p).all()) for p in trainable):
-            raise SlimpError(f"weights became non-finite at step {step}; the last good "
-                             f"checkpoint is kept in {run_dir}; lower --lr")
+            raise SlimpError(
+                f"weights became non-finite at step {step}; the last good "
+                f"checkpoint is kept in {run_dir}; lower --lr"
+            )
         if info.is_main:
-            kw = dict(model=model, optimizer=optimizer, scheduler=scheduler, epoch=next_epoch,
-                      step_in_epoch=next_in_epoch, step=step, config=config)
+            kw = dict(
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                epoch=next_epoch,
+                step_in_epoch=next_in_epoch,
+                step=step,
+                config=config,
+            )
             save_checkpoint(run_dir / LAST, **kw)
             if epoch_file and train.keep_epoch_checkpoints:
                 save_checkpoint(run_dir / epoch_name(next_epoch), **kw)
@@ -259,8 +317,11 @@ def run_training(*, model: nn.Module, schema: ResolvedSchema | None, index, trai
 
     if resume_state is not None and step >= stop_at:
         limit = f"--max-steps {train.max_steps}" if stop_at < total else f"--epochs {train.epochs}"
-        notice(f"{run_dir} already reached step {step} ({limit}); give a larger --max-steps "
-               "to train further", info)
+        notice(
+            f"{run_dir} already reached step {step} ({limit}); give a larger --max-steps "
+            "to train further",
+            info,
+        )
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(stop_requests(not info.enabled))
         stack.callback(metrics.close)
@@ -276,11 +337,15 @@ def run_training(*, model: nn.Module, schema: ResolvedSchema | None, index, trai
                 losses = _compute_loss(variant, outputs, train, info)
                 if not D.all_finite(losses["loss"], info):
                     last = run_dir / LAST
-                    kept = (f"the last good checkpoint is {last}" if last.is_file()
-                            else "no checkpoint was written yet")
+                    kept = (
+                        f"the last good checkpoint is {last}"
+                        if last.is_file()
+                        else "no checkpoint was written yet"
+                    )
                     raise SlimpError(
                         f"loss became non-finite ({float(losses['loss'].detach())}) at step "
-                        f"{step + 1} (epoch {epoch + 1}); {kept}; lower --lr or check the data")
+                        f"{step + 1} (epoch {epoch + 1}); {kept}; lower --lr or check the data"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 if train.grad_clip is not None:
@@ -301,15 +366,26 @@ def run_training(*, model: nn.Module, schema: ResolvedSchema | None, index, trai
                 rate = n_images / max(now - t_step, 1e-9)
                 speed = rate if speed is None else 0.9 * speed + 0.1 * rate
                 t_step = now
-                bar.update(1, "  ".join(f"{k.replace('loss_', '')} {float(v.detach()):.3f}"
-                                        for k, v in losses.items())
-                           + f"  lr {lr:.1e}  {speed:.0f} img/s")
+                bar.update(
+                    1,
+                    "  ".join(
+                        f"{k.replace('loss_', '')} {float(v.detach()):.3f}"
+                        for k, v in losses.items()
+                    )
+                    + f"  lr {lr:.1e}  {speed:.0f} img/s",
+                )
                 if step % train.log_every == 0 or step == stop_at or s == steps_per_epoch:
                     elapsed = max(time.perf_counter() - t_interval, 1e-9)
                     means = _mean_over_ranks(
-                        {k: v / n_interval for k, v in interval.items()}, info, device)
-                    row = {"step": step, "epoch": epoch, **means,
-                           "lr": lr, "images_per_s": images_interval / elapsed}
+                        {k: v / n_interval for k, v in interval.items()}, info, device
+                    )
+                    row = {
+                        "step": step,
+                        "epoch": epoch,
+                        **means,
+                        "lr": lr,
+                        "images_per_s": images_interval / elapsed,
+                    }
                     metrics.write(row)
                     logged.append(row)
                     interval, n_interval, images_interval = {}, 0, 0
@@ -325,12 +401,14 @@ def run_training(*, model: nn.Module, schema: ResolvedSchema | None, index, trai
             if stop["signal"]:
                 raise TrainingInterrupted(
                     f"{stop['signal']} at step {step}: checkpoint saved in {run_dir}; "
-                    "continue with the same command and --resume")
+                    "continue with the same command and --resume"
+                )
     return TrainResult(run_dir=run_dir, model=model, step=step, epoch=epoch, metrics=logged)
 
 
-def _mean_over_ranks(values: dict[str, float], info: D.DistInfo,
-                     device: torch.device) -> dict[str, float]:
+def _mean_over_ranks(
+    values: dict[str, float], info: D.DistInfo, device: torch.device
+) -> dict[str, float]:
     """Loss parts averaged over the ranks (each rank's loss covers its own patients)."""
     if not info.enabled:
         return values
@@ -343,8 +421,13 @@ def _mean_over_ranks(values: dict[str, float], info: D.DistInfo,
 def _compute_loss(variant: str, outputs: dict, train: TrainConfig, info: D.DistInfo) -> dict:
     from ..losses import compute_loss
 
-    return compute_loss(variant, outputs, temperature=train.temperature, lam=train.lam,
-                        **D.loss_kwargs(info, outputs))
+    return compute_loss(
+        variant,
+        outputs,
+        temperature=train.temperature,
+        lam=train.lam,
+        **D.loss_kwargs(info, outputs),
+    )
 
 
 def trainable_names(model: nn.Module) -> list[str]:
@@ -352,5 +435,7 @@ def trainable_names(model: nn.Module) -> list[str]:
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
-    return {"total": sum(p.numel() for p in model.parameters()),
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    return {
+        "total": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }

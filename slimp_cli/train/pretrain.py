@@ -15,14 +15,30 @@ from ..models import build_model
 from ..runs import LAST, load_checkpoint
 from . import distributed as D
 from .loop import TrainResult, notice, run_training
-from .session import (SM3_MESSAGE, check_resume_data, check_resume_train, data_record,
-                      open_training_data, prepare_out, resolve_configs, run_config,
-                      seed_everything, training_session)
+from .session import (
+    SM3_MESSAGE,
+    check_resume_data,
+    check_resume_train,
+    data_record,
+    open_training_data,
+    prepare_out,
+    resolve_configs,
+    run_config,
+    seed_everything,
+    training_session,
+)
 from .train_config import TrainConfig
 
-def pretrain_run(data: str | Path, out: str | Path, *, model: ModelConfig | dict | None = None,
-                 train: TrainConfig | dict | None = None, resume: bool = False,
-                 progress: bool = False) -> TrainResult:
+
+def pretrain_run(
+    data: str | Path,
+    out: str | Path,
+    *,
+    model: ModelConfig | dict | None = None,
+    train: TrainConfig | dict | None = None,
+    resume: bool = False,
+    progress: bool = False,
+) -> TrainResult:
     """`pretrain` returning the `TrainResult` (with the trained model) instead of the path."""
     data, out = Path(data), Path(out)
     saved = prepare_out(out, resume)
@@ -35,8 +51,11 @@ def pretrain_run(data: str | Path, out: str | Path, *, model: ModelConfig | dict
         schema = index.schema
         if model_cfg.variant == "nested" and not schema.has_patient_features:
             model_cfg = model_cfg.replace(variant="flat")
-            notice(f"{data} has no patient-level features: training the flat variant (one "
-                   "image <-> lesion-metadata InfoNCE)", info)
+            notice(
+                f"{data} has no patient-level features: training the flat variant (one "
+                "image <-> lesion-metadata InfoNCE)",
+                info,
+            )
         state = None
         if saved is not None:
             check_resume_train(saved, train_cfg, out)
@@ -45,19 +64,42 @@ def pretrain_run(data: str | Path, out: str | Path, *, model: ModelConfig | dict
         net = build_model(model_cfg, schema, load_image_weights=saved is None)
         if saved is not None:
             if net.config.to_dict() != ModelConfig.from_dict(saved["model"]).to_dict():
-                raise SlimpError(f"--resume with model options that differ from the run in {out}; "
-                                 "give the same options (or none) to resume")
+                raise SlimpError(
+                    f"--resume with model options that differ from the run in {out}; "
+                    "give the same options (or none) to resume"
+                )
             state = load_checkpoint(out / LAST)
-        config = run_config(kind="pretrain", model=net, train=train_cfg, schema=schema,
-                            data=data_record(data, index))
-        return run_training(model=net, schema=schema, index=index, train=train_cfg, run_dir=out,
-                            config=config, device=device, info=info, resume_state=state,
-                            progress=progress, description="pretrain")
+        config = run_config(
+            kind="pretrain",
+            model=net,
+            train=train_cfg,
+            schema=schema,
+            data=data_record(data, index),
+        )
+        return run_training(
+            model=net,
+            schema=schema,
+            index=index,
+            train=train_cfg,
+            run_dir=out,
+            config=config,
+            device=device,
+            info=info,
+            resume_state=state,
+            progress=progress,
+            description="pretrain",
+        )
 
 
-def pretrain(data: str | Path, out: str | Path, *, model: ModelConfig | dict | None = None,
-             train: TrainConfig | dict | None = None, resume: bool = False,
-             progress: bool = False) -> Path:
+def pretrain(
+    data: str | Path,
+    out: str | Path,
+    *,
+    model: ModelConfig | dict | None = None,
+    train: TrainConfig | dict | None = None,
+    resume: bool = False,
+    progress: bool = False,
+) -> Path:
     """Pre-train SLIMP on the ingested shards in `data`; write the run dir `out`; return it.
 
     Args:
@@ -75,8 +117,9 @@ def pretrain(data: str | Path, out: str | Path, *, model: ModelConfig | dict | N
         SlimpError: bad options, unreadable data, fewer patients than a batch, a non-finite
             loss (the last good checkpoint is kept), resume on other data or options.
     """
-    return pretrain_run(data, out, model=model, train=train, resume=resume,
-                        progress=progress).run_dir
+    return pretrain_run(
+        data, out, model=model, train=train, resume=resume, progress=progress
+    ).run_dir
 
 
 __all__ = ["pretrain", "pretrain_run"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -15,8 +15,7 @@ from .. import __version__
 from ..errors import SlimpError
 from ..model_config import ModelConfig
 from ..paths import json_safe
-from ..runs import (LAST, RUN_FORMAT, RUN_VERSION, check_schema_compatible, read_config,
-                    sha256_file)
+from ..runs import LAST, RUN_FORMAT, RUN_VERSION, check_schema_compatible, read_config, sha256_file
 from ..schema import ResolvedSchema
 from ..shards import ShardIndex
 from . import distributed as D
@@ -33,9 +32,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def resolve_configs(model: ModelConfig | dict | None, train: TrainConfig | dict | None, *,
-                    saved: dict | None, train_defaults: dict | None = None
-                    ) -> tuple[ModelConfig, TrainConfig]:
+def resolve_configs(
+    model: ModelConfig | dict | None,
+    train: TrainConfig | dict | None,
+    *,
+    saved: dict | None,
+    train_defaults: dict | None = None,
+) -> tuple[ModelConfig, TrainConfig]:
     """Full configs from dataclasses, or from option dicts applied over a base.
 
     The base is the saved run's config on `--resume` (so options not given again keep their
@@ -58,23 +61,34 @@ def check_resume_train(saved: dict, train: TrainConfig, run_dir: Path) -> None:
     """The options that decide the trajectory must equal the saved ones."""
     old = TrainConfig.from_dict(saved["train"]).to_dict()
     new = train.to_dict()
-    diffs = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new
-             if k not in RESUMABLE_CHANGES and old.get(k) != new[k]]
+    diffs = [
+        f"{k}: {old[k]!r} -> {new[k]!r}"
+        for k in new
+        if k not in RESUMABLE_CHANGES and old.get(k) != new[k]
+    ]
     if diffs:
         raise SlimpError(
             f"--resume with options that differ from the run in {run_dir} ({'; '.join(diffs)}); "
-            "give the same options (or none) to resume, or start a new run with another --out")
+            "give the same options (or none) to resume, or start a new run with another --out"
+        )
 
 
 def check_resume_data(saved: dict, index, run_dir: Path, data_dir: Path) -> None:
     """Resuming on other data (or changed data) would not continue the same run."""
-    check_schema_compatible(ResolvedSchema.from_dict(saved["schema"]), index.schema,
-                            model_where=str(run_dir), data_where=str(data_dir), exact=True)
+    check_schema_compatible(
+        ResolvedSchema.from_dict(saved["schema"]),
+        index.schema,
+        model_where=str(run_dir),
+        data_where=str(data_dir),
+        exact=True,
+    )
     want = saved.get("data", {}).get("manifest_sha256")
     got = sha256_file(Path(data_dir) / "manifest.json")
     if want and want != got:
-        raise SlimpError(f"{data_dir}: its manifest.json differs from the data {run_dir} was "
-                         "trained on (changed or other data); resume on the same data")
+        raise SlimpError(
+            f"{data_dir}: its manifest.json differs from the data {run_dir} was "
+            "trained on (changed or other data); resume on the same data"
+        )
 
 
 def prepare_out(out: Path, resume: bool) -> dict | None:
@@ -85,8 +99,10 @@ def prepare_out(out: Path, resume: bool) -> dict | None:
             raise SlimpError(f"--resume but {out} has no {LAST}; start without --resume")
         return read_config(out)
     if ckpt.exists():
-        raise SlimpError(f"{out} already holds a run ({LAST}); add --resume to continue it, or "
-                         "choose another --out")
+        raise SlimpError(
+            f"{out} already holds a run ({LAST}); add --resume to continue it, or "
+            "choose another --out"
+        )
     return None  # a folder without a checkpoint (e.g. a run stopped early) is started afresh
 
 
@@ -101,8 +117,9 @@ def data_record(data_dir: Path, index) -> dict:
     }
 
 
-def run_config(*, kind: str, model, train: TrainConfig, schema, data: dict,
-               extra: dict | None = None) -> dict:
+def run_config(
+    *, kind: str, model, train: TrainConfig, schema, data: dict, extra: dict | None = None
+) -> dict:
     """The run's config.json: everything needed to rebuild the model and to resume."""
     cfg = {
         "format": RUN_FORMAT,

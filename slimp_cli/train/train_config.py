@@ -10,17 +10,24 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..model_config import DictConfig, positive_int
 from ..devices import check_device_name
 from ..errors import SlimpError
 from ..losses import DEFAULT_LAM, DEFAULT_TEMPERATURE
+from ..model_config import DictConfig, positive_int
 
 METHODS = ("slimp", "sm3")
 
 # Fields that may change between a run and its `--resume` without changing the weights it
 # reaches (everything else must match the saved run, or resuming would not continue it).
-RESUMABLE_CHANGES = ("max_steps", "workers", "prefetch", "log_every", "compile", "device",
-                     "keep_epoch_checkpoints")
+RESUMABLE_CHANGES = (
+    "max_steps",
+    "workers",
+    "prefetch",
+    "log_every",
+    "compile",
+    "device",
+    "keep_epoch_checkpoints",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,8 +97,13 @@ class TrainConfig(DictConfig):
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise SlimpError(f"unknown method '{self.method}'; choose one of {', '.join(METHODS)}")
-        for name in ("patients_per_batch", "lesions_per_patient", "epochs", "log_every",
-                     "prefetch"):
+        for name in (
+            "patients_per_batch",
+            "lesions_per_patient",
+            "epochs",
+            "log_every",
+            "prefetch",
+        ):
             positive_int(name, getattr(self, name))
         if self.max_steps is not None:
             positive_int("max_steps", self.max_steps)

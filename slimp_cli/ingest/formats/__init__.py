@@ -17,7 +17,16 @@ from .slice3d import Slice3d
 
 FORMATS: dict[str, Adapter] = {
     a.name: a
-    for a in (Slice3d(), PadUfes20(), Hiba(), Ham10000(), Ph2(), Derm7pt(), CsvTable(), SynthCohort())
+    for a in (
+        Slice3d(),
+        PadUfes20(),
+        Hiba(),
+        Ham10000(),
+        Ph2(),
+        Derm7pt(),
+        CsvTable(),
+        SynthCohort(),
+    )
 }
 
 

@@ -8,10 +8,9 @@ for every dataset, driven by the dataset schema.
 from __future__ import annotations
 
 import abc
-
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
@@ -100,7 +99,9 @@ def find_table(source: Path, names: tuple[str, ...], *, pattern: str = "*.csv") 
     )
 
 
-def folder_locator(root: Path, *, subdirs: tuple[str, ...] = ()) -> Callable[[str, str], ImageRef | None]:
+def folder_locator(
+    root: Path, *, subdirs: tuple[str, ...] = ()
+) -> Callable[[str, str], ImageRef | None]:
     """A `locate` function searching image files under `root` (see ImageLocator)."""
     locator = ImageLocator(root, subdirs=subdirs)
 
@@ -115,5 +116,9 @@ def table_from_frame(frame: pd.DataFrame, path: Path, locate, notes=None) -> Sou
     """A SourceTable whose rows are numbered 1.. in file order."""
     frame = frame.reset_index(drop=True)
     return SourceTable(
-        frame=frame, path=path, rows=list(range(1, len(frame) + 1)), locate=locate, notes=notes or []
+        frame=frame,
+        path=path,
+        rows=list(range(1, len(frame) + 1)),
+        locate=locate,
+        notes=notes or [],
     )

@@ -10,7 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import SlimpError
-from .base import Adapter, SourceTable, find_table, folder_locator, read_csv_strings, table_from_frame
+from .base import (
+    Adapter,
+    SourceTable,
+    find_table,
+    folder_locator,
+    read_csv_strings,
+    table_from_frame,
+)
 
 
 class CsvTable(Adapter):
@@ -25,7 +32,9 @@ class CsvTable(Adapter):
         return table_from_frame(frame, table, folder_locator(table.parent, subdirs=("images",)))
 
     def default_schema(self, source: Path):
-        raise SlimpError("format 'csv' needs --schema PATH (draft one with: slimp schema infer TABLE)")
+        raise SlimpError(
+            "format 'csv' needs --schema PATH (draft one with: slimp schema infer TABLE)"
+        )
 
 
 class SynthCohort(CsvTable):
@@ -33,7 +42,11 @@ class SynthCohort(CsvTable):
     help = "a cohort written by `slimp synth` (csv layout; uses its schema.json)"
 
     def default_schema(self, source: Path):
-        path = Path(source) / "schema.json" if Path(source).is_dir() else Path(source).parent / "schema.json"
+        path = (
+            Path(source) / "schema.json"
+            if Path(source).is_dir()
+            else Path(source).parent / "schema.json"
+        )
         if not path.is_file():
             raise SlimpError(f"{path}: not found; is {source} a folder written by `slimp synth`?")
         return path

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Adapter, SourceTable, find_table, folder_locator, read_csv_strings, table_from_frame
+from .base import (
+    Adapter,
+    SourceTable,
+    find_table,
+    folder_locator,
+    read_csv_strings,
+    table_from_frame,
+)
 
 
 class Ham10000(Adapter):

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from .base import Adapter, SourceTable, find_table, folder_locator, read_csv_strings, table_from_frame
+from .base import (
+    Adapter,
+    SourceTable,
+    find_table,
+    folder_locator,
+    read_csv_strings,
+    table_from_frame,
+)
 
 # Hierarchical ISIC diagnosis columns, most specific first.
 HIERARCHY = ("diagnosis_5", "diagnosis_4", "diagnosis_3", "diagnosis_2")

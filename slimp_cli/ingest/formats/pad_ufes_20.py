@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Adapter, SourceTable, find_table, folder_locator, read_csv_strings, table_from_frame
+from .base import (
+    Adapter,
+    SourceTable,
+    find_table,
+    folder_locator,
+    read_csv_strings,
+    table_from_frame,
+)
 
 
 class PadUfes20(Adapter):

@@ -22,8 +22,13 @@ NAME = re.compile(r"^IMD\d+$", re.IGNORECASE)
 COLOURS = ("White", "Red", "Light-Brown", "Dark-Brown", "Blue-Gray", "Black")  # codes 1..6
 DIAGNOSES = ("Common Nevus", "Atypical Nevus", "Melanoma")  # Clinical Diagnosis 0, 1, 2
 # Header spellings seen in the releases -> the column names of schemas/ph2.json.
-ALIASES = {"image name": "Name", "name": "Name", "blue-whitish veil": "Blue-Whitish Veil",
-           "blue whitish veil": "Blue-Whitish Veil", "dots/globules": "Dots/Globules"}
+ALIASES = {
+    "image name": "Name",
+    "name": "Name",
+    "blue-whitish veil": "Blue-Whitish Veil",
+    "blue whitish veil": "Blue-Whitish Veil",
+    "dots/globules": "Dots/Globules",
+}
 
 
 def _canonical(name: str) -> str:
@@ -41,7 +46,9 @@ def read_pipe_table(path: Path) -> tuple[pd.DataFrame, list[int]]:
         raise SlimpError(f"{path}: no '||' table rows found")
     header = [_canonical(c) for c in rows[0]]
     body = [r + [""] * (len(header) - len(r)) for r in rows[1:]]
-    return pd.DataFrame([r[: len(header)] for r in body], columns=header), list(range(1, len(body) + 1))
+    return pd.DataFrame([r[: len(header)] for r in body], columns=header), list(
+        range(1, len(body) + 1)
+    )
 
 
 def read_tab_table(path: Path) -> tuple[pd.DataFrame, list[int]]:
@@ -62,7 +69,10 @@ def read_xlsx_table(path: Path) -> tuple[pd.DataFrame, list[int]]:
 
     try:
         sheet = openpyxl.load_workbook(path, read_only=True, data_only=True).worksheets[0]
-        grid = [["" if v is None else str(v).strip() for v in row] for row in sheet.iter_rows(values_only=True)]
+        grid = [
+            ["" if v is None else str(v).strip() for v in row]
+            for row in sheet.iter_rows(values_only=True)
+        ]
     except Exception as exc:
         raise SlimpError(f"{path}: cannot read the spreadsheet ({exc})") from None
     start = next((i for i, r in enumerate(grid) if any(_canonical(c) == "Name" for c in r)), None)
@@ -75,7 +85,7 @@ def read_xlsx_table(path: Path) -> tuple[pd.DataFrame, list[int]]:
         below = sub[j] if j < len(sub) else ""
         names.append(_canonical(below if below and not NAME.match(below) else current))
     has_sub = any(c and not NAME.match(c) for c in sub)
-    body = grid[start + (2 if has_sub else 1):]
+    body = grid[start + (2 if has_sub else 1) :]
     frame = pd.DataFrame([(r + [""] * len(names))[: len(names)] for r in body], columns=names)
     frame = frame.loc[:, ~frame.columns.duplicated()] if frame.columns.duplicated().any() else frame
     if "Clinical Diagnosis" not in frame.columns and all(d in frame.columns for d in DIAGNOSES):
@@ -85,7 +95,9 @@ def read_xlsx_table(path: Path) -> tuple[pd.DataFrame, list[int]]:
         ]
     for colour in COLOURS:
         if colour in frame.columns:
-            frame[colour] = frame[colour].map(lambda v: "true" if v.strip().upper() == "X" else "false")
+            frame[colour] = frame[colour].map(
+                lambda v: "true" if v.strip().upper() == "X" else "false"
+            )
     return frame, list(range(1, len(frame) + 1))
 
 
@@ -95,7 +107,10 @@ def expand_colours(frame: pd.DataFrame) -> pd.DataFrame:
         return frame
     codes = frame["Colors"].map(lambda v: set(re.findall(r"[1-6]", v)))
     for i, colour in enumerate(COLOURS, start=1):
-        frame[colour] = [("true" if str(i) in c else "false") if v.strip() else "" for c, v in zip(codes, frame["Colors"])]
+        frame[colour] = [
+            ("true" if str(i) in c else "false") if v.strip() else ""
+            for c, v in zip(codes, frame["Colors"])
+        ]
     return frame.drop(columns=["Colors"])
 
 
@@ -106,11 +121,16 @@ class Ph2(Adapter):
 
     def read(self, source: Path, schema: dict) -> SourceTable:
         table = find_table(
-            source, ("PH2_dataset.txt", "PH2_dataset.xlsx", "PH2 Dataset.txt", "PH2 Dataset.xlsx"), pattern="*.txt"
+            source,
+            ("PH2_dataset.txt", "PH2_dataset.xlsx", "PH2 Dataset.txt", "PH2 Dataset.xlsx"),
+            pattern="*.txt",
         )
         if table.suffix.lower() in (".xlsx", ".xlsm"):
             frame, rows = read_xlsx_table(table)
-        elif any(line.lstrip().startswith("||") for line in table.read_text(errors="replace").splitlines()[:50]):
+        elif any(
+            line.lstrip().startswith("||")
+            for line in table.read_text(errors="replace").splitlines()[:50]
+        ):
             frame, rows = read_pipe_table(table)
         else:
             frame, rows = read_tab_table(table)
@@ -119,7 +139,13 @@ class Ph2(Adapter):
             raise SlimpError(f"{table}: no 'Name' column (columns: {', '.join(frame.columns)})")
         keep = frame["Name"].str.strip().str.match(NAME)
         ignored = int((~keep).sum())
-        notes = [f"{ignored} non-image lines (legends, blank lines) of {table.name} ignored"] if ignored else []
+        notes = (
+            [f"{ignored} non-image lines (legends, blank lines) of {table.name} ignored"]
+            if ignored
+            else []
+        )
         frame = frame[keep].reset_index(drop=True)
         rows = [r for r, k in zip(rows, keep) if k]
-        return SourceTable(frame=frame, path=table, rows=rows, locate=folder_locator(table.parent), notes=notes)
+        return SourceTable(
+            frame=frame, path=table, rows=rows, locate=folder_locator(table.parent), notes=notes
+        )

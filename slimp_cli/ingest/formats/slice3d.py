@@ -10,8 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import SlimpError
-from .base import Adapter, SourceTable, find_table, folder_locator, read_csv_strings, table_from_frame
 from ..images import ImageRef
+from .base import (
+    Adapter,
+    SourceTable,
+    find_table,
+    folder_locator,
+    read_csv_strings,
+    table_from_frame,
+)
 
 
 class Slice3d(Adapter):

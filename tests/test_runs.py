@@ -1,0 +1,60 @@
+"""The run-dir contract (slimp_cli.runs): config.json, checkpoints, rebuild from config."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import torch
+
+from slimp_cli.runs import load_run, read_config
+
+
+def test_run_dir_contract(trained_pad, pad_shards):
+    run = trained_pad.run_dir
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint-last.pt",
+        "config.json",
+        "metrics.jsonl",
+    ]
+    state = torch.load(run / "checkpoint-last.pt", weights_only=True)
+    assert state["step"] == 100 and state["format"] == "slimp-checkpoint"
+    cfg = read_config(run)
+    assert cfg["variant"] == "nested" and cfg["kind"] == "pretrain"
+    assert cfg["train"]["max_steps"] == 100 and cfg["model"]["image_model"] == "vit_test"
+    assert cfg["schema"]["name"] == json.loads((pad_shards / "schema.json").read_text())["name"]
+    assert cfg["data"]["patients"] == 418 and len(cfg["data"]["manifest_sha256"]) == 64
+    assert len(cfg["trainable"]) == len(list(trained_pad.model.parameters()))
+    assert cfg == state["config"]
+
+
+def test_model_rebuilt_from_config_gives_the_same_embeddings(trained_pad, pad_shards):
+    from slimp_cli.shards import ShardIndex
+    from slimp_cli.train.data import PatientDataset, PatientItem, collate
+
+    _run = load_run(trained_pad.run_dir)
+
+    model, cfg, schema = _run.model, _run.config, _run.schema
+    assert schema.fingerprint() == cfg["data"]["schema_fingerprint"]
+    trained = trained_pad.model.eval()
+    index = ShardIndex.open(pad_shards)
+    ds = PatientDataset(index, inputs=model.inputs, preprocess=model.preprocess)
+    items = [
+        PatientItem(i, tuple(range(len(index.patient(i).lesions))), (0, 0, 0, i)) for i in range(6)
+    ]
+    batch = collate([ds[it] for it in items])
+    with torch.no_grad():
+        for enc, arg in (
+            ("encode_image", batch["images"]),
+            ("encode_lesion", batch["lesion_tab"]),
+            ("encode_patient", batch["patient_tab"]),
+        ):
+            a, b = getattr(model, enc)(arg), getattr(trained, enc)(arg)
+            assert torch.equal(a, b), enc
+    # a lone checkpoint file (config copied inside) rebuilds it too
+    lone = trained_pad.run_dir.parent / "lone.pt"
+    shutil.copy(trained_pad.run_dir / "checkpoint-last.pt", lone)
+    _run = load_run(lone)
+    m2, _, _ = _run.model, _run.config, _run.schema
+    with torch.no_grad():
+        assert torch.equal(m2.encode_image(batch["images"]), model.encode_image(batch["images"]))
