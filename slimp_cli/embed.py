@@ -84,7 +84,8 @@ def embed(
     raw_levels = {"lesion": data_schema.lesion_features}
     if data_schema.has_patient_features:
         raw_levels["patient"] = data_schema.patient_all
-    raw_cols = {k: raw_columns(v) for k, v in raw_levels.items() if v}
+    raw_levels = {k: v for k, v in raw_levels.items() if v}  # a level without columns: none
+    raw_cols = {k: raw_columns(v) for k, v in raw_levels.items()}
 
     pairs = [(p, j) for p in range(len(index)) for j in range(len(index.patient(p).lesions))]
     if not pairs:

@@ -146,10 +146,7 @@ class FeatureStoreWriter:
         Every level given in `dims` (and every raw level declared) must be present.
         """
         b = len(lesion_id)
-        # a raw level with no columns is never declared; tolerate callers that still pass it
-        raw = {
-            k: v for k, v in (raw or {}).items() if k in self.raw_levels or np.shape(v)[1:] != (0,)
-        }
+        raw = dict(raw or {})
         if set(features) != set(self.dims):
             raise SlimpError(
                 f"feature store: append got features {sorted(features)}, expected {sorted(self.dims)}"

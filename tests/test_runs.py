@@ -7,7 +7,8 @@ import shutil
 
 import torch
 
-from slimp_cli.runs import load_run, read_config
+from slimp_cli.runs import load_run, read_config, sha256_file
+from slimp_cli.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def test_run_dir_contract(trained_pad, pad_shards):
@@ -26,6 +27,29 @@ def test_run_dir_contract(trained_pad, pad_shards):
     assert cfg["data"]["patients"] == 418 and len(cfg["data"]["manifest_sha256"]) == 64
     assert len(cfg["trainable"]) == len(list(trained_pad.model.parameters()))
     assert cfg == state["config"]
+    # the image model's own mean/std (the local test ViT has no timm config: ImageNet's)
+    assert cfg["preprocess"] == {
+        "img_size": 32,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+    }
+    loaded = load_run(run)
+    assert loaded.preprocess.to_dict() == cfg["preprocess"]
+    assert loaded.checkpoint == run / "checkpoint-last.pt" and loaded.sha256 == sha256_file(
+        loaded.checkpoint
+    )
+
+
+def test_a_timm_model_records_its_own_mean_std(pad_shards, tmp_path):
+    from slimp_cli.model_config import ModelConfig
+    from slimp_cli.models import build_model
+
+    model = build_model(
+        ModelConfig(variant="image", image_model="vit_base_patch16_clip_224", img_size=32), None
+    )
+    # CLIP-style ViTs expect OpenAI CLIP's statistics, not ImageNet's
+    assert model.preprocess.mean != IMAGENET_MEAN
+    assert tuple(model.preprocess.mean) == tuple(model.image_encoder.pretrained_cfg["mean"])
 
 
 def test_model_rebuilt_from_config_gives_the_same_embeddings(trained_pad, pad_shards):
