@@ -9,6 +9,11 @@ all-gathers a `[n, D]` tensor from every rank *with gradient* and returns `[G, D
 every rank; the local rows at `[offset, offset + n)`). The local rows then meet every rank's rows
 as negatives; each rank averages over its own rows, so DDP's gradient averaging gives the global
 mean. `gather=None` (one process) uses the local rows only.
+
+Several images of one lesion (PAD: 2,298 images of 1,641 lesions; HAM10000; HIBA's clinical +
+dermoscopic pairs) carry identical metadata: `groups` (one id per image, equal for images of
+one lesion) removes the *other* images of the same lesion from each anchor's negatives, so
+twins are never pushed apart.
 """
 
 from __future__ import annotations
@@ -46,6 +51,13 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x.float(), dim=-1)
 
 
+def _same_group_negatives(groups: torch.Tensor, all_groups: torch.Tensor, labels: torch.Tensor):
+    """[n, G] bool: column j is another image of row i's lesion (not row i's own positive)."""
+    same = groups[:, None] == all_groups[None, :]
+    same[torch.arange(len(groups), device=groups.device), labels] = False
+    return same
+
+
 def info_nce(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -53,14 +65,16 @@ def info_nce(
     temperature: float = DEFAULT_TEMPERATURE,
     gather: Gather | None = None,
     offset: int = 0,
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP loss) between paired rows of `a` and `b`, cosine similarity / tau.
 
     Row i of `a` and row i of `b` are the positive pair; every other row of the other side is a
-    negative. The a->b and b->a cross-entropies are averaged.
+    negative, except rows of the same `groups` id (other images of the same lesion), which are
+    left out of the softmax. The a->b and b->a cross-entropies are averaged.
 
     Shape:
-        a, b: [n, D] (any float dtype). Returns a float32 scalar.
+        a, b: [n, D] (any float dtype); groups: [n] ints or None. Returns a float32 scalar.
 
     Examples:
         >>> a = torch.eye(3)
@@ -74,8 +88,15 @@ def info_nce(
         a, b = _normalize(a), _normalize(b)
         a_all, b_all = (a, b) if gather is None else (gather(a), gather(b))
         labels = torch.arange(a.shape[0], device=a.device) + (0 if gather is None else offset)
-        loss_ab = F.cross_entropy(a @ b_all.T / temperature, labels)
-        loss_ba = F.cross_entropy(b @ a_all.T / temperature, labels)
+        logits_ab, logits_ba = a @ b_all.T / temperature, b @ a_all.T / temperature
+        if groups is not None:
+            g = groups.to(torch.float64)  # float64: exact ids, and the gather works on floats
+            g_all = g if gather is None else gather(g)
+            twins = _same_group_negatives(g, g_all, labels)
+            logits_ab = logits_ab.masked_fill(twins, float("-inf"))
+            logits_ba = logits_ba.masked_fill(twins, float("-inf"))
+        loss_ab = F.cross_entropy(logits_ab, labels)
+        loss_ba = F.cross_entropy(logits_ba, labels)
         return (loss_ab + loss_ba) / 2
 
 
@@ -90,6 +111,7 @@ def nested_loss(
     lam: float = DEFAULT_LAM,
     gather: Gather | None = None,
     offset: int = 0,
+    groups: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """SLIMP's nested contrastive loss (paper eq. 1-3), vectorised over a padded batch.
 
@@ -108,9 +130,13 @@ def nested_loss(
     (Sec. 3.1, Alg. 1 "InfoNCELoss"): the second term's denominator runs over the images,
     sum_j exp(s(h^l, w^j) / tau).
 
+    `groups` [B, N] (lesion id of each image): another image of the same lesion is neither a
+    positive nor a negative of the inner loss (its logit is left out like padding).
+
     Shape:
         image, lesion: [B, N, D]; mask: [B, N] bool (True = a real lesion);
-        phenotype, patient: [B, D]. Returns float32 scalars loss, loss_lesions, loss_patient.
+        phenotype, patient: [B, D]; groups: [B, N] ints or None.
+        Returns float32 scalars loss, loss_lesions, loss_patient.
 
     Examples:
         >>> w = torch.randn(2, 3, 8); m = torch.tensor([[True, True, False], [True, True, True]])
@@ -138,8 +164,15 @@ def nested_loss(
         # the other side is padding (excluded from the softmax). Rows/columns of padding are all
         # 0 instead: their log-sum-exp stays finite (no NaN in forward or backward) and their
         # terms are zeroed below.
-        pad = torch.zeros_like(sim).masked_fill(row ^ col, float("-inf"))
-        logits = torch.where(row & col, sim, pad)
+        out = row ^ col
+        both = row & col
+        if groups is not None:
+            twins = groups[:, :, None] == groups[:, None, :]
+            twins &= ~torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)
+            out = out | (both & twins)
+            both = both & ~twins
+        pad = torch.zeros_like(sim).masked_fill(out, float("-inf"))
+        logits = torch.where(both, sim, pad)
         positive = torch.diagonal(sim, dim1=1, dim2=2)  # s(w^l, h^l) / tau: [B, N]
         image_to_meta = positive - torch.logsumexp(logits, dim=2)  # over h^j for each w^l
         meta_to_image = positive - torch.logsumexp(logits, dim=1)  # over w^j for each h^l
@@ -161,13 +194,17 @@ def flat_loss(
     temperature: float = DEFAULT_TEMPERATURE,
     gather: Gather | None = None,
     offset: int = 0,
+    groups: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """FLAT variant: one symmetric InfoNCE between the images and their patient+lesion metadata.
 
     Shape:
-        image, tabular: [L, D]. Returns {"loss": scalar}.
+        image, tabular: [L, D]; groups: [L] lesion ids or None. Returns {"loss": scalar}.
     """
-    return {"loss": info_nce(image, tabular, temperature=temperature, gather=gather, offset=offset)}
+    loss = info_nce(
+        image, tabular, temperature=temperature, gather=gather, offset=offset, groups=groups
+    )
+    return {"loss": loss}
 
 
 def nt_xent(
@@ -223,9 +260,9 @@ def compute_loss(
     kw = {"temperature": temperature, "gather": gather, "offset": offset}
     if variant == "nested":
         keys = ("image", "lesion", "mask", "phenotype", "patient")
-        return nested_loss(*(outputs[k] for k in keys), lam=lam, **kw)
+        return nested_loss(*(outputs[k] for k in keys), lam=lam, groups=outputs.get("groups"), **kw)
     if variant == "flat":
-        return flat_loss(outputs["image"], outputs["tabular"], **kw)
+        return flat_loss(outputs["image"], outputs["tabular"], groups=outputs.get("groups"), **kw)
     if variant == "image":
         return nt_xent(outputs["view1"], outputs["view2"], **kw)
     raise SlimpError(f"unknown variant '{variant}'; choose one of nested, flat, image")

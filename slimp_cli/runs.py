@@ -287,9 +287,19 @@ def check_schema_compatible(
         )
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The run's metrics.jsonl lines as dicts ([] when none)."""
+def read_metrics(run_dir: str | Path, *, kind: str = "train") -> list[dict]:
+    """The run's metrics.jsonl rows of one kind ([] when none).
+
+    kind "train": the training rows (means over `--log-every` steps: loss, lr, images_per_s);
+    "validation": the per-epoch held-out rows (val_loss, ...); "all": every row in order.
+    """
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if kind == "all":
+        return rows
+    if kind not in ("train", "validation"):
+        raise SlimpError(f"unknown metrics kind {kind!r}; choose train, validation or all")
+    want_val = kind == "validation"
+    return [r for r in rows if ("val_loss" in r) == want_val]

@@ -154,6 +154,17 @@ def encode_tabular(features: Sequence[dict], records: Sequence[dict]) -> Tabular
     return TabularBatch(cat, num, mask)
 
 
+def numeric_stats(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, std) used to standardise a numerical feature (std floored at 1e-6; (0, 1) when
+    there is no value). math.fsum: exact sums, the same result whatever the row order."""
+    nums = [float(v) for v in values]
+    if not nums:
+        return 0.0, 1.0
+    mean = math.fsum(nums) / len(nums)
+    var = math.fsum((x - mean) ** 2 for x in nums) / len(nums)
+    return mean, max(math.sqrt(var), 1e-6)
+
+
 @dataclass
 class ResolvedSchema:
     """The resolved schema of an ingested dataset (`schema.json`); see docs/internals.md."""
@@ -216,6 +227,26 @@ class ResolvedSchema:
     @property
     def malignant(self) -> list[str]:
         return list(self.data.get("malignant", []))
+
+    def with_statistics(
+        self, patient_records: Sequence[dict], lesion_records: Sequence[dict]
+    ) -> ResolvedSchema:
+        """A copy whose numerical features are standardised with statistics of these records
+        only (one record per patient: fields + derived; one per lesion image): the training
+        patients, so held-out patients never shape the encoders' inputs."""
+        data = json.loads(json.dumps(self.data))
+        levels = {
+            "patient_features": patient_records,
+            "derived_patient_features": patient_records,
+            "lesion_features": lesion_records,
+        }
+        for level, records in levels.items():
+            for f in data.get(level, []):
+                if f["type"] == "numerical":
+                    values = [_as_float(r.get(f["name"])) for r in records]
+                    f["mean"], f["std"] = numeric_stats([v for v in values if v is not None])
+        data["statistics_from"] = "training patients"
+        return ResolvedSchema.from_dict(data)
 
     def fingerprint(self) -> str:
         """sha256 over what an encoder depends on: names, types, vocabularies, statistics."""

@@ -97,7 +97,7 @@ def test_ranks_take_disjoint_slices_of_the_global_batch():
 
 def test_too_few_patients_is_a_clear_error():
     with pytest.raises(
-        SlimpError, match="data has 3 patients but --patients-per-batch is 4; lower it"
+        SlimpError, match="data has 3 training patients but --patients-per-batch is 4; lower it"
     ):
         PatientBatchSampler(_infos(3), patients_per_batch=4, lesions_per_patient=2)
     with pytest.raises(SlimpError, match="x 2 processes"):

@@ -7,6 +7,7 @@ import shutil
 
 import torch
 
+from slimp_cli.holdout import read_holdout
 from slimp_cli.runs import load_run, read_config, sha256_file
 from slimp_cli.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -16,6 +17,7 @@ def test_run_dir_contract(trained_pad, pad_shards):
     assert sorted(p.name for p in run.iterdir()) == [
         "checkpoint-last.pt",
         "config.json",
+        "holdout.json",
         "metrics.jsonl",
     ]
     state = torch.load(run / "checkpoint-last.pt", weights_only=True)
@@ -59,7 +61,18 @@ def test_model_rebuilt_from_config_gives_the_same_embeddings(trained_pad, pad_sh
     _run = load_run(trained_pad.run_dir)
 
     model, cfg, schema = _run.model, _run.config, _run.schema
-    assert schema.fingerprint() == cfg["data"]["schema_fingerprint"]
+    # the data's own schema is recorded; the model encodes with the training patients' statistics
+    index = ShardIndex.open(pad_shards)
+    assert index.schema.fingerprint() == cfg["data"]["schema_fingerprint"]
+    holdout = read_holdout(trained_pad.run_dir)
+    train_rows = [
+        index.patient(i) for i in range(len(index)) if index.patient(i).patient_id not in holdout
+    ]
+    expected = index.schema.with_statistics(
+        [{**r.fields, **r.derived} for r in train_rows],
+        [les["fields"] for r in train_rows for les in r.lesions],
+    )
+    assert schema.fingerprint() == expected.fingerprint() != index.schema.fingerprint()
     trained = trained_pad.model.eval()
     index = ShardIndex.open(pad_shards)
     ds = PatientDataset(index, inputs=model.inputs, preprocess=model.preprocess)

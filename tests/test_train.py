@@ -92,7 +92,8 @@ def uninterrupted(pad_shards, tmp_path_factory):
     )
 
 
-@pytest.mark.parametrize("k", [5, 13])  # inside epoch 1 / at the end of epoch 1 (13 steps)
+# 376 training patients (10% held out) / B=32: 11 steps an epoch
+@pytest.mark.parametrize("k", [5, 11])  # inside epoch 1 / at the end of epoch 1
 def test_resume_reaches_the_same_weights(pad_shards, uninterrupted, tmp_path, k):
     out = tmp_path / "run"
     pretrain(pad_shards, out, model=RESUME_MODEL, train=dict(RESUME_TRAIN, max_steps=k))
@@ -108,7 +109,7 @@ def test_resume_reaches_the_same_weights(pad_shards, uninterrupted, tmp_path, k)
         assert torch.equal(sa["exp_avg"], sb["exp_avg"])
     assert [m["step"] for m in read_metrics(out)][-1] == 16
     epoch_file = uninterrupted / "checkpoint-epoch-0001.pt"
-    assert torch.load(epoch_file, weights_only=True)["step"] == 13
+    assert torch.load(epoch_file, weights_only=True)["step"] == 11
     assert not (out / "checkpoint-epoch-0001.pt").exists()
 
 
@@ -124,7 +125,7 @@ def test_resume_refuses_other_options_or_data(pad_shards, derm7pt_shards, uninte
 def test_bad_input_errors(pad_shards, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(
-        SlimpError, match="data has 418 patients but --patients-per-batch is 500; lower it"
+        SlimpError, match="data has 376 training patients but --patients-per-batch is 500; lower it"
     ):
         pretrain(pad_shards, out, model=TINY, train=dict(FAST, patients_per_batch=500))
     assert not (out / "config.json").exists()
@@ -160,16 +161,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     def poisoned(*args, **kwargs):
         out = real(*args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == 16:  # epoch 2 (13 steps per epoch), after the epoch-1 checkpoint
+        if calls["n"] == 14:  # epoch 2 (11 steps per epoch), after the epoch-1 checkpoint
             out["loss"] = out["loss"] * float("nan")
         return out
 
     monkeypatch.setattr(loop, "_compute_loss", poisoned)
     out = tmp_path / "run"
-    with pytest.raises(SlimpError, match=r"non-finite .* at step 16 .*checkpoint-last.pt"):
+    with pytest.raises(SlimpError, match=r"non-finite .* at step 14 .*checkpoint-last.pt"):
         pretrain(pad_shards, out, model=TINY, train=dict(RESUME_TRAIN, max_steps=20))
     state = torch.load(out / "checkpoint-last.pt", weights_only=True)
-    assert state["step"] == 13
+    assert state["step"] == 11
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 

@@ -133,9 +133,12 @@ def _summary(run_dir: Path) -> None:
     from ..runs import read_config, read_metrics
 
     metrics = read_metrics(run_dir)
+    val = read_metrics(run_dir, kind="validation")
     cfg = read_config(run_dir)
     last = metrics[-1] if metrics else {}
     loss = f", last loss {last['loss']:.4f}" if "loss" in last else ""
+    if val:
+        loss += f", held-out loss {val[-1]['val_loss']:.4f} (epoch {val[-1]['epoch']})"
     console.print(
         f"wrote [bold]{run_dir}[/]: {cfg['variant']} model, step {last.get('step', 0)}"
         f"{loss}; checkpoint-last.pt, config.json, metrics.jsonl"

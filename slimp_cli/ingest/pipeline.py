@@ -9,7 +9,6 @@ leaves a folder that looks complete.
 from __future__ import annotations
 
 import contextlib
-import math
 import multiprocessing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import SlimpError
 from ..paths import write_json
-from ..schema import category_key, load_dataset_schema, validate_dataset_schema
+from ..schema import category_key, load_dataset_schema, numeric_stats, validate_dataset_schema
 from ..shards import SHARD_GLOB, ShardWriter, image_entry_name, unique_keys
 from .formats import get_adapter
 from .images import process_image
@@ -64,10 +63,7 @@ def resolve_feature(feature: dict, values: list) -> dict:
         "missing_rate": round(1 - len(present) / len(values), 6) if values else 1.0,
     }
     if feature["type"] == "numerical":
-        nums = [float(v) for v in present]
-        mean = math.fsum(nums) / len(nums) if nums else 0.0
-        var = math.fsum((x - mean) ** 2 for x in nums) / len(nums) if nums else 1.0
-        out["mean"], out["std"] = mean, max(math.sqrt(var), 1e-6)
+        out["mean"], out["std"] = numeric_stats(present)
     elif feature["type"] == "boolean":
         out["vocab"] = ["false", "true"]
     else:

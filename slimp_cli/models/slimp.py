@@ -191,7 +191,8 @@ class SlimpModel(nn.Module):
                    images2 [L, 3, H, W] (image variant only).
             nested -> image [B, N, D], lesion [B, N, D], mask [B, N] bool, phenotype [B, D],
                       patient [B, D]  (N = most lesions of one patient in the batch)
-            flat   -> image [L, D], tabular [L, D]
+                      (+ groups [B, N] when the batch has lesion_group [L])
+            flat   -> image [L, D], tabular [L, D] (+ groups [L])
             image  -> view1 [L, D], view2 [L, D]
         """
         images = batch["images"]
@@ -201,8 +202,12 @@ class SlimpModel(nn.Module):
             return {"view1": view1, "view2": view2}
         w = self.encode_image(images)
         h = self.encode_lesion(batch["lesion_tab"])
+        groups = batch.get("lesion_group")  # [L] lesion ids: twins are not negatives
         if self.variant == "flat":
-            return {"image": w, "tabular": h}
+            out = {"image": w, "tabular": h}
+            if groups is not None:
+                out["groups"] = groups
+            return out
         patient_tab = batch["patient_tab"]
         x = self.encode_patient(patient_tab)
         n_patients = x.shape[0]
@@ -223,7 +228,13 @@ class SlimpModel(nn.Module):
         n_max = batch.get("max_lesions")
         image, mask = scatter_to_patients(w, patient_index, n_patients, n_max)
         lesion, _ = scatter_to_patients(h, patient_index, n_patients, n_max)
-        return {"image": image, "lesion": lesion, "mask": mask, "phenotype": z, "patient": x}
+        out = {"image": image, "lesion": lesion, "mask": mask, "phenotype": z, "patient": x}
+        if groups is not None:
+            out["groups"], _ = scatter_to_patients(
+                groups.to(w.device).unsqueeze(1), patient_index, n_patients, n_max
+            )
+            out["groups"] = out["groups"].squeeze(-1)
+        return out
 
     # -- continual pre-training -----------------------------------------------------------------
     def embedding_parameters(self) -> list[nn.Parameter]:

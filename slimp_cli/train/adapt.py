@@ -25,18 +25,22 @@ from .session import (
     check_resume_data,
     check_resume_train,
     data_record,
+    holdout_record,
     open_training_data,
     prepare_out,
     resolve_configs,
     run_config,
     seed_everything,
+    split_patients,
     training_session,
 )
 from .train_config import TrainConfig
 
 TUNES = ("embeddings", "all")
-# Continual pre-training defaults (paper Sec. 4.2): 64 patients per batch, 100 epochs.
-ADAPT_DEFAULTS = {"patients_per_batch": 64, "epochs": 100}
+# Continual pre-training defaults (paper Sec. 4.2): 64 patients per batch, 100 epochs. Positive
+# sampling uses the labels; App. D describes the target stage as class-agnostic, so it is off
+# (no probe label steers adaptation).
+ADAPT_DEFAULTS = {"patients_per_batch": 64, "epochs": 100, "positive_sampling": False}
 
 
 def adapt_run(
@@ -67,12 +71,15 @@ def adapt_run(
     device = D.device_for(train_cfg.device)
     with training_session(device) as info:
         index = open_training_data(data)
-        schema = index.schema
-        seed_everything(train_cfg.seed)
         state = None
         if saved is not None:
             check_resume_train(saved, train_cfg, out)
             check_resume_data(saved, index, out, data)
+        # The target's own held-out patients (the source run's split was of other data).
+        patients = split_patients(index, train_cfg, run_dir=out, saved=saved, info=info)
+        schema = patients.schema
+        seed_everything(train_cfg.seed)
+        if saved is not None:
             model = build_model(
                 ModelConfig.from_dict(saved["model"]),
                 ResolvedSchema.from_dict(saved["schema"]),
@@ -91,12 +98,13 @@ def adapt_run(
             train=train_cfg,
             schema=schema,
             data=data_record(data, index),
-            extra={"tune": tune, "source": source},
+            extra={"tune": tune, "source": source, "holdout": holdout_record(patients)},
         )
         return run_training(
             model=model,
             schema=schema,
             index=index,
+            patients=patients,
             train=train_cfg,
             run_dir=out,
             config=config,

@@ -73,11 +73,20 @@ def choose_lesions(
 
 
 class PatientBatchSampler:
-    """Yields, per step, this rank's list of `PatientItem`s (B patients) of the current epoch.
+    """Yields, per step, this rank's list of `PatientItem`s of the current epoch.
 
-    The plan of an epoch is a pure function of (seed, epoch); `set_epoch(epoch, start_step)`
-    selects the epoch and where to start in it (resume). Incomplete last batches are dropped
-    (contrastive losses want exactly B patients on every rank).
+    Two kinds of batch:
+    - patient batches (SLIMP's nested and flat variants): B patients, each with up to N of its
+      lesions (`choose_lesions`);
+    - image batches (`images_per_batch`, the SimCLR baseline): B x N single images drawn at
+      random across patients. NOTE[DIFF]: SimCLR is a per-image method; patient-grouped
+      batches would make images of one patient each other's negatives far more often than in
+      a standard SimCLR run, handicapping the image-only baseline.
+
+    `use` lists the patient indices that may be drawn (the held-out patients are left out);
+    None = all. The plan of an epoch is a pure function of (seed, epoch); `set_epoch(epoch,
+    start_step)` selects the epoch and where to start in it (resume). Incomplete last batches
+    are dropped (contrastive losses want the same batch on every step and rank).
     """
 
     def __init__(
@@ -90,24 +99,37 @@ class PatientBatchSampler:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        use: Sequence[int] | None = None,
+        images_per_batch: int | None = None,
     ) -> None:
         self.patients = list(patients)
+        self.use = list(range(len(self.patients)) if use is None else use)
         self.batch = patients_per_batch
         self.n_max = lesions_per_patient
         self.positive_sampling = positive_sampling
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        global_batch = patients_per_batch * world_size
-        if len(self.patients) == 0:
-            raise SlimpError("data has no patients; ingest a dataset with images first")
-        if len(self.patients) < global_batch:
-            procs = f" x {world_size} processes" if world_size > 1 else ""
+        self.images_per_batch = images_per_batch
+        procs = f" x {world_size} processes" if world_size > 1 else ""
+        if len(self.use) == 0:
+            raise SlimpError("data has no patients to train on; ingest a dataset with images first")
+        if images_per_batch is not None:
+            self.units = [(p, j) for p in self.use for j in range(self.patients[p].n_lesions)]
+            self.batch = images_per_batch
+            if len(self.units) < images_per_batch * world_size:
+                raise SlimpError(
+                    f"data has {len(self.units)} training images but a batch needs "
+                    f"{images_per_batch}{procs}; lower --patients-per-batch or "
+                    "--lesions-per-patient"
+                )
+        elif len(self.use) < patients_per_batch * world_size:
             raise SlimpError(
-                f"data has {len(self.patients)} patients but --patients-per-batch is "
+                f"data has {len(self.use)} training patients but --patients-per-batch is "
                 f"{patients_per_batch}{procs}; lower it"
             )
-        self.steps_per_epoch = len(self.patients) // global_batch
+        n_units = len(self.units) if images_per_batch is not None else len(self.use)
+        self.steps_per_epoch = n_units // (self.batch * world_size)
         self.epoch = 0
         self.start_step = 0
 
@@ -118,13 +140,21 @@ class PatientBatchSampler:
     def plan(self, epoch: int) -> list[list[PatientItem]]:
         """Every step of `epoch` for this rank: lists of B items."""
         rng = np.random.default_rng([self.seed, epoch])
-        perm = rng.permutation(len(self.patients))
         gb = self.batch * self.world_size
+        if self.images_per_batch is not None:
+            perm = rng.permutation(len(self.units))
+        else:
+            perm = rng.permutation(len(self.use))
         steps = []
         for s in range(self.steps_per_epoch):
             items = []
-            for q in range(gb):  # every rank draws every patient: one shared rng stream
-                p = int(perm[s * gb + q])
+            for q in range(gb):  # every rank draws every item: one shared rng stream
+                u = int(perm[s * gb + q])
+                if self.images_per_batch is not None:
+                    p, j = self.units[u]
+                    items.append(PatientItem(p, (j,), (self.seed, epoch, s, q)))
+                    continue
+                p = self.use[u]
                 lesions = choose_lesions(self.patients[p], self.n_max, self.positive_sampling, rng)
                 items.append(PatientItem(p, lesions, (self.seed, epoch, s, q)))
             steps.append(items[self.rank * self.batch : (self.rank + 1) * self.batch])
@@ -137,6 +167,49 @@ class PatientBatchSampler:
 
     def __len__(self) -> int:
         return self.steps_per_epoch - self.start_step
+
+
+# lesion_group = position in the global batch * GROUP_STRIDE + lesion code inside the patient;
+# < 2**53 for any batch, so the ids stay exact when the losses gather them as float64.
+GROUP_STRIDE = 2**20
+
+# The aug_key "epoch" of validation items: outside any training epoch's stream.
+VALIDATION_EPOCH = 2**31 - 1
+
+
+def validation_plan(
+    patients: Sequence[PatientInfo],
+    use: Sequence[int],
+    *,
+    patients_per_batch: int,
+    lesions_per_patient: int,
+    seed: int,
+    images_per_batch: int | None = None,
+) -> list[list[PatientItem]]:
+    """Fixed batches over the held-out patients (`use`) for the per-epoch validation loss.
+
+    The same for every epoch (so the curve moves only with the model); drawn from its own rng,
+    never the training stream. Every held-out patient appears once; the last batch may be
+    smaller (at least 2 items: a contrastive loss needs a negative).
+    """
+    rng = np.random.default_rng([seed, 0x7A1])
+    if images_per_batch is not None:
+        units = [(p, (j,)) for p in use for j in range(patients[p].n_lesions)]
+        size = images_per_batch
+    else:
+        units = [(p, choose_lesions(patients[p], lesions_per_patient, False, rng)) for p in use]
+        size = patients_per_batch
+    batches = []
+    for start in range(0, len(units), size):
+        chunk = units[start : start + size]
+        if len(chunk) >= 2:
+            batches.append(
+                [
+                    PatientItem(p, les, (seed, VALIDATION_EPOCH, start // size, q))
+                    for q, (p, les) in enumerate(chunk)
+                ]
+            )
+    return batches
 
 
 # --------------------------------------------------------------------------- dataset
@@ -215,6 +288,15 @@ class PatientDataset(torch.utils.data.Dataset):
         }
         if images2:
             out["images2"] = torch.stack(images2)
+        # One id per image, equal for images of one lesion, unique across the global batch
+        # (the item's position q in it): the losses keep twins out of each other's negatives.
+        codes: dict = {}
+        for les in rec.lesions:
+            codes.setdefault(les.get("lesion_id"), len(codes))
+        q = int(item.aug_key[3])
+        out["lesion_group"] = torch.tensor(
+            [q * GROUP_STRIDE + codes[les.get("lesion_id")] for les in lesions], dtype=torch.long
+        )
         prec = patient_record(rec.fields, rec.derived)
         lesion_tab = self.inputs.lesion_tab(
             [prec] * len(lesions), [les.get("fields") or {} for les in lesions]
@@ -246,6 +328,7 @@ def collate(samples: Sequence[dict]) -> dict:
         ),
         "malignant": torch.cat([s["malignant"] for s in samples]),
         "label": torch.cat([s["label"] for s in samples]),
+        "lesion_group": torch.cat([s["lesion_group"] for s in samples]),
         # known on the host: the model pads to it without a device sync (torch.compile-friendly)
         "max_lesions": max(counts),
     }

@@ -31,7 +31,15 @@ from ..paths import write_json
 from ..runs import CONFIG, LAST, METRICS, epoch_name, save_checkpoint, set_rng_state
 from ..schema import ResolvedSchema
 from . import distributed as D
-from .data import PatientBatchSampler, PatientDataset, batch_to, make_loader, patient_infos
+from .data import (
+    PatientBatchSampler,
+    PatientDataset,
+    batch_to,
+    collate,
+    make_loader,
+    patient_infos,
+    validation_plan,
+)
 from .train_config import TrainConfig
 
 NO_DECAY_NAMES = ("cls_token", "pos_embed", "reg_token", "dist_token")
@@ -206,6 +214,7 @@ def run_training(
     schema: ResolvedSchema | None,
     index,
     train: TrainConfig,
+    patients=None,
     run_dir: Path,
     config: dict,
     device: torch.device,
@@ -218,7 +227,9 @@ def run_training(
     """Train `model` (its trainable parameters) on `index` and write the run dir.
 
     `config` is written as `config.json` and copied into every checkpoint. `resume_state` is a
-    loaded checkpoint to continue from (model weights are loaded here too).
+    loaded checkpoint to continue from (model weights are loaded here too). `patients`
+    (`session.TrainingPatients`) says which patients train; the held-out ones give a
+    validation loss after every epoch (`val_loss` rows of metrics.jsonl). None = all train.
     """
     variant = config["variant"]
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -231,15 +242,32 @@ def run_training(
         classes=schema.classes if schema else (),
         augment=train.augment,
     )
+    infos = patient_infos(index)
+    # SimCLR (two views) draws B x N single images at random: see PatientBatchSampler.
+    images_per_batch = (
+        train.patients_per_batch * train.lesions_per_patient if model.inputs.two_views else None
+    )
     sampler = PatientBatchSampler(
-        patient_infos(index),
+        infos,
         patients_per_batch=train.patients_per_batch,
         lesions_per_patient=train.lesions_per_patient,
         positive_sampling=train.positive_sampling,
         seed=train.seed,
         rank=info.rank,
         world_size=info.world_size,
+        use=patients.use if patients is not None else None,
+        images_per_batch=images_per_batch,
     )
+    val_plan = []
+    if patients is not None and patients.validation:
+        val_plan = validation_plan(
+            infos,
+            patients.validation,
+            patients_per_batch=train.patients_per_batch,
+            lesions_per_patient=train.lesions_per_patient,
+            seed=train.seed,
+            images_per_batch=images_per_batch,
+        )
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if info.is_main:
@@ -394,6 +422,11 @@ def run_training(
                     break
             if s >= steps_per_epoch:
                 epoch, start_in_epoch = epoch + 1, 0
+                if val_plan and info.is_main:
+                    row = {"step": step, "epoch": epoch}
+                    row.update(validation_loss(model, dataset, val_plan, train, device, autocast))
+                    metrics.write(row)
+                    logged.append(row)
                 checkpoint(epoch, 0, epoch_file=True)
             else:  # stopped inside the epoch (--max-steps or a signal)
                 start_in_epoch = s
@@ -404,6 +437,37 @@ def run_training(
                     "continue with the same command and --resume"
                 )
     return TrainResult(run_dir=run_dir, model=model, step=step, epoch=epoch, metrics=logged)
+
+
+def validation_loss(
+    model: nn.Module, dataset, plan: list, train: TrainConfig, device: torch.device, autocast
+) -> dict[str, float]:
+    """Mean loss parts over the fixed held-out batches: {"val_loss", "val_loss_...": ...}.
+
+    Eval mode, no gradient, one process, the same batches every epoch; the global RNGs are
+    untouched (resuming stays exact). Contrastive losses depend on the batch, so compare the
+    curve with itself, not with the training loss.
+    """
+    from ..losses import compute_loss
+
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    try:
+        with torch.no_grad():
+            for items in plan:
+                batch = batch_to(collate([dataset[it] for it in items]), device)
+                with autocast:
+                    outputs = model(batch)
+                losses = compute_loss(
+                    model.variant, outputs, temperature=train.temperature, lam=train.lam
+                )
+                for k, v in losses.items():
+                    sums[f"val_{k}"] = sums.get(f"val_{k}", 0.0) + float(v)
+    finally:
+        if was_training:
+            set_train_mode(model)
+    return {k: v / len(plan) for k, v in sums.items()}
 
 
 def _mean_over_ranks(

@@ -20,11 +20,13 @@ from .session import (
     check_resume_data,
     check_resume_train,
     data_record,
+    holdout_record,
     open_training_data,
     prepare_out,
     resolve_configs,
     run_config,
     seed_everything,
+    split_patients,
     training_session,
 )
 from .train_config import TrainConfig
@@ -60,6 +62,8 @@ def pretrain_run(
         if saved is not None:
             check_resume_train(saved, train_cfg, out)
             check_resume_data(saved, index, out, data)
+        patients = split_patients(index, train_cfg, run_dir=out, saved=saved, info=info)
+        schema = patients.schema  # numerical statistics of the training patients
         seed_everything(train_cfg.seed)
         net = build_model(model_cfg, schema, load_image_weights=saved is None)
         if saved is not None:
@@ -75,11 +79,13 @@ def pretrain_run(
             train=train_cfg,
             schema=schema,
             data=data_record(data, index),
+            extra={"holdout": holdout_record(patients)},
         )
         return run_training(
             model=net,
             schema=schema,
             index=index,
+            patients=patients,
             train=train_cfg,
             run_dir=out,
             config=config,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +14,22 @@ import torch
 
 from .. import __version__
 from ..errors import SlimpError
+from ..holdout import (
+    HOLDOUT,
+    Holdout,
+    choose_holdout,
+    patient_positives,
+    read_holdout,
+    write_holdout,
+)
 from ..model_config import ModelConfig
+from ..models import patient_record
 from ..paths import json_safe
 from ..runs import LAST, RUN_FORMAT, RUN_VERSION, check_schema_compatible, read_config, sha256_file
 from ..schema import ResolvedSchema
 from ..shards import ShardIndex
 from . import distributed as D
-from .loop import parameter_counts, trainable_names
+from .loop import notice, parameter_counts, trainable_names
 from .train_config import RESUMABLE_CHANGES, TrainConfig
 
 SM3_MESSAGE = "SM3 is not implemented yet; use --method slimp"
@@ -80,8 +90,14 @@ def check_resume_data(saved: dict, index, run_dir: Path, data_dir: Path) -> None
         index.schema,
         model_where=str(run_dir),
         data_where=str(data_dir),
-        exact=True,
     )
+    # The model's schema holds training-patient statistics; the data's own is recorded apart.
+    want_fp = saved.get("data", {}).get("schema_fingerprint")
+    if want_fp and want_fp != index.schema.fingerprint():
+        raise SlimpError(
+            f"{data_dir}: its schema.json (vocabularies or statistics) differs from the one "
+            f"{run_dir} was trained on; resume on the same data, or start a new run"
+        )
     want = saved.get("data", {}).get("manifest_sha256")
     got = sha256_file(Path(data_dir) / "manifest.json")
     if want and want != got:
@@ -104,6 +120,65 @@ def prepare_out(out: Path, resume: bool) -> dict | None:
             "choose another --out"
         )
     return None  # a folder without a checkpoint (e.g. a run stopped early) is started afresh
+
+
+@dataclass
+class TrainingPatients:
+    """Which patients train and which are held out, and the schema the model encodes with."""
+
+    holdout: Holdout
+    use: list[int]  # ShardIndex positions of the training patients
+    validation: list[int]  # positions of the held-out patients
+    schema: ResolvedSchema  # numerical statistics from the training patients alone
+
+
+def split_patients(
+    index, train: TrainConfig, *, run_dir: Path, saved: dict | None, info: D.DistInfo
+) -> TrainingPatients:
+    """Draw (or, on resume, re-read) the run's held-out patients; write holdout.json.
+
+    The split is drawn once, from the data being trained on (`adapt` draws its own on the
+    target), and `--resume` re-reads it, so a run never trains on a held-out patient.
+    """
+    ids, positive = patient_positives(index)
+    if saved is not None and (run_dir / HOLDOUT).is_file():
+        holdout = read_holdout(run_dir)
+    else:
+        holdout = choose_holdout(ids, positive, fraction=train.holdout, seed=train.holdout_seed)
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_holdout(run_dir, holdout)
+    if not holdout.patient_ids:
+        notice(
+            "--holdout 0: every patient is trained on; probe/retrieve numbers on this data "
+            "will be on patients the model has seen (they say so)",
+            info,
+        )
+    use = [i for i, pid in enumerate(ids) if pid not in holdout]
+    validation = [i for i, pid in enumerate(ids) if pid in holdout]
+    schema = index.schema
+    if validation:
+        patients, lesions = [], []
+        for i in use:
+            rec = index.patient(i)
+            patients.append(patient_record(rec.fields, rec.derived))
+            lesions += [les.get("fields") or {} for les in rec.lesions]
+        schema = schema.with_statistics(patients, lesions)
+    return TrainingPatients(holdout=holdout, use=use, validation=validation, schema=schema)
+
+
+def holdout_record(split: TrainingPatients) -> dict:
+    """What config.json says of the held-out patients (the ids are in holdout.json)."""
+    h = split.holdout
+    return {
+        "file": HOLDOUT,
+        "fraction": h.fraction,
+        "seed": h.seed,
+        "fingerprint": h.fingerprint,
+        "patients_held_out": len(split.validation),
+        "patients_trained": len(split.use),
+        "statistics_from": "training patients" if split.validation else "all patients",
+    }
 
 
 def data_record(data_dir: Path, index) -> dict:

@@ -60,9 +60,13 @@ class TrainConfig(DictConfig):
     max_steps: int | None = None
     # AdamW peak learning rate (paper: 1e-4) and decoupled weight decay (applied to weight
     # matrices and embeddings only, not to biases, norms, CLS tokens or 1-D parameters).
+    # NOTE[DIFF]: the paper gives AdamW and lr 1e-4 only; weight decay 0.05 is our choice (the
+    # usual ViT value); --weight-decay 0 gives plain Adam-with-decoupled-0.
     lr: float = 1e-4
     weight_decay: float = 0.05
     # Linear warm-up steps before the cosine decay to 0. None = 5% of the schedule.
+    # NOTE[DIFF]: the paper states no schedule; warm-up + cosine is our choice (stable ViT
+    # training from scratch). --warmup-steps 0 starts at the peak rate.
     warmup_steps: int | None = None
     # InfoNCE temperature tau (cosine similarity / tau), fixed. The paper does not give it; 0.1
     # is the usual value with few negatives (see slimp_cli.losses.DEFAULT_TEMPERATURE).
@@ -70,6 +74,7 @@ class TrainConfig(DictConfig):
     # lambda of eq. 3: lambda * inner (lesion) loss + (1 - lambda) * outer (patient) loss.
     lam: float = DEFAULT_LAM
     # Global gradient-norm clipping threshold (None = no clipping).
+    # NOTE[DIFF]: not in the paper; 1.0 guards the small-batch outer loss against spikes.
     grad_clip: float | None = 1.0
     # Seed of everything random: model initialisation, patient order, lesion sampling,
     # augmentation and dropout. Same seed + same data + CPU = same weights.
@@ -86,7 +91,14 @@ class TrainConfig(DictConfig):
     # always augments: its two views must differ.
     augment: bool = False
     # Positive sampling (paper App. D): a patient's malignant lesions are always among its N.
+    # On for pretrain; `adapt` turns it off by default (the target stage is class-agnostic).
     positive_sampling: bool = True
+    # Fraction of patients held out of training (patient-grouped, stratified on having a
+    # malignant lesion; holdout.json): never sampled, they give the per-epoch validation loss
+    # and the rows `probe`/`retrieve` report on. 0 trains on every patient (with a warning).
+    holdout: float = 0.1
+    # Seed of the held-out draw (its own stream: changing --seed keeps the same patients out).
+    holdout_seed: int = 0
     # torch.compile the model (CUDA; first steps are slow while it compiles).
     compile: bool = False
     # Write a metrics.jsonl line (means over the interval) every this many steps.
@@ -111,6 +123,10 @@ class TrainConfig(DictConfig):
             _non_negative_int("warmup_steps", self.warmup_steps)
         _non_negative_int("workers", self.workers)
         _non_negative_int("seed", self.seed)
+        _non_negative_int("holdout_seed", self.holdout_seed)
+        _number("holdout", self.holdout)
+        if not 0.0 <= self.holdout < 1.0:
+            raise SlimpError(f"holdout must be a fraction in [0, 1), got {self.holdout}")
         _positive_float("lr", self.lr)
         _positive_float("temperature", self.temperature)
         _number("weight_decay", self.weight_decay)
