@@ -13,6 +13,7 @@ import torch
 
 from .devices import resolve_device
 from .errors import SlimpError
+from .holdout import Holdout, read_holdout
 from .models import patient_record
 from .runs import check_schema_compatible, load_run, sha256_file
 from .schema import encode_raw, raw_columns
@@ -93,6 +94,10 @@ def embed(
     classes = data_schema.classes
     class_index = {c: i for i, c in enumerate(classes)}
     manifest = Path(data_dir) / "manifest.json"
+    manifest_sha = sha256_file(manifest) if manifest.is_file() else None
+    sides, holdout = training_sides(
+        run, manifest_sha, [index.patient(p).patient_id for p, _ in pairs]
+    )
     store_config = {
         "model": model.config.to_dict(),
         "variant": variant,
@@ -101,7 +106,8 @@ def embed(
         "checkpoint_sha256": run.sha256,
         "preprocess": run.preprocess.to_dict(),
         "data": str(data_dir),
-        "manifest_sha256": sha256_file(manifest) if manifest.is_file() else None,
+        "manifest_sha256": manifest_sha,
+        "seen_in_training": sides is not None,
         "train_schema_fingerprint": model_schema.fingerprint() if model_schema else None,
     }
     loader = torch.utils.data.DataLoader(
@@ -157,6 +163,8 @@ def embed(
             )
             if progress is not None:
                 progress(start, len(pairs))
+        if sides is not None:
+            writer.set_split(sides, fingerprint=holdout.fingerprint, fraction=holdout.fraction)
         if "patient" in levels:
             layer = model.phenotype_layer
             writer.set_phenotype(
@@ -164,6 +172,20 @@ def embed(
                 layer.bias.detach().float().cpu().numpy(),
             )
     return out
+
+
+def training_sides(run, manifest_sha: str | None, patient_ids: list[str]):
+    """(per-row "train"/"holdout", the run's Holdout) when the data is what the run trained on
+    (same manifest sha256); (None, None) for other data, none of whose rows were trained on.
+
+    A run without holdout.json (trained on every patient) marks every row "train"."""
+    trained_on = run.config.get("data", {}).get("manifest_sha256")
+    if manifest_sha is None or manifest_sha != trained_on:
+        return None, None
+    holdout = read_holdout(run.run_dir) or Holdout(
+        patient_ids=(), fraction=0.0, seed=0, n_patients=len(set(patient_ids))
+    )
+    return ["holdout" if pid in holdout else "train" for pid in patient_ids], holdout
 
 
 def store_summary(path: Path) -> dict:

@@ -10,6 +10,9 @@ Layout (DESIGN.md "Feature store", docs/internals.md), N lesions (images), D dim
     raw/{lesion,patient}           [N, R] float32, attrs columns, source_columns (JSON lists)
     model/phenotype_weight [D, 2D], model/phenotype_bias [D]   (nested models)
     pseudo/<strategy>/{lesion, patient, lesion_index, patient_index, similarity}
+    split                          [N] "train" | "holdout" (attrs fingerprint, fraction): the
+                                   run's held-out patients; absent when the data is not the
+                                   run's training data
 
 A store is written under a temporary name and renamed when complete; `complete=True` is the last
 attribute written, so a reader can tell an interrupted write from a finished one. Readable with
@@ -34,6 +37,7 @@ VERSION = 1
 LEVELS = ("image", "lesion", "patient")
 RAW_LEVELS = ("lesion", "patient")
 PSEUDO_STRATEGIES = ("ilp", "il", "ii")
+SPLIT_SIDES = ("train", "holdout")
 _STR = h5py.string_dtype("utf-8")
 # HDF5 >= 1.10 file format: dense attribute storage, so a large schema JSON attr always fits.
 _LIBVER = ("v110", "latest")
@@ -197,6 +201,21 @@ class FeatureStoreWriter:
                 del self.f[name]
             self.f.create_dataset(name, data=arr)
 
+    def set_split(self, sides: Sequence[str], *, fingerprint: str, fraction: float) -> None:
+        """Per row, `train` or `holdout`: the side of the run's held-out patients
+        (holdout.json) each row's patient is on. Shape: sides [n]."""
+        sides = np.asarray(sides, dtype=object)
+        bad = set(sides.tolist()) - set(SPLIT_SIDES)
+        if bad:
+            raise SlimpError(f"feature store: split values {sorted(bad)}; use {SPLIT_SIDES}")
+        if self.n is not None and len(sides) != self.n:
+            raise SlimpError(f"feature store: split has {len(sides)} rows, expected {self.n}")
+        if "split" in self.f:
+            del self.f["split"]
+        ds = self.f.create_dataset("split", data=sides, dtype=_STR)
+        ds.attrs["fingerprint"] = fingerprint
+        ds.attrs["fraction"] = float(fraction)
+
     def close(self) -> Path:
         """Check the row count, mark complete, rename onto the final path. Returns the path."""
         if self._closed:
@@ -293,6 +312,18 @@ class FeatureStore:
     @property
     def n(self) -> int:
         return int(self.f["label"].shape[0])
+
+    @property
+    def split(self) -> np.ndarray | None:
+        """Per row `train`/`holdout` (the run's held-out patients), or None when the store's
+        data is not what the run trained on (then no row was seen in training)."""
+        if "split" not in self.f:
+            return None
+        return self.f["split"].asstr()[()].astype(object)
+
+    @property
+    def split_fingerprint(self) -> str | None:
+        return str(self.f["split"].attrs["fingerprint"]) if "split" in self.f else None
 
     @property
     def lesion_id(self) -> np.ndarray:

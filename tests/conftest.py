@@ -108,6 +108,7 @@ def _write_store(
     raw: dict[str, tuple[np.ndarray, list[str], list[str]]] | None = None,
     phenotype: tuple[np.ndarray, np.ndarray] | None = None,
     config: dict | None = None,
+    schema: dict | None = None,
     chunk: int = 37,
 ) -> Path:
     """Write a store from in-memory arrays in odd-sized chunks (exercises chunked appends)."""
@@ -120,7 +121,7 @@ def _write_store(
         n=n,
         dims={k: v.shape[1] for k, v in features.items()},
         config=config or {"model": "test"},
-        schema={"name": "synthetic"},
+        schema=schema or {"name": "synthetic"},
         classes=classes,
         variant="nested",
         raw_columns={k: (v[1], v[2]) for k, v in raw.items()},

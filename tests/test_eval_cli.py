@@ -65,7 +65,10 @@ def test_probe_json(run_cli, stores, tmp_path):
     assert "linear" in r.stdout and "baseline-gbm" in r.stdout
     assert "leakage: raw column 'biopsed'" in r.stderr
     report = json.loads(out.read_text())
-    assert set(report) == {"results", "warnings"}
+    assert set(report) == {"results", "split", "warnings"}
+    # a store without held-out patients: the lesion-grouped random split, nothing seen
+    assert report["split"]["kind"] == "random" and report["split"]["holdout_fingerprint"] is None
+    assert report["split"]["test_rows_seen_in_pretraining"] == 0
     methods = {(x["method"], x["low_shot"]) for x in report["results"]}
     assert (
         ("linear", None) in methods

@@ -172,3 +172,48 @@ def test_bad_inputs(write_store, stores, tmp_path):
         extrapolate(ref_path, other)
     with pytest.raises(SlimpError, match="--strategy"):
         extrapolate(ref_path, tgt_path, strategy="xx")
+
+
+def test_patient_pooling_gives_one_x_hat_per_target_patient(write_store, stores, tmp_path):
+    """Sec. 3.3: z_hat pooled over each target patient's lesions, one x_hat per patient."""
+    ref_path, _, ref, pid, (weight, bias), _ = stores
+    rng = np.random.default_rng(5)
+    n = 90
+    tpid = np.sort(rng.integers(0, 25, n))  # 25 target patients with several lesions each
+    w = rng.normal(size=(n, D)).astype(np.float32)
+    tgt = write_store(
+        tmp_path / "tgt_p.h5",
+        features={"image": w},
+        patient_id=tpid,
+        label=(w[:, 0] > 0).astype(int),
+        config={"checkpoint_sha256": "abc"},
+        schema={"name": "target", "patient_id": "patient_id"},
+    )
+    summary = extrapolate(ref_path, tgt, strategy="ilp", device="cpu", chunk_size=16)
+    assert summary["pool"] == "patient"  # the default when the target has patient ids
+    with FeatureStore.open(tgt) as st:
+        got = st.pseudo("ilp")
+    # hand computation
+    h_idx = np.argmax(_unit(w) @ _unit(ref["lesion"]).T, axis=1)
+    z = np.concatenate([w, ref["lesion"][h_idx]], axis=1) @ weight.T + bias
+    _, first = np.unique(pid, return_index=True)
+    pool_rows = np.sort(first)
+    for p in np.unique(tpid):
+        rows = tpid == p
+        z_p = z[rows].mean(0, keepdims=True)
+        best = np.argmax(_unit(z_p) @ _unit(ref["patient"][pool_rows]).T, axis=1)[0]
+        # every lesion of the patient carries the same x_hat
+        np.testing.assert_allclose(
+            got["patient"][rows],
+            np.repeat(ref["patient"][pool_rows[best]][None], rows.sum(), 0),
+            rtol=1e-6,
+        )
+        assert set(got["patient_index"][rows].tolist()) == {pool_rows[best]}
+    # --pool lesion retrieves per lesion
+    summary = extrapolate(ref_path, tgt, strategy="ilp", pool="lesion", device="cpu", chunk_size=16)
+    with FeatureStore.open(tgt) as st:
+        per_lesion = st.pseudo("ilp")["patient_index"]
+    want = pool_rows[np.argmax(_unit(z) @ _unit(ref["patient"][pool_rows]).T, axis=1)]
+    np.testing.assert_array_equal(per_lesion, want)
+    with pytest.raises(SlimpError, match="--pool"):
+        extrapolate(ref_path, tgt, strategy="ilp", pool="visit", device="cpu")

@@ -142,6 +142,8 @@ def test_slice3d_image_folder_layout(slice3d_train, tmp_path):
 
 
 def test_ham10000_lesion_groups_are_patients(tmp_path, shared):
+    """Each lesion_id group is a pseudo-patient with age and sex as patient features (nested,
+    as the paper trains HAM10000) and localization as its lesion feature."""
     meta = pd.read_csv(
         shared("formats", "ham10000", "HAM10000_metadata.csv"), dtype=str, keep_default_na=False
     )
@@ -159,16 +161,19 @@ def test_ham10000_lesion_groups_are_patients(tmp_path, shared):
     assert counts["images"] == len(subset)
     assert counts["skipped_by_kind"] == {"missing_image": len(meta) - len(subset)}
     assert counts["malignant"] == subset["dx"].isin(["mel", "bcc"]).sum()
-    assert (
-        result.schema["patient_features"] == [] and result.schema["derived_patient_features"] == []
-    )
+    assert [f["name"] for f in result.schema["patient_features"]] == ["age", "sex"]
+    assert [f["name"] for f in result.schema["lesion_features"]] == ["localization"]
+    assert [f["name"] for f in result.schema["derived_patient_features"]] == ["n_lesions"]
     assert "dx_type" in {e["name"] for e in result.schema["excluded"]}
     index = ShardIndex.open(tmp_path / "out")
     multi = subset.groupby("lesion_id").size()
+    first = subset.groupby("lesion_id").first()
     for record in index:
-        assert record.fields == {}
+        assert set(record.fields) == {"age", "sex"}
+        assert record.fields["sex"] == (first.loc[record.patient_id, "sex"] or None)
+        assert record.derived == {"n_lesions": 1}  # one lesion (its images are the rows)
         assert len(record.lesions) == multi[record.patient_id]
-        assert "dx_type" not in record.lesions[0]["fields"]
+        assert set(record.lesions[0]["fields"]) == {"localization"}
 
 
 # ---------------------------------------------------------------- HIBA

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("app", ("slimp_cli.demo",)),
     ("train", ("slimp_cli.train",)),
     ("pipelines", ("slimp_cli.ingest", "slimp_cli.embed", "slimp_cli.eval")),
-    ("runs", ("slimp_cli.runs",)),
+    ("runs", ("slimp_cli.runs", "slimp_cli.holdout")),
     (
         "maths",
         ("slimp_cli.models", "slimp_cli.losses", "slimp_cli.transforms", "slimp_cli.model_config"),

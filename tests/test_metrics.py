@@ -82,7 +82,7 @@ def test_summarize():
 
 
 def test_rank_metrics_hand():
-    m = rank_metrics(np.array([1, 2, 6]), ks=(1, 5))
+    m = rank_metrics(np.array([1, 2, 6]) - 1, ks=(1, 5))  # ranks 1, 2, 6: no ties
     assert m["R@1"] == pytest.approx(1 / 3) and m["R@5"] == pytest.approx(2 / 3)
     assert m["NDCG@1"] == pytest.approx(1 / 3)
     assert m["NDCG@5"] == pytest.approx((1 + 1 / np.log2(3)) / 3)

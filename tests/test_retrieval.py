@@ -27,11 +27,12 @@ def test_hand_made_3x3_ranks():
         ]
     )  # order g0, g1, g2: match 2 at rank 3
     ids = np.arange(3)
-    ranks = ranks_of_relevant(
+    greater, tied = ranks_of_relevant(
         queries, gallery, query_groups=ids, gallery_groups=ids, query_chunk=2, gallery_chunk=2
     )
-    np.testing.assert_array_equal(ranks, [1, 2, 3])
-    m = rank_metrics(ranks, ks=(1, 2, 5))
+    np.testing.assert_array_equal(greater + 1, [1, 2, 3])
+    np.testing.assert_array_equal(tied, [0, 0, 0])
+    m = rank_metrics(greater, tied, ks=(1, 2, 5))
     assert m["R@1"] == pytest.approx(1 / 3) and m["R@2"] == pytest.approx(2 / 3) and m["R@5"] == 1.0
     assert m["NDCG@2"] == pytest.approx((1 + 1 / np.log2(3)) / 3)
     assert m["NDCG@5"] == pytest.approx((1 + 1 / np.log2(3) + 1 / np.log2(4)) / 3)
@@ -98,14 +99,14 @@ def test_patient_tasks_against_brute_force(write_store, tmp_path):
     gal = np.stack([pvec[int(k)] for k in keys])
     sims = _unit(image) @ _unit(gal).T
     ranks = np.array([1 + np.sum(sims[i] > sims[i, inv[i]]) for i in range(n)])
-    assert rep["image_to_patient"] == pytest.approx(rank_metrics(ranks))
+    assert rep["image_to_patient"] == pytest.approx(rank_metrics(ranks - 1))
     sims_t = _unit(gal) @ _unit(image).T  # patient -> images: rank of the best image of the patient
     ranks_t = []
     for p in range(len(keys)):
         own = inv == p
         best = sims_t[p, own].max()
         ranks_t.append(1 + np.sum(sims_t[p, ~own] > best))
-    assert rep["patient_to_image"] == pytest.approx(rank_metrics(np.array(ranks_t)))
+    assert rep["patient_to_image"] == pytest.approx(rank_metrics(np.array(ranks_t) - 1))
     assert rep["n_patients"] == 30
 
 
@@ -117,7 +118,7 @@ def test_split_and_plots(write_store, tmp_path):
     rep = run_retrieval(
         store, split="patient", seed=1, device="cpu", plots_dir=tmp_path / "p", n_negative=1000
     )
-    assert 24 <= rep["n_queries"] <= 56 and rep["split"] == "patient"
+    assert 24 <= rep["n_queries"] <= 56 and rep["split"]["kind"] == "patient"
     assert set(rep["similarity_percentiles"]) == {"matching", "non_matching", "retrieved"}
     pct = rep["similarity_percentiles"]
     assert pct["matching"]["50"] > pct["retrieved"]["50"] > pct["non_matching"]["50"]
@@ -160,4 +161,45 @@ def test_phenotype_to_patient_against_brute_force(write_store, tmp_path):
     )
     sims = _unit(z) @ _unit(pvec).T
     ranks = np.array([1 + np.sum(sims[p] > sims[p, p]) for p in range(n_pat)])
-    assert rep["phenotype_to_patient"] == pytest.approx(rank_metrics(ranks))
+    assert rep["phenotype_to_patient"] == pytest.approx(rank_metrics(ranks - 1))
+
+
+def test_twenty_identical_vectors_per_group_give_chance_recall(write_store, tmp_path):
+    # 10 metadata vectors, each shared by 20 lesions (equal metadata -> equal embeddings): the
+    # image of a lesion matches all 20 equally, so random tie-breaking gives R@1 = 1/20.
+    rng = np.random.default_rng(0)
+    n, per = 200, 20
+    meta = rng.normal(size=(n // per, 8))[np.arange(n) // per]
+    image = meta + 0.0  # the image embedding points exactly at its metadata vector
+    rep = run_retrieval(
+        _store(write_store, tmp_path, image, meta, np.arange(n)),
+        split="all",
+        device="cpu",
+        n_negative=100,
+    )
+    m = rep["image_to_lesion"]
+    assert m["R@1"] == pytest.approx(1 / 20)
+    assert m["R@10"] == pytest.approx(10 / 20) and m["R@20"] == pytest.approx(1.0)
+    assert m["mean_rank"] == pytest.approx(10.5)  # the mid-rank of 1..20
+    assert m["mAP"] == pytest.approx(np.mean(1 / np.arange(1, 21)))
+
+
+def test_hand_made_ties_give_exact_mid_rank_metrics():
+    # query 0: its match ties with one other item and one item is strictly better -> rank 2 or 3
+    # query 1: its match ties with two others -> rank 1, 2 or 3; query 2: alone at rank 1
+    gallery = np.array([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0], [0.6, 0.8, 0]])
+    queries = np.array([[0.6, 0.8, 0], [1.0, 0, 0], [0, 0, 1.0]])
+    # relevant: q0 -> g0 (cos .6, tied with g1, beaten by g3), q1 -> g1 (cos 1, tied with g0 and
+    # nothing else), q2 -> g2
+    greater, tied = ranks_of_relevant(
+        queries, gallery, query_groups=np.array([0, 1, 2]), gallery_groups=np.array([0, 1, 2, 3])
+    )
+    np.testing.assert_array_equal(greater, [1, 0, 0])
+    np.testing.assert_array_equal(tied, [1, 1, 0])
+    m = rank_metrics(greater, tied, ks=(1, 2))
+    # rank distributions: q0 uniform{2, 3}, q1 uniform{1, 2}, q2 {1}
+    assert m["R@1"] == pytest.approx((0 + 0.5 + 1) / 3)
+    assert m["R@2"] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert m["mAP"] == pytest.approx(((1 / 2 + 1 / 3) / 2 + (1 + 1 / 2) / 2 + 1) / 3)
+    assert m["NDCG@2"] == pytest.approx(((1 / np.log2(3)) / 2 + (1 + 1 / np.log2(3)) / 2 + 1) / 3)
+    assert m["mean_rank"] == pytest.approx((2.5 + 1.5 + 1) / 3)

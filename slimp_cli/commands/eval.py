@@ -73,13 +73,18 @@ def probe_cmd(
         None, "--features", help="Comma list of image,lesion,patient (default: all the store has)."
     ),
     method: str = typer.Option("linear,knn", "--method", help="Comma list of linear,knn."),
-    split: str = typer.Option(
-        "random",
+    split: str | None = typer.Option(
+        None,
         "--split",
-        help="random (stratified lesion-level 90/10) or patient (patient-disjoint).",
+        help="holdout: the run's held-out patients, unseen by every training stage (default "
+        "when the store has them); random: lesion-grouped stratified 90/10 (all images of a "
+        "lesion on one side; the default otherwise); patient: patient-disjoint 90/10.",
     ),
     seeds: str = typer.Option(
-        "0,1,2", "--seeds", help="Comma list of split seeds; metrics are mean±std over them."
+        "0,1,2",
+        "--seeds",
+        help="Comma list of seeds; metrics are mean±std over them (with --split holdout the "
+        "split is fixed and the seeds vary the classifier only).",
     ),
     low_shot: str | None = typer.Option(
         None, "--low-shot", help="Comma list of fractions of training labels kept, e.g. 0.01,0.1."
@@ -164,7 +169,8 @@ def probe_cmd(
         }
     )
     table = Table(
-        title=f"{escape(store.name)}: {label} classification (mean±std over seeds {seeds})"
+        title=f"{escape(store.name)}: {label} classification (mean±std over seeds {seeds})",
+        caption=_split_caption(report["split"]),
     )
     for col in ["method", "split", "features", "low-shot", *names.values()]:
         table.add_column(col, justify="right" if col in names.values() else "left")
@@ -179,6 +185,19 @@ def probe_cmd(
         )
     _out().print(table)
     _write_json(json_path, report)
+
+
+def _split_caption(split: dict) -> str:
+    """One line under the table: which rows the numbers are on."""
+    text = f"split: {split['kind']} ({split['grouped_by']})"
+    if split.get("holdout_fingerprint") and split["kind"] == "holdout":
+        text += f", holdout {split['holdout_fingerprint']}"
+    if split.get("test_rows_seen_in_pretraining"):
+        text += (
+            f"; WARNING: up to {split['test_rows_seen_in_pretraining']} test rows were seen in "
+            "pre-training"
+        )
+    return text
 
 
 def _multilabel(
@@ -218,7 +237,9 @@ def retrieve_cmd(
     split: str | None = typer.Option(
         None,
         "--split",
-        help="Evaluate on the 10% held-out part of a random or patient split (default: whole store).",
+        help="holdout: the run's held-out patients (default when the store has them); all: "
+        "every row (the default otherwise); random (lesion-grouped) or patient: the 10% test "
+        "part of a 90/10 split. Ties count half (random tie-breaking).",
     ),
     seed: int = typer.Option(
         0, "--seed", help="Split seed and seed of the non-matching pair sample."
@@ -262,7 +283,10 @@ def retrieve_cmd(
         if t in report
     ]
     metrics = list(report["image_to_lesion"])
-    table = Table(title=f"{escape(store.name)}: retrieval over {report['n_queries']} lesions")
+    table = Table(
+        title=f"{escape(store.name)}: retrieval over {report['n_queries']} lesions",
+        caption=_split_caption(report["split"]),
+    )
     table.add_column("task")
     for m in metrics:
         table.add_column(m, justify="right")
@@ -291,6 +315,12 @@ def extrapolate_cmd(
     strategy: str = typer.Option(
         "ilp", "--strategy", help="ilp (image->lesion->patient, the paper's), il or ii."
     ),
+    pool: str | None = typer.Option(
+        None,
+        "--pool",
+        help="ilp: patient = one x_hat per target patient from its lesions' mean z_hat (the "
+        "paper's; default when the target has patient ids), lesion = one per lesion.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     chunk_size: int = typer.Option(
         4096, "--chunk-size", help="Target images per similarity block (memory bound)."
@@ -302,12 +332,13 @@ def extrapolate_cmd(
     if chunk_size < 1:
         raise SlimpError("--chunk-size must be at least 1")
     summary = extrapolate(
-        reference, target, strategy=strategy, device=device, chunk_size=chunk_size
+        reference, target, strategy=strategy, pool=pool, device=device, chunk_size=chunk_size
     )
     _warn(summary["warnings"])
     med = summary["similarity"]["50"]
     _out().print(
-        f"wrote pseudo/{strategy} ({', '.join(summary['levels'])}) for {summary['n']} lesions "
+        f"wrote pseudo/{strategy} ({', '.join(summary['levels'])}; pooled per {summary['pool']}) "
+        f"for {summary['n']} lesions "
         f"into {target}; median retrieval similarity {med:.3f}",
         markup=False,
     )

@@ -13,9 +13,11 @@ Output in the target store, `pseudo/<strategy>/`:
   lesion [N, D], patient [N, D] (omitted, with a warning, when the reference has no patient
   features), lesion_index [N] and patient_index [N] (reference store rows the vectors come
   from; for ilp, the patient's first row), similarity [N] (cosine of the first retrieval step),
-  patient_similarity [N] (ilp only: cosine of z_hat and x_hat); attrs strategy, reference,
-  reference_config. Written under a temporary group and moved into place when complete; a
-  re-run replaces the group.
+  patient_similarity [N] (ilp only: cosine of z_hat and x_hat); attrs strategy, pool,
+  reference, reference_config. The store is rewritten to a temporary file and renamed
+  (store.PseudoWriter): never modified in place; a re-run replaces the group.
+- pool (ilp): "patient" (default when the target has patient ids) retrieves one x_hat per
+  target patient from its lesions' mean z_hat, as Sec. 3.3 describes; "lesion" one per lesion.
 Searches are chunked (eval/search.py): queries x reference chunks with a running top-1.
 """
 
@@ -33,6 +35,8 @@ from ..store import PSEUDO_STRATEGIES, FeatureStore, PseudoWriter
 from . import WarningLog
 from .metrics import percentiles
 from .search import iter_topk, topk_cosine
+
+POOLS = ("patient", "lesion")
 
 
 def take_rows(dset, idx: np.ndarray) -> np.ndarray:
@@ -93,11 +97,19 @@ def extrapolate(
     target_path: str | os.PathLike,
     *,
     strategy: str = "ilp",
+    pool: str | None = None,
     device: str = "auto",
     chunk_size: int = 4096,
 ) -> dict:
     """Write `pseudo/<strategy>/` into the target store. Returns a summary dict:
-    {"strategy", "n", "levels", "similarity": percentiles, ["patient_similarity"], "warnings"}.
+    {"strategy", "pool", "n", "levels", "similarity": percentiles, ["patient_similarity"],
+    "warnings"}.
+
+    `pool` (ilp): "patient" pools z_hat over each target patient's lesions before retrieving
+    one x_hat per patient (Sec. 3.3: "a single patient-level vector z_p"; z is affine in
+    concat(w, h), so the mean of the per-lesion z_hat is Linear(mean of concat(w, h_hat)));
+    "lesion" retrieves an x_hat per lesion. None = "patient" when the target's schema has
+    patient ids, else "lesion".
     """
     reference_path, target_path = Path(reference_path), Path(target_path)
     if (
@@ -110,6 +122,13 @@ def extrapolate(
     with FeatureStore.open(reference_path) as ref, FeatureStore.open(target_path) as tgt:
         has_patient = _check(ref, tgt, strategy, warnings)
         n, d = tgt.n, tgt.dims["image"]
+        has_ids = bool((tgt.schema or {}).get("patient_id"))
+        _, target_patient = np.unique(tgt.patient_id, return_inverse=True)
+    if pool is None:
+        pool = "patient" if has_ids else "lesion"
+    if pool not in POOLS:
+        raise SlimpError(f"--pool {pool!r}: choose one of {', '.join(POOLS)}")
+    per_patient = pool == "patient" and strategy == "ilp" and has_patient
     if n == 0:
         raise SlimpError(f"{target_path}: the target store has no rows")
     kw = dict(device=device, query_chunk=chunk_size)
@@ -135,6 +154,9 @@ def extrapolate(
             patient_pool = take_rows(ref.dataset("patient"), pool_rows)
         gallery = ref.dataset("image" if strategy == "ii" else "lesion")
         target_image = tgt.dataset("image")
+        if per_patient:
+            z_sum = np.zeros((int(target_patient.max()) + 1, d), dtype=np.float64)
+        attrs["pool"] = pool if strategy == "ilp" else "lesion"
         with PseudoWriter(target_path, strategy, n=n, widths=widths, attrs=attrs) as out:
             for start, sims, idx in iter_topk(target_image, gallery, k=1, **kw):
                 stop = start + len(idx)
@@ -143,7 +165,11 @@ def extrapolate(
                 out["lesion"][start:stop] = h_hat
                 out["lesion_index"][start:stop] = j
                 out["similarity"][start:stop] = sims[:, 0]
-                if has_patient and strategy == "ilp":
+                if per_patient:  # accumulate z_hat per target patient; retrieve after the pass
+                    w = np.asarray(target_image[start:stop], dtype=np.float32)
+                    z_hat = np.concatenate([w, h_hat], axis=1) @ weight.T + bias
+                    np.add.at(z_sum, target_patient[start:stop], z_hat.astype(np.float64))
+                elif has_patient and strategy == "ilp":
                     w = np.asarray(target_image[start:stop], dtype=np.float32)
                     z_hat = np.concatenate([w, h_hat], axis=1) @ weight.T + bias
                     p_sims, p_idx = topk_cosine(z_hat, patient_pool, k=1, **kw)
@@ -154,10 +180,21 @@ def extrapolate(
                 elif has_patient:  # il, ii: the retrieved lesion's own patient
                     out["patient"][start:stop] = take_rows(ref.dataset("patient"), j)
                     out["patient_index"][start:stop] = j
+            if per_patient:
+                counts = np.bincount(target_patient, minlength=len(z_sum))[:, None]
+                z_p = (z_sum / np.maximum(counts, 1)).astype(np.float32)  # one z_hat per patient
+                p_sims, p_idx = topk_cosine(z_p, patient_pool, k=1, **kw)
+                for start in range(0, n, chunk_size):
+                    rows = target_patient[start : start + chunk_size]
+                    best = p_idx[rows, 0]
+                    out["patient"][start : start + len(rows)] = patient_pool[best]
+                    out["patient_index"][start : start + len(rows)] = pool_rows[best]
+                    out["patient_similarity"][start : start + len(rows)] = p_sims[rows, 0]
     with FeatureStore.open(target_path) as tgt:
         written = tgt.pseudo(strategy)
     summary = {
         "strategy": strategy,
+        "pool": attrs["pool"],
         "n": n,
         "levels": levels,
         "similarity": percentiles(written["similarity"]),

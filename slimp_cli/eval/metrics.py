@@ -12,6 +12,7 @@ import warnings as pywarnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+from scipy.special import digamma
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
 from . import WarningLog
@@ -125,23 +126,46 @@ def summarize(runs: Iterable[Mapping[str, float]]) -> dict[str, dict[str, float 
     return out
 
 
-def rank_metrics(ranks: np.ndarray, *, ks: Sequence[int] = RETRIEVAL_KS) -> dict[str, float]:
-    """Retrieval metrics from the 1-based rank of the (single) relevant item of each query.
+def rank_metrics(
+    greater: np.ndarray, tied: np.ndarray | None = None, *, ks: Sequence[int] = RETRIEVAL_KS
+) -> dict[str, float]:
+    """Retrieval metrics of the best relevant item of each query, ties broken at random.
 
-    R@k = mean(rank <= k); NDCG@k = mean(1/log2(rank + 1) if rank <= k else 0) (one relevant
-    item, so the ideal DCG is 1); mAP = mean(1/rank) (average precision of a single relevant
-    item is its precision at its rank, 1/rank).
+    `greater`: non-relevant items strictly more similar; `tied`: non-relevant items exactly as
+    similar (0 when None). The rank is then uniform on g+1 .. g+t+1, and every metric is its
+    expectation under that random tie-breaking (one relevant item, so the ideal DCG is 1):
+    R@k = P(rank <= k) = clip((k - g) / (t + 1), 0, 1); NDCG@k = E[1/log2(rank + 1); rank <= k];
+    mAP = E[1/rank] (average precision of a single relevant item); mean_rank = g + 1 + t/2
+    (the mid-rank: a tie counts half). Metadata embeddings are functions of discrete inputs,
+    so equal metadata gives equal vectors: a "strictly better" rule would count every
+    duplicate as a hit (R@1 = 1 on 20 identical vectors, where chance is 1/20).
+
+    Examples:
+        >>> rank_metrics(np.array([0]), np.array([19]), ks=(1,))["R@1"]
+        0.05
     """
-    ranks = np.asarray(ranks, dtype=np.float64)
-    if ranks.size == 0 or np.any(ranks < 1):
-        raise ValueError("ranks must be non-empty and 1-based")
-    gain = 1.0 / np.log2(ranks + 1.0)
+    g = np.asarray(greater, dtype=np.int64)
+    t = np.zeros_like(g) if tied is None else np.asarray(tied, dtype=np.int64)
+    if g.size == 0 or g.shape != t.shape or np.any(g < 0) or np.any(t < 0):
+        raise ValueError("greater/tied must be equal-length, non-empty, non-negative counts")
+    width = (t + 1).astype(np.float64)
+    first, last = g + 1, g + t + 1  # the rank's range
+    # sums of 1/log2(r + 1) over r = 1..n as a cumulative table (n up to the largest k)
+    kmax = max(ks)
+    dcg = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(1, kmax + 1) + 1.0))])
     out: dict[str, float] = {}
     for k in ks:
-        out[f"R@{k}"] = float(np.mean(ranks <= k))
+        out[f"R@{k}"] = float(np.mean(np.clip((k - g) / width, 0.0, 1.0)))
     for k in ks:
-        out[f"NDCG@{k}"] = float(np.mean(np.where(ranks <= k, gain, 0.0)))
-    out["mAP"] = float(np.mean(1.0 / ranks))
+        hi = np.minimum(last, k)
+        gain = np.where(
+            hi >= first, dcg[np.clip(hi, 0, kmax)] - dcg[np.clip(first - 1, 0, kmax)], 0.0
+        )
+        out[f"NDCG@{k}"] = float(np.mean(gain / width))
+    # E[1/rank] = (H(last) - H(first - 1)) / (t + 1), harmonic numbers via digamma
+    harmonic = digamma(last + 1.0) - digamma(first.astype(np.float64))
+    out["mAP"] = float(np.mean(harmonic / width))
+    out["mean_rank"] = float(np.mean(g + 1 + t / 2.0))
     return out
 
 

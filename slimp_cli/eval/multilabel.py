@@ -28,7 +28,7 @@ from .knn import knn_proba
 from .metrics import classification_metrics, summarize
 from .probe import DEFAULT_C, METHODS, linear_proba
 from .search import normalize
-from .splits import make_split
+from .splits import SplitInfo, make_split
 
 CRITERIA = (
     "pigment_network",
@@ -69,7 +69,7 @@ def run_multilabel(
     *,
     features: Sequence[str] | None = None,
     methods: Sequence[str] = METHODS,
-    split: str = "random",
+    split: str | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     k: int = 20,
     knn_temperature: float = 0.07,
@@ -111,6 +111,8 @@ def run_multilabel(
                     )
                 blocks[name] = np.asarray(pseudo_arrays[name], dtype=np.float32)
         groups = np.asarray(store.patient_id)
+        split_info = SplitInfo.of(store, np.arange(store.n))
+    split = split_info.choose(split)
     x_raw, columns, _ = raw
     x_lin = np.concatenate([blocks[n] for n in names], axis=1)
     x_knn = np.concatenate([normalize(blocks[n]) for n in names], axis=1)
@@ -126,10 +128,19 @@ def run_multilabel(
         y = np.searchsorted(present, y_all[rows])
         class_names = [classes[c] for c in present]
         runs = {m: [] for m in methods}
+        rows_info = split_info.subset(rows)
         for seed in seeds:
             train, test = make_split(
-                split, y, groups[rows], seed=int(seed), test_size=test_size, warnings=warnings
+                split,
+                y,
+                groups[rows],
+                seed=int(seed),
+                test_size=test_size,
+                warnings=warnings,
+                lesions=rows_info.lesions,
+                sides=rows_info.sides,
             )
+            split_info.seen = max(split_info.seen, rows_info.note_seen(split, test, warnings))
             for method in methods:
                 if method == "linear":
                     proba, _ = linear_proba(
@@ -178,7 +189,14 @@ def run_multilabel(
             results.append(_result(method, "mean", None, mean, names, split, seeds, pseudo))
     if not results:
         raise SlimpError(f"{store_path}: no seven-point criterion has two annotated values")
-    return json_safe({"task": "derm7pt-multilabel", "results": results, "warnings": list(warnings)})
+    return json_safe(
+        {
+            "task": "derm7pt-multilabel",
+            "results": results,
+            "split": split_info.describe(split),
+            "warnings": list(warnings),
+        }
+    )
 
 
 def _nanmean(values: list) -> float | None:

@@ -42,7 +42,7 @@ from .baseline import BASELINES, leakage_audit, make_baseline, openmp_threads_fo
 from .knn import knn_proba
 from .metrics import classification_metrics, summarize
 from .search import normalize
-from .splits import check_fractions, low_shot, make_split
+from .splits import SplitInfo, check_fractions, low_shot, make_split
 
 METHODS = ("linear", "knn")
 LABELS = ("binary", "multiclass")
@@ -62,7 +62,8 @@ def load_probe_data(
     """Feature blocks, labels and groups of the usable rows.
 
     Returns (blocks {level: [n, D]}, y [n] in 0..C-1, patient ids [n], class names [C],
-    rows [n] (indices into the store)).
+    rows [n] (indices into the store)). The store's `split`, `lesion_id` etc. are indexed by
+    `rows`.
     """
     if label not in LABELS:
         raise SlimpError(f"--label {label!r}: choose binary or multiclass")
@@ -172,7 +173,7 @@ def run_probe(
     label: str = "binary",
     features: Sequence[str] | None = None,
     methods: Sequence[str] = METHODS,
-    split: str = "random",
+    split: str | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     low_shot_fractions: Sequence[float] = (),
     k: int = 20,
@@ -185,7 +186,12 @@ def run_probe(
     device: str = "auto",
     plots_dir: str | os.PathLike | None = None,
 ) -> dict:
-    """Evaluate a store; returns the `probe --json` dict (NaN metrics as None)."""
+    """Evaluate a store; returns the `probe --json` dict (NaN metrics as None).
+
+    `split` None = "holdout" when the store carries the run's held-out patients, else
+    "random" (lesion-grouped). The JSON's "split" block names the split, its fingerprint and
+    how many test rows pre-training saw.
+    """
     warnings = WarningLog()
     for m in methods:
         if m not in METHODS:
@@ -202,6 +208,8 @@ def run_probe(
             store, label=label, features=features, pseudo=pseudo, warnings=warnings
         )
         raw = raw_metadata(store) if baseline else None
+        split_info = SplitInfo.of(store, rows)
+    split = split_info.choose(split)
     names = list(blocks)
     task = "binary" if label == "binary" else "multiclass"
     n_classes = len(class_names)
@@ -234,8 +242,16 @@ def run_probe(
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # first seed, full data: for plots
     for seed in seeds:
         train, test = make_split(
-            split, y, groups, seed=int(seed), test_size=test_size, warnings=warnings
+            split,
+            y,
+            groups,
+            seed=int(seed),
+            test_size=test_size,
+            warnings=warnings,
+            lesions=split_info.lesions,
+            sides=split_info.sides,
         )
+        split_info.note_seen(split, test, warnings)
         for frac in fractions:
             tr = train if frac is None else low_shot(train, y, fraction=frac, seed=int(seed))
             for method in models:
@@ -314,7 +330,8 @@ def run_probe(
             )
     if plots_dir is not None:
         _plots(Path(plots_dir), curves, class_names=class_names, split=split, seed=int(seeds[0]))
-    return json_safe({"results": results, "warnings": list(warnings)})
+    report = {"results": results, "split": split_info.describe(split), "warnings": list(warnings)}
+    return json_safe(report)
 
 
 def _fit_baseline(method, x_raw, y, tr, test, *, n_classes, seed, C, warnings) -> np.ndarray:

@@ -10,8 +10,9 @@ Tasks (instance-level: the relevant item of a query is its own counterpart):
 - phenotype_to_patient (nested stores with the phenotype layer): queries = each patient's
   phenotype z_p = Linear(mean of concat(w, h) over its evaluated lesions), gallery = the unique
   patient vectors: the retrieval the outer loss trains.
-rank = 1 + number of non-relevant gallery items strictly more similar (ties count in the
-query's favour; they have probability zero for continuous embeddings).
+Ties are broken at random (eval/metrics.rank_metrics): metadata embeddings are functions of
+discrete inputs, so equal metadata (HAM10000's age/sex/site, PAD's all-missing rows) gives equal
+vectors, and each tied item counts half (mid-rank); R@k, NDCG and mAP are expectations.
 Counting is chunked (eval/search.py), so no N x N matrix is ever built.
 
 Similarity percentiles: "matching" = cos(image_i, lesion_i) over the evaluated lesions;
@@ -32,8 +33,8 @@ from ..paths import json_safe
 from ..store import FeatureStore
 from . import WarningLog
 from .metrics import RETRIEVAL_KS, percentiles, rank_metrics
-from .search import GALLERY_CHUNK, count_greater, normalize, topk_cosine
-from .splits import make_split
+from .search import GALLERY_CHUNK, normalize, rank_counts, topk_cosine
+from .splits import SplitInfo, make_split
 
 N_NEGATIVE = 100_000
 
@@ -47,54 +48,24 @@ def ranks_of_relevant(
     device: str = "cpu",
     query_chunk: int = 4096,
     gallery_chunk: int = GALLERY_CHUNK,
-) -> np.ndarray:
-    """1-based rank of the best relevant gallery item of each query.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where the best relevant gallery item of each query ranks: (greater, tied) counts of
+    non-relevant items strictly more / exactly as similar (feed them to `rank_metrics`).
 
-    Gallery item j is relevant to query i when gallery_groups[j] == query_groups[i]. Either the
-    gallery groups are distinct (one relevant item per query) or the query groups are (a query
-    may have several relevant items); every query needs at least one.
+    Gallery item j is relevant to query i when gallery_groups[j] == query_groups[i]; every
+    query needs at least one.
     Shape: queries [Nq, D], gallery [Ng, D], query_groups [Nq], gallery_groups [Ng]
-    (non-negative ints) -> ranks [Nq] int64.
+    (non-negative ints) -> (greater [Nq], tied [Nq]) int64.
     """
-    qn, gn = normalize(queries), normalize(gallery)
-    qg = np.asarray(query_groups, dtype=np.int64)
-    gg = np.asarray(gallery_groups, dtype=np.int64)
-    best = _best_relevant(qn, gn, qg, gg)
-    counts = count_greater(
-        qn,
-        gn,
-        best,
-        query_groups=qg,
-        gallery_groups=gg,
+    return rank_counts(
+        queries,
+        gallery,
+        query_groups=np.asarray(query_groups, dtype=np.int64),
+        gallery_groups=np.asarray(gallery_groups, dtype=np.int64),
         device=device,
         query_chunk=query_chunk,
         gallery_chunk=gallery_chunk,
     )
-    return counts + 1
-
-
-def _best_relevant(qn: np.ndarray, gn: np.ndarray, qg: np.ndarray, gg: np.ndarray) -> np.ndarray:
-    """Highest cosine between each query and its relevant items. Shape: -> [Nq] float32."""
-    n_groups = int(max(qg.max(initial=-1), gg.max(initial=-1))) + 1
-    if len(np.unique(gg)) == len(gg):
-        where = np.full(n_groups, -1)
-        where[gg] = np.arange(len(gg))
-        item = where[qg]
-        if (item < 0).any():
-            raise ValueError("every query needs at least one relevant gallery item")
-        return np.einsum("ij,ij->i", qn, gn[item])
-    if len(np.unique(qg)) != len(qg):
-        raise ValueError("either the query groups or the gallery groups must be distinct")
-    owner = np.full(n_groups, -1)
-    owner[qg] = np.arange(len(qg))
-    q_of_item = owner[gg]
-    rel = np.flatnonzero(q_of_item >= 0)
-    sims = np.einsum("ij,ij->i", qn[q_of_item[rel]], gn[rel])
-    best = np.full(len(qg), -np.inf, dtype=np.float32)
-    np.maximum.at(best, q_of_item[rel], sims)
-    if np.isinf(best).any():
-        raise ValueError("every query needs at least one relevant gallery item")
-    return best
 
 
 def patient_phenotypes(
@@ -150,7 +121,12 @@ def run_retrieval(
     chunk_size: int = 4096,
     plots_dir: str | os.PathLike | None = None,
 ) -> dict:
-    """Evaluate retrieval on the whole store or on the held-out part of a split.
+    """Evaluate retrieval on the held-out part of a split, or on the whole store.
+
+    `split` None = "holdout" (the run's held-out patients) when the store carries them, else
+    "all" (every row). "random" / "patient" draw a 90/10 split with `seed`. Pairs the model
+    was trained to match are flagged: the JSON's "split" block and a warning say how many
+    evaluated rows pre-training saw.
 
     Returns the `retrieve --json` dict of DESIGN.md: {"image_to_lesion": {"R@1", ...,
     "NDCG@1", ..., "mAP"}, "lesion_to_image": ..., ["image_to_patient", "patient_to_image"],
@@ -170,25 +146,39 @@ def run_retrieval(
         phenotype = store.phenotype
         _, pcode = np.unique(store.patient_id, return_inverse=True)
         label = store.label
+        split_info = SplitInfo.of(store, np.arange(store.n))
     rows = np.arange(len(image))
     train = None
-    if split is not None:
+    if split is None:
+        split = "holdout" if split_info.has_holdout else "all"
+    if split == "all":
+        split_info.note_seen("all", rows, warnings)
+    else:
+        split = split_info.choose(split)
         train, rows = make_split(
-            split, label, pcode, seed=seed, test_size=test_size, warnings=warnings
+            split,
+            label,
+            pcode,
+            seed=seed,
+            test_size=test_size,
+            warnings=warnings,
+            lesions=split_info.lesions,
+            sides=split_info.sides,
         )
+        split_info.note_seen(split, rows, warnings)
     if len(rows) < 2:
         raise SlimpError(f"{store_path}: retrieval needs at least 2 lesions, got {len(rows)}")
     kw = dict(device=device, query_chunk=chunk_size)
     if max(ks) > len(rows):
         warnings.add(f"R@{max(ks)} asked on only {len(rows)} lesions: it is 1 by construction")
-    img, les = (image, lesion) if split is None else (image[rows], lesion[rows])
+    img, les = (image, lesion) if split == "all" else (image[rows], lesion[rows])
     ident = np.arange(len(rows))
     out: dict = {
         "image_to_lesion": rank_metrics(
-            ranks_of_relevant(img, les, query_groups=ident, gallery_groups=ident, **kw), ks=ks
+            *ranks_of_relevant(img, les, query_groups=ident, gallery_groups=ident, **kw), ks=ks
         ),
         "lesion_to_image": rank_metrics(
-            ranks_of_relevant(les, img, query_groups=ident, gallery_groups=ident, **kw), ks=ks
+            *ranks_of_relevant(les, img, query_groups=ident, gallery_groups=ident, **kw), ks=ks
         ),
     }
     _, first, p_of_row = np.unique(pcode[rows], return_index=True, return_inverse=True)
@@ -196,15 +186,15 @@ def run_retrieval(
         pats = patient[rows[first]]  # one metadata vector per patient (rows repeat it per lesion)
         pid = np.arange(len(first))
         out["image_to_patient"] = rank_metrics(
-            ranks_of_relevant(img, pats, query_groups=p_of_row, gallery_groups=pid, **kw), ks=ks
+            *ranks_of_relevant(img, pats, query_groups=p_of_row, gallery_groups=pid, **kw), ks=ks
         )
         out["patient_to_image"] = rank_metrics(
-            ranks_of_relevant(pats, img, query_groups=pid, gallery_groups=p_of_row, **kw), ks=ks
+            *ranks_of_relevant(pats, img, query_groups=pid, gallery_groups=p_of_row, **kw), ks=ks
         )
         if phenotype is not None:
             z = patient_phenotypes(img, les, p_of_row, len(first), *phenotype)
             out["phenotype_to_patient"] = rank_metrics(
-                ranks_of_relevant(z, pats, query_groups=pid, gallery_groups=pid, **kw), ks=ks
+                *ranks_of_relevant(z, pats, query_groups=pid, gallery_groups=pid, **kw), ks=ks
             )
     matching, non_matching = similarity_samples(img, les, n_negative=n_negative, seed=seed)
     dists = {"matching": matching, "non_matching": non_matching}
@@ -216,8 +206,16 @@ def run_retrieval(
         {
             "n_queries": int(len(rows)),
             "n_patients": int(len(first)),
-            "split": split,
-            "seed": seed if split else None,
+            "split": split_info.describe(split)
+            if split != "all"
+            else {
+                "kind": "all",
+                "grouped_by": "every row of the store",
+                "holdout_fingerprint": split_info.fingerprint,
+                "test_rows_seen_in_pretraining": split_info.seen,
+                "seeds_vary": "nothing",
+            },
+            "seed": seed if split in ("random", "patient") else None,
             "warnings": list(warnings),
         }
     )
@@ -225,7 +223,9 @@ def run_retrieval(
         from . import plots
 
         plots.ensure_dir(plots_dir)
-        where = f"held-out {split} split (seed {seed})" if split else "whole store"
+        where = {"all": "whole store", "holdout": "held-out patients"}.get(
+            split, f"held-out {split} split (seed {seed})"
+        )
         names = {
             "matching": "matching metadata",
             "non_matching": "non-matching metadata",

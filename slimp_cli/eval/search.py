@@ -17,7 +17,9 @@ from ..devices import resolve_device
 from ..errors import SlimpError
 
 QUERY_CHUNK = 4096
-GALLERY_CHUNK = 16384  # 4096 x 16384 float32 similarities = 256 MiB per block
+GALLERY_CHUNK = 16384
+# Cosines this close count as equal in retrieval ranks (a few float32 ulps at 1.0).
+TIE_TOLERANCE = 1e-6  # 4096 x 16384 float32 similarities = 256 MiB per block
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -102,10 +104,9 @@ def topk_cosine(queries, gallery, *, k: int, **kw) -> tuple[np.ndarray, np.ndarr
     return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
 
 
-def count_greater(
+def rank_counts(
     queries,
     gallery,
-    thresholds: np.ndarray,
     *,
     query_groups: np.ndarray,
     gallery_groups: np.ndarray,
@@ -113,34 +114,48 @@ def count_greater(
     gallery_chunk: int = GALLERY_CHUNK,
     device: str = "cpu",
     cache_bytes: int = 1 << 30,
-) -> np.ndarray:
-    """Per query, how many gallery items outside its group have cosine > its threshold.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, where its best relevant item ranks: (greater, tied) counts of non-relevant
+    gallery items with a cosine strictly above / exactly equal to the best relevant one's.
 
-    The relevant items of query i are the gallery items with gallery_groups == query_groups[i];
-    they are never counted, so a float rounding difference between the threshold and the
-    relevant item's own similarity cannot push it down the ranking.
-    Shape: queries [Nq, D], gallery [Ng, D], thresholds [Nq], query_groups [Nq] int,
-    gallery_groups [Ng] int -> counts [Nq] int64. rank of the best relevant item = 1 + count.
+    The relevant items of query i are the gallery items with gallery_groups == query_groups[i].
+    Every similarity, the relevant item's included, comes from the same chunked matrix product
+    (float32, on `device`). Similarities within TIE_TOLERANCE of the best relevant one count as
+    tied: a matrix kernel may sum two identical gallery rows in another order (1 ulp apart), and
+    duplicates must tie whatever column they sit in. Two passes: the best relevant similarity,
+    then the counts.
+
+    Shape: queries [Nq, D], gallery [Ng, D], query_groups [Nq] int, gallery_groups [Ng] int
+    -> (greater [Nq] int64, tied [Nq] int64). Raises ValueError when a query has no relevant
+    item.
     """
     _check(queries, gallery)
     dev = resolve_device(device)
     gal = _Gallery(gallery, chunk=gallery_chunk, device=dev, cache_bytes=cache_bytes)
     ggroups = torch.from_numpy(np.asarray(gallery_groups, dtype=np.int64)).to(dev)
-    out = np.zeros(int(queries.shape[0]), dtype=np.int64)
-    for qs in range(0, int(queries.shape[0]), max(1, query_chunk)):
+    nq = int(queries.shape[0])
+    greater = np.zeros(nq, dtype=np.int64)
+    tied = np.zeros(nq, dtype=np.int64)
+    for qs in range(0, nq, max(1, query_chunk)):
         q = _unit(
             torch.from_numpy(np.asarray(queries[qs : qs + query_chunk], dtype=np.float32)).to(dev)
         )
-        thr = torch.from_numpy(np.asarray(thresholds[qs : qs + query_chunk], dtype=np.float32)).to(
-            dev
-        )
-        qg = torch.from_numpy(np.asarray(query_groups[qs : qs + query_chunk], dtype=np.int64)).to(
-            dev
-        )
-        count = torch.zeros(q.shape[0], dtype=torch.long, device=dev)
+        qg = torch.from_numpy(np.asarray(query_groups[qs : qs + query_chunk], dtype=np.int64))
+        qg = qg.to(dev)
+        best = torch.full((q.shape[0],), float("-inf"), device=dev)
         for gs, g in gal:
-            above = (q @ g.T) > thr[:, None]
-            above &= ggroups[None, gs : gs + g.shape[0]] != qg[:, None]
-            count += above.sum(1)
-        out[qs : qs + q.shape[0]] = count.cpu().numpy()
-    return out
+            sims = q @ g.T
+            relevant = ggroups[None, gs : gs + g.shape[0]] == qg[:, None]
+            best = torch.maximum(best, sims.masked_fill(~relevant, float("-inf")).amax(1))
+        if bool(torch.isinf(best).any()):
+            raise ValueError("every query needs at least one relevant gallery item")
+        above = torch.zeros(q.shape[0], dtype=torch.long, device=dev)
+        equal = torch.zeros_like(above)
+        for gs, g in gal:
+            sims = q @ g.T
+            other = ggroups[None, gs : gs + g.shape[0]] != qg[:, None]
+            above += ((sims > best[:, None] + TIE_TOLERANCE) & other).sum(1)
+            equal += (((sims - best[:, None]).abs() <= TIE_TOLERANCE) & other).sum(1)
+        greater[qs : qs + q.shape[0]] = above.cpu().numpy()
+        tied[qs : qs + q.shape[0]] = equal.cpu().numpy()
+    return greater, tied

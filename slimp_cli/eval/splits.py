@@ -1,6 +1,11 @@
 """Train / held-out splits (paper Sec. 4.2, App. E.6) and low-shot subsets (Table 2).
 
-- random: lesion-level, stratified by label, 90/10 (the paper's standard protocol).
+- holdout: the run's held-out patients (holdout.json, carried by the store's `split`): unseen
+  by every training stage. The headline protocol; the split is fixed, so seeds vary only the
+  classifier (and low-shot subsets).
+- random: lesion-grouped random split, stratified by label, 90/10 (the paper's standard
+  protocol): all images of one lesion land on one side (a store row is an image; PAD has 2,298
+  images of 1,641 lesions, so an image-level split would put twins on both sides).
 - patient: patient-disjoint, stratified by label as far as groups allow (StratifiedGroupKFold
   with round(1/test_size) folds; the fold closest to test_size of the lesions, preferring folds
   that hold every class, is held out). A patient is never on both sides.
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import warnings as _pywarnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
@@ -18,7 +24,7 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from ..errors import SlimpError
 from . import WarningLog
 
-SPLITS = ("random", "patient")
+SPLITS = ("holdout", "random", "patient")
 # StratifiedGroupKFold loops over groups in Python (~40 s for 100k groups); above this many
 # patients, whole patients are drawn at random instead (stratified by each patient's majority
 # class), and the lesion fraction lands near test_size by the law of large numbers.
@@ -63,16 +69,18 @@ def patient_split(
     seed: int,
     test_size: float = 0.1,
     warnings: WarningLog | None = None,
+    unit: str = "patient",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Patient-disjoint split with ~test_size of the lesions held out, stratified by label.
+    """Group-disjoint split with ~test_size of the rows held out, stratified by label.
 
-    Shape: y [n], groups [n] (patient ids) -> (train_idx, test_idx) sorted int arrays.
+    Shape: y [n], groups [n] (patient ids, or lesion ids with unit="lesion") -> (train_idx,
+    test_idx) sorted int arrays. No group is ever on both sides.
     """
     y, groups = np.asarray(y), np.asarray(groups)
     n_groups = len(np.unique(groups))
     if n_groups < 2:
         raise SlimpError(
-            "--split patient needs at least 2 patients; the store has 1 (use --split random)"
+            f"a {unit}-grouped split needs at least 2 {unit}s; the store has {n_groups}"
         )
     if n_groups > MANY_GROUPS:
         return _many_groups_split(y, groups, seed=seed, test_size=test_size, warnings=warnings)
@@ -94,12 +102,14 @@ def patient_split(
             best, best_key = (train, test), key
     train, test = best
     if best_key[0]:
-        _warn_missing_classes(y, train, test, seed=seed, warnings=warnings)
+        _warn_missing_classes(y, train, test, seed=seed, warnings=warnings, kind=unit)
     return np.sort(train), np.sort(test)
 
 
-def _warn_missing_classes(y, train, test, *, seed, warnings: WarningLog | None) -> None:
-    """Name any class a patient split left out of one side."""
+def _warn_missing_classes(
+    y, train, test, *, seed, warnings: WarningLog | None, kind: str = "patient"
+) -> None:
+    """Name any class a grouped split left out of one side."""
     if warnings is None:
         return
     classes = set(np.unique(y).tolist())
@@ -107,7 +117,7 @@ def _warn_missing_classes(y, train, test, *, seed, warnings: WarningLog | None) 
         gone = sorted(classes - set(np.unique(y[rows]).tolist()))
         if gone:
             warnings.add(
-                f"patient split (seed {seed}): class(es) {', '.join(map(str, gone))} absent from the {side} part"
+                f"{kind} split (seed {seed}): class(es) {', '.join(map(str, gone))} absent from the {side} part"
             )
 
 
@@ -143,11 +153,34 @@ def make_split(
     seed: int,
     test_size: float = 0.1,
     warnings: WarningLog | None = None,
+    lesions: np.ndarray | None = None,
+    sides: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Dispatch on kind ("random" | "patient")."""
+    """Dispatch on kind: "holdout" (rows whose `sides` is "holdout" are the test part),
+    "random" (grouped by `lesions` when given: twins stay together) or "patient" (`groups`)."""
     if not 0.0 < test_size < 1.0:
         raise SlimpError(f"held-out fraction {test_size} must be in (0, 1)")
+    if kind == "holdout":
+        if sides is None:
+            raise SlimpError(
+                "--split holdout: this store has no held-out patients (it was not embedded from "
+                "the data its run trained on, or with an older slimp); use --split patient"
+            )
+        sides = np.asarray(sides)
+        train, test = np.flatnonzero(sides == "train"), np.flatnonzero(sides == "holdout")
+        if len(test) == 0 or len(train) == 0:
+            raise SlimpError(
+                f"--split holdout: the store has {len(train)} training and {len(test)} held-out "
+                "rows among the labelled ones (was the run trained with --holdout 0?); use "
+                "--split patient"
+            )
+        _warn_missing_classes(y, train, test, seed=seed, warnings=warnings, kind="holdout")
+        return train, test
     if kind == "random":
+        if lesions is not None and len(np.unique(lesions)) < len(lesions):
+            return patient_split(
+                y, lesions, seed=seed, test_size=test_size, warnings=warnings, unit="lesion"
+            )
         return random_split(y, seed=seed, test_size=test_size, warnings=warnings)
     if kind == "patient":
         return patient_split(y, groups, seed=seed, test_size=test_size, warnings=warnings)
@@ -178,3 +211,71 @@ def low_shot(train_idx: np.ndarray, y: np.ndarray, *, fraction: float, seed: int
         n_keep = max(1, int(round(fraction * len(rows))))
         keep.append(rng.choice(rows, size=min(n_keep, len(rows)), replace=False))
     return np.sort(np.concatenate(keep))
+
+
+@dataclass
+class SplitInfo:
+    """What a store says about its rows' place in training, for the rows being evaluated."""
+
+    sides: np.ndarray | None  # per row "train"/"holdout" (the run's held-out patients) or None
+    lesions: np.ndarray  # per row lesion id (random splits keep a lesion's images together)
+    fingerprint: str | None  # of the run's holdout.json
+    seen: int = 0  # most test rows seen in pre-training over the seeds evaluated
+
+    @classmethod
+    def of(cls, store, rows: np.ndarray) -> SplitInfo:
+        sides = store.split
+        return cls(
+            sides=None if sides is None else sides[rows],
+            lesions=store.lesion_id[rows],
+            fingerprint=store.split_fingerprint,
+        )
+
+    def subset(self, rows: np.ndarray) -> SplitInfo:
+        """The same information for a subset of the rows (e.g. those annotated)."""
+        sides = None if self.sides is None else self.sides[rows]
+        return SplitInfo(sides=sides, lesions=self.lesions[rows], fingerprint=self.fingerprint)
+
+    @property
+    def has_holdout(self) -> bool:
+        return self.sides is not None and bool(
+            np.any(self.sides == "holdout") and np.any(self.sides == "train")
+        )
+
+    def choose(self, split: str | None) -> str:
+        """The split to use: the given one, or holdout when the store has one, else random."""
+        if split is None:
+            return "holdout" if self.has_holdout else "random"
+        if split not in SPLITS:
+            raise SlimpError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+        return split
+
+    def note_seen(self, split: str, test: np.ndarray, warnings: WarningLog | None) -> int:
+        """Count the test rows pre-training saw; warn (one line) when there are any."""
+        if split == "holdout" or self.sides is None:
+            return 0
+        what = "evaluated rows" if split == "all" else "test rows"
+        n = int(np.sum(self.sides[test] == "train"))
+        self.seen = max(self.seen, n)
+        if n and warnings is not None:
+            warnings.add(
+                f"--split {split}: {what} were seen in pre-training (up to {self.seen} of "
+                f"{len(test)}); for numbers on unseen patients use --split holdout"
+            )
+        return n
+
+    def describe(self, split: str) -> dict:
+        """The JSON's "split" block."""
+        return {
+            "kind": split,
+            "grouped_by": {
+                "holdout": "patients held out of every training stage",
+                "random": "lesion (all images of a lesion on one side)",
+                "patient": "patient",
+            }[split],
+            "holdout_fingerprint": self.fingerprint,
+            "test_rows_seen_in_pretraining": self.seen,
+            "seeds_vary": "the classifier only (the split is fixed)"
+            if split == "holdout"
+            else "the split and the classifier",
+        }
