@@ -25,6 +25,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_SCALE = (0.6, 1.0)  # fraction of the image area kept by the random resized crop
 CROP_RATIO = (3 / 4, 4 / 3)  # aspect ratio range of the crop
 JITTER = dict(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02)  # small colour jitter
+# The standard SimCLR recipe (Chen et al. 2020, App. A) for the image-only baseline: crop of
+# 8-100% of the area, horizontal flip, strong colour jitter (p 0.8), greyscale (p 0.2),
+# Gaussian blur (p 0.5, sigma 0.1-2, kernel ~10% of the side).
+SIMCLR_CROP_SCALE = (0.08, 1.0)
+SIMCLR_JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
+RECIPES = ("light", "simclr")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,8 +74,13 @@ class Preprocess:
         """Resize + centre-crop (skipped when the size already matches) and normalise."""
         return self.normalize(pil_to_uint8(resize_center(img, self.img_size)))
 
-    def augment(self, img: Image.Image, rng: np.random.Generator) -> torch.Tensor:
-        """A random augmented view (see `augment_uint8`), normalised: [3, S, S] float32."""
+    def augment(
+        self, img: Image.Image, rng: np.random.Generator, recipe: str = "light"
+    ) -> torch.Tensor:
+        """A random augmented view, normalised: [3, S, S] float32. `recipe` "light"
+        (`augment_uint8`, SLIMP's `--augment`) or "simclr" (`simclr_uint8`)."""
+        if recipe == "simclr":
+            return self.normalize(simclr_uint8(img, self.img_size, rng))
         return self.normalize(augment_uint8(img, self.img_size, rng))
 
 
@@ -143,12 +154,48 @@ def augment_uint8(img: Image.Image, img_size: int, rng: np.random.Generator) -> 
     return TF.adjust_hue(arr, hue)
 
 
-def crop_params(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+def simclr_uint8(img: Image.Image, img_size: int, rng: np.random.Generator) -> torch.Tensor:
+    """The standard SimCLR augmentation (see SIMCLR_*), reproducible from `rng` -> uint8.
+
+    Shape:
+        returns [3, img_size, img_size] uint8.
+    """
+    import torchvision.transforms.v2.functional as TF
+
+    w, h = img.size
+    top, left, ch, cw = crop_params(w, h, rng, scale=SIMCLR_CROP_SCALE)
+    arr = TF.resized_crop(
+        pil_to_uint8(img), top, left, ch, cw, [img_size, img_size], antialias=True
+    )
+    if rng.random() < 0.5:
+        arr = TF.horizontal_flip(arr)
+    if rng.random() < 0.8:
+        j = SIMCLR_JITTER
+        arr = TF.adjust_brightness(
+            arr, float(rng.uniform(1 - j["brightness"], 1 + j["brightness"]))
+        )
+        arr = TF.adjust_contrast(arr, float(rng.uniform(1 - j["contrast"], 1 + j["contrast"])))
+        arr = TF.adjust_saturation(
+            arr, float(rng.uniform(1 - j["saturation"], 1 + j["saturation"]))
+        )
+        arr = TF.adjust_hue(arr, float(rng.uniform(-j["hue"], j["hue"])))
+    if rng.random() < 0.2:
+        arr = TF.rgb_to_grayscale(arr, num_output_channels=3)
+    if rng.random() < 0.5:
+        kernel = max(3, int(0.1 * img_size) // 2 * 2 + 1)  # odd, ~10% of the side
+        sigma = float(rng.uniform(0.1, 2.0))
+        arr = TF.gaussian_blur(arr, [kernel, kernel], [sigma, sigma])
+    return arr
+
+
+def crop_params(
+    w: int, h: int, rng: np.random.Generator, scale: tuple[float, float] = CROP_SCALE
+) -> tuple[int, int, int, int]:
     """torchvision's RandomResizedCrop parameter search, drawn from a numpy Generator."""
     area = w * h
     log_ratio = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
     for _ in range(10):
-        target = area * rng.uniform(*CROP_SCALE)
+        target = area * rng.uniform(*scale)
         ratio = math.exp(rng.uniform(*log_ratio))
         cw = int(round(math.sqrt(target * ratio)))
         ch = int(round(math.sqrt(target / ratio)))

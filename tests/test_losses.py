@@ -239,3 +239,55 @@ def test_compute_loss_dispatches():
     assert simclr["loss"].item() == pytest.approx(nt_xent(z, x, temperature=0.1)["loss"].item())
     with pytest.raises(SlimpError, match="unknown variant"):
         compute_loss("clip", {}, temperature=0.1, lam=0.9)
+
+
+def ref_infonce_without_twins(a, b, groups, tau):
+    """The symmetric InfoNCE loop where each anchor's softmax drops the other images of its
+    own lesion (same group id) from the candidates: those pairs are neither positive nor
+    negative."""
+    a, b = a.double(), b.double()
+    n = a.shape[0]
+    total = 0.0
+    for l in range(n):
+        keep = [j for j in range(n) if j == l or groups[j] != groups[l]]
+        pos = cos(a[l], b[l]) / tau
+        den_ab = sum(math.exp(cos(a[l], b[j]) / tau) for j in keep)
+        den_ba = sum(math.exp(cos(b[l], a[j]) / tau) for j in keep)
+        total += (pos - math.log(den_ab)) + (pos - math.log(den_ba))
+    return -total / (2 * n)
+
+
+def test_flat_loss_drops_twin_images_from_the_negatives():
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(7, 8, generator=g), torch.randn(7, 8, generator=g)
+    groups = torch.tensor([0, 0, 1, 2, 2, 2, 3])  # lesions 0 and 2 have several images
+    got = float(flat_loss(a, b, temperature=0.2, groups=groups)["loss"])
+    assert got == pytest.approx(ref_infonce_without_twins(a, b, groups.tolist(), 0.2), rel=1e-5)
+    # unique groups: the plain InfoNCE
+    plain = float(flat_loss(a, b, temperature=0.2, groups=torch.arange(7))["loss"])
+    assert plain == pytest.approx(ref_symmetric_infonce(a, b, 0.2), rel=1e-5)
+    # known answer: two identical images of one lesion with the same metadata are no longer
+    # each other's negatives, so a perfect alignment reaches (near) zero loss
+    x = torch.eye(3)[[0, 0, 1]]
+    assert float(flat_loss(x, x, temperature=0.01, groups=torch.tensor([5, 5, 6]))["loss"]) < 1e-6
+    assert float(flat_loss(x, x, temperature=0.01)["loss"]) > 0.4  # the twin as a negative
+
+
+def test_nested_loss_with_twins_equals_the_loop_that_drops_the_pair():
+    image, lesion, mask, phen, pat = random_batch([3, 1, 4], seed=9)
+    groups = torch.tensor([[0, 0, 1, 0], [2, 0, 0, 0], [3, 4, 4, 5]])  # twins in patients 0, 2
+    out = nested_loss(image, lesion, mask, phen, pat, temperature=0.3, lam=0.7, groups=groups)
+    inner = []
+    for p in range(3):
+        idx = mask[p].nonzero().flatten()
+        inner.append(
+            ref_infonce_without_twins(image[p, idx], lesion[p, idx], groups[p, idx].tolist(), 0.3)
+        )
+    want_inner = sum(inner) / 3
+    assert float(out["loss_lesions"]) == pytest.approx(want_inner, rel=1e-5)
+    outer = ref_symmetric_infonce(phen, pat, 0.3)
+    assert float(out["loss"]) == pytest.approx(0.7 * want_inner + 0.3 * outer, rel=1e-5)
+    # gradients stay finite with twins and padding together
+    image.requires_grad_(True)
+    nested_loss(image, lesion, mask, phen, pat, groups=groups)["loss"].backward()
+    assert torch.isfinite(image.grad).all()

@@ -96,11 +96,19 @@ Augment = Annotated[
         help="Random resized crop (60-100%), flips, small colour jitter (default off).",
     ),
 ]
+AugmentRecipe = Annotated[
+    str | None,
+    _opt(
+        "--augment-recipe",
+        help="auto (default: the standard SimCLR recipe for --variant image, the light one "
+        "for SLIMP), light or simclr.",
+    ),
+]
 PositiveSampling = Annotated[
     bool | None,
     _opt(
         "--positive-sampling/--no-positive-sampling",
-        help="Always include a patient's malignant lesions among its N (default on).",
+        help="Always include a patient's malignant lesions among its N (uses labels; default: on for pretrain, off for adapt).",
     ),
 ]
 Compile = Annotated[
@@ -115,6 +123,18 @@ KeepEpochCheckpoints = Annotated[
         "--keep-epoch-checkpoints/--no-keep-epoch-checkpoints",
         help="Also keep checkpoint-epoch-XXXX.pt files.",
     ),
+]
+Holdout = Annotated[
+    float | None,
+    _opt(
+        "--holdout",
+        help="Fraction of patients held out of training (default 0.1; stratified, patient-"
+        "grouped, written to holdout.json): never trained on, they give the per-epoch "
+        "validation loss and the rows probe/retrieve report on. 0 = none (warned).",
+    ),
+]
+HoldoutSeed = Annotated[
+    int | None, _opt("--holdout-seed", help="Seed of the held-out draw (default 0).")
 ]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
 
@@ -183,6 +203,15 @@ def pretrain_cmd(
     tab_dim: int | None = typer.Option(
         None, "--tab-dim", help="TRACE token size d (default: the ViT width).", rich_help_panel=_M
     ),
+    tab_layers: int | None = typer.Option(
+        None,
+        "--tab-layers",
+        help="TRACE transformer layers (default 1, TRACE's; see docs/method.md on the paper's "
+        "parameter counts).",
+        rich_help_panel=_M,
+    ),
+    holdout: Holdout = None,
+    holdout_seed: HoldoutSeed = None,
     patients_per_batch: PatientsPerBatch = None,
     lesions_per_patient: LesionsPerPatient = None,
     epochs: Epochs = None,
@@ -197,6 +226,7 @@ def pretrain_cmd(
     device: Device = None,
     workers: Workers = None,
     augment: Augment = None,
+    augment_recipe: AugmentRecipe = None,
     positive_sampling: PositiveSampling = None,
     compile: Compile = None,
     log_every: LogEvery = None,
@@ -222,6 +252,7 @@ def pretrain_cmd(
         image_weights=str(image_weights) if image_weights else None,
         embed_dim=embed_dim,
         tab_dim=tab_dim,
+        tab_layers=tab_layers,
     )
     run_dir = pretrain(
         data, out, model=model, train=_train_options(locals()), resume=resume, progress=progress
@@ -244,6 +275,8 @@ def adapt_cmd(
         "embeddings trainable, the rest frozen) or all.",
     ),
     method: Method = None,
+    holdout: Holdout = None,
+    holdout_seed: HoldoutSeed = None,
     patients_per_batch: PatientsPerBatch = None,
     lesions_per_patient: LesionsPerPatient = None,
     epochs: Epochs = None,
@@ -258,6 +291,7 @@ def adapt_cmd(
     device: Device = None,
     workers: Workers = None,
     augment: Augment = None,
+    augment_recipe: AugmentRecipe = None,
     positive_sampling: PositiveSampling = None,
     compile: Compile = None,
     log_every: LogEvery = None,

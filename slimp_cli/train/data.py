@@ -26,7 +26,7 @@ import torch
 from ..errors import SlimpError
 from ..models import MetadataInputs, patient_record
 from ..schema import TabularBatch
-from ..transforms import Preprocess, decode_image
+from ..transforms import RECIPES, Preprocess, decode_image
 
 
 class PatientItem(NamedTuple):
@@ -249,11 +249,21 @@ class PatientDataset(torch.utils.data.Dataset):
         preprocess: Preprocess,
         classes: Sequence[str] = (),
         augment: bool = False,
+        recipe: str = "auto",
     ) -> None:
         self.index = index
         self.inputs = inputs
         self.preprocess = preprocess
         self.augment = augment or inputs.two_views
+        # "auto": the standard SimCLR recipe for the SimCLR baseline (a fair opponent), the
+        # light lesion-preserving one for SLIMP's --augment
+        if recipe == "auto":
+            recipe = "simclr" if inputs.two_views else "light"
+        if recipe not in RECIPES:
+            raise SlimpError(
+                f"unknown augmentation recipe {recipe!r}; choose auto, {', '.join(RECIPES)}"
+            )
+        self.recipe = recipe
         self.classes = {c: i for i, c in enumerate(classes)}
 
     def __len__(self) -> int:
@@ -273,9 +283,9 @@ class PatientDataset(torch.utils.data.Dataset):
             if rng is None:
                 images.append(pre.eval_view(img))
             else:
-                images.append(pre.augment(img, rng))
+                images.append(pre.augment(img, rng, self.recipe))
                 if self.inputs.two_views:
-                    images2.append(pre.augment(img, rng))
+                    images2.append(pre.augment(img, rng, self.recipe))
         lesions = [rec.lesions[j] for j in item.lesions]
         out = {
             "images": torch.stack(images),

@@ -241,6 +241,7 @@ def run_training(
         preprocess=model.preprocess,
         classes=schema.classes if schema else (),
         augment=train.augment,
+        recipe=train.augment_recipe,
     )
     infos = patient_infos(index)
     # SimCLR (two views) draws B x N single images at random: see PatientBatchSampler.
@@ -498,8 +499,17 @@ def trainable_names(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-def parameter_counts(model: nn.Module) -> dict[str, int]:
+def parameter_counts(model: nn.Module) -> dict:
+    """Total and trainable parameters, overall and per part (top-level submodule: the image
+    encoder, each TRACE encoder, projections, phenotype layer): compare with the paper's
+    Table 9 (total) and Table 12 (trainable in continual pre-training)."""
+    parts: dict[str, dict[str, int]] = {}
+    for name, p in model.named_parameters():
+        part = parts.setdefault(name.split(".", 1)[0], {"total": 0, "trainable": 0})
+        part["total"] += p.numel()
+        part["trainable"] += p.numel() if p.requires_grad else 0
     return {
         "total": sum(p.numel() for p in model.parameters()),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "parts": parts,
     }

@@ -90,6 +90,9 @@ class TrainConfig(DictConfig):
     # vertical flips, small brightness/contrast/saturation/hue jitter). The `image` variant
     # always augments: its two views must differ.
     augment: bool = False
+    # Augmentation recipe: "auto" (the standard SimCLR recipe for the image-only baseline, the
+    # light one above for SLIMP), "light" or "simclr".
+    augment_recipe: str = "auto"
     # Positive sampling (paper App. D): a patient's malignant lesions are always among its N.
     # On for pretrain; `adapt` turns it off by default (the target stage is class-agnostic).
     positive_sampling: bool = True
@@ -138,6 +141,10 @@ class TrainConfig(DictConfig):
         if self.grad_clip is not None:
             _positive_float("grad_clip", self.grad_clip)
         check_device_name(self.device)
+        if self.augment_recipe not in ("auto", "light", "simclr"):
+            raise SlimpError(
+                f"unknown augment_recipe {self.augment_recipe!r}; choose auto, light or simclr"
+            )
         for name in ("augment", "positive_sampling", "compile", "keep_epoch_checkpoints"):
             if not isinstance(getattr(self, name), bool):
                 raise SlimpError(f"{name} must be true or false, got {getattr(self, name)!r}")
