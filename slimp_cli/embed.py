@@ -42,7 +42,7 @@ class LesionImages(torch.utils.data.Dataset):
         p, j = self.pairs[i]
         rec = self._index.patient(p)
         where = f"{self.data_dir} patient {rec.patient_id} lesion {rec.lesions[j]['lesion_id']}"
-        return self.preprocess.load(rec.read_image(j), where=where)
+        return self.preprocess.load_uint8(rec.read_image(j), where=where)  # normalised on device
 
 
 def embed(

@@ -3,6 +3,13 @@
 Ingest (`ingest/images.py`) stores images already square-resized with `resize_center`; training
 and `embed` decode them, resize again only when the model's input size differs, and normalise
 with the image model's own mean/std (`Preprocess`, recorded in a run's `config.json`).
+
+The lean data path: DataLoader workers do only what needs the PIL image (decode, crop, resize,
+flip, blur) and hand **uint8** tensors to the device; normalisation and the colour maths of the
+augmentation (brightness, contrast, saturation, hue, greyscale) run batched where the model runs
+(`to_model_input`, `color_jitter`), from per-image parameters the workers drew from each item's
+own seed, so a run stays exactly resumable. A view is (uint8 [3, S, S], jitter [5]) with
+jitter = (brightness, contrast, saturation, hue shift, greyscale 0/1); identity (1, 1, 1, 0, 0).
 """
 
 from __future__ import annotations
@@ -68,26 +75,43 @@ class Preprocess:
         Shape:
             returns [3, img_size, img_size] float32.
         """
-        return self.eval_view(decode_image(data, where=where))
+        return self.normalize(self.load_uint8(data, where=where))
 
-    def eval_view(self, img: Image.Image) -> torch.Tensor:
-        """Resize + centre-crop (skipped when the size already matches) and normalise."""
-        return self.normalize(pil_to_uint8(resize_center(img, self.img_size)))
+    def load_uint8(self, data: bytes, *, where: str = "image") -> torch.Tensor:
+        """Decode + resize/centre-crop only (the part a DataLoader worker does): uint8."""
+        return self.eval_uint8(decode_image(data, where=where, size=self.img_size))
+
+    def eval_uint8(self, img: Image.Image) -> torch.Tensor:
+        """Resize + centre-crop (skipped when the size already matches): uint8 [3, S, S]."""
+        return pil_to_uint8(resize_center(img, self.img_size))
+
+    def augment_view(
+        self, img: Image.Image, rng: np.random.Generator, recipe: str = "light"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random view: (uint8 [3, S, S], jitter [5]) for `to_model_input`. `recipe` "light"
+        (SLIMP's `--augment`) or "simclr" (the standard SimCLR recipe)."""
+        if recipe == "simclr":
+            return simclr_view(img, self.img_size, rng)
+        return light_view(img, self.img_size, rng)
 
     def augment(
         self, img: Image.Image, rng: np.random.Generator, recipe: str = "light"
     ) -> torch.Tensor:
-        """A random augmented view, normalised: [3, S, S] float32. `recipe` "light"
-        (`augment_uint8`, SLIMP's `--augment`) or "simclr" (`simclr_uint8`)."""
-        if recipe == "simclr":
-            return self.normalize(simclr_uint8(img, self.img_size, rng))
-        return self.normalize(augment_uint8(img, self.img_size, rng))
+        """`augment_view` finished on the spot: a normalised float32 view [3, S, S]."""
+        view, jitter = self.augment_view(img, rng, recipe)
+        return to_model_input(view[None], self, jitter[None])[0]
 
 
-def decode_image(data: bytes, *, where: str = "image") -> Image.Image:
-    """Decode JPEG/PNG bytes to an RGB PIL image; SlimpError naming `where` when unreadable."""
+def decode_image(data: bytes, *, where: str = "image", size: int | None = None) -> Image.Image:
+    """Decode JPEG/PNG bytes to an RGB PIL image; SlimpError naming `where` when unreadable.
+
+    `size`: the side the image will be resized to; a JPEG at least twice as large is decoded
+    at a reduced scale (DCT scaling: much less work, never below `size`).
+    """
     try:
         img = Image.open(io.BytesIO(data))
+        if size is not None and img.format == "JPEG":
+            img.draft("RGB", (size, size))
         img.load()
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise SlimpError(f"{where}: cannot decode image ({exc})") from None
@@ -123,69 +147,151 @@ def normalize_uint8(arr: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> 
     return (arr.float() / 255.0 - m) / s
 
 
-def augment_uint8(img: Image.Image, img_size: int, rng: np.random.Generator) -> torch.Tensor:
-    """Random resized crop (60-100% of the area), h/v flips, small colour jitter -> uint8.
+IDENTITY_JITTER = (1.0, 1.0, 1.0, 0.0, 0.0)
 
-    Skin-lesion photographs have no canonical orientation, hence vertical flips too. All
-    randomness comes from `rng`, so an augmentation is reproducible from its seed.
+
+def _crop_resize(img: Image.Image, size: int, box: tuple[int, int, int, int]) -> Image.Image:
+    """The crop `box` (top, left, h, w) resized to size x size in one PIL call (bilinear)."""
+    top, left, h, w = box
+    return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+
+
+def light_view(
+    img: Image.Image, img_size: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SLIMP's light augmentation: random resized crop (60-100% of the area), h/v flips (skin
+    lesions have no canonical orientation), small colour jitter (returned, applied later).
 
     Shape:
-        returns [3, img_size, img_size] uint8.
+        returns (uint8 [3, S, S], jitter [5] float32).
     """
-    import torchvision.transforms.v2.functional as TF
-
-    w, h = img.size
-    top, left, ch, cw = crop_params(w, h, rng)
-    arr = TF.resized_crop(
-        pil_to_uint8(img), top, left, ch, cw, [img_size, img_size], antialias=True
-    )
+    out = _crop_resize(img, img_size, crop_params(*img.size, rng))
+    arr = np.asarray(out, dtype=np.uint8)
     if rng.random() < 0.5:
-        arr = TF.horizontal_flip(arr)
+        arr = arr[:, ::-1]
     if rng.random() < 0.5:
-        arr = TF.vertical_flip(arr)
+        arr = arr[::-1]
     b, c, s = (
         float(rng.uniform(1 - JITTER[k], 1 + JITTER[k]))
         for k in ("brightness", "contrast", "saturation")
     )
     hue = float(rng.uniform(-JITTER["hue"], JITTER["hue"]))
-    arr = TF.adjust_brightness(arr, b)
-    arr = TF.adjust_contrast(arr, c)
-    arr = TF.adjust_saturation(arr, s)
-    return TF.adjust_hue(arr, hue)
+    view = torch.from_numpy(np.require(arr, requirements=["C", "W"])).permute(2, 0, 1)
+    return view, torch.tensor([b, c, s, hue, 0.0])
 
 
-def simclr_uint8(img: Image.Image, img_size: int, rng: np.random.Generator) -> torch.Tensor:
-    """The standard SimCLR augmentation (see SIMCLR_*), reproducible from `rng` -> uint8.
+def simclr_view(
+    img: Image.Image, img_size: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The standard SimCLR augmentation (see SIMCLR_*), reproducible from `rng`.
+
+    NOTE[DIFF]: the Gaussian blur runs here, on the crop, before the colour jitter and
+    greyscale that run batched later; SimCLR blurs last. Blur is linear and the colour ops are
+    per pixel (contrast uses the image mean, which blur keeps), so the order barely matters.
 
     Shape:
-        returns [3, img_size, img_size] uint8.
+        returns (uint8 [3, S, S], jitter [5] float32).
     """
-    import torchvision.transforms.v2.functional as TF
+    from PIL import ImageFilter
 
-    w, h = img.size
-    top, left, ch, cw = crop_params(w, h, rng, scale=SIMCLR_CROP_SCALE)
-    arr = TF.resized_crop(
-        pil_to_uint8(img), top, left, ch, cw, [img_size, img_size], antialias=True
-    )
-    if rng.random() < 0.5:
-        arr = TF.horizontal_flip(arr)
+    out = _crop_resize(img, img_size, crop_params(*img.size, rng, scale=SIMCLR_CROP_SCALE))
+    flip = rng.random() < 0.5
+    jitter = list(IDENTITY_JITTER)
     if rng.random() < 0.8:
         j = SIMCLR_JITTER
-        arr = TF.adjust_brightness(
-            arr, float(rng.uniform(1 - j["brightness"], 1 + j["brightness"]))
-        )
-        arr = TF.adjust_contrast(arr, float(rng.uniform(1 - j["contrast"], 1 + j["contrast"])))
-        arr = TF.adjust_saturation(
-            arr, float(rng.uniform(1 - j["saturation"], 1 + j["saturation"]))
-        )
-        arr = TF.adjust_hue(arr, float(rng.uniform(-j["hue"], j["hue"])))
+        jitter[:4] = [
+            float(rng.uniform(1 - j["brightness"], 1 + j["brightness"])),
+            float(rng.uniform(1 - j["contrast"], 1 + j["contrast"])),
+            float(rng.uniform(1 - j["saturation"], 1 + j["saturation"])),
+            float(rng.uniform(-j["hue"], j["hue"])),
+        ]
     if rng.random() < 0.2:
-        arr = TF.rgb_to_grayscale(arr, num_output_channels=3)
+        jitter[4] = 1.0
     if rng.random() < 0.5:
-        kernel = max(3, int(0.1 * img_size) // 2 * 2 + 1)  # odd, ~10% of the side
-        sigma = float(rng.uniform(0.1, 2.0))
-        arr = TF.gaussian_blur(arr, [kernel, kernel], [sigma, sigma])
-    return arr
+        # sigma 0.1-2 for a 224 px view (SimCLR's kernel is 10% of the side): scale to S
+        out = out.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.1, 2.0)) * img_size / 224))
+    arr = np.asarray(out, dtype=np.uint8)
+    if flip:
+        arr = arr[:, ::-1]
+    view = torch.from_numpy(np.require(arr, requirements=["C", "W"])).permute(2, 0, 1)
+    return view, torch.tensor(jitter, dtype=torch.float32)
+
+
+LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights (ITU-R 601)
+# RGB <-> YIQ: a hue shift is a rotation of the (I, Q) chroma plane
+_RGB2YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+def color_matrices(
+    jitter: torch.Tensor, mean_grey: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the affine colour map x -> M x + t of brightness b, contrast c, saturation
+    s, hue shift h (turns) and greyscale g, applied in that order.
+
+    brightness: b x; contrast: c y + (1 - c) mean_grey(y); saturation: s y + (1 - s) grey(y);
+    hue: rotate the YIQ chroma plane by 2 pi h; greyscale: grey(y) in each channel. Every step
+    is affine, so the chain is one matrix per image.
+
+    Shape:
+        jitter [B, 5], mean_grey [B] (mean luma of the input) -> M [B, 3, 3], t [B, 3].
+    """
+    dt, dev = jitter.dtype, jitter.device
+    b, c, s, h, g = jitter.unbind(1)
+    eye = torch.eye(3, dtype=dt, device=dev).expand(len(jitter), 3, 3)
+    w = torch.tensor(LUMA, dtype=dt, device=dev)
+    ones_w = torch.ones(3, 1, dtype=dt, device=dev) @ w[None]  # grey(y) = (1 w^T) y
+    sat = s[:, None, None] * eye + (1 - s)[:, None, None] * ones_w
+    yiq = torch.tensor(_RGB2YIQ, dtype=dt, device=dev)
+    cos, sin = torch.cos(2 * torch.pi * h), torch.sin(2 * torch.pi * h)
+    rot = torch.zeros(len(jitter), 3, 3, dtype=dt, device=dev)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+    hue = torch.linalg.inv(yiq) @ rot @ yiq
+    grey = torch.where(g[:, None, None] > 0, ones_w.expand_as(eye), eye)
+    after_contrast = grey @ hue @ sat
+    m = after_contrast * (c * b)[:, None, None]
+    # the contrast blend's offset (1 - c) b mean, carried through the later steps
+    t = after_contrast @ ((1 - c) * b * mean_grey)[:, None, None].expand(-1, 3, 1)
+    return m, t.squeeze(-1)
+
+
+def color_jitter(x: torch.Tensor, jitter: torch.Tensor) -> torch.Tensor:
+    """Per-image brightness, contrast, saturation, hue shift and greyscale, batched.
+
+    NOTE[DIFF]: torchvision applies these one by one, clamping to [0, 1] after each, with the
+    hue shift in HSV. Here the chain is one affine colour map per image (hue as a rotation of
+    the YIQ chroma plane) and one clamp at the end: a few multiply-adds per pixel on any
+    device, where the HSV round trip costs more than decoding the image. Without clipping and
+    hue, both give the same result (tested); the hue rotations differ slightly in shape.
+
+    Shape:
+        x [B, 3, H, W] float in [0, 1]; jitter [B, 5] -> [B, 3, H, W] float in [0, 1].
+    """
+    w = torch.tensor(LUMA, dtype=x.dtype, device=x.device)
+    mean_grey = torch.einsum("c,bchw->b", w, x) / (x.shape[-1] * x.shape[-2])
+    # the 3 x 3 maps in float64: the YIQ round trip must give the identity to float32 precision
+    m, t = color_matrices(jitter.to(torch.float64), mean_grey.to(torch.float64))
+    m, t = m.to(x.dtype), t.to(x.dtype)
+    return (torch.einsum("bij,bjhw->bihw", m, x) + t[:, :, None, None]).clamp(0.0, 1.0)
+
+
+def to_model_input(
+    images: torch.Tensor, preprocess: Preprocess, jitter: torch.Tensor | None = None
+) -> torch.Tensor:
+    """uint8 images (on the model's device) -> normalised float32, with the augmentation's
+    colour maths when `jitter` is given.
+
+    Shape:
+        images [B, 3, H, W] uint8; jitter [B, 5] or None -> [B, 3, H, W] float32.
+    """
+    if images.dtype != torch.uint8:
+        return images  # already a model input
+    if jitter is None:
+        return preprocess.normalize(images)
+    x = color_jitter(images.float() / 255.0, jitter.to(images.device))
+    m = torch.tensor(preprocess.mean, device=x.device).view(1, 3, 1, 1)
+    sd = torch.tensor(preprocess.std, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / sd
 
 
 def crop_params(

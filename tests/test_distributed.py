@@ -97,8 +97,10 @@ def test_torchrun_pretrain_completes(synth_shards, tmp_path):
         "1e-3",
     )
     metrics = read_metrics(out)
-    # 60 patients / (4 patients x 2 ranks) = 7 steps per epoch
-    assert [m["step"] for m in metrics] == list(range(1, 15))
+    # 54 training patients (6 of 60 held out) / (4 patients x 2 ranks) = 6 steps per epoch
+    assert [m["step"] for m in metrics] == list(range(1, 13))
+    # rank 0 writes one held-out validation row per epoch
+    assert [m["epoch"] for m in read_metrics(out, kind="validation")] == [1, 2]
     cfg = read_config(out)
     assert cfg["variant"] == "nested"
     _run = load_run(out)

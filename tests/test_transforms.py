@@ -69,3 +69,59 @@ def test_mean_std_come_from_the_image_model():
     assert model.preprocess.mean == IMAGENET_MEAN
     with pytest.raises(SlimpError):
         Preprocess(img_size=8).load(b"")
+
+
+def test_batched_color_jitter_equals_torchvision_without_clipping_or_hue():
+    import torchvision.transforms.v2.functional as TF
+
+    from slimp_cli.transforms import color_jitter
+
+    g = torch.Generator().manual_seed(0)
+    x = 0.35 + 0.3 * torch.rand(4, 3, 12, 12, generator=g)  # mid-range: no step clips
+    jitter = torch.tensor(
+        [
+            [1.0, 1.0, 1.0, 0.0, 0.0],  # identity
+            [1.1, 0.9, 1.1, 0.0, 0.0],
+            [0.9, 1.1, 0.9, 0.0, 1.0],  # then greyscale
+            [1.05, 1.0, 0.0, 0.0, 0.0],  # saturation 0: grey
+        ]
+    )
+    got = color_jitter(x, jitter)
+    for i in range(4):
+        b, c, s, _, grey = jitter[i].tolist()
+        want = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(x[i], b), c), s)
+        if grey:
+            want = TF.rgb_to_grayscale(want, num_output_channels=3)
+        torch.testing.assert_close(got[i], want, atol=3e-5, rtol=0)
+
+
+def test_hue_shift_is_a_chroma_rotation_with_known_answers():
+    from slimp_cli.transforms import color_jitter
+
+    x = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(1)) * 0.5 + 0.25
+    full_turn = color_jitter(x, torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]] * 2))
+    torch.testing.assert_close(full_turn, x, atol=1e-5, rtol=0)  # 360 degrees: unchanged
+    shifted = color_jitter(x, torch.tensor([[1.0, 1.0, 1.0, 0.1, 0.0]] * 2))
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # YIQ's Y
+    # a hue rotation keeps the Y (luma) of every pixel and changes the colour
+    torch.testing.assert_close((shifted * luma).sum(1), (x * luma).sum(1), atol=1e-5, rtol=0)
+    assert (shifted - x).abs().max() > 0.01
+    grey = torch.full((1, 3, 4, 4), 0.5)
+    torch.testing.assert_close(color_jitter(grey, torch.tensor([[1.0, 1.0, 1.0, 0.3, 0.0]])), grey)
+
+
+def test_augmented_views_are_uint8_with_their_colour_parameters():
+    from slimp_cli.transforms import IDENTITY_JITTER, to_model_input
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8))
+    pre = Preprocess(img_size=32)
+    for recipe in ("light", "simclr"):
+        view, jitter = pre.augment_view(img, np.random.default_rng([4, recipe == "light"]), recipe)
+        assert view.dtype == torch.uint8 and view.shape == (3, 32, 32) and jitter.shape == (5,)
+    # the eval path through to_model_input is the plain normalisation
+    u8 = pre.eval_uint8(img)
+    ident = torch.tensor([IDENTITY_JITTER])
+    torch.testing.assert_close(to_model_input(u8[None], pre)[0], pre.normalize(u8))
+    torch.testing.assert_close(
+        to_model_input(u8[None], pre, ident)[0], pre.normalize(u8), atol=1e-5, rtol=0
+    )

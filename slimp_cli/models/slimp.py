@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import SlimpError
 from ..model_config import ModelConfig
 from ..schema import ResolvedSchema, TabularBatch, cardinalities, n_numerical
-from ..transforms import Preprocess, model_mean_std
+from ..transforms import Preprocess, model_mean_std, to_model_input
 from .image import create_image_encoder, patch_embedding_parameters
 from .inputs import MetadataInputs, tabular_feature_lists
 from .tabular import TraceEncoder
@@ -158,7 +158,7 @@ class SlimpModel(nn.Module):
         The SimCLR baseline is evaluated on the backbone's features, not its head's (standard
         SimCLR practice), so `encode_image` skips the projection head there.
         """
-        features = self.image_encoder(images)
+        features = self.image_encoder(to_model_input(images, self.preprocess))
         return features if self.variant == "image" else self.image_proj(features)
 
     def encode_lesion(self, tab: TabularBatch) -> torch.Tensor:
@@ -195,9 +195,10 @@ class SlimpModel(nn.Module):
             flat   -> image [L, D], tabular [L, D] (+ groups [L])
             image  -> view1 [L, D], view2 [L, D]
         """
-        images = batch["images"]
+        images = to_model_input(batch["images"], self.preprocess)  # uint8 batches normalised here
         if self.variant == "image":
-            both = self.projection_head(self.image_encoder(torch.cat([images, batch["images2"]])))
+            views = torch.cat([images, to_model_input(batch["images2"], self.preprocess)])
+            both = self.projection_head(self.image_encoder(views))
             view1, view2 = both.split(images.shape[0])
             return {"view1": view1, "view2": view2}
         w = self.encode_image(images)

@@ -26,7 +26,7 @@ import torch
 from ..errors import SlimpError
 from ..models import MetadataInputs, patient_record
 from ..schema import TabularBatch
-from ..transforms import RECIPES, Preprocess, decode_image
+from ..transforms import RECIPES, Preprocess, decode_image, to_model_input
 
 
 class PatientItem(NamedTuple):
@@ -231,8 +231,9 @@ def patient_infos(index) -> list[PatientInfo]:
 class PatientDataset(torch.utils.data.Dataset):
     """Map-style dataset over a `ShardIndex`: `dataset[PatientItem]` -> one patient's sample.
 
-    A sample is a dict: `images` [n, 3, S, S] (and `images2` when the model trains on two
-    views), `lesion_tab` (TabularBatch over n lesions), `patient_tab` (TabularBatch, one row;
+    A sample is a dict: `images` [n, 3, S, S] uint8 (and `images2` when the model trains on
+    two views; `jitter`/`jitter2` [n, 5]: the colour maths of the augmentation, applied on
+    the device by `batch_to`), `lesion_tab` (TabularBatch over n lesions), `patient_tab` (TabularBatch, one row;
     when the model has a patient encoder), `malignant` [n] and `label` [n] (long, -1 = unknown;
     logging only).
 
@@ -276,16 +277,21 @@ class PatientDataset(torch.utils.data.Dataset):
         rec = self.index.patient(item.patient)
         rng = np.random.default_rng(list(item.aug_key)) if self.augment else None
         pre = self.preprocess
-        images, images2 = [], []
+        images, images2, jitter, jitter2 = [], [], [], []
         for j in item.lesions:
             where = f"patient {rec.patient_id} lesion {rec.lesions[j].get('lesion_id')}"
-            img = decode_image(rec.read_image(j), where=where)
+            # decode at a reduced scale when the stored image is >= 2x the model's size
+            img = decode_image(rec.read_image(j), where=where, size=pre.img_size)
             if rng is None:
-                images.append(pre.eval_view(img))
+                images.append(pre.eval_uint8(img))
             else:
-                images.append(pre.augment(img, rng, self.recipe))
+                view, params = pre.augment_view(img, rng, self.recipe)
+                images.append(view)
+                jitter.append(params)
                 if self.inputs.two_views:
-                    images2.append(pre.augment(img, rng, self.recipe))
+                    view, params = pre.augment_view(img, rng, self.recipe)
+                    images2.append(view)
+                    jitter2.append(params)
         lesions = [rec.lesions[j] for j in item.lesions]
         out = {
             "images": torch.stack(images),
@@ -296,8 +302,11 @@ class PatientDataset(torch.utils.data.Dataset):
                 [self.classes.get(les.get("label"), -1) for les in lesions], dtype=torch.long
             ),
         }
+        if jitter:
+            out["jitter"] = torch.stack(jitter)
         if images2:
             out["images2"] = torch.stack(images2)
+            out["jitter2"] = torch.stack(jitter2)
         # One id per image, equal for images of one lesion, unique across the global batch
         # (the item's position q in it): the losses keep twins out of each other's negatives.
         codes: dict = {}
@@ -342,7 +351,7 @@ def collate(samples: Sequence[dict]) -> dict:
         # known on the host: the model pads to it without a device sync (torch.compile-friendly)
         "max_lesions": max(counts),
     }
-    for key in ("images2",):
+    for key in ("images2", "jitter", "jitter2"):
         if key in samples[0]:
             batch[key] = torch.cat([s[key] for s in samples])
     for key in ("lesion_tab", "patient_tab"):
@@ -351,8 +360,10 @@ def collate(samples: Sequence[dict]) -> dict:
     return batch
 
 
-def batch_to(batch: dict, device: torch.device) -> dict:
-    """Move a collated batch (tensors and TabularBatches) to `device`."""
+def batch_to(batch: dict, device: torch.device, preprocess: Preprocess | None = None) -> dict:
+    """Move a collated batch (tensors and TabularBatches) to `device`; with `preprocess`,
+    finish the images there: uint8 -> normalised float, the augmentation's colour maths
+    batched (the lean data path: only uint8 crosses from the workers)."""
     out = {}
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
@@ -360,6 +371,10 @@ def batch_to(batch: dict, device: torch.device) -> dict:
         elif isinstance(v, TabularBatch):
             v = v.to(device)
         out[k] = v
+    if preprocess is not None:
+        for key, jit in (("images", "jitter"), ("images2", "jitter2")):
+            if key in out:
+                out[key] = to_model_input(out[key], preprocess, out.pop(jit, None))
     return out
 
 

@@ -360,7 +360,7 @@ def run_training(
             s = start_in_epoch
             set_train_mode(model)
             for batch in loader:
-                batch = batch_to(batch, device)
+                batch = batch_to(batch, device, model.preprocess)
                 with autocast:
                     outputs = net(batch)
                 losses = _compute_loss(variant, outputs, train, info)
@@ -457,7 +457,7 @@ def validation_loss(
     try:
         with torch.no_grad():
             for items in plan:
-                batch = batch_to(collate([dataset[it] for it in items]), device)
+                batch = batch_to(collate([dataset[it] for it in items]), device, model.preprocess)
                 with autocast:
                     outputs = model(batch)
                 losses = compute_loss(
