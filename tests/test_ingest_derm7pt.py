@@ -56,5 +56,10 @@ def test_images_record_their_modality_and_unpaired_cases_are_flagged(
     assert summary["missing"][0] == {"lesion_id": "0", "row": 1, "missing": ["clinical"]}
     same_file = int((table["clinic"] == table["derm"]).sum())
     assert same_file == 7
-    assert any(f"{same_file} optional 'clinic' images are the row's main image" in n for n in manifest["notes"])
-    assert any("lack an image of a declared modality (clinical: 657)" in n for n in manifest["notes"])
+    assert any(
+        f"{same_file} optional 'clinic' images are the row's main image" in n
+        for n in manifest["notes"]
+    )
+    assert any(
+        "lack an image of a declared modality (clinical: 657)" in n for n in manifest["notes"]
+    )
