@@ -263,6 +263,10 @@ def build_model(
     schema cannot feed (nested without patient features: the caller decides whether to fall
     back to flat).
     """
+    if cfg.variant == "sm3":  # SM3: two image branches, no metadata encoder
+        from .sm3 import Sm3Model
+
+        return Sm3Model(config=cfg, load_image_weights=load_image_weights)
     return SlimpModel(config=cfg, schema=schema, load_image_weights=load_image_weights)
 
 
