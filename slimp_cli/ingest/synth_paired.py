@@ -246,7 +246,7 @@ def render_dermoscopic(case: dict, size: int, rng: np.random.Generator) -> np.nd
     wobble = (
         0.12 if "irregular" in case["pigmentation"] or "melanoma" in case["diagnosis"] else 0.03
     )
-    alpha, rel, theta = _lesion_mask(yy, xx, case, case["radius"] * 1.6, rng, wobble)
+    alpha, rel, theta = _lesion_mask(yy, xx, case, case["radius"] * 1.25, rng, wobble)
     colour = np.array(case["colour"], np.float32)
     lesion = np.broadcast_to(colour, (size, size, 3)).copy()
     period = 0.09
@@ -320,7 +320,7 @@ def render_clinical(case: dict, size: int, rng: np.random.Generator) -> np.ndarr
     stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi * 3.0)
     light = 0.85 + 0.3 * (xx * np.cos(rng.uniform(0, 6.3)) + yy * np.sin(rng.uniform(0, 6.3)))
     img = _skin(case["tone"])[None, None, :] * light[..., None] + 8.0 * stripes[..., None]
-    alpha, _, _ = _lesion_mask(yy, xx, case, case["radius"] * 0.75, rng, 0.05)
+    alpha, _, _ = _lesion_mask(yy, xx, case, case["radius"] * 0.9, rng, 0.05)
     colour = np.array(case["colour"], np.float32) * 1.1
     img = img * (1 - alpha) + colour * alpha
     if case["elevation"] != "flat":  # specular highlight on raised lesions

@@ -31,7 +31,15 @@ from ..paths import write_json
 from ..runs import CONFIG, LAST, METRICS, epoch_name, save_checkpoint, set_rng_state
 from ..schema import ResolvedSchema
 from . import distributed as D
-from .data import PatientBatchSampler, PatientDataset, batch_to, make_loader, patient_infos
+from .data import (
+    PatientBatchSampler,
+    PatientDataset,
+    batch_to,
+    case_training_data,
+    collate,
+    make_loader,
+    patient_infos,
+)
 from .train_config import TrainConfig
 
 NO_DECAY_NAMES = ("cls_token", "pos_embed", "reg_token", "dist_token")
@@ -214,32 +222,41 @@ def run_training(
     progress: bool = False,
     find_unused_parameters: bool = False,
     description: str = "train",
+    hooks=None,
 ) -> TrainResult:
     """Train `model` (its trainable parameters) on `index` and write the run dir.
 
     `config` is written as `config.json` and copied into every checkpoint. `resume_state` is a
-    loaded checkpoint to continue from (model weights are loaded here too).
+    loaded checkpoint to continue from (model weights are loaded here too). `hooks` (SM3's
+    multi-label stage: `train.sm3.PseudoLabels`) keeps state across steps: `start(extra)`
+    before training, `epoch_start(epoch, step_in_epoch)`, `outputs(batch, outputs)` after the
+    forward pass (adds the loss's targets), `after_step(batch, outputs)`, and `state_dict()`,
+    saved in each checkpoint's `extra`.
     """
     variant = config["variant"]
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise SlimpError("no trainable parameters (check --tune)")
-    dataset = PatientDataset(
-        index,
-        inputs=model.inputs,
-        preprocess=model.preprocess,
-        classes=schema.classes if schema else (),
-        augment=train.augment,
-    )
-    sampler = PatientBatchSampler(
-        patient_infos(index),
-        patients_per_batch=train.patients_per_batch,
-        lesions_per_patient=train.lesions_per_patient,
-        positive_sampling=train.positive_sampling,
-        seed=train.seed,
-        rank=info.rank,
-        world_size=info.world_size,
-    )
+    if getattr(model.inputs, "unit", "patient") == "case":  # SM3: cases, not patients
+        dataset, sampler, collate_fn = case_training_data(index, model, train, info)
+    else:
+        dataset = PatientDataset(
+            index,
+            inputs=model.inputs,
+            preprocess=model.preprocess,
+            classes=schema.classes if schema else (),
+            augment=train.augment,
+        )
+        sampler = PatientBatchSampler(
+            patient_infos(index),
+            patients_per_batch=train.patients_per_batch,
+            lesions_per_patient=train.lesions_per_patient,
+            positive_sampling=train.positive_sampling,
+            seed=train.seed,
+            rank=info.rank,
+            world_size=info.world_size,
+        )
+        collate_fn = collate
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if info.is_main:
@@ -253,6 +270,7 @@ def run_training(
         workers=train.workers,
         prefetch=train.prefetch,
         pin_memory=device.type == "cuda",
+        collate_fn=collate_fn,
     )
     steps_per_epoch = sampler.steps_per_epoch
     total = train.epochs * steps_per_epoch
@@ -309,6 +327,7 @@ def run_training(
                 step_in_epoch=next_in_epoch,
                 step=step,
                 config=config,
+                extra=hooks.state_dict() if hooks is not None else None,
             )
             save_checkpoint(run_dir / LAST, **kw)
             if epoch_file and train.keep_epoch_checkpoints:
@@ -322,6 +341,8 @@ def run_training(
             "to train further",
             info,
         )
+    if hooks is not None:
+        hooks.start(resume_state.get("extra") if resume_state is not None else None)
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(stop_requests(not info.enabled))
         stack.callback(metrics.close)
@@ -329,11 +350,15 @@ def run_training(
         while epoch < train.epochs and step < stop_at:
             sampler.set_epoch(epoch, start_in_epoch)
             s = start_in_epoch
+            if hooks is not None:
+                hooks.epoch_start(epoch, start_in_epoch)
             set_train_mode(model)
             for batch in loader:
                 batch = batch_to(batch, device)
                 with autocast:
                     outputs = net(batch)
+                if hooks is not None:
+                    outputs = hooks.outputs(batch, outputs)
                 losses = _compute_loss(variant, outputs, train, info)
                 if not D.all_finite(losses["loss"], info):
                     last = run_dir / LAST
@@ -353,9 +378,12 @@ def run_training(
                 lr = optimizer.param_groups[0]["lr"]  # the rate this step used
                 optimizer.step()
                 scheduler.step()
+                if hooks is not None:
+                    hooks.after_step(batch, outputs)
                 step += 1
                 s += 1
-                n_images = int(batch["images"].shape[0]) * info.world_size
+                n_images = batch["n_images"] if "n_images" in batch else batch["images"].shape[0]
+                n_images = int(n_images) * info.world_size
                 if "images2" in batch:
                     n_images *= 2
                 for k, v in losses.items():
