@@ -201,8 +201,11 @@ def _multilabel(
     )
     _warn(report["warnings"])
     names = {"accuracy": "Acc", "balanced_accuracy": "BA", "f1_macro": "F1-macro", "auc": "AUC"}
-    table = Table(title=f"{escape(store.name)}: seven-point criteria (mean±std over seeds {seeds})")
-    for col in ["criterion", "method", "features", *names.values()]:
+    table = Table(
+        title=f"{escape(store.name)}: diagnosis and seven-point criteria, grouped classes "
+        f"(mean±std over seeds {seeds})"
+    )
+    for col in ["label", "method", "features", *names.values()]:
         table.add_column(col, justify="right" if col in names.values() else "left")
     for r in report["results"]:
         feats = "+".join(r["features"]) + (f" ({r['pseudo']})" if r.get("pseudo") else "")
@@ -210,6 +213,16 @@ def _multilabel(
             r["target"], r["method"], feats, *[_fmt(r["metrics"].get(m, {})) for m in names]
         )
     _out().print(table)
+    for method, t in report["table"].items():  # the SM3 paper's Table I layout
+        layout = Table(
+            title=f"{method}: per-label metrics of the reported class (%), SM3 Table I layout"
+        )
+        layout.add_column("Metrics")
+        for col, cls in zip(t["columns"], t["classes"]):
+            layout.add_column(f"{col}\n{cls}" if cls else col, justify="right")
+        for row in ("AUC", "Sens.", "Spec.", "Prec."):
+            layout.add_row(row, *["n/a" if v is None else f"{100 * v:.1f}" for v in t[row]])
+        _out().print(layout)
     _write_json(json_path, report)
 
 
