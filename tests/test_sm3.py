@@ -18,6 +18,7 @@ import torch
 
 from slimp_cli.embed import embed
 from slimp_cli.errors import SlimpError
+from slimp_cli.eval.multilabel import CRITERIA as CRITERIA_NAMES
 from slimp_cli.eval.pair_matching import run_pair_matching
 from slimp_cli.ingest import ingest
 from slimp_cli.runs import load_run, read_config, read_metrics
@@ -182,3 +183,93 @@ def test_bad_sm3_input(pad_shards, paired_shards, tmp_path, write_store):
     )
     with pytest.raises(SlimpError, match="not an SM3 store"):
         run_pair_matching(slimp_store)
+
+
+STAGE2 = dict(
+    method="sm3",
+    stage="multilabel",
+    patients_per_batch=16,
+    epochs=2,
+    lr=1e-3,
+    warmup_steps=2,
+    workers=0,
+    device="cpu",
+    log_every=1,
+)
+
+
+def test_multilabel_stage_trains_on_pseudo_labels_and_resumes_exactly(
+    sm3_run, paired_shards, tmp_path
+):
+    """Stage 2 from the stage-1 run: only the label modules train; the memory bank's k-means
+    pseudo-labels (K per label) and the bank itself are checkpointed, so stopping inside
+    epoch 1 and at its end (4 steps per epoch) and resuming gives the uninterrupted weights."""
+    train = dict(STAGE2, init=str(sm3_run))
+    full = pretrain(paired_shards, tmp_path / "full", train=dict(train, max_steps=8))
+    for k in (3, 4):
+        part = pretrain(paired_shards, tmp_path / f"part{k}", train=dict(train, max_steps=k))
+        pretrain(paired_shards, part, train={"max_steps": 8}, resume=True)
+        a = torch.load(full / "checkpoint-last.pt", weights_only=True)
+        b = torch.load(part / "checkpoint-last.pt", weights_only=True)
+        assert a["step"] == b["step"] == 8
+        for key in a["model"]:
+            assert torch.equal(a["model"][key], b["model"][key]), key
+        for key in ("bank", "labels"):
+            assert torch.equal(a["extra"][key], b["extra"][key]), key
+    cfg = read_config(full)
+    assert cfg["train"]["stage"] == "multilabel" and cfg["model"] == read_config(sm3_run)["model"]
+    assert cfg["init"]["sha256"] and cfg["sm3"]["stage"] == "multilabel"
+    trainable = cfg["trainable"]
+    assert trainable and all(
+        n.startswith(("label_proj", "relation", "prototypes")) for n in trainable
+    )
+    stage1 = torch.load(sm3_run / "checkpoint-last.pt", weights_only=True)["model"]
+    for key, value in a["model"].items():  # the branches (and their BN statistics) are frozen
+        if key.startswith(("derm_encoder", "clinic_encoder")):
+            assert torch.equal(value, stage1[key]), key
+    labels = a["extra"]["labels"]
+    assert labels.shape == (64, 8) and a["extra"]["labels_epoch"] == 1
+    for k, size in enumerate((5, 3, 2, 3, 3, 3, 3, 2)):
+        assert 0 <= int(labels[:, k].min()) and int(labels[:, k].max()) < size
+    metrics = read_metrics(full)
+    assert len(metrics) == 8 and all(np.isfinite(m["loss"]) for m in metrics)
+    # stage-2 stores also hold the 8 label embeddings
+    with FeatureStore.open(embed(full, paired_shards, tmp_path / "s.h5", device="cpu")) as st:
+        assert st.dims["labels"] == 8 * 32 and st.dims["image"] == 128
+
+
+def test_multilabel_probe_on_real_derm7pt(derm7pt_shards, tmp_path, run_cli):
+    """A short SM3 run on the real subset, embedded, probed: the per-label Table I and its JSON."""
+    run = pretrain(
+        derm7pt_shards,
+        tmp_path / "run",
+        model=TINY_SM3,
+        train=dict(SHORT, patients_per_batch=64, max_steps=2),
+    )
+    store = embed(run, derm7pt_shards, tmp_path / "derm.h5", batch_size=128, device="cpu")
+    res = run_cli(
+        "probe",
+        store,
+        "--task",
+        "derm7pt-multilabel",
+        "--method",
+        "linear",
+        "--seeds",
+        "0,1",
+        "--json",
+        tmp_path / "ml.json",
+    )
+    assert res.exit_code == 0, res.output
+    for word in ("SM3 Table I layout", "BWV", "DIAG", "MEL", "AVG", "Sens.", "Spec.", "Prec."):
+        assert word in res.stdout, word
+    report = json.loads((tmp_path / "ml.json").read_text())
+    table = report["table"]["linear"]
+    assert table["columns"][-2:] == ["DIAG", "AVG"]
+    assert all(
+        v is not None and 0 <= v <= 1
+        for row in ("AUC", "Sens.", "Spec.", "Prec.")
+        for v in table[row]
+    )  # every label has its reported class in the subset
+    targets = {r["target"] for r in report["results"]}
+    assert targets == {"diagnosis", *CRITERIA_NAMES, "mean"}
+    assert report["results"][0]["features"] == ["image"]  # concat(derm, clinic)
