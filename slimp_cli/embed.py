@@ -17,7 +17,7 @@ from .holdout import Holdout, read_holdout
 from .models import patient_record
 from .runs import check_schema_compatible, load_run, sha256_file
 from .schema import encode_raw, raw_columns
-from .shards import ShardIndex
+from .shards import Case, ShardIndex, case_index
 from .store import FeatureStore, FeatureStoreWriter
 from .transforms import Preprocess
 
@@ -70,6 +70,17 @@ def embed(
     run = load_run(checkpoint, device=dev)
     model, model_schema = run.model, run.schema
     index = ShardIndex.open(data_dir)
+    if getattr(model.inputs, "unit", "patient") == "case":  # SM3: one row per case
+        return embed_cases(
+            run,
+            index,
+            data_dir,
+            out,
+            batch_size=batch_size,
+            device=dev,
+            workers=workers,
+            progress=progress,
+        )
     data_schema = index.schema
     variant = model.config.variant
     inputs = model.inputs
@@ -186,6 +197,149 @@ def training_sides(run, manifest_sha: str | None, patient_ids: list[str]):
         patient_ids=(), fraction=0.0, seed=0, n_patients=len(set(patient_ids))
     )
     return ["holdout" if pid in holdout else "train" for pid in patient_ids], holdout
+
+
+class CaseImages(torch.utils.data.Dataset):
+    """Map-style dataset of cases (`shards.case_index`): item -> evaluation view per modality.
+
+    Returns (images [M, 3, S, S] with zeros where the case lacks a modality, present [M] bool).
+    """
+
+    def __init__(
+        self, data_dir: Path, cases: list[Case], modalities: tuple[str, ...], preprocess: Preprocess
+    ) -> None:
+        self.data_dir = data_dir
+        self.cases = cases
+        self.modalities = modalities
+        self.preprocess = preprocess
+        self._index: ShardIndex | None = None
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._index is None:
+            self._index = ShardIndex.open(self.data_dir)
+        case = self.cases[i]
+        rec = self._index.patient(case.patient)
+        s = self.preprocess.img_size
+        images = torch.zeros(len(self.modalities), 3, s, s)
+        present = torch.zeros(len(self.modalities), dtype=torch.bool)
+        for m, modality in enumerate(self.modalities):
+            j = case.image(modality)
+            if j is not None:
+                where = f"{self.data_dir} patient {rec.patient_id} lesion {case.lesion_id}"
+                images[m] = self.preprocess.load(rec.read_image(j), where=f"{where} ({modality})")
+                present[m] = True
+        return images, present
+
+
+def embed_cases(
+    run,
+    index: ShardIndex,
+    data_dir: Path,
+    out: Path,
+    *,
+    batch_size: int,
+    device: torch.device,
+    workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """An SM3 model's store: one row per case (lesion) with its modalities side by side.
+
+    Levels (`model.inputs.levels`): `derm`, `clinic` (branch features; zeros where the case lacks
+    that modality), `image` (their concatenation), `derm_mm`/`clinic_mm` (cross-modal embeddings)
+    and, after stage 2, `labels`. The per-row `modalities` dataset says which images exist.
+    Label, malignancy and raw metadata come from the case's first image entry (a lesion's
+    images share them).
+    """
+    model = run.model
+    inputs = model.inputs
+    modalities = tuple(inputs.modalities)
+    cases = case_index(index, modalities)
+    data_schema = index.schema
+    levels = inputs.levels
+    dims = {k: model.feature_dims[k] for k in levels}
+    raw_levels = {"lesion": data_schema.lesion_features}
+    if data_schema.has_patient_features:
+        raw_levels["patient"] = data_schema.patient_all
+    raw_levels = {k: v for k, v in raw_levels.items() if v}
+    classes = data_schema.classes
+    class_index = {c: i for i, c in enumerate(classes)}
+    manifest = Path(data_dir) / "manifest.json"
+    manifest_sha = sha256_file(manifest) if manifest.is_file() else None
+    sides, holdout = training_sides(
+        run, manifest_sha, [index.patient(c.patient).patient_id for c in cases]
+    )
+    store_config = {
+        "model": model.config.to_dict(),
+        "variant": "sm3",
+        "unit": "case",
+        "image_only": False,
+        "checkpoint": str(run.checkpoint),
+        "checkpoint_sha256": run.sha256,
+        "preprocess": run.preprocess.to_dict(),
+        "data": str(data_dir),
+        "manifest_sha256": manifest_sha,
+        "seen_in_training": sides is not None,
+        "train_schema_fingerprint": None,
+    }
+    loader = torch.utils.data.DataLoader(
+        CaseImages(data_dir, cases, modalities, run.preprocess),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+    )
+    use_amp = device.type == "cuda"
+    with (
+        FeatureStoreWriter(
+            out,
+            n=len(cases),
+            dims=dims,
+            config=store_config,
+            schema=data_schema.to_dict(),
+            classes=classes,
+            variant="sm3",
+            raw_columns={k: raw_columns(v) for k, v in raw_levels.items()},
+            modalities=modalities,
+        ) as writer,
+        torch.no_grad(),
+    ):
+        start = 0
+        for images, present in loader:
+            chunk = cases[start : start + len(images)]
+            start += len(images)
+            recs = [index.patient(c.patient) for c in chunk]
+            first = [rec.lesions[c.images[0][1]] for rec, c in zip(recs, chunk)]
+            has = [present[:, m] for m in range(len(modalities))]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                feats = model.encode_cases(
+                    images[has[0], 0].to(device),
+                    images[has[1], 1].to(device),
+                    has[0],
+                    has[1],
+                    levels,
+                )
+            patient_rows = [patient_record(rec.fields, rec.derived) for rec in recs]
+            lesion_rows = [les["fields"] for les in first]
+            raw = {
+                level: encode_raw(spec, lesion_rows if level == "lesion" else patient_rows)
+                for level, spec in raw_levels.items()
+            }
+            writer.append(
+                lesion_id=[c.lesion_id for c in chunk],
+                patient_id=[rec.patient_id for rec in recs],
+                label=[class_index.get(les.get("label"), -1) for les in first],
+                malignant=[int(les.get("malignant", -1)) for les in first],
+                features={k: v.float().cpu().numpy() for k, v in feats.items()},
+                raw=raw,
+                modalities=present.numpy().astype("int8"),
+            )
+            if progress is not None:
+                progress(start, len(cases))
+        if sides is not None:
+            writer.set_split(sides, fingerprint=holdout.fingerprint, fraction=holdout.fraction)
+    return out
 
 
 def store_summary(path: Path) -> dict:

@@ -12,7 +12,9 @@ from typing import Any
 
 from .errors import SlimpError
 
-VARIANTS = ("nested", "flat", "image")
+VARIANTS = ("nested", "flat", "image", "sm3")
+# SM3's multi-modality fusion strategies (paper Table II); sep_sep is the paper's method.
+FUSIONS = ("concat", "sep_shared", "sep_sep")
 
 
 class DictConfig:
@@ -63,7 +65,9 @@ class ModelConfig(DictConfig):
     _KIND = "model config key"
 
     # "nested" (SLIMP: inner lesion loss + outer patient loss), "flat" (one image<->metadata
-    # InfoNCE over concatenated patient+lesion metadata) or "image" (SimCLR baseline).
+    # InfoNCE over concatenated patient+lesion metadata), "image" (SimCLR baseline) or "sm3"
+    # (SM3, papers/sm3_paper.txt: two image branches, dermoscopic and clinical; `pretrain
+    # --method sm3` sets it).
     variant: str = "nested"
     # timm model name (a ViT: vit_tiny/small/base_patch16_224, ...) or a local test model
     # (`vit_test`); the paper's default is ViT-Small. Never downloaded: pretrained=False.
@@ -86,6 +90,14 @@ class ModelConfig(DictConfig):
     tab_heads: int = 2
     tab_ffn_mult: int = 4
     tab_dropout: float = 0.0
+    # SM3 only. Fusion of the two branches in the multi-modality stage (Table II): "sep_sep"
+    # (the paper's: a cross-modal contrastive loss with a projection head per modality),
+    # "sep_shared" (one head shared by both) or "concat" (SimCLR on the concatenated features).
+    fusion: str = "sep_sep"
+    # SM3 only: output width of the contrastive projection heads (paper: 128) and of each
+    # label-specific projection of the multi-label stage (paper: 512).
+    proj_dim: int = 128
+    label_dim: int = 512
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -110,6 +122,10 @@ class ModelConfig(DictConfig):
             raise SlimpError(f"tab_dropout must be a number in [0, 1), got {self.tab_dropout!r}")
         if not 0.0 <= self.tab_dropout < 1.0:
             raise SlimpError(f"tab_dropout must be in [0, 1), got {self.tab_dropout}")
+        if self.fusion not in FUSIONS:
+            raise SlimpError(f"unknown fusion '{self.fusion}'; choose one of {', '.join(FUSIONS)}")
+        positive_int("proj_dim", self.proj_dim)
+        positive_int("label_dim", self.label_dim)
         if self.tab_dim is not None and self.tab_dim % self.tab_heads:
             raise SlimpError(
                 f"tab_dim ({self.tab_dim}) must be divisible by tab_heads ({self.tab_heads})"

@@ -15,7 +15,7 @@ import os
 import re
 import tarfile
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -330,3 +330,43 @@ def iter_lesions(index: ShardIndex) -> Iterator[tuple[int, int, PatientRecord]]:
         record = index.patient(i)
         for j in range(len(record.lesions)):
             yield i, j, record
+
+
+@dataclass(frozen=True)
+class Case:
+    """One lesion of one patient and the index (in the patient's lesions) of each modality's image."""
+
+    patient: int  # patient index in the ShardIndex
+    lesion_id: str
+    images: tuple[tuple[str, int], ...]  # (modality, lesion index), first image of each modality
+
+    def image(self, modality: str) -> int | None:
+        return dict(self.images).get(modality)
+
+
+def case_index(index, modalities: Sequence[str]) -> list[Case]:
+    """The cases of a ShardIndex: lesions grouped by lesion id, in shard order.
+
+    Only images whose lesions.json `modality` is one of `modalities` count; a lesion with
+    none is left out. Raises SlimpError when no image records a modality (data ingested
+    without a schema that names them, e.g. PAD-UFES-20).
+    """
+    cases = []
+    for p in range(len(index)):
+        by_lesion: dict[str, dict[str, int]] = {}
+        for j, les in enumerate(index.patient(p).lesions):
+            got = by_lesion.setdefault(str(les["lesion_id"]), {})
+            modality = les.get("modality")
+            if modality in modalities and modality not in got:
+                got[modality] = j
+        for lesion_id, got in by_lesion.items():
+            if got:
+                images = tuple((m, got[m]) for m in modalities if m in got)
+                cases.append(Case(p, lesion_id, images))
+    if not cases:
+        raise SlimpError(
+            f"{getattr(index, 'data_dir', 'the data')}: no image records a modality "
+            f"({' or '.join(modalities)}); SM3 needs data ingested with a schema that names "
+            "them (derm7pt, or `slimp synth --paired`)"
+        )
+    return cases

@@ -7,6 +7,10 @@ Layout (DESIGN.md "Feature store", docs/internals.md), N lesions (images), D dim
     label                          [N] int64, attr classes (JSON list; -1 = unknown)
     malignant                      [N] int8 (1 malignant, 0 benign, -1 unknown)
     features/{image,lesion,patient} [N, D] float32 (patient repeated per lesion; absent if none)
+    features/{derm,clinic,derm_mm,clinic_mm,labels} [N, D] float32 (SM3 stores: one row per
+                                   case; image = concat(derm, clinic), see models/sm3.py)
+    modalities                     [N, M] int8 (SM3 stores: 1 = the case has an image of that
+                                   modality), attr names (JSON list, e.g. dermoscopic, clinical)
     raw/{lesion,patient}           [N, R] float32, attrs columns, source_columns (JSON lists)
     model/phenotype_weight [D, 2D], model/phenotype_bias [D]   (nested models)
     pseudo/<strategy>/{lesion, patient, lesion_index, patient_index, similarity}
@@ -34,7 +38,10 @@ from .paths import tmp_name
 
 FORMAT = "slimp-feature-store"
 VERSION = 1
-LEVELS = ("image", "lesion", "patient")
+LEVELS = ("image", "lesion", "patient", "derm", "clinic", "derm_mm", "clinic_mm", "labels")
+# SM3's per-branch levels: `image` is already their concatenation, so a probe asked for "all the
+# store has" uses image (and lesion/patient) only; name these with --features to probe them.
+BRANCH_LEVELS = ("derm", "clinic", "derm_mm", "clinic_mm", "labels")
 RAW_LEVELS = ("lesion", "patient")
 PSEUDO_STRATEGIES = ("ilp", "il", "ii")
 SPLIT_SIDES = ("train", "holdout")
@@ -74,6 +81,7 @@ class FeatureStoreWriter:
         variant: str = "nested",
         raw_columns: Mapping[str, tuple[Sequence[str], Sequence[str]]] | None = None,
         chunk_rows: int = 4096,
+        modalities: Sequence[str] | None = None,
     ) -> None:
         unknown = set(dims) - set(LEVELS)
         if unknown:
@@ -121,6 +129,11 @@ class FeatureStoreWriter:
         make("patient_id", _STR)
         make("label", np.int64).attrs["classes"] = json.dumps(list(classes))
         make("malignant", np.int8)
+        self.modalities = list(modalities) if modalities else None
+        if self.modalities:
+            make("modalities", np.int8, len(self.modalities)).attrs["names"] = json.dumps(
+                self.modalities
+            )
         for level, d in self.dims.items():
             make(f"features/{level}", np.float32, d)
         self.raw_levels: list[str] = []
@@ -144,8 +157,10 @@ class FeatureStoreWriter:
         malignant: Sequence[int] | np.ndarray,
         features: Mapping[str, np.ndarray],
         raw: Mapping[str, np.ndarray] | None = None,
+        modalities: np.ndarray | None = None,
     ) -> None:
-        """Append b rows. Shape: ids/label/malignant [b]; features[level] [b, D]; raw[level] [b, R].
+        """Append b rows. Shape: ids/label/malignant [b]; features[level] [b, D]; raw[level] [b, R];
+        modalities [b, M] (0/1; required when the writer declared modalities).
 
         Every level given in `dims` (and every raw level declared) must be present.
         """
@@ -169,6 +184,10 @@ class FeatureStoreWriter:
             {f"features/{k}": np.asarray(v, dtype=np.float32) for k, v in features.items()}
         )
         columns.update({f"raw/{k}": np.asarray(v, dtype=np.float32) for k, v in raw.items()})
+        if self.modalities:
+            if modalities is None:
+                raise SlimpError("feature store: append needs the rows' modalities")
+            columns["modalities"] = np.asarray(modalities, dtype=np.int8)
         for name, arr in columns.items():
             width = self.f[name].shape[1:]
             if arr.shape != (b, *width):
@@ -257,6 +276,8 @@ class FeatureStoreWriter:
 
 def _row_datasets(f: h5py.File) -> list[str]:
     names = ["lesion_id", "patient_id", "label", "malignant"]
+    if "modalities" in f:
+        names.append("modalities")
     for group in ("features", "raw"):
         if group in f:
             names += [f"{group}/{k}" for k in f[group]]
@@ -344,6 +365,14 @@ class FeatureStore:
     @property
     def malignant(self) -> np.ndarray:
         return self.f["malignant"][()].astype(np.int8)
+
+    @property
+    def modalities(self) -> tuple[np.ndarray, list[str]] | None:
+        """(present [N, M] bool, modality names [M]) of an SM3 store (one row per case), else None."""
+        if "modalities" not in self.f:
+            return None
+        ds = self.f["modalities"]
+        return ds[()].astype(bool), json.loads(ds.attrs["names"])
 
     # --- model / provenance --------------------------------------------------------------------
     @property

@@ -7,6 +7,8 @@ real data, 32 px for the generated cohort) to keep the suite fast on 2 CPU cores
     derm7pt_shards -> Path of an ingested Derm7pt subset (657 patients, no patient features)
     synth_dir      -> Path of a generated cohort in the csv layout (60 patients, 32 px)
     synth_shards   -> Path of that cohort ingested
+    paired_dir     -> Path of a generated paired cohort (synth --paired: 64 cases, 32 px)
+    paired_shards  -> Path of that cohort ingested
 """
 
 from __future__ import annotations
@@ -94,6 +96,29 @@ def synth_shards(tmp_path_factory, synth_dir) -> Path:
 
     out = tmp_path_factory.mktemp("synth_shards")
     ingest("synth", synth_dir, out, image_size=SYNTH_IMAGE_SIZE, workers=1)
+    return out
+
+
+PAIRED_CASES = 64
+
+
+@pytest.fixture(scope="session")
+def paired_dir(tmp_path_factory) -> Path:
+    """A generated paired cohort (`slimp synth --paired`): 64 cases, 32 px, 1 clinical image missing."""
+    from slimp_cli.ingest.synth_paired import generate_paired_cohort
+
+    out = tmp_path_factory.mktemp("paired_cohort")
+    generate_paired_cohort(out, cases=PAIRED_CASES, seed=0, image_size=SYNTH_IMAGE_SIZE)
+    return out
+
+
+@pytest.fixture(scope="session")
+def paired_shards(tmp_path_factory, paired_dir) -> Path:
+    """`paired_dir` ingested (`slimp ingest synth`)."""
+    from slimp_cli.ingest import ingest
+
+    out = tmp_path_factory.mktemp("paired_shards")
+    ingest("synth", paired_dir, out, image_size=SYNTH_IMAGE_SIZE, workers=1)
     return out
 
 

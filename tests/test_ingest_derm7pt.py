@@ -34,3 +34,32 @@ def test_flat_schema_without_patient_features(derm7pt_shards):
     assert record.fields == {}
     assert record.lesions[0]["lesion_id"] == record.patient_id
     assert "management" not in record.lesions[0]["fields"]
+
+
+def test_images_record_their_modality_and_unpaired_cases_are_flagged(
+    derm7pt_shards, derm7pt_source
+):
+    """Each image says which modality it is; a case without its clinical image is kept and
+    flagged. In this subset no clinical file exists: the 7 cases whose `clinic` names a file
+    name their dermoscopic file (the release's own duplicate), which is not added twice."""
+    table = pd.read_csv(derm7pt_source / "meta.csv")
+    manifest = json.loads((derm7pt_shards / "manifest.json").read_text())
+    index = ShardIndex.open(derm7pt_shards)
+    modalities = [les["modality"] for i in range(len(index)) for les in index.patient(i).lesions]
+    assert set(modalities) == {"dermoscopic"} and len(modalities) == len(table)
+    summary = manifest["modalities"]
+    assert summary["declared"] == ["clinical", "dermoscopic"]
+    assert summary["images"] == {"clinical": 0, "dermoscopic": len(table)}
+    assert summary["lesions_complete"] == 0
+    assert summary["lesions_missing"] == {"clinical": len(table)}
+    assert len(summary["missing"]) == len(table)
+    assert summary["missing"][0] == {"lesion_id": "0", "row": 1, "missing": ["clinical"]}
+    same_file = int((table["clinic"] == table["derm"]).sum())
+    assert same_file == 7
+    assert any(
+        f"{same_file} optional 'clinic' images are the row's main image" in n
+        for n in manifest["notes"]
+    )
+    assert any(
+        "lack an image of a declared modality (clinical: 657)" in n for n in manifest["notes"]
+    )

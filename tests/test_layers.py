@@ -22,7 +22,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runs", ("slimp_cli.runs", "slimp_cli.holdout")),
     (
         "maths",
-        ("slimp_cli.models", "slimp_cli.losses", "slimp_cli.transforms", "slimp_cli.model_config"),
+        (
+            "slimp_cli.models",
+            "slimp_cli.losses",
+            "slimp_cli.losses_sm3",
+            "slimp_cli.transforms",
+            "slimp_cli.model_config",
+        ),
     ),
     ("contracts", ("slimp_cli.schema", "slimp_cli.shards", "slimp_cli.store")),
     ("base", ("slimp_cli.errors", "slimp_cli.paths", "slimp_cli.devices", "slimp_cli")),

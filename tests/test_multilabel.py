@@ -69,3 +69,80 @@ def test_lesion_features_are_refused_as_a_leak(tmp_path):
     store, _ = make_store(tmp_path / "s.h5", n=60)
     with pytest.raises(SlimpError, match="leak"):
         run_multilabel(store, features=["lesion"])
+
+
+def ref_class_metrics(y, proba, c):
+    """Counts by hand, one row at a time; AUC as the share of (pos, neg) pairs ranked right."""
+    tp = fp = fn = tn = 0
+    for yi, pi in zip(y, proba):
+        pred = max(range(len(pi)), key=lambda j: (pi[j], -j)) == c
+        tp += pred and yi == c
+        fp += pred and yi != c
+        fn += (not pred) and yi == c
+        tn += (not pred) and yi != c
+    pos = [p[c] for yi, p in zip(y, proba) if yi == c]
+    neg = [p[c] for yi, p in zip(y, proba) if yi != c]
+    auc = np.mean([1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg])
+    return {
+        "class_auc": auc,
+        "sensitivity": tp / (tp + fn),
+        "specificity": tn / (tn + fp),
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+    }
+
+
+def test_class_metrics_match_a_hand_count_and_known_answers():
+    from slimp_cli.eval.metrics import class_metrics
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 40)
+    proba = rng.dirichlet(np.ones(3), 40)
+    for c in range(3):
+        got, ref = class_metrics(y, proba, c), ref_class_metrics(y, proba, c)
+        assert got == pytest.approx(ref), c
+    perfect = np.eye(3)[y]
+    assert class_metrics(y, perfect, 1) == {
+        "class_auc": 1.0,
+        "sensitivity": 1.0,
+        "specificity": 1.0,
+        "precision": 1.0,
+    }
+    never = np.tile([1.0, 0.0, 0.0], (40, 1))  # always predicts class 0
+    m = class_metrics(y, never, 2)
+    assert m["sensitivity"] == 0.0 and m["specificity"] == 1.0 and m["precision"] == 0.0
+    assert m["class_auc"] == 0.5  # a constant score ranks nothing
+
+
+def test_grouped_classes_follow_derm7pt():
+    from slimp_cli.eval.multilabel import GROUPS, diagnosis_group, group_targets
+
+    classes = ["absent", "dotted", "hairpin", "linear irregular", "wreath"]
+    y, names = group_targets(np.array([0, 1, 2, 3, 4, -1]), classes, GROUPS["vascular_structures"])
+    assert names == ["ABS", "REG", "IR"] and y.tolist() == [0, 2, 1, 2, 1, -1]
+    diagnoses = [
+        "basal cell carcinoma",
+        "clark nevus",
+        "melanoma (in situ)",
+        "lentigo",
+        "seborrheic keratosis",
+        "reed or spitz nevus",
+        "vascular lesion",
+    ]
+    y, names = group_targets(np.arange(7), diagnoses, diagnosis_group)
+    assert names == ["BCC", "NEV", "MEL", "MISC", "SK"]
+    assert [names[i] for i in y] == ["BCC", "NEV", "MEL", "MISC", "SK", "NEV", "MISC"]
+
+
+def test_report_has_the_table_i_layout(tmp_path):
+    store, _ = make_store(tmp_path / "s.h5")
+    report = run_multilabel(store, seeds=[0], methods=["linear"])
+    table = report["table"]["linear"]
+    assert table["columns"] == ["BWV", "DaG", "PIG", "PN", "RS", "STR", "VS", "DIAG", "AVG"]
+    assert table["classes"] == ["PRS", "IR", "IR", "ATP", "PRS", "IR", "IR", "MEL", ""]
+    by = {r["target"]: r for r in report["results"] if r["method"] == "linear"}
+    pn = by["pigment_network"]
+    assert pn["reported_class"] == "ATP" and pn["classes"] == ["ABS", "TYP", "ATP"]
+    assert table["AUC"][3] == pn["metrics"]["class_auc"]["mean"] > 0.9  # PN: what images encode
+    assert table["AUC"][0] is None  # this store's veil has no "present" value
+    values = [v for v in table["Sens."][:-1] if v is not None]
+    assert table["Sens."][-1] == pytest.approx(np.mean(values))

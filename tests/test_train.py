@@ -129,7 +129,8 @@ def test_bad_input_errors(pad_shards, tmp_path):
     ):
         pretrain(pad_shards, out, model=TINY, train=dict(FAST, patients_per_batch=500))
     assert not (out / "config.json").exists()
-    with pytest.raises(SlimpError, match="SM3 is not implemented yet"):
+    # SM3 pairs dermoscopic and clinical images: PAD-UFES-20 records no image modality
+    with pytest.raises(SlimpError, match="no image records a modality"):
         pretrain(pad_shards, out, model=TINY, train=dict(FAST, method="sm3"))
     with pytest.raises(SlimpError, match="unknown image model 'no_such_vit'"):
         pretrain(pad_shards, out, model=dict(TINY, image_model="no_such_vit"), train=FAST)

@@ -220,8 +220,11 @@ def _multilabel(
     )
     _warn(report["warnings"])
     names = {"accuracy": "Acc", "balanced_accuracy": "BA", "f1_macro": "F1-macro", "auc": "AUC"}
-    table = Table(title=f"{escape(store.name)}: seven-point criteria (mean±std over seeds {seeds})")
-    for col in ["criterion", "method", "features", *names.values()]:
+    table = Table(
+        title=f"{escape(store.name)}: diagnosis and seven-point criteria, grouped classes "
+        f"(mean±std over seeds {seeds})"
+    )
+    for col in ["label", "method", "features", *names.values()]:
         table.add_column(col, justify="right" if col in names.values() else "left")
     for r in report["results"]:
         feats = "+".join(r["features"]) + (f" ({r['pseudo']})" if r.get("pseudo") else "")
@@ -229,6 +232,16 @@ def _multilabel(
             r["target"], r["method"], feats, *[_fmt(r["metrics"].get(m, {})) for m in names]
         )
     _out().print(table)
+    for method, t in report["table"].items():  # the SM3 paper's Table I layout
+        layout = Table(
+            title=f"{method}: per-label metrics of the reported class (%), SM3 Table I layout"
+        )
+        layout.add_column("Metrics")
+        for col, cls in zip(t["columns"], t["classes"]):
+            layout.add_column(f"{col}\n{cls}" if cls else col, justify="right")
+        for row in ("AUC", "Sens.", "Spec.", "Prec."):
+            layout.add_row(row, *["n/a" if v is None else f"{100 * v:.1f}" for v in t[row]])
+        _out().print(layout)
     _write_json(json_path, report)
 
 
@@ -255,12 +268,20 @@ def retrieve_cmd(
     chunk_size: int = typer.Option(
         4096, "--chunk-size", help="Queries per similarity block (memory bound)."
     ),
+    pair_matching: bool = typer.Option(
+        False,
+        "--pair-matching",
+        help="SM3 stores: dermoscopic -> clinical pair matching (Acc@1, Acc@5, average rank; "
+        "SM3 paper Table III) instead of image <-> metadata retrieval.",
+    ),
 ) -> None:
     """Image <-> metadata retrieval: R@k, NDCG@k, mAP and similarity percentiles."""
     from ..eval.retrieval import run_retrieval
 
     if chunk_size < 1 or negatives < 1:
         raise SlimpError("--chunk-size and --negatives must be at least 1")
+    if pair_matching:
+        return _pair_matching(store, device=device, chunk_size=chunk_size, json_path=json_path)
     report = run_retrieval(
         store,
         split=split,
@@ -301,6 +322,26 @@ def retrieve_cmd(
     for name, vals in report["similarity_percentiles"].items():
         pct.add_row(name, *[f"{vals[q]:.3f}" for q in qs])
     _out().print(pct)
+    _write_json(json_path, report)
+
+
+def _pair_matching(store: Path, *, device: str, chunk_size: int, json_path: Path | None) -> None:
+    from ..eval.pair_matching import run_pair_matching
+
+    report = run_pair_matching(store, device=device, chunk_size=chunk_size)
+    _warn(report["warnings"])
+    pm, chance = report["pair_matching"], report["chance"]
+    _out().print(
+        f"{store.name}: dermoscopic -> clinical pair matching over {pm['n']} cases "
+        f"({' -> '.join(report['features'])})",
+        markup=False,
+    )
+    table = Table()
+    for col in ("", "Avg Rank", "Acc@1", "Acc@5"):
+        table.add_column(col, justify="right" if col else "left")
+    for name, row in (("model", pm), ("chance", chance)):
+        table.add_row(name, f"{row['mean_rank']:.2f}", f"{row['Acc@1']:.3f}", f"{row['Acc@5']:.3f}")
+    _out().print(table)
     _write_json(json_path, report)
 
 

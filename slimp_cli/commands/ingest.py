@@ -116,8 +116,25 @@ def synth_command(
     image_size: int = typer.Option(
         64, "--image-size", help="Side of the generated square images in pixels."
     ),
+    paired: bool = typer.Option(
+        False,
+        "--paired",
+        help="A Derm7pt-like paired cohort instead: one case per patient, a dermoscopic and a "
+        "clinical image per case (5%% of clinical files missing), seven-point criteria in the "
+        "metadata; for SM3 (pretrain --method sm3). --patients is then the number of cases.",
+    ),
 ) -> None:
     """Generate a synthetic cohort whose images follow their metadata (ingest it with `slimp ingest synth`)."""
+    if paired:
+        from ..ingest.synth_paired import generate_paired_cohort
+
+        p = generate_paired_cohort(out, cases=patients, seed=seed, image_size=image_size)
+        Console().print(
+            f"[bold]generated[/bold] {p.cases} paired cases, {p.images} images "
+            f"({p.missing_clinical} clinical images missing, {p.malignant} melanomas) -> "
+            f"{p.out}\nnext: slimp ingest synth {p.out} SHARDS"
+        )
+        return
     from ..ingest.synth import generate_cohort
 
     r = generate_cohort(out, patients=patients, seed=seed, image_size=image_size)

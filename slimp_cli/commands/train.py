@@ -34,10 +34,13 @@ Method = Annotated[
     str | None,
     _opt(
         "--method",
-        help="slimp (default). sm3 is reserved: SM3 is not implemented yet (error).",
+        help="slimp (default) or sm3 (dermoscopic + clinical image branches, papers/sm3_paper.txt; "
+        "paper defaults: resnet50, 224 px, stage 1 B 96 lr 1e-6 400 epochs, stage 2 B 256 lr "
+        "1e-4 150 epochs, weight decay 0.01; options given override them).",
         panel=_M,
     ),
 ]
+_S = "SM3"
 PatientsPerBatch = Annotated[
     int | None,
     _opt(
@@ -212,6 +215,31 @@ def pretrain_cmd(
     ),
     holdout: Holdout = None,
     holdout_seed: HoldoutSeed = None,
+    stage: str | None = typer.Option(
+        None,
+        "--stage",
+        help="SM3: multimodal (stage 1, default) or multilabel (stage 2: pseudo-multi-labels, "
+        "starting from the stage-1 run given with --init). -B is then cases per step.",
+        rich_help_panel=_S,
+    ),
+    init: Path | None = typer.Option(
+        None, "--init", help="SM3 stage 2: the stage-1 run dir to start from.", rich_help_panel=_S
+    ),
+    fusion: str | None = typer.Option(
+        None,
+        "--fusion",
+        help="SM3 stage 1 fusion (Table II): sep_sep (default, the paper's), sep_shared or concat.",
+        rich_help_panel=_S,
+    ),
+    proj_dim: int | None = typer.Option(
+        None, "--proj-dim", help="SM3 projection head width (default 128).", rich_help_panel=_S
+    ),
+    label_dim: int | None = typer.Option(
+        None,
+        "--label-dim",
+        help="SM3 label-specific projection width (default 512).",
+        rich_help_panel=_S,
+    ),
     patients_per_batch: PatientsPerBatch = None,
     lesions_per_patient: LesionsPerPatient = None,
     epochs: Epochs = None,
@@ -241,7 +269,8 @@ def pretrain_cmd(
     """Pre-train SLIMP (nested image-metadata contrastive learning) on ingested shards.
 
     Paper defaults: ViT-Small at 224 px, B = 4 patients, N = 100 lesions, 150 epochs, AdamW
-    lr 1e-4, lambda 0.9. `--method sm3` is reserved: SM3 is not implemented yet.
+    lr 1e-4, lambda 0.9. `--method sm3` trains SM3 instead (two stages: `--stage multimodal`,
+    then `--stage multilabel --init RUN1` into a second run dir).
     """
     from ..train import pretrain
 
@@ -253,10 +282,14 @@ def pretrain_cmd(
         embed_dim=embed_dim,
         tab_dim=tab_dim,
         tab_layers=tab_layers,
+        fusion=fusion,
+        proj_dim=proj_dim,
+        label_dim=label_dim,
     )
-    run_dir = pretrain(
-        data, out, model=model, train=_train_options(locals()), resume=resume, progress=progress
-    )
+    options = _train_options(locals())
+    if init is not None:
+        options["init"] = str(init)
+    run_dir = pretrain(data, out, model=model, train=options, resume=resume, progress=progress)
     _summary(run_dir)
 
 

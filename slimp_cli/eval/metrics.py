@@ -173,3 +173,26 @@ def percentiles(values: np.ndarray, *, qs: Sequence[int] = PERCENTILES) -> dict[
     """{"2": p2, "10": p10, ...} of a 1-D array (numpy's linear interpolation)."""
     values = np.asarray(values, dtype=np.float64)
     return {str(q): float(v) for q, v in zip(qs, np.percentile(values, qs))}
+
+
+def class_metrics(y_true: np.ndarray, proba: np.ndarray, c: int) -> dict[str, float]:
+    """One class's one-vs-rest metrics (SM3 paper Table I): AUC of its probability, and the
+    sensitivity (recall), specificity and precision of predicting it (argmax of proba).
+
+    Shape: y_true [n] ints, proba [n, C], c in 0..C-1. AUC is NaN when the test rows hold only
+    one side of class c; precision is 0 when c is never predicted (torchmetrics' and sklearn's
+    zero_division=0), sensitivity NaN without a positive row, specificity NaN without a negative.
+    """
+    y_true = np.asarray(y_true)
+    proba = np.asarray(proba, dtype=np.float64)
+    pos, pred = y_true == c, proba.argmax(axis=1) == c
+    tp, fp = int(np.sum(pos & pred)), int(np.sum(~pos & pred))
+    fn, tn = int(np.sum(pos & ~pred)), int(np.sum(~pos & ~pred))
+    return {
+        "class_auc": float(roc_auc_score(pos, proba[:, c]))
+        if 0 < pos.sum() < len(pos)
+        else math.nan,
+        "sensitivity": tp / (tp + fn) if tp + fn else math.nan,
+        "specificity": tn / (tn + fp) if tn + fp else math.nan,
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+    }

@@ -36,7 +36,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ..errors import SlimpError
 from ..paths import json_safe
-from ..store import LEVELS, PSEUDO_STRATEGIES, FeatureStore
+from ..store import BRANCH_LEVELS, LEVELS, PSEUDO_STRATEGIES, FeatureStore
 from . import WarningLog
 from .baseline import BASELINES, leakage_audit, make_baseline, openmp_threads_for, raw_metadata
 from .knn import knn_proba
@@ -79,12 +79,12 @@ def load_probe_data(
             if (k == "image" and "image" in store.feature_names)
             or (k != "image" and k in pseudo_arrays)
         ]
-    names = list(features) if features else available
+    # SM3 stores: image = concat(derm, clinic) already, so the default leaves the branches out
+    default = [k for k in available if k not in BRANCH_LEVELS] or available
+    names = list(features) if features else default
     for name in names:
         if name not in LEVELS:
-            raise SlimpError(
-                f"--features: unknown level {name!r}; choose from image, lesion, patient"
-            )
+            raise SlimpError(f"--features: unknown level {name!r}; choose from {', '.join(LEVELS)}")
         if name not in available:
             where = f"pseudo/{pseudo}" if pseudo and name != "image" else "features"
             raise SlimpError(

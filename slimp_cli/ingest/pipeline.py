@@ -272,6 +272,7 @@ def ingest(
                         "malignant": e.malignant,
                         "fields": e.lesion_fields,
                         "row": e.row,
+                        "modality": e.modality,
                     }
                     for j, e in enumerate(kept)
                 ]
@@ -291,6 +292,14 @@ def ingest(
         for name, n in sorted(conflicts.items()):
             log.notes.append(
                 f"patient field '{name}' differs between rows of {n} patients; first non-missing value kept"
+            )
+        modalities = modality_summary(written_lesions, info["modalities"])
+        if modalities is not None and modalities["lesions_missing"]:
+            missing = ", ".join(f"{m}: {n}" for m, n in modalities["lesions_missing"].items())
+            log.notes.append(
+                f"{len(modalities['missing'])} lesions lack an image of a declared modality "
+                f"({missing}): kept with the images they have, flagged in manifest.json "
+                "(modalities.missing); SM3 skips their cross-modal term"
             )
         resolved = resolve_schema(
             dataset_schema,
@@ -314,11 +323,46 @@ def ingest(
             log,
             n_rows=len(table.frame),
         )
+        if modalities is not None:
+            manifest["modalities"] = modalities
         _commit(out, writer, resolved, manifest, previous)
     except BaseException:
         writer.abort()
         raise
     return IngestResult(out=out, manifest=manifest, schema=resolved)
+
+
+def modality_summary(lesions: list[dict], declared: list[str]) -> dict | None:
+    """Images per modality and the lesions that lack a declared modality (None: none declared).
+
+    `lesions` are lesions.json entries in shard order; a lesion is its `lesion_id` (unique in a
+    dataset). Returns {"declared": [...], "images": {modality: n}, "lesions_complete": n,
+    "lesions_missing": {modality: n}, "missing": [{"lesion_id", "row", "missing": [...]}]}.
+    """
+    if not declared:
+        return None
+    have: dict[str, set] = {}
+    first_row: dict[str, int] = {}
+    images = dict.fromkeys(declared, 0)
+    for e in lesions:
+        have.setdefault(e["lesion_id"], set())
+        first_row.setdefault(e["lesion_id"], e["row"])
+        if e.get("modality") is not None:
+            have[e["lesion_id"]].add(e["modality"])
+            images[e["modality"]] = images.get(e["modality"], 0) + 1
+    missing = [
+        {"lesion_id": lid, "row": first_row[lid], "missing": [m for m in declared if m not in got]}
+        for lid, got in have.items()
+        if any(m not in got for m in declared)
+    ]
+    per_modality = {m: sum(m in e["missing"] for e in missing) for m in declared}
+    return {
+        "declared": list(declared),
+        "images": images,
+        "lesions_complete": len(have) - len(missing),
+        "lesions_missing": {m: n for m, n in per_modality.items() if n},
+        "missing": missing,
+    }
 
 
 def _commit(

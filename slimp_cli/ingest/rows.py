@@ -48,6 +48,7 @@ class Entry:
     malignant: int  # 1, 0 or -1 (unknown)
     patient_fields: dict
     lesion_fields: dict
+    modality: str | None = None  # the schema's `modalities` of its image column (or None)
 
 
 def label_lookup(schema: dict):
@@ -172,6 +173,7 @@ def build_entries(table: SourceTable, schema: dict, log: Log) -> tuple[list[Entr
     roles = check_roles(schema, columns, path, log)
     patient_features, lesion_features, dropped = present_features(schema, columns, path, log)
     extra_columns = [c for c in schema.get("extra_images", []) if c in columns]
+    modalities = dict(schema.get("modalities") or {})
     known = {v for v in roles.values() if v} | {
         f["name"] for f in patient_features + lesion_features
     }
@@ -242,13 +244,21 @@ def build_entries(table: SourceTable, schema: dict, log: Log) -> tuple[list[Entr
             malignant=classify(label),
             patient_fields={f["name"]: typed[f["name"]][i] for f in patient_features},
             lesion_fields={f["name"]: typed[f["name"]][i] for f in lesion_features},
+            modality=modalities.get(roles["image"]),
         )
         entries.append(entry)
         for column in extra_columns:
             extra = frame[column].iat[i].strip()
             if extra and not is_missing(extra):
                 entries.append(
-                    Entry(**{**entry.__dict__, "image_id": extra, "ref": ImageRef(f"\0{column}")})
+                    Entry(
+                        **{
+                            **entry.__dict__,
+                            "image_id": extra,
+                            "ref": ImageRef(f"\0{column}"),
+                            "modality": modalities.get(column),
+                        }
+                    )
                 )
     if unmapped:
         log.notes.append(
@@ -263,6 +273,7 @@ def build_entries(table: SourceTable, schema: dict, log: Log) -> tuple[list[Entr
         "lesion_features": lesion_features,
         "dropped": dropped,
         "extra_images": extra_columns,
+        "modalities": sorted(set(modalities.values())),
     }
     return entries, info
 

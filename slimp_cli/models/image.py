@@ -23,10 +23,14 @@ LOCAL_MODELS: dict[str, dict] = {
     "vit_demo": dict(patch_size=16, embed_dim=96, depth=4, num_heads=3, mlp_ratio=4.0),
 }
 SUGGESTED = "vit_tiny_patch16_224, vit_small_patch16_224, vit_base_patch16_224"
+# Local CNNs for SM3's tests (timm ResNets with small widths; SM3's default is resnet50).
+LOCAL_CNN_MODELS: dict[str, dict] = {
+    "resnet_test": dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_width=8),
+}
 
 
 def create_image_encoder(
-    name: str, *, img_size: int, weights: str | Path | None = None
+    name: str, *, img_size: int, weights: str | Path | None = None, allow_cnn: bool = False
 ) -> tuple[nn.Module, int]:
     """Build the image encoder and return it with its pooled feature width.
 
@@ -35,6 +39,9 @@ def create_image_encoder(
         img_size: input side in pixels (a multiple of the patch size); ViT position embeddings
             are sized for it.
         weights: optional local weights file (see `load_image_weights`).
+        allow_cnn: also accept models without an image size (timm CNNs such as `resnet50`, or
+            a key of `LOCAL_CNN_MODELS`): SM3's branches. SLIMP needs a ViT (its `adapt` tunes
+            the patch embedding), so it leaves this off.
 
     Shape:
         module(images [L, 3, img_size, img_size]) -> [L, feature_dim]
@@ -46,6 +53,10 @@ def create_image_encoder(
     """
     if name in LOCAL_MODELS:
         build = lambda: VisionTransformer(img_size=img_size, num_classes=0, **LOCAL_MODELS[name])
+    elif allow_cnn and name in LOCAL_CNN_MODELS:
+        build = lambda: _local_cnn(name)
+    elif allow_cnn and timm.is_model(name):
+        build = lambda: _timm_any(name, img_size)
     elif timm.is_model(name):
         build = lambda: timm.create_model(name, pretrained=False, num_classes=0, img_size=img_size)
     else:
@@ -75,6 +86,20 @@ def create_image_encoder(
     if weights is not None:
         load_image_weights(module, weights)
     return module, int(module.num_features)
+
+
+def _local_cnn(name: str) -> nn.Module:
+    from timm.models.resnet import BasicBlock, ResNet
+
+    return ResNet(block=BasicBlock, num_classes=0, **LOCAL_CNN_MODELS[name])
+
+
+def _timm_any(name: str, img_size: int) -> nn.Module:
+    """A timm model with pooled features: ViT-like models get `img_size`, CNNs take any size."""
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=0, img_size=img_size)
+    except TypeError:
+        return timm.create_model(name, pretrained=False, num_classes=0)
 
 
 def load_image_weights(module: nn.Module, path: str | Path) -> None:

@@ -275,6 +275,10 @@ def build_model(
     schema cannot feed (nested without patient features: the caller decides whether to fall
     back to flat).
     """
+    if cfg.variant == "sm3":  # SM3: two image branches, no metadata encoder
+        from .sm3 import Sm3Model
+
+        return Sm3Model(config=cfg, load_image_weights=load_image_weights)
     return SlimpModel(config=cfg, schema=schema, load_image_weights=load_image_weights)
 
 
@@ -297,6 +301,8 @@ def replace_tabular_inputs(model: SlimpModel, new_schema: ResolvedSchema) -> Sli
     """
     if model.variant == "image":
         raise SlimpError("an image-only (SimCLR) model has no tabular inputs to adapt")
+    if model.variant == "sm3":
+        raise SlimpError("an SM3 model has no tabular inputs to adapt; adapt is SLIMP's")
     variant = "nested" if model.variant == "nested" and new_schema.has_patient_features else "flat"
     lesion_features, patient_features = tabular_feature_lists(variant, new_schema)
     model.lesion_encoder.replace_inputs(

@@ -26,6 +26,7 @@ import torch
 from ..errors import SlimpError
 from ..models import MetadataInputs, patient_record
 from ..schema import TabularBatch
+from ..shards import Case, case_index
 from ..transforms import RECIPES, Preprocess, decode_image, to_model_input
 
 
@@ -385,6 +386,7 @@ def make_loader(
     workers: int,
     prefetch: int,
     pin_memory: bool,
+    collate_fn=collate,
 ) -> torch.utils.data.DataLoader:
     """DataLoader over the batch sampler (the sampler itself runs in the main process)."""
     kw = {}
@@ -395,9 +397,119 @@ def make_loader(
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         num_workers=workers,
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(0),
         **kw,
     )
+
+
+# --------------------------------------------------------------------------- cases (SM3)
+#
+# SM3 trains on *cases* (`shards.case_index`: one lesion's images by modality, a dermoscopic
+# and a clinical image, either may be missing), not on patients' lesion lists. The same
+# PatientBatchSampler draws them (one PatientInfo per case: an epoch's plan is a pure function of (seed, epoch), resume
+# starts mid-epoch, ranks slice the global batch); a `PatientItem.patient` is then a case index.
+
+
+def case_infos(cases: Sequence[Case]) -> list[PatientInfo]:
+    """What PatientBatchSampler needs to draw cases as it draws patients (one item each)."""
+    return [PatientInfo(1, ()) for _ in cases]
+
+
+class CaseDataset(torch.utils.data.Dataset):
+    """Map-style dataset of cases: `dataset[PatientItem]` -> one case's views per modality.
+
+    A sample: `<short>` [views, 3, S, S] per modality the case has (`derm`, `clinic` for
+    dermoscopic, clinical; absent when missing), `case` (its index). `views` = 2 gives two
+    augmented views (SimCLR, stage 1), 1 one view (stage 2), augmented or not.
+    """
+
+    SHORT = {"dermoscopic": "derm", "clinical": "clinic"}
+
+    def __init__(
+        self,
+        index,
+        cases: Sequence[Case],
+        *,
+        preprocess: Preprocess,
+        views: int = 2,
+        augment: bool = True,
+    ) -> None:
+        self.index = index
+        self.cases = list(cases)
+        self.preprocess = preprocess
+        self.views = views
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, item: PatientItem) -> dict:
+        if isinstance(item, (int, np.integer)):
+            item = PatientItem(int(item), (), (0, 0, 0, int(item)))
+        case = self.cases[item.patient]
+        rec = self.index.patient(case.patient)
+        rng = np.random.default_rng(list(item.aug_key)) if self.augment else None
+        out: dict = {"case": item.patient}
+        for modality, j in case.images:
+            where = f"patient {rec.patient_id} lesion {case.lesion_id} ({modality})"
+            img = decode_image(rec.read_image(j), where=where)
+            pre = self.preprocess
+            views = [
+                pre.normalize(pre.eval_uint8(img)) if rng is None else pre.augment(img, rng)
+                for _ in range(self.views)
+            ]
+            out[self.SHORT[modality]] = torch.stack(views)
+        return out
+
+
+def collate_cases(samples: Sequence[dict]) -> dict:
+    """Merge B case samples: `derm1`, `derm2` (or `derm` with one view) [n_d, 3, S, S] over the
+    cases with a dermoscopic image, the same for `clinic`, `has_derm`, `has_clinic` [B] bool,
+    `case` [B] long and `n_images` (int, for the images/s log)."""
+    names = ("derm", "clinic")
+    example = next(s[k] for s in samples for k in names if k in s)  # [views, 3, S, S]
+    views = example.shape[0]
+    batch: dict = {"case": torch.tensor([s["case"] for s in samples], dtype=torch.long)}
+    n_images = 0
+    for name in names:
+        have = [s[name] for s in samples if name in s]
+        batch[f"has_{name}"] = torch.tensor([name in s for s in samples], dtype=torch.bool)
+        stacked = torch.stack(have) if have else example.new_zeros(0, *example.shape)
+        n_images += stacked.shape[0] * views
+        if views == 1:
+            batch[name] = stacked[:, 0]
+        else:
+            for v in range(views):
+                batch[f"{name}{v + 1}"] = stacked[:, v]
+    batch["n_images"] = n_images
+    return batch
+
+
+def case_training_data(
+    index, model, train, info, use: Sequence[int] | None = None
+) -> tuple[CaseDataset, PatientBatchSampler, object]:
+    """(dataset, sampler, collate) of an SM3 model's training cases.
+
+    Stage 1 (`model.stage == "multimodal"`): two augmented views per image (SimCLR); stage 2:
+    one augmented view. `--patients-per-batch` is the number of cases per step. `use`: the
+    training patients (held-out patients' cases are never drawn); None = all.
+    """
+    cases = case_index(index, model.inputs.modalities)
+    if use is not None:
+        allowed = set(use)
+        cases = [c for c in cases if c.patient in allowed]
+    views = 2 if getattr(model, "stage", "multimodal") == "multimodal" else 1
+    dataset = CaseDataset(index, cases, preprocess=model.preprocess, views=views, augment=True)
+    sampler = PatientBatchSampler(
+        case_infos(cases),
+        patients_per_batch=train.patients_per_batch,
+        lesions_per_patient=1,
+        positive_sampling=False,
+        seed=train.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
+    return dataset, sampler, collate_cases

@@ -35,6 +35,7 @@ from .data import (
     PatientBatchSampler,
     PatientDataset,
     batch_to,
+    case_training_data,
     collate,
     make_loader,
     patient_infos,
@@ -223,6 +224,7 @@ def run_training(
     progress: bool = False,
     find_unused_parameters: bool = False,
     description: str = "train",
+    hooks=None,
 ) -> TrainResult:
     """Train `model` (its trainable parameters) on `index` and write the run dir.
 
@@ -230,45 +232,56 @@ def run_training(
     loaded checkpoint to continue from (model weights are loaded here too). `patients`
     (`session.TrainingPatients`) says which patients train; the held-out ones give a
     validation loss after every epoch (`val_loss` rows of metrics.jsonl). None = all train.
+    `hooks` (SM3's
+    multi-label stage: `train.sm3.PseudoLabels`) keeps state across steps: `start(extra)`
+    before training, `epoch_start(epoch, step_in_epoch)`, `outputs(batch, outputs)` after the
+    forward pass (adds the loss's targets), `after_step(batch, outputs)`, and `state_dict()`,
+    saved in each checkpoint's `extra`.
     """
     variant = config["variant"]
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise SlimpError("no trainable parameters (check --tune)")
-    dataset = PatientDataset(
-        index,
-        inputs=model.inputs,
-        preprocess=model.preprocess,
-        classes=schema.classes if schema else (),
-        augment=train.augment,
-        recipe=train.augment_recipe,
-    )
-    infos = patient_infos(index)
-    # SimCLR (two views) draws B x N single images at random: see PatientBatchSampler.
-    images_per_batch = (
-        train.patients_per_batch * train.lesions_per_patient if model.inputs.two_views else None
-    )
-    sampler = PatientBatchSampler(
-        infos,
-        patients_per_batch=train.patients_per_batch,
-        lesions_per_patient=train.lesions_per_patient,
-        positive_sampling=train.positive_sampling,
-        seed=train.seed,
-        rank=info.rank,
-        world_size=info.world_size,
-        use=patients.use if patients is not None else None,
-        images_per_batch=images_per_batch,
-    )
     val_plan = []
-    if patients is not None and patients.validation:
-        val_plan = validation_plan(
+    if getattr(model.inputs, "unit", "patient") == "case":  # SM3: cases, not patients
+        dataset, sampler, collate_fn = case_training_data(
+            index, model, train, info, use=patients.use if patients is not None else None
+        )
+    else:
+        dataset = PatientDataset(
+            index,
+            inputs=model.inputs,
+            preprocess=model.preprocess,
+            classes=schema.classes if schema else (),
+            augment=train.augment,
+            recipe=train.augment_recipe,
+        )
+        infos = patient_infos(index)
+        # SimCLR (two views) draws B x N single images at random: see PatientBatchSampler.
+        images_per_batch = (
+            train.patients_per_batch * train.lesions_per_patient if model.inputs.two_views else None
+        )
+        sampler = PatientBatchSampler(
             infos,
-            patients.validation,
             patients_per_batch=train.patients_per_batch,
             lesions_per_patient=train.lesions_per_patient,
+            positive_sampling=train.positive_sampling,
             seed=train.seed,
+            rank=info.rank,
+            world_size=info.world_size,
+            use=patients.use if patients is not None else None,
             images_per_batch=images_per_batch,
         )
+        collate_fn = collate
+        if patients is not None and patients.validation:
+            val_plan = validation_plan(
+                infos,
+                patients.validation,
+                patients_per_batch=train.patients_per_batch,
+                lesions_per_patient=train.lesions_per_patient,
+                seed=train.seed,
+                images_per_batch=images_per_batch,
+            )
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if info.is_main:
@@ -282,6 +295,7 @@ def run_training(
         workers=train.workers,
         prefetch=train.prefetch,
         pin_memory=device.type == "cuda",
+        collate_fn=collate_fn,
     )
     steps_per_epoch = sampler.steps_per_epoch
     total = train.epochs * steps_per_epoch
@@ -338,6 +352,7 @@ def run_training(
                 step_in_epoch=next_in_epoch,
                 step=step,
                 config=config,
+                extra=hooks.state_dict() if hooks is not None else None,
             )
             save_checkpoint(run_dir / LAST, **kw)
             if epoch_file and train.keep_epoch_checkpoints:
@@ -351,6 +366,8 @@ def run_training(
             "to train further",
             info,
         )
+    if hooks is not None:
+        hooks.start(resume_state.get("extra") if resume_state is not None else None)
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(stop_requests(not info.enabled))
         stack.callback(metrics.close)
@@ -358,11 +375,15 @@ def run_training(
         while epoch < train.epochs and step < stop_at:
             sampler.set_epoch(epoch, start_in_epoch)
             s = start_in_epoch
+            if hooks is not None:
+                hooks.epoch_start(epoch, start_in_epoch)
             set_train_mode(model)
             for batch in loader:
                 batch = batch_to(batch, device, model.preprocess)
                 with autocast:
                     outputs = net(batch)
+                if hooks is not None:
+                    outputs = hooks.outputs(batch, outputs)
                 losses = _compute_loss(variant, outputs, train, info)
                 if not D.all_finite(losses["loss"], info):
                     last = run_dir / LAST
@@ -382,9 +403,12 @@ def run_training(
                 lr = optimizer.param_groups[0]["lr"]  # the rate this step used
                 optimizer.step()
                 scheduler.step()
+                if hooks is not None:
+                    hooks.after_step(batch, outputs)
                 step += 1
                 s += 1
-                n_images = int(batch["images"].shape[0]) * info.world_size
+                n_images = batch["n_images"] if "n_images" in batch else batch["images"].shape[0]
+                n_images = int(n_images) * info.world_size
                 if "images2" in batch:
                     n_images *= 2
                 for k, v in losses.items():

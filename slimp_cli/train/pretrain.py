@@ -16,7 +16,6 @@ from ..runs import LAST, load_checkpoint
 from . import distributed as D
 from .loop import TrainResult, notice, run_training
 from .session import (
-    SM3_MESSAGE,
     check_resume_data,
     check_resume_train,
     data_record,
@@ -29,6 +28,7 @@ from .session import (
     split_patients,
     training_session,
 )
+from .sm3 import prepare_sm3, sm3_defaults, sm3_model_config
 from .train_config import TrainConfig
 
 
@@ -44,14 +44,18 @@ def pretrain_run(
     """`pretrain` returning the `TrainResult` (with the trained model) instead of the path."""
     data, out = Path(data), Path(out)
     saved = prepare_out(out, resume)
-    model_cfg, train_cfg = resolve_configs(model, train, saved=saved)
-    if train_cfg.method == "sm3":
-        raise SlimpError(SM3_MESSAGE)
+    model_defaults, train_defaults = sm3_defaults(train, saved)
+    model_cfg, train_cfg = resolve_configs(
+        model, train, saved=saved, train_defaults=train_defaults, model_defaults=model_defaults
+    )
+    sm3 = train_cfg.method == "sm3"
+    if sm3:
+        model_cfg = sm3_model_config(model_cfg, model, train_cfg, saved)
     device = D.device_for(train_cfg.device)
     with training_session(device) as info:
         index = open_training_data(data)
         schema = index.schema
-        if model_cfg.variant == "nested" and not schema.has_patient_features:
+        if not sm3 and model_cfg.variant == "nested" and not schema.has_patient_features:
             model_cfg = model_cfg.replace(variant="flat")
             notice(
                 f"{data} has no patient-level features: training the flat variant (one "
@@ -73,13 +77,24 @@ def pretrain_run(
                     "give the same options (or none) to resume"
                 )
             state = load_checkpoint(out / LAST)
+        hooks, extra = None, None
+        if sm3:  # SM3's stage, its --init weights and stage 2's pseudo-labels
+            hooks, extra = prepare_sm3(
+                net,
+                index,
+                train_cfg,
+                info=info,
+                device=device,
+                resumed=saved is not None,
+                use=patients.use,
+            )
         config = run_config(
             kind="pretrain",
             model=net,
             train=train_cfg,
             schema=schema,
             data=data_record(data, index),
-            extra={"holdout": holdout_record(patients)},
+            extra={"holdout": holdout_record(patients), **(extra or {})},
         )
         return run_training(
             model=net,
@@ -93,7 +108,8 @@ def pretrain_run(
             info=info,
             resume_state=state,
             progress=progress,
-            description="pretrain",
+            description="pretrain" if not sm3 else f"sm3 {train_cfg.stage}",
+            hooks=hooks,
         )
 
 

@@ -32,7 +32,8 @@ from . import distributed as D
 from .loop import notice, parameter_counts, trainable_names
 from .train_config import RESUMABLE_CHANGES, TrainConfig
 
-SM3_MESSAGE = "SM3 is not implemented yet; use --method slimp"
+# `adapt` is SLIMP's continual pre-training (new tabular inputs); SM3 has no metadata encoder.
+SM3_MESSAGE = "adapt continues SLIMP pre-training; train SM3 with `slimp pretrain --method sm3`"
 
 
 def seed_everything(seed: int) -> None:
@@ -48,16 +49,18 @@ def resolve_configs(
     *,
     saved: dict | None,
     train_defaults: dict | None = None,
+    model_defaults: dict | None = None,
 ) -> tuple[ModelConfig, TrainConfig]:
     """Full configs from dataclasses, or from option dicts applied over a base.
 
     The base is the saved run's config on `--resume` (so options not given again keep their
-    saved values), else the defaults (`train_defaults` over TrainConfig's).
+    saved values), else the defaults (`train_defaults` / `model_defaults` over TrainConfig's /
+    ModelConfig's).
     """
     if isinstance(model, ModelConfig):
         model_cfg = model
     else:
-        base = dict(saved["model"]) if saved else {}
+        base = dict(saved["model"]) if saved else dict(model_defaults or {})
         model_cfg = ModelConfig.from_dict({**base, **(model or {})})
     if isinstance(train, TrainConfig):
         train_cfg = train

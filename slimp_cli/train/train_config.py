@@ -16,6 +16,8 @@ from ..losses import DEFAULT_LAM, DEFAULT_TEMPERATURE
 from ..model_config import DictConfig, positive_int
 
 METHODS = ("slimp", "sm3")
+# SM3's two pre-training stages (papers/sm3_paper.txt Sec. III-D and III-E).
+STAGES = ("multimodal", "multilabel")
 
 # Fields that may change between a run and its `--resume` without changing the weights it
 # reaches (everything else must match the saved run, or resuming would not continue it).
@@ -42,9 +44,14 @@ class TrainConfig(DictConfig):
 
     _KIND = "train option"
 
-    # "slimp" (nested image-metadata contrastive learning). "sm3" is reserved for the SM3
-    # method of papers/sm3_paper.txt and is rejected ("SM3 is not implemented yet").
+    # "slimp" (nested image-metadata contrastive learning) or "sm3" (papers/sm3_paper.txt:
+    # dermoscopic + clinical image branches; its defaults are the paper's, see train/sm3.py).
     method: str = "slimp"
+    # SM3 only: "multimodal" (stage 1: NT-Xent per modality + the cross-modal loss) or
+    # "multilabel" (stage 2: pseudo-multi-label learning from the stage-1 run named by `init`).
+    stage: str = "multimodal"
+    # SM3 stage 2: the stage-1 run dir (or checkpoint file) whose weights it starts from.
+    init: str | None = None
     # B: patients per optimisation step (per process under torchrun). Paper: 4 on SLICE-3D
     # (pre-training), 64 for continual pre-training (`adapt` uses 64 unless told otherwise).
     patients_per_batch: int = 4
@@ -112,6 +119,12 @@ class TrainConfig(DictConfig):
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise SlimpError(f"unknown method '{self.method}'; choose one of {', '.join(METHODS)}")
+        if self.stage not in STAGES:
+            raise SlimpError(f"unknown stage '{self.stage}'; choose one of {', '.join(STAGES)}")
+        if self.method != "sm3" and (self.stage != "multimodal" or self.init is not None):
+            raise SlimpError("--stage and --init are options of --method sm3")
+        if self.init is not None and not isinstance(self.init, str):
+            raise SlimpError(f"init must be a run dir path or null, got {self.init!r}")
         for name in (
             "patients_per_batch",
             "lesions_per_patient",

@@ -1,0 +1,218 @@
+"""SM3 behind `pretrain --method sm3`: its defaults, its two stages and stage 2's pseudo-labels.
+
+SM3 (papers/sm3_paper.txt) uses the same run dir, checkpoints, training loop, sampler and store
+as SLIMP; this module holds only what differs:
+- defaults (the paper's, Sec. IV-A): ResNet-50 branches at 224 px; stage 1 batch 96, lr 1e-6,
+  400 epochs; stage 2 batch 256, lr 1e-4, 150 epochs; AdamW weight decay 0.01; tau 0.1. Options
+  given on the command line override them.
+- the two-stage schedule: stage 1 (`--stage multimodal`, the default) trains the branches, the
+  SimCLR heads and the fusion heads into its run dir; stage 2 (`--stage multilabel --init RUN1`)
+  starts a second run dir from RUN1's weights, with RUN1's architecture, and trains the label
+  projections, the label-relation layer and the classification heads on pseudo-labels, the
+  branches frozen (the official code's default). Each stage resumes exactly on its own.
+- stage 2's memory bank (`PseudoLabels`): every case's 8 label embeddings, filled by one pass
+  before training (eval mode) and updated with each step's embeddings; at the start of every
+  epoch each label's embeddings are clustered by spherical k-means (K per label: DIAG 5, PN 3,
+  BWV 2, VS 3, PIG 3, STR 3, DaG 3, RS 2), seeded by (seed, epoch, label), the pseudo-labels
+  are the cluster ids and label k's classification head is set to its centroids. The bank and
+  the epoch's pseudo-labels are saved in every checkpoint, so `--resume` is exact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import SlimpError
+from ..model_config import ModelConfig
+from ..models.kmeans import pseudo_labels
+from ..models.sm3 import LABEL_SIZES, MODALITIES
+from ..runs import load_checkpoint, read_config, resolve_checkpoint, sha256_file
+from .data import CaseDataset, batch_to, case_index, collate_cases
+from .loop import notice
+from .train_config import TrainConfig
+
+SM3_MODEL_DEFAULTS = {"variant": "sm3", "image_model": "resnet50", "img_size": 224}
+SM3_TRAIN_DEFAULTS = {
+    "multimodal": {"patients_per_batch": 96, "lr": 1e-6, "epochs": 400, "weight_decay": 0.01},
+    "multilabel": {"patients_per_batch": 256, "lr": 1e-4, "epochs": 150, "weight_decay": 0.01},
+}
+
+
+def _given(cfg, name: str, saved: dict | None, section: str):
+    if isinstance(cfg, (TrainConfig, ModelConfig)):
+        return getattr(cfg, name)
+    if cfg and name in cfg:
+        return cfg[name]
+    return saved[section].get(name) if saved else None
+
+
+def sm3_defaults(train, saved: dict | None) -> tuple[dict | None, dict | None]:
+    """(model defaults, train defaults) when the run is SM3, else (None, None)."""
+    if (_given(train, "method", saved, "train") or "slimp") != "sm3":
+        return None, None
+    stage = _given(train, "stage", saved, "train") or "multimodal"
+    if stage not in SM3_TRAIN_DEFAULTS:
+        return SM3_MODEL_DEFAULTS, None  # TrainConfig names the bad stage
+    return dict(SM3_MODEL_DEFAULTS), dict(SM3_TRAIN_DEFAULTS[stage])
+
+
+def sm3_model_config(
+    model_cfg: ModelConfig, given, train: TrainConfig, saved: dict | None
+) -> ModelConfig:
+    """The architecture of an SM3 run: variant sm3; stage 2 takes its `--init` run's."""
+    if isinstance(given, dict) and given.get("variant", "sm3") != "sm3":
+        raise SlimpError(
+            f"--method sm3 trains its own model; --variant {given['variant']} is SLIMP's"
+        )
+    model_cfg = model_cfg.replace(variant="sm3")
+    if train.stage != "multilabel" or saved is not None:
+        return model_cfg
+    if train.init is None:
+        raise SlimpError(
+            "--stage multilabel starts from a stage-1 run: give it with --init RUN "
+            "(the --out of `slimp pretrain --method sm3`)"
+        )
+    init_cfg = _init_config(train.init)
+    base = ModelConfig.from_dict(init_cfg["model"])
+    if isinstance(given, dict):
+        differ = sorted(k for k, v in given.items() if getattr(base, k, v) != v)
+        if differ:
+            raise SlimpError(
+                f"--stage multilabel keeps the architecture of --init {train.init}; drop "
+                f"{', '.join(differ)}"
+            )
+    return base
+
+
+def _init_config(init: str) -> dict:
+    ckpt, run_dir = resolve_checkpoint(init)
+    cfg = (
+        read_config(run_dir)
+        if (run_dir / "config.json").is_file()
+        else load_checkpoint(ckpt)["config"]
+    )
+    if (
+        cfg.get("variant") != "sm3"
+        or cfg.get("train", {}).get("stage", "multimodal") != "multimodal"
+    ):
+        raise SlimpError(f"--init {init}: not a stage-1 SM3 run (pretrain --method sm3)")
+    return cfg
+
+
+def prepare_sm3(
+    model,
+    index,
+    train: TrainConfig,
+    *,
+    info,
+    device: torch.device,
+    resumed: bool,
+    use: list[int] | None = None,
+) -> tuple[object | None, dict]:
+    """Set the model's stage, load stage 2's `--init` weights, say how many cases are unpaired.
+
+    `use`: the training patients (held-out patients' cases are left out, as in
+    `data.case_training_data`, so the memory bank's rows are the sampler's cases).
+    Returns (training hooks or None, what config.json records about SM3).
+    """
+    if info.enabled:
+        raise SlimpError("SM3 trains in one process; run it without torchrun")
+    cases = case_index(index, MODALITIES)
+    if use is not None:
+        allowed = set(use)
+        cases = [c for c in cases if c.patient in allowed]
+    n_derm = sum(c.image("dermoscopic") is not None for c in cases)
+    n_clinic = sum(c.image("clinical") is not None for c in cases)
+    paired = sum(len(c.images) == 2 for c in cases)
+    record = {
+        "stage": train.stage,
+        "fusion": model.fusion,
+        "cases": len(cases),
+        "cases_with": {"dermoscopic": n_derm, "clinical": n_clinic},
+        "paired_cases": paired,
+        "unpaired_cases": len(cases) - paired,
+    }
+    model.set_stage(train.stage)
+    if train.stage == "multimodal":
+        if paired < len(cases):
+            notice(
+                f"{len(cases) - paired} of {len(cases)} cases lack a clinical or dermoscopic image "
+                f"({len(cases) - n_clinic} without clinical, {len(cases) - n_derm} without "
+                "dermoscopic): the cross-modal term skips them (metrics.jsonl 'unpaired' counts "
+                "them per step)"
+                + ("; no case has both, so L_mm is 0 throughout" if paired == 0 else ""),
+                info,
+            )
+        return None, {"sm3": record}
+    extra = {"sm3": record}
+    if not resumed:
+        ckpt, _ = resolve_checkpoint(train.init)
+        state = load_checkpoint(ckpt)
+        try:
+            model.load_state_dict(state["model"], strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise SlimpError(f"--init {train.init}: weights do not fit ({first})") from None
+        model.set_stage("multilabel")
+        extra["init"] = {"checkpoint": str(Path(ckpt).resolve()), "sha256": sha256_file(ckpt)}
+    model.multilabel_trained.fill_(True)
+    dataset = CaseDataset(index, cases, preprocess=model.preprocess, views=1, augment=False)
+    return PseudoLabels(model, dataset, seed=train.seed, device=device), extra
+
+
+class PseudoLabels:
+    """Stage 2's memory bank and per-epoch k-means pseudo-labels (hooks of `run_training`)."""
+
+    def __init__(self, model, dataset: CaseDataset, *, seed: int, device: torch.device) -> None:
+        self.model = model
+        self.dataset = dataset
+        self.seed = seed
+        self.device = device
+        self.bank: torch.Tensor | None = None  # [cases, 8, label_dim] float32, CPU
+        self.labels: torch.Tensor | None = None  # [cases, 8] long: the current epoch's
+        self.labels_epoch = -1
+
+    def start(self, extra: dict | None) -> None:
+        """The saved bank on resume, else one eval-mode pass over every case."""
+        if extra and "bank" in extra:
+            self.bank = extra["bank"].float().cpu()
+            self.labels = extra["labels"].long().cpu()
+            self.labels_epoch = int(extra["labels_epoch"])
+            return
+        self.bank = self.embed_all()
+
+    @torch.no_grad()
+    def embed_all(self, chunk: int = 64) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        rows = []
+        for start in range(0, len(self.dataset), chunk):
+            items = range(start, min(start + chunk, len(self.dataset)))
+            batch = batch_to(collate_cases([self.dataset[i] for i in items]), self.device)
+            rows.append(self.model(batch)["embeddings"].float().cpu())
+        self.model.train(was_training)
+        return torch.cat(rows)
+
+    def epoch_start(self, epoch: int, step_in_epoch: int) -> None:
+        """Cluster the bank (unless resuming inside an epoch whose labels were saved)."""
+        if step_in_epoch > 0 and self.labels_epoch == epoch:
+            return
+        labels, centroids = pseudo_labels(self.bank, LABEL_SIZES, seed=self.seed, epoch=epoch)
+        self.model.set_prototypes(centroids)
+        self.labels, self.labels_epoch = labels, epoch
+
+    def outputs(self, batch: dict, outputs: dict) -> dict:
+        targets = self.labels[batch["case"].cpu()].to(outputs["logits"].device)
+        return {**outputs, "targets": targets}
+
+    def after_step(self, batch: dict, outputs: dict) -> None:
+        self.bank[batch["case"].cpu()] = outputs["embeddings"].detach().float().cpu()
+
+    def state_dict(self) -> dict:
+        return {
+            "bank": self.bank.clone(),
+            "labels": self.labels.clone() if self.labels is not None else torch.zeros(0),
+            "labels_epoch": self.labels_epoch,
+        }
