@@ -98,10 +98,16 @@ def run_demo(
     log("embedding")
     (out / "stores").mkdir(exist_ok=True)
     stores = {
-        "nested": embed(runs["nested"], out / "shards", out / "stores" / "nested.h5"),
-        "image": embed(runs["image"], out / "shards", out / "stores" / "image.h5"),
+        "nested": embed(
+            runs["nested"], out / "shards", out / "stores" / "nested.h5", overwrite=True
+        ),
+        "image": embed(runs["image"], out / "shards", out / "stores" / "image.h5", overwrite=True),
         "target": embed(
-            runs["nested"], out / "target-shards", out / "stores" / "target.h5", image_only=True
+            runs["nested"],
+            out / "target-shards",
+            out / "stores" / "target.h5",
+            image_only=True,
+            overwrite=True,
         ),
     }
     log("probing (linear + kNN, random 90/10 split, seeds 0,1,2)")

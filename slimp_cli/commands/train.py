@@ -117,6 +117,9 @@ KeepEpochCheckpoints = Annotated[
     ),
 ]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+Verify = Annotated[
+    bool, typer.Option("--verify", help="Check every shard's sha256 against manifest.json first.")
+]
 
 
 def _train_options(options: dict) -> dict:
@@ -204,6 +207,7 @@ def pretrain_cmd(
         help="Continue the run in --out from checkpoint-last.pt (same result as an uninterrupted run).",
     ),
     progress: Progress = True,
+    verify: Verify = False,
 ) -> None:
     """Pre-train SLIMP (nested image-metadata contrastive learning) on ingested shards.
 
@@ -221,7 +225,13 @@ def pretrain_cmd(
         tab_dim=tab_dim,
     )
     run_dir = pretrain(
-        data, out, model=model, train=_train_options(locals()), resume=resume, progress=progress
+        data,
+        out,
+        model=model,
+        train=_train_options(locals()),
+        resume=resume,
+        progress=progress,
+        verify=verify,
     )
     _summary(run_dir)
 
@@ -261,6 +271,7 @@ def adapt_cmd(
     keep_epoch_checkpoints: KeepEpochCheckpoints = None,
     resume: bool = typer.Option(False, "--resume", help="Continue the adapt run in --out."),
     progress: Progress = True,
+    verify: Verify = False,
 ) -> None:
     """Continual pre-training of a SLIMP model on a target dataset (paper Sec. 3.2).
 
@@ -278,6 +289,7 @@ def adapt_cmd(
         tune=tune,
         resume=resume,
         progress=progress,
+        verify=verify,
     )
     _summary(run_dir)
 
