@@ -394,8 +394,20 @@ class FeatureStore:
         return self.f[f"features/{name}"]
 
     def block(self, name: str) -> np.ndarray:
-        """One level in memory. Shape: [N, D] float32."""
-        return self.dataset(name)[()]
+        """One level in memory. Shape: [N, D] float32. SlimpError when a value is NaN/inf."""
+        return self._finite(self.dataset(name)[()], f"features/{name}")
+
+    def _finite(self, values: np.ndarray, name: str) -> np.ndarray:
+        """`values` unchanged, or a SlimpError naming the first row holding NaN or inf (a
+        classifier would fail on it with a traceback, a search would rank it at random)."""
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+            row = int(bad[0])
+            raise SlimpError(
+                f"{self.path}: {name} holds NaN or infinite values in {len(bad)} row(s), first "
+                f"row {row} (lesion {self.f['lesion_id'].asstr()[row]}); re-embed it"
+            )
+        return values
 
     def features(self, names: Sequence[str]) -> np.ndarray:
         """Concatenation of the named levels. Shape: [N, sum D] float32."""
@@ -437,7 +449,11 @@ class FeatureStore:
                 f"run slimp extrapolate REFERENCE {self.path} --strategy {strategy}"
             )
         g = self.f[name]
-        return {k: g[k][()] for k in g.keys()}
+        # the feature vectors must be finite; similarities are reports, read as they are
+        return {
+            k: self._finite(g[k][()], f"{name}/{k}") if k in RAW_LEVELS else g[k][()]
+            for k in g.keys()
+        }
 
 
 class PseudoWriter:

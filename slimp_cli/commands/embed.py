@@ -54,6 +54,7 @@ def embed_cmd(
         TimeRemainingColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # no bar debris in logs and pipes
     ) as bar:
         task = bar.add_task("embedding lesions", total=None)
         path = embed(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..devices import check_device_name
-from ..errors import SlimpError
+from ..errors import SlimpError, check_seed
 from ..losses import DEFAULT_LAM, DEFAULT_TEMPERATURE
 from ..model_config import DictConfig, positive_int
 
@@ -110,7 +110,7 @@ class TrainConfig(DictConfig):
         if self.warmup_steps is not None:
             _non_negative_int("warmup_steps", self.warmup_steps)
         _non_negative_int("workers", self.workers)
-        _non_negative_int("seed", self.seed)
+        check_seed(self.seed, "seed")
         _positive_float("lr", self.lr)
         _positive_float("temperature", self.temperature)
         _number("weight_decay", self.weight_decay)
