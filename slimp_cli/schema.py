@@ -120,6 +120,9 @@ def _check_bounds(feature: dict, source: str) -> None:
             f"{source}: feature '{feature['name']}' is {feature['type']}: min/max apply to "
             "numerical features only"
         )
+    for key, bound in (("min", lo), ("max", hi)):
+        if bound is not None and not math.isfinite(bound):
+            raise SlimpError(f"{source}: feature '{feature['name']}' has a non-finite {key}")
     if lo is not None and hi is not None and lo > hi:
         raise SlimpError(f"{source}: feature '{feature['name']}' has min {lo} > max {hi}")
 

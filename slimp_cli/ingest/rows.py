@@ -409,7 +409,8 @@ def _locate(
                     reason=f"image file not found for '{e.image_id}' under {table.path.parent}",
                 )
             continue
-        key = ref.display()
+        # one file under two spellings (dir/../x.png, an absolute path) is still one file
+        key = os.path.abspath(ref.path) + (f"[{ref.key}]" if ref.key else "")
         if extra and seen_file.get(key) == e.row:  # the release names the main image twice
             same_file[column] = same_file.get(column, 0) + 1
             continue
@@ -419,7 +420,7 @@ def _locate(
             log.skip(
                 row=e.row,
                 id=e.image_id,
-                file=key,
+                file=ref.display(),
                 kind="duplicate_image",
                 reason=f"same image file as row {seen_file[key]}",
             )
