@@ -125,3 +125,19 @@ def test_user_error_is_one_line(results, case):
     assert res.returncode == 1, (res.returncode, res.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     assert expected.format(**vars(ctx)) in lines[0], lines[0]
+
+
+def test_a_stray_os_error_is_one_line(run_cli, monkeypatch, tmp_path):
+    """cli.main's last line of defence: an OSError the library did not name is still one line
+    (e.g. PermissionError on a folder that is not writable, which root never sees)."""
+    import slimp_cli.ingest.synth as synth
+
+    target = tmp_path / "cohort"
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(target))
+
+    monkeypatch.setattr(synth, "generate_cohort", denied)
+    res = run_cli("synth", target)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.stderr.strip().splitlines() == [f"error: {target}: Permission denied"]
