@@ -451,7 +451,7 @@ class FeatureStore:
         g = self.f[name]
         # the feature vectors must be finite; similarities are reports, read as they are
         return {
-            k: self._finite(g[k][()], f"{name}/{k}") if k in RAW_LEVELS else g[k][()]
+            k: self._finite(g[k][()], f"{name}/{k}") if k in ("lesion", "patient") else g[k][()]
             for k in g.keys()
         }
 
