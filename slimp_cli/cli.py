@@ -47,6 +47,16 @@ def _is_usage_error(exc: BaseException) -> bool:
     return hasattr(exc, "exit_code") and callable(getattr(exc, "show", None))
 
 
+def _os_error(exc: OSError) -> str:
+    """'PATH: reason' of an OSError (both paths of a failed rename)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None and exc.filename2 is not None:
+        return f"{exc.filename} -> {exc.filename2}: {reason}"
+    if exc.filename is not None:
+        return f"{exc.filename}: {reason}"
+    return reason
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: exit 0 on success, 1 with one line for a user error, 2 with the
     usage message for bad usage, 130 when interrupted; never a traceback for those."""
@@ -67,6 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:
+        # A file the user named cannot be read or written (permissions, a file where a
+        # folder should be, a full disk): the library names most of these itself; this is
+        # the last line of defence, so the user still reads one line, never a traceback.
+        print(f"error: {_os_error(exc)}", file=sys.stderr)
+        sys.exit(1)
     except Exception as exc:
         if _is_usage_error(exc):
             exc.show()

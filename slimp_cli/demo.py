@@ -111,10 +111,16 @@ def run_demo(
     log("embedding")
     (out / "stores").mkdir(exist_ok=True)
     stores = {
-        "nested": embed(runs["nested"], out / "shards", out / "stores" / "nested.h5"),
-        "image": embed(runs["image"], out / "shards", out / "stores" / "image.h5"),
+        "nested": embed(
+            runs["nested"], out / "shards", out / "stores" / "nested.h5", overwrite=True
+        ),
+        "image": embed(runs["image"], out / "shards", out / "stores" / "image.h5", overwrite=True),
         "target": embed(
-            runs["nested"], out / "target-shards", out / "stores" / "target.h5", image_only=True
+            runs["nested"],
+            out / "target-shards",
+            out / "stores" / "target.h5",
+            image_only=True,
+            overwrite=True,
         ),
     }
     log("probing (linear + kNN on the held-out patients; metadata-only baselines on the same rows)")

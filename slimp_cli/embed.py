@@ -18,7 +18,7 @@ from .models import patient_record
 from .runs import check_schema_compatible, load_run, sha256_file
 from .schema import encode_raw, raw_columns
 from .shards import Case, ShardIndex, case_index
-from .store import FeatureStore, FeatureStoreWriter
+from .store import FeatureStore, FeatureStoreWriter, check_store_destination
 from .transforms import Preprocess
 
 
@@ -55,6 +55,8 @@ def embed(
     image_only: bool = False,
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
+    verify: bool = False,
 ) -> Path:
     """Embed every lesion of `data_dir` with the model of `checkpoint`; write the store `out`.
 
@@ -62,14 +64,19 @@ def embed(
     tabular encoder over patient+lesion metadata). `image_only` writes image features alone, for
     data whose columns the model was not built for (the extrapolation target). `raw/` always holds
     the data's own metadata encoded for baselines. `progress(done, total)` is called per batch.
+    An existing `out` is replaced only with `overwrite` (checked before any work); `verify`
+    checks every shard's sha256 against the manifest first.
     """
     data_dir, out = Path(data_dir), Path(out)
     if batch_size < 1:
         raise SlimpError(f"--batch-size must be >= 1 (got {batch_size})")
+    if workers < 0:
+        raise SlimpError(f"--workers must be >= 0 (got {workers})")
+    check_store_destination(out, overwrite=overwrite)
     dev = resolve_device(device)
     run = load_run(checkpoint, device=dev)
     model, model_schema = run.model, run.schema
-    index = ShardIndex.open(data_dir)
+    index = ShardIndex.open(data_dir, verify=verify)
     if getattr(model.inputs, "unit", "patient") == "case":  # SM3: one row per case
         return embed_cases(
             run,

@@ -47,15 +47,34 @@ def read_json(path: str | os.PathLike):
 
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise SlimpError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError as exc:
+        raise SlimpError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8"
+        ) from None
+    except OSError as exc:  # a folder, no permission, vanished...
+        raise SlimpError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def write_json(path: str | os.PathLike, obj, *, indent: int = 2) -> None:
     """Write JSON atomically (sorted keys: byte-identical output for identical input)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False) + "\n")
+    write_text(path, json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 text atomically; SlimpError naming the file when it cannot be written
+    (missing or read-only folder, a file where a folder should be, full disk)."""
+    from .errors import SlimpError
+
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise SlimpError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def json_safe(obj):

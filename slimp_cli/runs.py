@@ -14,9 +14,12 @@ parameter counts, versions), `holdout.json` (patients kept out of training),
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +139,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+LOCK = ".slimp-run.lock"  # advisory lock of the process writing the run dir (holds its pid)
 RUN_FORMAT = "slimp-run"
 RUN_VERSION = 1
 
@@ -303,3 +307,82 @@ def read_metrics(run_dir: str | Path, *, kind: str = "train") -> list[dict]:
         raise SlimpError(f"unknown metrics kind {kind!r}; choose train, validation or all")
     want_val = kind == "validation"
     return [r for r in rows if ("val_loss" in r) == want_val]
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: str | Path, *, enabled: bool = True) -> Iterator[Path]:
+    """Create `run_dir` and hold an exclusive advisory lock on it for the block.
+
+    A run dir has one writer: a second `pretrain`/`adapt --out` on it while the first runs
+    gets a SlimpError naming the holder's pid instead of mixing two runs' files. The lock is
+    `fcntl.flock` on `run_dir/.slimp-run.lock` (holding the pid). The kernel releases it when
+    the holder exits however it exits (kill -9 included), so a stale file never blocks a later
+    run; a clean exit removes the file. `enabled=False` (the other ranks of a torchrun job)
+    only creates the folder.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SlimpError(f"--out {run_dir}: exists and is not a folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SlimpError(f"--out {run_dir}: cannot create the run dir ({exc.strerror})") from None
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform (Windows): nothing to hold
+        enabled = False
+    if not enabled:
+        yield run_dir
+        return
+    path = run_dir / LOCK
+    fd = _lock_file(path, fcntl)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield run_dir
+    finally:
+        # unlink while still holding the lock: a waiter that opened this file sees it is gone
+        # (inode check in _lock_file) and starts over on a new one
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _lock_file(path: Path, fcntl) -> int:
+    """Open and flock `path`; the descriptor, or SlimpError naming the holder's pid."""
+    for _ in range(10):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise SlimpError(
+                f"--out {path.parent}: cannot write in the run dir ({exc.strerror})"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise SlimpError(
+                f"--out {path.parent} is in use by another slimp process (pid {holder}); wait "
+                "for it to finish or choose another --out"
+            ) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the previous holder removed the file we locked: take the new one
+    raise SlimpError(f"--out {path.parent}: cannot take the run-dir lock {path}")
+
+
+def _read_holder(fd: int) -> str:
+    """The pid the holder wrote (it writes right after locking: wait briefly for it)."""
+    import time
+
+    for _ in range(20):
+        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        if text:
+            return text
+        time.sleep(0.01)
+    return "unknown"

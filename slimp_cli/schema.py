@@ -48,17 +48,83 @@ def validate_dataset_schema(schema: dict, *, source: str = "schema") -> None:
     """Check a dataset schema against `schemas/dataset.schema.json` (JSON Schema)."""
     meta_path = schemas_dir() / "dataset.schema.json"
     if not meta_path.is_file():  # running from a partial checkout: structural checks only
+        if not isinstance(schema, dict):
+            raise SlimpError(f"{source}: a dataset schema is a JSON object")
         _check_features(schema.get("patient_features", []), source)
         _check_features(schema.get("lesion_features", []), source)
-        return
-    import jsonschema
+    else:
+        import jsonschema
 
-    meta = json.loads(meta_path.read_text())
-    try:
-        jsonschema.validate(schema, meta)
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
-        raise SlimpError(f"{source}: invalid schema at {where}: {exc.message}") from None
+        meta = json.loads(meta_path.read_text())
+        try:
+            jsonschema.validate(schema, meta)
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+            raise SlimpError(f"{source}: invalid schema at {where}: {exc.message}") from None
+    check_schema_consistency(schema, source=source)
+
+
+# What a feature must never be: the label (the model would learn the answer), an identifier
+# (memorised, not learned) or the image reference.
+_ROLES = {
+    "label": "the label column: it would leak the diagnosis into training",
+    "patient_id": "the patient id column (an identifier, not a feature)",
+    "lesion_id": "the lesion id column (an identifier, not a feature)",
+    "image": "the image column (a file reference, not a feature)",
+}
+
+
+def check_schema_consistency(schema: dict, *, source: str = "schema") -> None:
+    """What JSON Schema cannot say: no feature is a role column (label, ids, image) or
+    excluded; no feature is named twice or on both levels; `min`/`max` only on numerical
+    features, with min <= max. SlimpError naming the feature."""
+    level_of: dict[str, str] = {}
+    for level in ("patient_features", "lesion_features"):
+        for feature in schema.get(level) or []:
+            name = feature["name"]
+            if name in level_of:
+                where = f"twice in {level}" if level_of[name] == level else "on both levels"
+                raise SlimpError(
+                    f"{source}: feature '{name}' is listed {where} "
+                    f"({level_of[name]} and {level}); list it once"
+                )
+            level_of[name] = level
+            _check_bounds(feature, source)
+    for role, why in _ROLES.items():
+        column = schema.get(role)
+        if column is not None and column in level_of:
+            raise SlimpError(
+                f"{source}: feature '{column}' ({level_of[column]}) is {why}; remove it from "
+                f"{level_of[column]}"
+            )
+    for column in schema.get("extra_images") or []:
+        if column in level_of:
+            raise SlimpError(
+                f"{source}: feature '{column}' ({level_of[column]}) is an extra_images column "
+                "(a file reference, not a feature)"
+            )
+    for item in schema.get("excluded") or []:
+        if item["name"] in level_of:
+            raise SlimpError(
+                f"{source}: feature '{item['name']}' ({level_of[item['name']]}) is also listed "
+                "in excluded; keep it in one place"
+            )
+
+
+def _check_bounds(feature: dict, source: str) -> None:
+    lo, hi = feature.get("min"), feature.get("max")
+    if lo is None and hi is None:
+        return
+    if feature["type"] != "numerical":
+        raise SlimpError(
+            f"{source}: feature '{feature['name']}' is {feature['type']}: min/max apply to "
+            "numerical features only"
+        )
+    for key, bound in (("min", lo), ("max", hi)):
+        if bound is not None and not math.isfinite(bound):
+            raise SlimpError(f"{source}: feature '{feature['name']}' has a non-finite {key}")
+    if lo is not None and hi is not None and lo > hi:
+        raise SlimpError(f"{source}: feature '{feature['name']}' has min {lo} > max {hi}")
 
 
 def _check_features(features: list, source: str) -> None:
@@ -155,14 +221,26 @@ def encode_tabular(features: Sequence[dict], records: Sequence[dict]) -> Tabular
 
 
 def numeric_stats(values: Sequence[float]) -> tuple[float, float]:
-    """(mean, std) used to standardise a numerical feature (std floored at 1e-6; (0, 1) when
-    there is no value). math.fsum: exact sums, the same result whatever the row order."""
+    """(mean, population std floored at 1e-6) used to standardise a numerical feature; (0, 1)
+    when there is no value. Exact sums (math.fsum: the same result whatever the row order);
+    when squares or sums would overflow (values near 1e200), the same on values scaled by
+    their largest magnitude, so it never overflows."""
     nums = [float(v) for v in values]
     if not nums:
         return 0.0, 1.0
-    mean = math.fsum(nums) / len(nums)
-    var = math.fsum((x - mean) ** 2 for x in nums) / len(nums)
-    return mean, max(math.sqrt(var), 1e-6)
+    n = len(nums)
+    try:
+        mean = math.fsum(nums) / n
+        std = math.sqrt(math.fsum((x - mean) ** 2 for x in nums) / n)
+    except OverflowError:
+        mean = std = math.inf
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        scale = max(abs(x) for x in nums)
+        scaled = [x / scale for x in nums]
+        m = math.fsum(scaled) / n
+        mean = m * scale
+        std = math.sqrt(math.fsum((x - m) ** 2 for x in scaled) / n) * scale
+    return mean, max(std, 1e-6)
 
 
 @dataclass
@@ -172,11 +250,18 @@ class ResolvedSchema:
     data: dict
 
     @classmethod
-    def from_dict(cls, d: dict) -> ResolvedSchema:
+    def from_dict(cls, d: dict, *, source: str = "resolved schema") -> ResolvedSchema:
+        if not isinstance(d, dict):
+            raise SlimpError(f"{source}: not a resolved schema (a JSON object from slimp ingest)")
         for key in ("patient_features", "lesion_features"):
             if key not in d:
-                raise SlimpError(f"resolved schema lacks '{key}' (was it written by slimp ingest?)")
+                raise SlimpError(f"{source} lacks '{key}' (was it written by slimp ingest?)")
         d.setdefault("derived_patient_features", [])
+        for key in ("patient_features", "lesion_features", "derived_patient_features"):
+            if not isinstance(d[key], list):
+                raise SlimpError(f"{source}: '{key}' is not a list; re-run slimp ingest")
+            for feature in d[key]:
+                _check_resolved_feature(feature, f"{source}: {key}")
         return cls(data=d)
 
     @classmethod
@@ -184,7 +269,7 @@ class ResolvedSchema:
         path = Path(path)
         if not path.is_file():
             raise SlimpError(f"{path}: schema.json not found (run slimp ingest first)")
-        return cls.from_dict(read_json(path))
+        return cls.from_dict(read_json(path), source=str(path))
 
     def to_dict(self) -> dict:
         return self.data
@@ -257,6 +342,30 @@ class ResolvedSchema:
         }
         blob = json.dumps(parts, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
+
+
+def _check_resolved_feature(feature: Any, where: str) -> None:
+    """What encoders rely on: a name, a type, a list of string categories or a finite
+    mean and non-negative std. A hand-edited schema.json fails here, in one line, not in torch."""
+    if not isinstance(feature, dict) or not isinstance(feature.get("name"), str):
+        raise SlimpError(f"{where}: {feature!r} is not a feature (needs a name and a type)")
+    name, kind = feature["name"], feature.get("type")
+    if kind not in FEATURE_TYPES:
+        raise SlimpError(f"{where}: feature '{name}' has type {kind!r}; use one of {FEATURE_TYPES}")
+    if kind == "numerical":
+        for key in ("mean", "std"):
+            value = feature.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SlimpError(f"{where}: feature '{name}' has {key} {value!r}, not a number")
+            if not math.isfinite(value) or (key == "std" and value < 0):
+                raise SlimpError(f"{where}: feature '{name}' has an invalid {key} {value!r}")
+    else:
+        vocab = feature.get("vocab")
+        if not isinstance(vocab, list) or not all(isinstance(v, str) for v in vocab):
+            raise SlimpError(
+                f"{where}: feature '{name}' has vocab {vocab!r}, not a list of strings; "
+                "re-run slimp ingest"
+            )
 
 
 def raw_columns(features: Sequence[dict]) -> tuple[list[str], list[str]]:

@@ -25,6 +25,7 @@ from .paths import read_json
 SHARD_PATTERN = "shard-{:06d}.tar"
 SHARD_GLOB = "shard-*.tar"
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]")
+_JSON_MEMBERS = ("patient.json", "lesions.json")
 
 
 def sanitise_key(patient_id: str) -> str:
@@ -232,8 +233,12 @@ class ShardIndex:
         self._cache: OrderedDict[int, PatientRecord] = OrderedDict()
 
     @classmethod
-    def open(cls, data_dir: str | Path) -> ShardIndex:
-        """Index `data_dir` (shards + schema.json + complete manifest.json)."""
+    def open(cls, data_dir: str | Path, *, verify: bool = False) -> ShardIndex:
+        """Index `data_dir` (shards + schema.json + complete manifest.json).
+
+        Every shard's patient and image counts and size are checked against manifest.json
+        (free: the index reads every header anyway); `verify` also checks its sha256 (reads
+        every byte). A mismatch is a SlimpError naming the shard."""
         from .schema import ResolvedSchema
 
         data_dir = Path(data_dir)
@@ -253,12 +258,16 @@ class ShardIndex:
         )
         if not names:
             raise SlimpError(f"{data_dir}: no shards (shard-*.tar)")
+        listed = {s.get("name"): s for s in manifest.get("shards", []) if isinstance(s, dict)}
         entries: list[_Entry] = []
         for name in names:
             path = data_dir / name
             if not path.is_file():
                 raise SlimpError(f"{path}: shard listed in manifest.json is missing")
-            entries.extend(_index_tar(path))
+            found = _index_tar(path)
+            if name in listed:
+                check_shard(path, found, listed[name], sha256=verify)
+            entries.extend(found)
         return cls(data_dir=data_dir, schema=schema, manifest=manifest, entries=entries)
 
     def __len__(self) -> int:
@@ -296,14 +305,58 @@ class ShardIndex:
             derived=patient.get("derived", {}),
             lesions=lesions,
             shard=entry.shard,
-            _images={
-                k: v for k, v in entry.members.items() if k not in ("patient.json", "lesions.json")
-            },
+            _images={k: v for k, v in entry.members.items() if k not in _JSON_MEMBERS},
         )
 
     def __iter__(self) -> Iterator[PatientRecord]:
         for i in range(len(self)):
             yield self.patient(i)
+
+
+def check_shard(path: Path, entries: list[_Entry], listed: dict, *, sha256: bool) -> None:
+    """The shard holds what manifest.json says: patients, images, bytes (and sha256 if asked).
+
+    A shard cut at a patient boundary is still a valid tar, so only these counts reveal that
+    patients are missing."""
+    images = _n_images(entries)
+    problems = []
+    for what, have in (("patients", len(entries)), ("images", images)):
+        want = listed.get(what)
+        if want is not None and want != have:
+            problems.append(f"{have} {what} where manifest.json lists {want}")
+    size = path.stat().st_size
+    if not problems and listed.get("bytes") is not None and listed["bytes"] != size:
+        problems.append(f"{size} bytes where manifest.json lists {listed['bytes']}")
+    if not problems and sha256 and listed.get("sha256"):
+        if _sha256(path) != listed["sha256"]:
+            problems.append("a sha256 that differs from manifest.json")
+    if problems:
+        raise SlimpError(
+            f"{path}: shard holds {', '.join(problems)} (truncated or changed after ingest); "
+            "re-run slimp ingest"
+        )
+
+
+def _n_images(entries: list[_Entry]) -> int:
+    return sum(sum(1 for k in e.members if k not in _JSON_MEMBERS) for e in entries)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_shards(data_dir: str | Path) -> dict:
+    """Check every shard of an ingested folder against manifest.json, sha256 included.
+
+    Returns {"shards", "patients", "images"}; raises SlimpError naming the first bad shard."""
+    index = ShardIndex.open(data_dir, verify=True)
+    shards = {e.shard for e in index._entries}
+    images = _n_images(index._entries)
+    return {"shards": len(shards), "patients": len(index), "images": images}
 
 
 def _index_tar(path: Path) -> list[_Entry]:

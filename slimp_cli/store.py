@@ -99,9 +99,11 @@ class FeatureStoreWriter:
         self.dims = {k: int(v) for k, v in dims.items()}
         self.rows = 0
         self._closed = False
-        if not self.path.parent.is_dir():
-            raise SlimpError(f"{self.path.parent}: output folder does not exist")
-        self.f = h5py.File(self.tmp, "w", libver=_LIBVER)
+        check_store_destination(self.path, overwrite=True)
+        try:
+            self.f = h5py.File(self.tmp, "w", libver=_LIBVER)
+        except OSError as exc:  # unwritable folder, full disk...
+            raise SlimpError(f"{self.path}: cannot write the feature store ({exc})") from None
         f = self.f
         f.attrs["format"] = FORMAT
         f.attrs["version"] = VERSION
@@ -249,8 +251,15 @@ class FeatureStoreWriter:
                 self.f[name].resize(self.rows, axis=0)
         self.f.attrs["complete"] = True
         self.f.close()
-        os.replace(self.tmp, self.path)
         self._closed = True
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            # the finished temp file says complete=True: never leave it behind
+            self.tmp.unlink(missing_ok=True)
+            raise SlimpError(
+                f"{self.path}: cannot rename the finished store into place ({exc})"
+            ) from None
         return self.path
 
     def abort(self) -> None:
@@ -272,6 +281,28 @@ class FeatureStoreWriter:
             self.close()
         else:
             self.abort()
+
+
+def check_store_destination(path: str | os.PathLike, *, overwrite: bool) -> None:
+    """SlimpError unless a store can be written at `path`: called before any work is done, so
+    a bad `--out` fails in a second, not after the whole dataset was embedded.
+
+    An existing store is only replaced with `overwrite` (it may hold pseudo/ features that
+    extrapolate added); a folder is never replaced."""
+    path = Path(path)
+    if path.is_dir():
+        raise SlimpError(
+            f"{path} is a folder; give the store's file name, e.g. {path / 'features.h5'}"
+        )
+    if path.exists() and not overwrite:
+        raise SlimpError(f"{path} already exists; add --overwrite to replace it")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise SlimpError(f"{path}: {parent} is not a folder")
+    if not parent.is_dir():
+        raise SlimpError(f"{path}: output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SlimpError(f"{path}: output folder {parent} is not writable")
 
 
 def _row_datasets(f: h5py.File) -> list[str]:
@@ -423,8 +454,20 @@ class FeatureStore:
         return self.f[f"features/{name}"]
 
     def block(self, name: str) -> np.ndarray:
-        """One level in memory. Shape: [N, D] float32."""
-        return self.dataset(name)[()]
+        """One level in memory. Shape: [N, D] float32. SlimpError when a value is NaN/inf."""
+        return self._finite(self.dataset(name)[()], f"features/{name}")
+
+    def _finite(self, values: np.ndarray, name: str) -> np.ndarray:
+        """`values` unchanged, or a SlimpError naming the first row holding NaN or inf (a
+        classifier would fail on it with a traceback, a search would rank it at random)."""
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+            row = int(bad[0])
+            raise SlimpError(
+                f"{self.path}: {name} holds NaN or infinite values in {len(bad)} row(s), first "
+                f"row {row} (lesion {self.f['lesion_id'].asstr()[row]}); re-embed it"
+            )
+        return values
 
     def features(self, names: Sequence[str]) -> np.ndarray:
         """Concatenation of the named levels. Shape: [N, sum D] float32."""
@@ -466,7 +509,11 @@ class FeatureStore:
                 f"run slimp extrapolate REFERENCE {self.path} --strategy {strategy}"
             )
         g = self.f[name]
-        return {k: g[k][()] for k in g.keys()}
+        # the feature vectors must be finite; similarities are reports, read as they are
+        return {
+            k: self._finite(g[k][()], f"{name}/{k}") if k in ("lesion", "patient") else g[k][()]
+            for k in g.keys()
+        }
 
 
 class PseudoWriter:
@@ -508,7 +555,10 @@ class PseudoWriter:
 
     def __enter__(self) -> dict[str, h5py.Dataset]:
         name = f"pseudo/{self.strategy}"
-        self.f = h5py.File(self.tmp, "w", libver=_LIBVER)
+        try:
+            self.f = h5py.File(self.tmp, "w", libver=_LIBVER)
+        except OSError as exc:  # the store's folder is read-only, the disk is full...
+            raise SlimpError(f"{self.path}: cannot write the updated store ({exc})") from None
         with h5py.File(self.path, "r") as src:
             for key, value in src.attrs.items():
                 self.f.attrs[key] = value
@@ -538,7 +588,10 @@ class PseudoWriter:
                 self.f.attrs["complete"] = True
             self.f.close()
             if exc_type is None:
-                os.replace(self.tmp, self.path)
+                try:
+                    os.replace(self.tmp, self.path)
+                except OSError as e:
+                    raise SlimpError(f"{self.path}: cannot replace the store ({e})") from None
         finally:
             if self.tmp.exists():
                 self.tmp.unlink()

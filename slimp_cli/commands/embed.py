@@ -27,6 +27,12 @@ def embed_cmd(
         "(the target of slimp extrapolate).",
     ),
     workers: int = typer.Option(0, "--workers", help="DataLoader workers decoding images."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing store at --out (and its pseudo/ features)."
+    ),
+    verify: bool = typer.Option(
+        False, "--verify", help="Check every shard's sha256 against manifest.json first."
+    ),
 ) -> None:
     """Cache frozen-encoder embeddings (image, lesion, patient) of every lesion in an HDF5 store.
 
@@ -36,6 +42,9 @@ def embed_cmd(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from ..store import check_store_destination
+
+    check_store_destination(out, overwrite=overwrite)  # in a second, before torch is imported
     from ..embed import embed, store_summary
 
     with Progress(
@@ -45,6 +54,7 @@ def embed_cmd(
         TimeRemainingColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # no bar debris in logs and pipes
     ) as bar:
         task = bar.add_task("embedding lesions", total=None)
         path = embed(
@@ -55,6 +65,8 @@ def embed_cmd(
             device=device,
             image_only=image_only,
             workers=workers,
+            overwrite=overwrite,
+            verify=verify,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     info = store_summary(path)

@@ -87,6 +87,17 @@ def ingest_command(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an existing ingested dataset in OUT."
     ),
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Read the written shards back and check their counts and sha256 against manifest.json.",
+    ),
+    allow_outside: bool = typer.Option(
+        False,
+        "--allow-outside",
+        help="Read image paths that are absolute or climb out of SOURCE with ../ "
+        "(by default such rows are skipped, with the reason in manifest.json).",
+    ),
 ) -> None:
     """Turn a skin-lesion dataset into patient-grouped WebDataset shards + schema.json + manifest.json."""
     from ..ingest import ingest
@@ -102,9 +113,28 @@ def ingest_command(
         max_patients_per_shard=max_patients_per_shard,
         strict=strict,
         overwrite=overwrite,
+        check=check,
+        allow_outside=allow_outside,
         progress=True,
     )
     _summary(result, Console())
+    if check:
+        Console().print("check: every shard's counts and sha256 match manifest.json")
+
+
+def verify_command(
+    data: Path = typer.Argument(..., help="A folder written by slimp ingest."),
+) -> None:
+    """Check every shard of an ingested folder against manifest.json (counts, size, sha256).
+
+    Exit status 1 with one line naming the first shard that differs."""
+    from ..shards import verify_shards
+
+    r = verify_shards(data)
+    typer.echo(
+        f"ok: {r['shards']} shard(s), {r['patients']} patients, {r['images']} images match "
+        f"{data / 'manifest.json'} (counts, sizes, sha256)"
+    )
 
 
 def synth_command(
@@ -151,7 +181,7 @@ def infer_command(
 ) -> None:
     """Draft a dataset schema for a new table: types and roles guessed, marked '_todo' to confirm."""
     from ..ingest.infer import infer_schema
-    from ..paths import atomic_path
+    from ..paths import write_text
 
     text = json.dumps(
         infer_schema(csv), indent=2, ensure_ascii=False
@@ -159,8 +189,7 @@ def infer_command(
     if out is None:
         typer.echo(text)
     else:
-        with atomic_path(out) as tmp:
-            tmp.write_text(text + "\n")
+        write_text(out, text + "\n")
         Console(stderr=True).print(
             f"draft schema -> {out} (review the '_todo' notes, then delete '_todo')"
         )
@@ -170,4 +199,5 @@ def register(app: typer.Typer) -> None:
     """Add `ingest`, `synth` and `schema infer` to the slimp app."""
     app.command("ingest")(ingest_command)
     app.command("synth")(synth_command)
+    app.command("verify")(verify_command)
     app.add_typer(schema_app, name="schema")

@@ -140,6 +140,9 @@ HoldoutSeed = Annotated[
     int | None, _opt("--holdout-seed", help="Seed of the held-out draw (default 0).")
 ]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+Verify = Annotated[
+    bool, typer.Option("--verify", help="Check every shard's sha256 against manifest.json first.")
+]
 
 
 def _train_options(options: dict) -> dict:
@@ -265,6 +268,7 @@ def pretrain_cmd(
         help="Continue the run in --out from checkpoint-last.pt (same result as an uninterrupted run).",
     ),
     progress: Progress = True,
+    verify: Verify = False,
 ) -> None:
     """Pre-train SLIMP (nested image-metadata contrastive learning) on ingested shards.
 
@@ -289,7 +293,9 @@ def pretrain_cmd(
     options = _train_options(locals())
     if init is not None:
         options["init"] = str(init)
-    run_dir = pretrain(data, out, model=model, train=options, resume=resume, progress=progress)
+    run_dir = pretrain(
+        data, out, model=model, train=options, resume=resume, progress=progress, verify=verify
+    )
     _summary(run_dir)
 
 
@@ -331,6 +337,7 @@ def adapt_cmd(
     keep_epoch_checkpoints: KeepEpochCheckpoints = None,
     resume: bool = typer.Option(False, "--resume", help="Continue the adapt run in --out."),
     progress: Progress = True,
+    verify: Verify = False,
 ) -> None:
     """Continual pre-training of a SLIMP model on a target dataset (paper Sec. 3.2).
 
@@ -348,6 +355,7 @@ def adapt_cmd(
         tune=tune,
         resume=resume,
         progress=progress,
+        verify=verify,
     )
     _summary(run_dir)
 

@@ -37,6 +37,7 @@ from ..store import PSEUDO_STRATEGIES, FeatureStore
 from . import WarningLog
 from .knn import knn_proba
 from .metrics import class_metrics, classification_metrics, summarize
+from .options import check_probe_options
 from .probe import DEFAULT_C, METHODS, linear_proba
 from .search import normalize
 from .splits import SplitInfo, make_split
@@ -183,6 +184,9 @@ def run_multilabel(
     for m in methods:
         if m not in METHODS:
             raise SlimpError(f"--method {m!r}: choose from {', '.join(METHODS)}")
+    if not seeds:
+        raise SlimpError("--seeds: give at least one seed")
+    check_probe_options(seeds=seeds, C=C, knn_temperature=knn_temperature)
     with FeatureStore.open(store_path) as store:
         raw = store.raw("lesion")
         if raw is None:

@@ -41,6 +41,7 @@ from . import WarningLog
 from .baseline import BASELINES, leakage_audit, make_baseline, openmp_threads_for, raw_metadata
 from .knn import knn_proba
 from .metrics import classification_metrics, summarize
+from .options import check_probe_options
 from .search import normalize
 from .splits import SplitInfo, check_fractions, low_shot, make_split
 
@@ -202,6 +203,7 @@ def run_probe(
         raise SlimpError(f"--k {k}: must be at least 1")
     if not seeds:
         raise SlimpError("--seeds: give at least one seed")
+    check_probe_options(seeds=seeds, C=C, knn_temperature=knn_temperature)
     fractions: list[float | None] = [None, *check_fractions(low_shot_fractions)]
     with FeatureStore.open(store_path) as store:
         blocks, y, groups, class_names, rows = load_probe_data(

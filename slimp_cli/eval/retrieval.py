@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SlimpError
+from ..errors import SlimpError, check_seed
 from ..paths import json_safe
 from ..store import FeatureStore
 from . import WarningLog
@@ -134,6 +134,7 @@ def run_retrieval(
     "n_queries", "n_patients", "split", "seed", "warnings"}.
     """
     warnings = WarningLog()
+    check_seed(seed, "--seed")
     with FeatureStore.open(store_path) as store:
         for level in ("image", "lesion"):
             if level not in store.feature_names:

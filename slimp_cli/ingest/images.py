@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -120,12 +121,81 @@ def normalise_image(data: bytes, size: int) -> tuple[bytes, tuple[int, int]]:
         img.draft("RGB", (size, size))  # DCT-domain downscale: same result every run, much faster
     img.load()  # full decode: a truncated file raises here
     img = ImageOps.exif_transpose(img)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
+    img = to_rgb(img)
     img = resize_center(img, size)
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=JPEG_QUALITY, optimize=False)
     return out.getvalue(), original
+
+
+# Modes whose pixels PIL's convert("RGB") clips to 0..255 instead of scaling (16-bit
+# greyscale would become uniformly white).
+_WIDE_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+# Transparent pixels are composited onto this background (what a viewer shows on white).
+_BACKGROUND = (255, 255, 255)
+
+
+class UnsupportedImage(ValueError):
+    """An image mode that cannot be turned into RGB faithfully."""
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB image of any PIL mode, intensities kept in proportion.
+
+    16-bit and 32-bit integer / float greyscale is scaled to 0..255 by the range its values
+    use (0..1 floats, 8-bit, 16-bit, else min..max), never clipped; transparency (RGBA, LA,
+    PA, P with a transparent colour) is composited onto white; CMYK, YCbCr, LAB, HSV, 1, L
+    and palettes go through PIL's conversions."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _WIDE_MODES:
+        return _scale_wide(img)
+    transparent = img.mode in ("RGBA", "LA", "PA", "RGBa", "La")
+    if transparent or (img.mode == "P" and "transparency" in img.info):
+        try:
+            rgba = img.convert("RGBA")
+        except ValueError as exc:
+            raise UnsupportedImage(f"image mode {img.mode} cannot be converted ({exc})") from None
+        background = Image.new("RGBA", rgba.size, (*_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    try:
+        return img.convert("RGB")
+    except ValueError as exc:
+        raise UnsupportedImage(f"image mode {img.mode} cannot be converted ({exc})") from None
+
+
+def _scale_wide(img: Image.Image) -> Image.Image:
+    """Greyscale with more than 8 bits per pixel -> 8-bit RGB, scaled by the range in use."""
+    import numpy as np
+
+    x = np.asarray(img, dtype=np.float64)
+    x = np.where(np.isfinite(x), x, 0.0)
+    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+    if lo >= 0 and hi <= 1 and img.mode == "F":
+        x = x * 255.0  # 0..1 floats
+    elif lo >= 0 and hi <= 255:
+        pass  # 8-bit values stored wide
+    elif lo >= 0 and hi <= 65535:
+        x = x / 257.0  # the 16-bit range, as 65535 -> 255
+    else:  # anything else (negative or beyond 16 bits): stretch what is there
+        x = (x - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(x)
+    grey = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+# An object's repr holds its address ("<_io.BytesIO object at 0x7f...>"): it would make two
+# identical ingests write different manifests.
+_ADDRESS = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+
+
+def _reason(prefix: str, exc: BaseException) -> str:
+    """A skip reason that names the error but no run-dependent detail (object addresses)."""
+    message = _ADDRESS.sub(r"<\1>", str(exc)).strip()
+    return (
+        f"{prefix}: {type(exc).__name__}: {message}"
+        if message
+        else f"{prefix}: {type(exc).__name__}"
+    )
 
 
 def process_image(job: tuple[ImageRef, int]) -> tuple[bytes | None, str | None]:
@@ -136,9 +206,11 @@ def process_image(job: tuple[ImageRef, int]) -> tuple[bytes | None, str | None]:
     except FileNotFoundError:
         return None, "image file not found"
     except Exception as exc:  # unreadable file, bad HDF5 key...
-        return None, f"image not readable: {type(exc).__name__}: {exc}"
+        return None, _reason("image not readable", exc)
     try:
         jpeg, _ = normalise_image(data, size)
+    except UnsupportedImage as exc:
+        return None, f"image not converted: {exc}"
     except Exception as exc:  # PIL raises many types for broken files
-        return None, f"image not decodable: {type(exc).__name__}: {exc}"
+        return None, _reason("image not decodable", exc)
     return jpeg, None

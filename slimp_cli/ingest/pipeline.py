@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +19,16 @@ from .. import __version__
 from ..errors import SlimpError
 from ..paths import write_json
 from ..schema import category_key, load_dataset_schema, numeric_stats, validate_dataset_schema
-from ..shards import SHARD_GLOB, ShardWriter, image_entry_name, unique_keys
+from ..shards import SHARD_GLOB, ShardWriter, image_entry_name, unique_keys, verify_shards
 from .formats import get_adapter
 from .images import process_image
 from .rows import Entry, Log, build_entries
 
 DERIVED = [{"name": "n_lesions", "type": "numerical"}]
 # Warning kinds that --strict turns into errors (data was changed); notes are informational.
-STRICT_WARNINGS = {"unparseable"}
+STRICT_WARNINGS = {"unparseable", "non_finite", "out_of_range", "undecodable"}
+# --image-size: below, lesions are unrecognisable; above, one image takes gigabytes of memory.
+IMAGE_SIZE_RANGE = (16, 4096)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,18 +201,26 @@ def ingest(
     strict: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    check: bool = False,
+    allow_outside: bool = False,
 ) -> IngestResult:
     """Ingest one dataset (`fmt` is a key of slimp_cli.datasets.FORMATS) into shards under `out`.
 
+    `check` reads the written shards back and verifies counts and sha256 against the manifest.
+    `allow_outside` reads image paths that are absolute or climb out of `source` (else those
+    rows are skipped with the reason).
+
     Raises SlimpError for user errors (unknown format, bad schema, missing required column,
-    empty table, output already ingested without `overwrite`, `strict` and any skip).
+    empty table, output already ingested without `overwrite`, `strict` and any skip or value
+    warning).
     """
     adapter = get_adapter(fmt)
     source, out = Path(source), Path(out)
     if not source.exists():
         raise SlimpError(f"{source}: no such file or folder")
-    if image_size < 8:
-        raise SlimpError(f"--image-size must be at least 8 pixels (got {image_size})")
+    lo, hi = IMAGE_SIZE_RANGE
+    if not lo <= image_size <= hi:
+        raise SlimpError(f"--image-size must be between {lo} and {hi} pixels (got {image_size})")
     if max_shard_size < 1:
         raise SlimpError(f"--max-shard-size must be positive (got {max_shard_size})")
     if out.exists() and not out.is_dir():
@@ -222,7 +233,10 @@ def ingest(
     dataset_schema = load_schema_for(adapter, source, schema)
     table = adapter.read(source, dataset_schema)
     log = Log(notes=list(table.notes))
-    entries, info = build_entries(table, dataset_schema, log)
+    root = source if source.is_dir() else source.parent
+    entries, info = build_entries(
+        table, dataset_schema, log, root=root, allow_outside=allow_outside
+    )
     if strict and (message := _strict_failure(log)):
         raise SlimpError(message)
     if not entries:
@@ -234,7 +248,12 @@ def ingest(
     groups = _group(entries)
     keys = unique_keys([pid for pid, _ in groups])
     jobs = [(e.ref, image_size) for _, members in groups for e in members]
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent is a file, no permission...
+        raise SlimpError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise SlimpError(f"{out}: the output folder is not writable")
     writer = ShardWriter(out, max_bytes=max_shard_size, max_patients=max_patients_per_shard)
     written_patients, written_lesions, conflicts = [], [], {}
     bar, task = _progress(progress, len(jobs))
@@ -329,6 +348,8 @@ def ingest(
     except BaseException:
         writer.abort()
         raise
+    if check:
+        verify_shards(out)
     return IngestResult(out=out, manifest=manifest, schema=resolved)
 
 

@@ -7,13 +7,22 @@ becomes missing plus a `Warning`. Nothing here decodes images (that is the pool'
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SlimpError
 from .formats.base import SourceTable
 from .images import ImageRef
-from .values import Unparseable, is_missing, parse_category, parse_cell
+from .values import (
+    NonFinite,
+    Unparseable,
+    is_missing,
+    is_undecodable,
+    out_of_range,
+    parse_category,
+    parse_cell,
+)
 
 
 @dataclass(kw_only=True)
@@ -141,30 +150,67 @@ def check_roles(schema: dict, columns: list[str], table: Path, log: Log) -> dict
     return roles
 
 
-def type_column(values: list[str], kind: str, column: str, rows: list[int], log: Log) -> list:
-    """Typed values of one column; unparseable cells -> None + a warning naming row and value."""
-    cache: dict[str, object] = {}
+def type_cell(cell: str, kind: str, feature: dict | None = None) -> tuple[object, str, str]:
+    """(typed value, warning kind, message): kind "" when the cell is fine; otherwise the value
+    is None (missing) and the message says why. Numbers must be finite and inside the
+    feature's `min`/`max`; text must have been valid UTF-8."""
+    if is_undecodable(cell):
+        return (
+            None,
+            "undecodable",
+            "is not valid UTF-8 text (a byte was undecodable); set to missing",
+        )
+    try:
+        value = parse_cell(cell, kind)
+    except NonFinite:
+        return None, "non_finite", "is not a finite number (overflows a float); set to missing"
+    except Unparseable:
+        expected = "a number" if kind == "numerical" else "true/false"
+        return None, "unparseable", f"not {expected}; set to missing"
+    if kind == "numerical" and value is not None and feature is not None:
+        why = out_of_range(value, feature)
+        if why:
+            return None, "out_of_range", f"is {why}; set to missing"
+    return value, "", ""
+
+
+def type_column(
+    values: list[str],
+    kind: str,
+    column: str,
+    rows: list[int],
+    log: Log,
+    *,
+    feature: dict | None = None,
+) -> list:
+    """Typed values of one column; a cell that cannot be typed (or is out of the feature's
+    range, or not finite, or not UTF-8) -> None + a warning naming row and value."""
+    cache: dict[str, tuple[object, str, str]] = {}
     out = []
     for cell, row in zip(values, rows):
         if cell not in cache:
-            try:
-                cache[cell] = parse_cell(cell, kind)
-            except Unparseable:
-                cache[cell] = Unparseable
-        value = cache[cell]
-        if value is Unparseable:
-            expected = "a number" if kind == "numerical" else "true/false"
-            log.warn(row=row, column=column, value=cell, message=f"not {expected}; set to missing")
-            value = None
+            cache[cell] = type_cell(cell, kind, feature)
+        value, problem, message = cache[cell]
+        if problem:
+            log.warn(row=row, column=column, value=cell, message=message, kind=problem)
         out.append(value)
     return out
 
 
-def build_entries(table: SourceTable, schema: dict, log: Log) -> tuple[list[Entry], dict]:
+def build_entries(
+    table: SourceTable,
+    schema: dict,
+    log: Log,
+    *,
+    root: Path | None = None,
+    allow_outside: bool = False,
+) -> tuple[list[Entry], dict]:
     """Typed, deduplicated, located entries + what was resolved about the columns.
 
     Returns (entries, info) where info holds the used roles, the present features, the
-    dropped optional features and the extra image columns.
+    dropped optional features and the extra image columns. With `root` (the SOURCE folder),
+    an image whose path is absolute or climbs out of it with ../ is only read with
+    `allow_outside`; otherwise its row is skipped (kind "outside_source").
     """
     frame, path = table.frame, table.path
     columns = list(frame.columns)
@@ -184,7 +230,9 @@ def build_entries(table: SourceTable, schema: dict, log: Log) -> tuple[list[Entr
 
     rows = table.rows
     typed = {
-        f["name"]: type_column(frame[f["name"]].tolist(), f["type"], f["name"], rows, log)
+        f["name"]: type_column(
+            frame[f["name"]].tolist(), f["type"], f["name"], rows, log, feature=f
+        )
         for f in patient_features + lesion_features
     }
     to_label, classify = label_lookup(schema), malignancy(schema)
@@ -206,6 +254,21 @@ def build_entries(table: SourceTable, schema: dict, log: Log) -> tuple[list[Entr
                 file="",
                 reason=f"empty image reference ('{roles['image']}')",
                 kind="empty_id",
+            )
+            continue
+        bad_text = [
+            (role, cells[i])
+            for role, cells in (("image", images), ("patient_id", patients), ("lesion_id", lesions))
+            if cells and is_undecodable(cells[i])
+        ] + ([("label", labels[i])] if labels and is_undecodable(labels[i]) else [])
+        if bad_text:  # an id or label with a replaced byte would be a wrong id or a new class
+            role, cell = bad_text[0]
+            log.skip(
+                row=row,
+                id=image_id,
+                file="",
+                kind="undecodable",
+                reason=f"'{roles[role]}' value '{cell}' is not valid UTF-8 text",
             )
             continue
         lesion_id = (lesions[i].strip() if lesions else "") or image_id
@@ -266,7 +329,7 @@ def build_entries(table: SourceTable, schema: dict, log: Log) -> tuple[list[Entr
             + ", ".join(f"{k} ({v} rows)" for k, v in sorted(unmapped.items()))
         )
     entries = _drop_lesion_conflicts(entries, log) if patients else entries
-    entries = _locate(entries, table, roles["image"], log)
+    entries = _locate(entries, table, roles["image"], log, root=root, allow_outside=allow_outside)
     info = {
         "roles": roles,
         "patient_features": patient_features,
@@ -301,18 +364,49 @@ def _drop_lesion_conflicts(entries: list[Entry], log: Log) -> list[Entry]:
     return kept
 
 
-def _locate(entries: list[Entry], table: SourceTable, image_column: str, log: Log) -> list[Entry]:
-    """Find each image; a missing main image skips the row, a missing extra image is noted."""
+def is_outside(path: str, root: Path) -> bool:
+    """Whether `path` lies outside `root`, lexically (absolute, or ../ climbing out); a
+    symlink inside SOURCE is inside: the user put it there."""
+    path, base = os.path.abspath(path), os.path.abspath(root)
+    return os.path.commonpath([path, base]) != base
+
+
+def _locate(
+    entries: list[Entry],
+    table: SourceTable,
+    image_column: str,
+    log: Log,
+    *,
+    root: Path | None = None,
+    allow_outside: bool = False,
+) -> list[Entry]:
+    """Find each image; a missing main image skips the row, a missing extra image is noted.
+    Images outside `root` are skipped (noted for extra images) unless `allow_outside`."""
     located, seen_file = [], {}
     skipped_rows: set[int] = set()
     missing_extra: dict[str, int] = {}
     same_file: dict[str, int] = {}
+    outside: dict[str, int] = {}
     for e in entries:
         extra = e.ref.path.startswith("\0")
         column = e.ref.path[1:] if extra else image_column
         if extra and e.row in skipped_rows:
             continue
         ref = table.locate(column, e.image_id)
+        if ref is not None and root is not None and is_outside(ref.path, root):
+            outside[column] = outside.get(column, 0) + 1
+            if not allow_outside:
+                if not extra:
+                    skipped_rows.add(e.row)
+                log.skip(
+                    row=e.row,
+                    id=e.image_id,
+                    file=e.image_id,
+                    kind="outside_source",
+                    reason=f"image path '{e.image_id}' is outside {root} (absolute or ../); "
+                    "use --allow-outside to read it",
+                )
+                continue
         if ref is None:
             if extra:
                 missing_extra[column] = missing_extra.get(column, 0) + 1
@@ -326,7 +420,8 @@ def _locate(entries: list[Entry], table: SourceTable, image_column: str, log: Lo
                     reason=f"image file not found for '{e.image_id}' under {table.path.parent}",
                 )
             continue
-        key = ref.display()
+        # one file under two spellings (dir/../x.png, an absolute path) is still one file
+        key = os.path.abspath(ref.path) + (f"[{ref.key}]" if ref.key else "")
         if extra and seen_file.get(key) == e.row:  # the release names the main image twice
             same_file[column] = same_file.get(column, 0) + 1
             continue
@@ -336,7 +431,7 @@ def _locate(entries: list[Entry], table: SourceTable, image_column: str, log: Lo
             log.skip(
                 row=e.row,
                 id=e.image_id,
-                file=key,
+                file=ref.display(),
                 kind="duplicate_image",
                 reason=f"same image file as row {seen_file[key]}",
             )
@@ -348,6 +443,9 @@ def _locate(entries: list[Entry], table: SourceTable, image_column: str, log: Lo
         log.notes.append(
             f"{n} optional '{column}' images not found; those lesions keep their main image only"
         )
+    for column, n in sorted(outside.items()):
+        if allow_outside:
+            log.notes.append(f"{n} '{column}' images read from outside {root} (--allow-outside)")
     for column, n in same_file.items():
         log.notes.append(
             f"{n} optional '{column}' images are the row's main image file; not added twice"

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import SlimpError
+from ..errors import SlimpError, check_seed
 
 SITES = ("head_neck", "torso", "upper_limb", "lower_limb", "acral")
 SITE_P = (0.2, 0.35, 0.2, 0.2, 0.05)
@@ -268,12 +268,18 @@ def generate_cohort(
     """
     if patients < 1:
         raise SlimpError(f"--patients must be at least 1 (got {patients})")
-    if image_size < 16:
-        raise SlimpError(f"--image-size must be at least 16 (got {image_size})")
+    if not 16 <= image_size <= 4096:
+        raise SlimpError(f"--image-size must be between 16 and 4096 (got {image_size})")
+    check_seed(seed, "--seed")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SlimpError(f"{out}: exists and is not a folder")
     if (out / "metadata.csv").exists():
         raise SlimpError(f"{out}: already holds a cohort (metadata.csv); choose an empty folder")
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "images").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent is a file, no permission...
+        raise SlimpError(f"{out}: cannot create the folder ({exc.strerror})") from None
     rng = np.random.default_rng(seed)
     cohort = _patients(rng, patients)
     missing_rng = np.random.default_rng([seed, 1])

@@ -36,21 +36,44 @@ class Unparseable(ValueError):
     """A non-missing cell that does not fit its feature type."""
 
 
+class NonFinite(Unparseable):
+    """A number too large for a float ('1e999'): it would be infinity."""
+
+
 def is_missing(cell: str | None) -> bool:
     return cell is None or cell.strip().lower() in MISSING
 
 
 def parse_number(cell: str | None) -> float | None:
-    """'3.5' -> 3.5, '3,5' -> 3.5 (decimal comma), '' -> None; anything else raises Unparseable."""
+    """'3.5' -> 3.5, '3,5' -> 3.5 (decimal comma), '' -> None; anything else raises Unparseable
+    (NonFinite for a number that overflows a float, such as 1e999)."""
     if is_missing(cell):
         return None
     text = cell.strip()
     if not _NUMBER.match(text):
         raise Unparseable(text)
     value = float(text.replace(",", "."))
-    if math.isnan(value) or math.isinf(value):
-        return None
+    if not math.isfinite(value):
+        raise NonFinite(text)
     return value
+
+
+def out_of_range(value: float, feature: dict) -> str | None:
+    """Why `value` is outside the feature's plausible range (schema `min`/`max`), or None."""
+    lo, hi = feature.get("min"), feature.get("max")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        low = "-inf" if lo is None else f"{lo:g}"
+        high = "inf" if hi is None else f"{hi:g}"
+        return f"outside the plausible range [{low}, {high}]"
+    return None
+
+
+# Cells that held bytes that are not UTF-8: the table reader replaces them with U+FFFD.
+UNDECODABLE = "\ufffd"
+
+
+def is_undecodable(cell: str | None) -> bool:
+    return cell is not None and UNDECODABLE in cell
 
 
 def parse_bool(cell: str | None) -> bool | None:

@@ -16,8 +16,9 @@ from pathlib import Path
 from ..errors import SlimpError
 from ..model_config import ModelConfig
 from ..models import build_model, replace_tabular_inputs
-from ..runs import LAST, load_checkpoint, load_run, resolve_checkpoint
+from ..runs import LAST, load_checkpoint, load_run, resolve_checkpoint, run_dir_lock
 from ..schema import ResolvedSchema
+from ..shards import verify_shards
 from . import distributed as D
 from .loop import TrainResult, notice, run_training
 from .session import (
@@ -52,8 +53,28 @@ def adapt_run(
     tune: str | None = None,
     resume: bool = False,
     progress: bool = False,
+    verify: bool = False,
 ) -> TrainResult:
     """`adapt` returning the `TrainResult` (with the adapted model) instead of the path."""
+    # one writer per run dir, held from the resume checks to the last checkpoint
+    with run_dir_lock(out, enabled=D.env_info().is_main):
+        if verify:
+            verify_shards(data)
+        return _adapt_run(
+            checkpoint, data, out, train=train, tune=tune, resume=resume, progress=progress
+        )
+
+
+def _adapt_run(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    train: TrainConfig | dict | None = None,
+    tune: str | None = None,
+    resume: bool = False,
+    progress: bool = False,
+) -> TrainResult:
     data, out = Path(data), Path(out)
     saved = prepare_out(out, resume)
     if tune is None:
@@ -161,6 +182,7 @@ def adapt(
     tune: str | None = None,
     resume: bool = False,
     progress: bool = False,
+    verify: bool = False,
 ) -> Path:
     """Continual pre-training of the model in `checkpoint` on the shards in `data` -> run dir.
 
@@ -174,10 +196,18 @@ def adapt(
             all else frozen) or "all".
         resume: continue an interrupted adapt run in `out`.
         progress: show a progress bar on stderr.
+        verify: check every shard's sha256 against the data's manifest.json first.
 
     `config.json` records the source checkpoint (path, sha256), `tune` and the names of the
     trainable parameters (`trainable`).
     """
     return adapt_run(
-        checkpoint, data, out, train=train, tune=tune, resume=resume, progress=progress
+        checkpoint,
+        data,
+        out,
+        train=train,
+        tune=tune,
+        resume=resume,
+        progress=progress,
+        verify=verify,
     ).run_dir

@@ -12,7 +12,8 @@ from pathlib import Path
 from ..errors import SlimpError
 from ..model_config import ModelConfig
 from ..models import build_model
-from ..runs import LAST, load_checkpoint
+from ..runs import LAST, load_checkpoint, run_dir_lock
+from ..shards import verify_shards
 from . import distributed as D
 from .loop import TrainResult, notice, run_training
 from .session import (
@@ -40,8 +41,25 @@ def pretrain_run(
     train: TrainConfig | dict | None = None,
     resume: bool = False,
     progress: bool = False,
+    verify: bool = False,
 ) -> TrainResult:
     """`pretrain` returning the `TrainResult` (with the trained model) instead of the path."""
+    # one writer per run dir, held from the resume checks to the last checkpoint
+    with run_dir_lock(out, enabled=D.env_info().is_main):
+        if verify:
+            verify_shards(data)
+        return _pretrain_run(data, out, model=model, train=train, resume=resume, progress=progress)
+
+
+def _pretrain_run(
+    data: str | Path,
+    out: str | Path,
+    *,
+    model: ModelConfig | dict | None = None,
+    train: TrainConfig | dict | None = None,
+    resume: bool = False,
+    progress: bool = False,
+) -> TrainResult:
     data, out = Path(data), Path(out)
     saved = prepare_out(out, resume)
     model_defaults, train_defaults = sm3_defaults(train, saved)
@@ -121,6 +139,7 @@ def pretrain(
     train: TrainConfig | dict | None = None,
     resume: bool = False,
     progress: bool = False,
+    verify: bool = False,
 ) -> Path:
     """Pre-train SLIMP on the ingested shards in `data`; write the run dir `out`; return it.
 
@@ -134,13 +153,15 @@ def pretrain(
         resume: continue from `out/checkpoint-last.pt` (model, optimiser, scheduler, RNG and
             sampler state); on CPU the result equals an uninterrupted run's, bit for bit.
         progress: show a progress bar on stderr.
+        verify: check every shard's sha256 against the data's manifest.json first.
 
     Raises:
         SlimpError: bad options, unreadable data, fewer patients than a batch, a non-finite
-            loss (the last good checkpoint is kept), resume on other data or options.
+            loss (the last good checkpoint is kept), resume on other data or options, another
+            process writing `out`.
     """
     return pretrain_run(
-        data, out, model=model, train=train, resume=resume, progress=progress
+        data, out, model=model, train=train, resume=resume, progress=progress, verify=verify
     ).run_dir
 
 

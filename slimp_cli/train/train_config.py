@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..devices import check_device_name
-from ..errors import SlimpError
+from ..errors import SlimpError, check_seed
 from ..losses import DEFAULT_LAM, DEFAULT_TEMPERATURE
 from ..model_config import DictConfig, positive_int
 
@@ -138,8 +138,8 @@ class TrainConfig(DictConfig):
         if self.warmup_steps is not None:
             _non_negative_int("warmup_steps", self.warmup_steps)
         _non_negative_int("workers", self.workers)
-        _non_negative_int("seed", self.seed)
-        _non_negative_int("holdout_seed", self.holdout_seed)
+        check_seed(self.seed, "seed")
+        check_seed(self.holdout_seed, "holdout_seed")
         _number("holdout", self.holdout)
         if not 0.0 <= self.holdout < 1.0:
             raise SlimpError(f"holdout must be a fraction in [0, 1), got {self.holdout}")

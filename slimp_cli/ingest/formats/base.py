@@ -53,7 +53,15 @@ class Adapter(abc.ABC):
 
 
 def read_csv_strings(path: Path, *, sep: str | None = ",") -> pd.DataFrame:
-    """Read a delimited table with every cell as a string ('' for empty); errors name the file."""
+    """Read a delimited table with every cell as a string ('' for empty); errors name the file.
+
+    Bytes that are not UTF-8 become U+FFFD; ingest then warns about (or, for ids and labels,
+    skips) each row holding one, naming it (`values.is_undecodable`)."""
+    path = Path(path)
+    if not path.exists():
+        raise SlimpError(f"{path}: no such file")
+    if not path.is_file():
+        raise SlimpError(f"{path}: is a folder, not a table (give the CSV file)")
     try:
         frame = pd.read_csv(
             path,
@@ -67,7 +75,7 @@ def read_csv_strings(path: Path, *, sep: str | None = ",") -> pd.DataFrame:
         )
     except pd.errors.EmptyDataError:
         raise SlimpError(f"{path}: the table is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SlimpError(f"{path}: cannot parse the table ({first})") from None
     frame.columns = [str(c).strip() for c in frame.columns]
