@@ -14,6 +14,7 @@ import torch
 from .devices import resolve_device
 from .errors import SlimpError
 from .models import patient_record
+from .paths import prepare_output_file
 from .runs import check_schema_compatible, load_run, sha256_file
 from .schema import encode_raw, raw_columns
 from .shards import ShardIndex
@@ -65,6 +66,7 @@ def embed(
     data_dir, out = Path(data_dir), Path(out)
     if batch_size < 1:
         raise SlimpError(f"--batch-size must be >= 1 (got {batch_size})")
+    prepare_output_file(out, "--out")  # before any computing
     dev = resolve_device(device)
     run = load_run(checkpoint, device=dev)
     model, model_schema = run.model, run.schema

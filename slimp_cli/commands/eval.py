@@ -14,6 +14,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import SlimpError
+from .choices import (
+    DEVICE_HELP,
+    LEVELS,
+    PROBE_METHODS,
+    Label,
+    Split,
+    Strategy,
+    Task,
+    comma_list,
+    device_name,
+    value,
+)
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -42,13 +54,21 @@ def _warn(messages: list[str]) -> None:
         err_console.print(f"warning: {m}", markup=False, soft_wrap=True)
 
 
+def _outputs(json_path: Path | None, plots: Path | None) -> None:
+    """Create (or check) the output folders before any computing."""
+    from ..paths import prepare_output_dir, prepare_output_file
+
+    if json_path is not None:
+        prepare_output_file(json_path, "--json")
+    if plots is not None:
+        prepare_output_dir(plots, "--plots")
+
+
 def _write_json(path: Path | None, report: dict) -> None:
     if path is None:
         return
     from ..paths import write_json
 
-    if not path.parent.is_dir():
-        raise SlimpError(f"--json {path}: folder {path.parent} does not exist")
     try:
         write_json(path, report)
     except OSError as e:
@@ -66,14 +86,22 @@ def _fmt(metric: dict) -> str:
 
 def probe_cmd(
     store: Path = typer.Argument(..., help="Feature store (HDF5) written by slimp embed."),
-    label: str = typer.Option(
+    label: Label = typer.Option(
         "binary", "--label", help="binary (benign/malignant, the paper's main task) or multiclass."
     ),
     features: str | None = typer.Option(
-        None, "--features", help="Comma list of image,lesion,patient (default: all the store has)."
+        None,
+        "--features",
+        help="Comma list of image,lesion,patient (default: all the store has).",
+        callback=comma_list(LEVELS),
     ),
-    method: str = typer.Option("linear,knn", "--method", help="Comma list of linear,knn."),
-    split: str = typer.Option(
+    method: str = typer.Option(
+        "linear,knn",
+        "--method",
+        help="Comma list of linear,knn.",
+        callback=comma_list(PROBE_METHODS),
+    ),
+    split: Split = typer.Option(
         "random",
         "--split",
         help="random (stratified lesion-level 90/10) or patient (patient-disjoint).",
@@ -97,7 +125,7 @@ def probe_cmd(
     baseline: bool = typer.Option(
         False, "--baseline", help="Add metadata-only baselines (raw/) and a label-leakage audit."
     ),
-    pseudo: str | None = typer.Option(
+    pseudo: Strategy | None = typer.Option(
         None,
         "--pseudo",
         help="Use pseudo lesion/patient features of slimp extrapolate (ilp, il or ii).",
@@ -106,17 +134,21 @@ def probe_cmd(
     plots: Path | None = typer.Option(
         None, "--plots", help="Write ROC and confusion-matrix PNGs into this folder."
     ),
-    task: str = typer.Option(
+    task: Task = typer.Option(
         "classification",
         "--task",
         help="classification, or derm7pt-multilabel: probe each of the seven-point checklist "
         "criteria of Derm7pt from image (or pseudo) features.",
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (kNN search)."),
+    device: str = typer.Option(
+        "auto", "--device", help="Device of the kNN search: " + DEVICE_HELP, callback=device_name
+    ),
 ) -> None:
     """Linear probe and kNN classification on frozen features (mean±std over seeds)."""
     from ..eval.probe import run_probe
 
+    label, split, pseudo, task = value(label), value(split), value(pseudo), value(task)
+    _outputs(json_path, plots)
     if task == "derm7pt-multilabel":
         return _multilabel(
             store,
@@ -132,8 +164,6 @@ def probe_cmd(
             device=device,
             json_path=json_path,
         )
-    if task != "classification":
-        raise SlimpError(f"--task {task!r}: choose classification or derm7pt-multilabel")
     report = run_probe(
         store,
         label=label,
@@ -215,7 +245,7 @@ def _multilabel(
 
 def retrieve_cmd(
     store: Path = typer.Argument(..., help="Feature store (HDF5) with image and lesion features."),
-    split: str | None = typer.Option(
+    split: Split | None = typer.Option(
         None,
         "--split",
         help="Evaluate on the 10% held-out part of a random or patient split (default: whole store).",
@@ -230,7 +260,7 @@ def retrieve_cmd(
     plots: Path | None = typer.Option(
         None, "--plots", help="Write the similarity histogram PNG into this folder."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP, callback=device_name),
     chunk_size: int = typer.Option(
         4096, "--chunk-size", help="Queries per similarity block (memory bound)."
     ),
@@ -238,8 +268,10 @@ def retrieve_cmd(
     """Image <-> metadata retrieval: R@k, NDCG@k, mAP and similarity percentiles."""
     from ..eval.retrieval import run_retrieval
 
+    split = value(split)
     if chunk_size < 1 or negatives < 1:
         raise SlimpError("--chunk-size and --negatives must be at least 1")
+    _outputs(json_path, plots)
     report = run_retrieval(
         store,
         split=split,
@@ -288,10 +320,10 @@ def extrapolate_cmd(
         ...,
         help="Target store with image features (slimp embed --image-only); pseudo/ is added to it.",
     ),
-    strategy: str = typer.Option(
+    strategy: Strategy = typer.Option(
         "ilp", "--strategy", help="ilp (image->lesion->patient, the paper's), il or ii."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP, callback=device_name),
     chunk_size: int = typer.Option(
         4096, "--chunk-size", help="Target images per similarity block (memory bound)."
     ),
@@ -299,6 +331,7 @@ def extrapolate_cmd(
     """Add pseudo lesion/patient metadata features to an image-only store by retrieval."""
     from ..eval.extrapolate import extrapolate
 
+    strategy = value(strategy)
     if chunk_size < 1:
         raise SlimpError("--chunk-size must be at least 1")
     summary = extrapolate(
