@@ -41,6 +41,7 @@ wheel-check: $(STAMP)
 	cd $(WHEEL_DIR) && env -u PYTHONPATH venv/bin/slimp ingest pad-ufes-20 \
 	  "$(abspath $(SLIMP_SHARED_DATA))/pad_ufes_20" pad --image-size 32 --workers 2
 	test -s $(WHEEL_DIR)/pad/schema.json && test -s $(WHEEL_DIR)/pad/manifest.json
+	rm -rf $(WHEEL_DIR)/venv
 	@echo "wheel-check: the installed wheel ingested the PAD subset"
 
 clean:

@@ -101,6 +101,7 @@ def test_torchrun_pretrain_completes(synth_shards, tmp_path):
     assert [m["step"] for m in metrics] == list(range(1, 15))
     cfg = read_config(out)
     assert cfg["variant"] == "nested"
+    assert cfg["environment"]["world_size"] == 2
     _run = load_run(out)
     model, _, _ = _run.model, _run.config, _run.schema
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def environment(device: torch.device | str, world_size: int) -> dict:
     gpu = None
     if device.type == "cuda" and torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(device)
-    return {
+    record = {
         "slimp": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -66,6 +67,9 @@ def environment(device: torch.device | str, world_size: int) -> dict:
         "device": str(device),
         "world_size": int(world_size),
     }
+    # Plain JSON types only: the config is copied into checkpoints, which load with
+    # weights_only=True (torch.__version__ is a str subclass that such a load refuses).
+    return json.loads(json.dumps(record, default=str))
 
 
 def check_world_size(saved_config: dict | None, world_size: int, run_dir: Path) -> None:
