@@ -85,7 +85,6 @@ def encode_lesion(
     image = Path(image)
     if not image.is_file():
         raise SlimpError(f"--image {image}: no such file")
-    pixels = run.preprocess.load(image.read_bytes(), where=str(image)).unsqueeze(0)
     levels = inputs.levels if meta is not None else ("image",)
     features = [*(inputs.lesion_features or []), *(inputs.patient_features or [])]
     used = {f["name"]: f for f in features}
@@ -102,6 +101,7 @@ def encode_lesion(
             and is_categorical(used[n])
             and category_key(v) not in set(used[n]["vocab"])
         )
+    pixels = run.preprocess.load(image.read_bytes(), where=str(image)).unsqueeze(0)
     use_amp = dev.type == "cuda"  # as embed: bf16 autocast on CUDA, fp32 elsewhere
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
         vectors = {"image": model.encode_image(pixels.to(dev))}
