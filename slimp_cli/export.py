@@ -2,7 +2,7 @@
 
 DIR receives:
 - `model.safetensors` + `config.json`: the image encoder as a plain timm model (pooled features,
-  `num_classes=0`): `timm.create_model("local-dir:DIR", pretrained=True)` (timm >= 1.0.16), or
+  `num_classes=0`): `timm.create_model("local-dir:DIR", pretrained=True)` (recent timm; tested with 1.0.31), or
   on older timm `timm.create_model(architecture, pretrained=True, num_classes=0,
   pretrained_cfg_overlay=dict(file="DIR/model.safetensors"), **model_args)`. `config.json`
   holds the timm architecture, `model_args` (the input size; for slimp's local test ViTs, which
