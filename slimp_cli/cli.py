@@ -23,7 +23,7 @@ app = typer.Typer(
         "Try `slimp demo` for the whole pipeline on a generated cohort."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion: option choices complete in the shell
     pretty_exceptions_enable=False,
 )
 

@@ -5,12 +5,14 @@ usage message for bad usage, 1 with one line for a user error, 0 for --version; 
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
 
 from slimp_cli import __version__
 from slimp_cli.commands import choices
+from slimp_cli.errors import SlimpError
 
 BAD_USAGE = [
     ("probe", "--bogus"),  # unknown option
@@ -110,3 +112,46 @@ def test_embed_creates_the_out_folder(pad_run, pad_shards, tmp_path, run_slimp):
     )
     assert res.returncode == 0, res.stderr
     assert out.is_file()
+
+
+class _UsageError(Exception):
+    """Shaped like click's UsageError, of no click package (as a vendored copy's would be)."""
+
+    exit_code = 2
+
+    def show(self):
+        print("Usage: slimp ...\nError: bad", file=sys.stderr)
+
+
+class Abort(RuntimeError):
+    """Named like click's Abort (Ctrl-C while parsing), of no click package."""
+
+
+@pytest.mark.parametrize(
+    "raised, code",
+    [(_UsageError(), 2), (Abort(), 130), (KeyboardInterrupt(), 130), (SlimpError("x"), 1)],
+    ids=["usage", "abort", "ctrl-c", "user-error"],
+)
+def test_exit_codes_do_not_depend_on_which_click_raised(monkeypatch, capsys, raised, code):
+    import slimp_cli.cli as cli
+
+    def app(**kwargs):
+        raise raised
+
+    monkeypatch.setattr(cli, "app", app)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["probe"])
+    assert exc.value.code == code
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_choices_complete_in_the_shell(run_slimp):
+    env = {
+        **os.environ,
+        "_SLIMP_COMPLETE": "complete_bash",
+        "COMP_WORDS": "slimp probe x.h5 --label ",
+        "COMP_CWORD": "4",
+    }
+    res = run_slimp(timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == list(choices.LABELS)
