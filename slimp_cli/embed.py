@@ -15,6 +15,7 @@ from .devices import resolve_device
 from .errors import SlimpError
 from .holdout import Holdout, read_holdout
 from .models import patient_record
+from .paths import prepare_output_file
 from .runs import check_schema_compatible, load_run, sha256_file
 from .schema import encode_raw, raw_columns
 from .shards import Case, ShardIndex, case_index
@@ -72,7 +73,8 @@ def embed(
         raise SlimpError(f"--batch-size must be >= 1 (got {batch_size})")
     if workers < 0:
         raise SlimpError(f"--workers must be >= 0 (got {workers})")
-    check_store_destination(out, overwrite=overwrite)
+    prepare_output_file(out, "--out")  # before any computing: the folder exists
+    check_store_destination(out, overwrite=overwrite)  # and no store is replaced unasked
     dev = resolve_device(device)
     run = load_run(checkpoint, device=dev)
     model, model_schema = run.model, run.schema

@@ -7,14 +7,20 @@ import json
 import math
 import os
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # importlib.resources.abc is 3.11+; the object is all that is used
+    from importlib.resources.abc import Traversable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def schemas_dir() -> Path:
-    """Folder of the built-in dataset schemas (`schemas/` at the repository root)."""
-    return REPO_ROOT / "schemas"
+def builtin_schemas() -> Traversable:
+    """The built-in dataset schemas: package data (`slimp_cli/schemas/*.json`), read through
+    importlib.resources, so a wheel or a non-editable install finds them too."""
+    return resources.files("slimp_cli").joinpath("schemas")
 
 
 def shared_data_dir() -> Path:
@@ -39,6 +45,35 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def prepare_output_dir(path: str | os.PathLike, option: str) -> Path:
+    """Create the output folder `path` (and its parents) before any computing starts, so a long
+    command never fails at its very end for want of a folder; SlimpError naming `option` when
+    it cannot be created or written."""
+    from .errors import SlimpError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SlimpError(f"{option} {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SlimpError(f"{option} {path}: cannot create the folder ({exc.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SlimpError(f"{option} {path}: the folder is not writable")
+    return path
+
+
+def prepare_output_file(path: str | os.PathLike, option: str) -> Path:
+    """Create (or check) the folder of the output file `path` before any computing starts."""
+    from .errors import SlimpError
+
+    path = Path(path)
+    if path.is_dir():
+        raise SlimpError(f"{option} {path}: is a folder; give a file name")
+    prepare_output_dir(path.parent, option)
+    return path
 
 
 def read_json(path: str | os.PathLike):

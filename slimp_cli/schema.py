@@ -1,6 +1,6 @@
 """Dataset schemas: load and validate them, and encode raw metadata into tensors.
 
-A *dataset schema* (`schemas/<name>.json`) names roles (patient id, lesion id, image, label)
+A *dataset schema* (`slimp_cli/schemas/<name>.json`) names roles (patient id, lesion id, image, label)
 and features. A *resolved schema* (`schema.json` beside the shards, written by ingest) adds
 what was learned from the data: vocabularies, numeric mean/std and missing rates. Encoders are
 built from, and inputs encoded with, the resolved schema only, so a model and its data agree.
@@ -19,48 +19,50 @@ from typing import Any, NamedTuple
 import torch
 
 from .errors import SlimpError
-from .paths import read_json, schemas_dir
+from .paths import builtin_schemas, read_json
 
 FEATURE_TYPES = ("numerical", "categorical", "boolean")
 
 
 def builtin_schema_names() -> list[str]:
-    """Names of the schemas shipped in `schemas/` (the meta-schema excluded)."""
-    return sorted(p.stem for p in schemas_dir().glob("*.json") if p.stem != "dataset.schema")
+    """Names of the schemas shipped with the package (the meta-schema excluded)."""
+    return sorted(
+        p.name.removesuffix(".json")
+        for p in builtin_schemas().iterdir()
+        if p.name.endswith(".json") and p.name != META_SCHEMA
+    )
+
+
+META_SCHEMA = "dataset.schema.json"
 
 
 def load_dataset_schema(path_or_name: str | Path) -> dict:
     """Load a dataset schema by built-in name (e.g. 'pad-ufes-20') or JSON path, validated."""
     path = Path(path_or_name)
-    if not path.suffix and not path.exists():
-        path = schemas_dir() / f"{path_or_name}.json"
-    if not path.is_file():
+    if path.is_file():
+        schema, source = read_json(path), str(path)
+    elif not path.suffix and path_or_name in builtin_schema_names():
+        resource = builtin_schemas().joinpath(f"{path_or_name}.json")
+        schema, source = json.loads(resource.read_text()), f"built-in schema {path_or_name}"
+    else:
         raise SlimpError(
             f"schema '{path_or_name}' not found; give a JSON file or one of: "
             + ", ".join(builtin_schema_names())
         )
-    schema = read_json(path)
-    validate_dataset_schema(schema, source=str(path))
+    validate_dataset_schema(schema, source=source)
     return schema
 
 
 def validate_dataset_schema(schema: dict, *, source: str = "schema") -> None:
-    """Check a dataset schema against `schemas/dataset.schema.json` (JSON Schema)."""
-    meta_path = schemas_dir() / "dataset.schema.json"
-    if not meta_path.is_file():  # running from a partial checkout: structural checks only
-        if not isinstance(schema, dict):
-            raise SlimpError(f"{source}: a dataset schema is a JSON object")
-        _check_features(schema.get("patient_features", []), source)
-        _check_features(schema.get("lesion_features", []), source)
-    else:
-        import jsonschema
+    """Check a dataset schema against the meta-schema `dataset.schema.json` (JSON Schema)."""
+    import jsonschema
 
-        meta = json.loads(meta_path.read_text())
-        try:
-            jsonschema.validate(schema, meta)
-        except jsonschema.ValidationError as exc:
-            where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
-            raise SlimpError(f"{source}: invalid schema at {where}: {exc.message}") from None
+    meta = json.loads(builtin_schemas().joinpath(META_SCHEMA).read_text())
+    try:
+        jsonschema.validate(schema, meta)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise SlimpError(f"{source}: invalid schema at {where}: {exc.message}") from None
     check_schema_consistency(schema, source=source)
 
 
@@ -125,12 +127,6 @@ def _check_bounds(feature: dict, source: str) -> None:
             raise SlimpError(f"{source}: feature '{feature['name']}' has a non-finite {key}")
     if lo is not None and hi is not None and lo > hi:
         raise SlimpError(f"{source}: feature '{feature['name']}' has min {lo} > max {hi}")
-
-
-def _check_features(features: list, source: str) -> None:
-    for f in features:
-        if not isinstance(f, dict) or "name" not in f or f.get("type") not in FEATURE_TYPES:
-            raise SlimpError(f"{source}: bad feature {f!r}; need name and type in {FEATURE_TYPES}")
 
 
 def is_categorical(feature: dict) -> bool:

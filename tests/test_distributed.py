@@ -103,6 +103,7 @@ def test_torchrun_pretrain_completes(synth_shards, tmp_path):
     assert [m["epoch"] for m in read_metrics(out, kind="validation")] == [1, 2]
     cfg = read_config(out)
     assert cfg["variant"] == "nested"
+    assert cfg["environment"]["world_size"] == 2
     _run = load_run(out)
     model, _, _ = _run.model, _run.config, _run.schema
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from .choices import DEVICE_HELP, WORKERS_HELP, device_name
+
 console = Console(stderr=True)
 
 
@@ -16,17 +18,20 @@ def embed_cmd(
     ),
     data: Path = typer.Argument(..., help="Shard folder written by slimp ingest."),
     out: Path = typer.Option(
-        ..., "--out", "-o", help="Feature store to write (HDF5, e.g. feats.h5)."
+        ...,
+        "--out",
+        "-o",
+        help="Feature store to write (HDF5, e.g. feats/pad.h5; missing folders are created).",
     ),
     batch_size: int = typer.Option(64, "--batch-size", help="Lesions per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP, callback=device_name),
     image_only: bool = typer.Option(
         False,
         "--image-only",
         help="Embed images only: for data whose metadata columns the model was not built for "
         "(the target of slimp extrapolate).",
     ),
-    workers: int = typer.Option(0, "--workers", help="DataLoader workers decoding images."),
+    workers: int = typer.Option(0, "--workers", min=0, help=WORKERS_HELP),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an existing store at --out (and its pseudo/ features)."
     ),

@@ -14,6 +14,19 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import SlimpError
+from .choices import (
+    DEVICE_HELP,
+    LEVELS,
+    PROBE_METHODS,
+    Label,
+    RetrieveSplit,
+    Split,
+    Strategy,
+    Task,
+    comma_list,
+    device_name,
+    value,
+)
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -42,13 +55,21 @@ def _warn(messages: list[str]) -> None:
         err_console.print(f"warning: {m}", markup=False, soft_wrap=True)
 
 
+def _outputs(json_path: Path | None, plots: Path | None) -> None:
+    """Create (or check) the output folders before any computing."""
+    from ..paths import prepare_output_dir, prepare_output_file
+
+    if json_path is not None:
+        prepare_output_file(json_path, "--json")
+    if plots is not None:
+        prepare_output_dir(plots, "--plots")
+
+
 def _write_json(path: Path | None, report: dict) -> None:
     if path is None:
         return
     from ..paths import write_json
 
-    if not path.parent.is_dir():
-        raise SlimpError(f"--json {path}: folder {path.parent} does not exist")
     try:
         write_json(path, report)
     except OSError as e:
@@ -66,14 +87,22 @@ def _fmt(metric: dict) -> str:
 
 def probe_cmd(
     store: Path = typer.Argument(..., help="Feature store (HDF5) written by slimp embed."),
-    label: str = typer.Option(
+    label: Label = typer.Option(
         "binary", "--label", help="binary (benign/malignant, the paper's main task) or multiclass."
     ),
     features: str | None = typer.Option(
-        None, "--features", help="Comma list of image,lesion,patient (default: all the store has)."
+        None,
+        "--features",
+        help="Comma list of image,lesion,patient (default: all the store has).",
+        callback=comma_list(LEVELS),
     ),
-    method: str = typer.Option("linear,knn", "--method", help="Comma list of linear,knn."),
-    split: str | None = typer.Option(
+    method: str = typer.Option(
+        "linear,knn",
+        "--method",
+        help="Comma list of linear,knn.",
+        callback=comma_list(PROBE_METHODS),
+    ),
+    split: Split | None = typer.Option(
         None,
         "--split",
         help="holdout: the run's held-out patients, unseen by every training stage (default "
@@ -102,7 +131,7 @@ def probe_cmd(
     baseline: bool = typer.Option(
         False, "--baseline", help="Add metadata-only baselines (raw/) and a label-leakage audit."
     ),
-    pseudo: str | None = typer.Option(
+    pseudo: Strategy | None = typer.Option(
         None,
         "--pseudo",
         help="Use pseudo lesion/patient features of slimp extrapolate (ilp, il or ii).",
@@ -111,17 +140,21 @@ def probe_cmd(
     plots: Path | None = typer.Option(
         None, "--plots", help="Write ROC and confusion-matrix PNGs into this folder."
     ),
-    task: str = typer.Option(
+    task: Task = typer.Option(
         "classification",
         "--task",
         help="classification, or derm7pt-multilabel: probe each of the seven-point checklist "
         "criteria of Derm7pt from image (or pseudo) features.",
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (kNN search)."),
+    device: str = typer.Option(
+        "auto", "--device", help="Device of the kNN search: " + DEVICE_HELP, callback=device_name
+    ),
 ) -> None:
     """Linear probe and kNN classification on frozen features (mean±std over seeds)."""
     from ..eval.probe import run_probe
 
+    label, split, pseudo, task = value(label), value(split), value(pseudo), value(task)
+    _outputs(json_path, plots)
     if task == "derm7pt-multilabel":
         return _multilabel(
             store,
@@ -137,8 +170,6 @@ def probe_cmd(
             device=device,
             json_path=json_path,
         )
-    if task != "classification":
-        raise SlimpError(f"--task {task!r}: choose classification or derm7pt-multilabel")
     report = run_probe(
         store,
         label=label,
@@ -247,7 +278,7 @@ def _multilabel(
 
 def retrieve_cmd(
     store: Path = typer.Argument(..., help="Feature store (HDF5) with image and lesion features."),
-    split: str | None = typer.Option(
+    split: RetrieveSplit | None = typer.Option(
         None,
         "--split",
         help="holdout: the run's held-out patients (default when the store has them); all: "
@@ -264,7 +295,7 @@ def retrieve_cmd(
     plots: Path | None = typer.Option(
         None, "--plots", help="Write the similarity histogram PNG into this folder."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP, callback=device_name),
     chunk_size: int = typer.Option(
         4096, "--chunk-size", help="Queries per similarity block (memory bound)."
     ),
@@ -278,8 +309,10 @@ def retrieve_cmd(
     """Image <-> metadata retrieval: R@k, NDCG@k, mAP and similarity percentiles."""
     from ..eval.retrieval import run_retrieval
 
+    split = value(split)
     if chunk_size < 1 or negatives < 1:
         raise SlimpError("--chunk-size and --negatives must be at least 1")
+    _outputs(json_path, plots)
     if pair_matching:
         return _pair_matching(store, device=device, chunk_size=chunk_size, json_path=json_path)
     report = run_retrieval(
@@ -353,7 +386,7 @@ def extrapolate_cmd(
         ...,
         help="Target store with image features (slimp embed --image-only); pseudo/ is added to it.",
     ),
-    strategy: str = typer.Option(
+    strategy: Strategy = typer.Option(
         "ilp", "--strategy", help="ilp (image->lesion->patient, the paper's), il or ii."
     ),
     pool: str | None = typer.Option(
@@ -362,7 +395,7 @@ def extrapolate_cmd(
         help="ilp: patient = one x_hat per target patient from its lesions' mean z_hat (the "
         "paper's; default when the target has patient ids), lesion = one per lesion.",
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP, callback=device_name),
     chunk_size: int = typer.Option(
         4096, "--chunk-size", help="Target images per similarity block (memory bound)."
     ),
@@ -370,6 +403,7 @@ def extrapolate_cmd(
     """Add pseudo lesion/patient metadata features to an image-only store by retrieval."""
     from ..eval.extrapolate import extrapolate
 
+    strategy = value(strategy)
     if chunk_size < 1:
         raise SlimpError("--chunk-size must be at least 1")
     summary = extrapolate(

@@ -66,12 +66,17 @@ def ingest_command(
     image_size: int = typer.Option(
         256,
         "--image-size",
-        help="Stored image side in pixels: shorter side resized to it, then centre-cropped square (JPEG q95).",
+        min=1,
+        help="Side in pixels of the images stored in the shards: shorter side resized to it, "
+        "then centre-cropped square (JPEG q95). Keep it >= the model's --input-size.",
     ),
-    workers: int = typer.Option(
-        0,
+    workers: int | None = typer.Option(
+        None,
         "--workers",
-        help="Processes decoding/resizing images (0 = all CPU cores). Output does not depend on it.",
+        min=0,
+        show_default="all CPU cores",
+        help="Worker processes decoding and resizing images (0 = none: the main process "
+        "does it). The shards do not depend on it.",
     ),
     max_shard_size: int = typer.Option(
         10**9, "--max-shard-size", help="Maximum bytes per shard (a patient is never split)."
@@ -108,7 +113,7 @@ def ingest_command(
         out,
         schema=schema,
         image_size=image_size,
-        workers=workers or (os.cpu_count() or 1),
+        workers=(os.cpu_count() or 1) if workers is None else workers,
         max_shard_size=max_shard_size,
         max_patients_per_shard=max_patients_per_shard,
         strict=strict,

@@ -15,6 +15,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ..errors import SlimpError
+from . import choices as C
+
 console = Console(stderr=True)
 
 _T = "Training"
@@ -31,7 +34,7 @@ def _opt(*names: str, help: str, panel: str = _T):
 
 # Training options shared by pretrain and adapt (None = default, or the saved value on --resume).
 Method = Annotated[
-    str | None,
+    C.Method | None,
     _opt(
         "--method",
         help="slimp (default) or sm3 (dermoscopic + clinical image branches, papers/sm3_paper.txt; "
@@ -87,10 +90,17 @@ GradClip = Annotated[
 ]
 Seed = Annotated[int | None, _opt("--seed", help="Seed of everything random (default 0).")]
 Device = Annotated[
-    str | None, _opt("--device", help="auto (default; CUDA when present), cpu or cuda.")
+    str | None,
+    typer.Option(
+        "--device",
+        help=C.DEVICE_HELP + " Default auto.",
+        rich_help_panel=_T,
+        callback=C.device_name,
+    ),
 ]
 Workers = Annotated[
-    int | None, _opt("--workers", help="DataLoader workers decoding JPEGs (default 4).")
+    int | None,
+    typer.Option("--workers", min=0, help=C.WORKERS_HELP + " Default 4.", rich_help_panel=_T),
 ]
 Augment = Annotated[
     bool | None,
@@ -118,7 +128,20 @@ Compile = Annotated[
     bool | None, _opt("--compile/--no-compile", help="torch.compile the model (default off).")
 ]
 LogEvery = Annotated[
-    int | None, _opt("--log-every", help="metrics.jsonl line every K steps (default 10).")
+    int | None,
+    _opt(
+        "--log-every",
+        help="A metrics.jsonl line every K steps (default 10); when stderr is not a terminal "
+        "(SLURM, nohup, a pipe) also a plain log line instead of the progress bar.",
+    ),
+]
+ReportTo = Annotated[
+    C.ReportTo | None,
+    _opt(
+        "--report-to",
+        help="Mirror metrics.jsonl to TensorBoard (RUN/tensorboard/; needs the optional "
+        "tensorboard package) or none (default).",
+    ),
 ]
 KeepEpochCheckpoints = Annotated[
     bool | None,
@@ -139,7 +162,13 @@ Holdout = Annotated[
 HoldoutSeed = Annotated[
     int | None, _opt("--holdout-seed", help="Seed of the held-out draw (default 0).")
 ]
-Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+Progress = Annotated[
+    bool,
+    typer.Option(
+        "--progress/--no-progress",
+        help="Show a progress bar (plain log lines when stderr is not a terminal).",
+    ),
+]
 Verify = Annotated[
     bool, typer.Option("--verify", help="Check every shard's sha256 against manifest.json first.")
 ]
@@ -150,7 +179,7 @@ def _train_options(options: dict) -> dict:
     from ..train import TrainConfig
 
     keys = {f.name for f in dataclasses.fields(TrainConfig)}
-    return _given(**{k: v for k, v in options.items() if k in keys})
+    return _given(**{k: C.value(v) for k, v in options.items() if k in keys})
 
 
 def _summary(run_dir: Path) -> None:
@@ -176,8 +205,14 @@ def pretrain_cmd(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Run dir to create (config.json, checkpoints, metrics.jsonl)."
     ),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="A saved run's config.json (or its run dir): start from its model and training "
+        "options; options given here override them.",
+    ),
     method: Method = None,
-    variant: str | None = typer.Option(
+    variant: C.Variant | None = typer.Option(
         None,
         "--variant",
         help="nested (default; becomes flat when the data has no patient "
@@ -191,8 +226,16 @@ def pretrain_cmd(
         "vit_tiny_patch16_224, vit_base_patch16_224...) or the local test models vit_test, vit_demo.",
         rich_help_panel=_M,
     ),
+    input_size: int | None = typer.Option(
+        None,
+        "--input-size",
+        min=1,
+        help="Side in pixels of the image model's input (default 224); shards stored at "
+        "another size (ingest --image-size) are resized to it.",
+        rich_help_panel=_M,
+    ),
     img_size: int | None = typer.Option(
-        None, "--img-size", help="Image side in pixels (default 224).", rich_help_panel=_M
+        None, "--img-size", min=1, hidden=True, help="Deprecated name of --input-size."
     ),
     image_weights: Path | None = typer.Option(
         None,
@@ -261,6 +304,7 @@ def pretrain_cmd(
     positive_sampling: PositiveSampling = None,
     compile: Compile = None,
     log_every: LogEvery = None,
+    report_to: ReportTo = None,
     keep_epoch_checkpoints: KeepEpochCheckpoints = None,
     resume: bool = typer.Option(
         False,
@@ -278,10 +322,18 @@ def pretrain_cmd(
     """
     from ..train import pretrain
 
+    if img_size is not None:
+        if input_size is not None and input_size != img_size:
+            raise typer.BadParameter(
+                f"--img-size {img_size} (the deprecated name) contradicts --input-size "
+                f"{input_size}; give --input-size alone"
+            )
+        console.print("notice: --img-size is deprecated; use --input-size", highlight=False)
+        input_size = img_size
     model = _given(
-        variant=variant,
+        variant=C.value(variant),
         image_model=image_model,
-        img_size=img_size,
+        img_size=input_size,
         image_weights=str(image_weights) if image_weights else None,
         embed_dim=embed_dim,
         tab_dim=tab_dim,
@@ -290,11 +342,21 @@ def pretrain_cmd(
         proj_dim=proj_dim,
         label_dim=label_dim,
     )
-    options = _train_options(locals())
+    train = _train_options(locals())
     if init is not None:
-        options["init"] = str(init)
+        train["init"] = str(init)
+    if config is not None:
+        if resume:
+            raise SlimpError(
+                "--config with --resume: a resumed run continues with its own config.json; "
+                "leave out --config"
+            )
+        from ..train.records import recipe_from_config
+
+        saved_model, saved_train = recipe_from_config(config)
+        model, train = {**saved_model, **model}, {**saved_train, **train}
     run_dir = pretrain(
-        data, out, model=model, train=options, resume=resume, progress=progress, verify=verify
+        data, out, model=model, train=train, resume=resume, progress=progress, verify=verify
     )
     _summary(run_dir)
 
@@ -307,7 +369,7 @@ def adapt_cmd(
         ..., help="Target dataset's shard folder (its columns may differ)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Run dir to create."),
-    tune: str | None = typer.Option(
+    tune: C.Tune | None = typer.Option(
         None,
         "--tune",
         help="embeddings (default: ViT patch embedding + tabular input "
@@ -334,6 +396,7 @@ def adapt_cmd(
     positive_sampling: PositiveSampling = None,
     compile: Compile = None,
     log_every: LogEvery = None,
+    report_to: ReportTo = None,
     keep_epoch_checkpoints: KeepEpochCheckpoints = None,
     resume: bool = typer.Option(False, "--resume", help="Continue the adapt run in --out."),
     progress: Progress = True,
@@ -352,7 +415,7 @@ def adapt_cmd(
         data,
         out,
         train=_train_options(locals()),
-        tune=tune,
+        tune=C.value(tune),
         resume=resume,
         progress=progress,
         verify=verify,

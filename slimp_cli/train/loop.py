@@ -41,6 +41,8 @@ from .data import (
     patient_infos,
     validation_plan,
 )
+from .records import check_world_size, environment
+from .report import log_line, open_mirror
 from .train_config import TrainConfig
 
 NO_DECAY_NAMES = ("cls_token", "pos_embed", "reg_token", "dist_token")
@@ -138,11 +140,15 @@ def make_scheduler(optimizer, *, warmup: int, total: int):
 
 
 class _Progress:
-    """A rich progress bar on rank 0 (a silent stand-in elsewhere)."""
+    """A rich progress bar on rank 0 (a silent stand-in elsewhere). When stderr is not a
+    terminal (SLURM, nohup, a pipe) a bar would only be drawn at the end: plain log lines
+    every `--log-every` steps instead (`log`)."""
 
     def __init__(self, enabled: bool, total: int, done: int, description: str) -> None:
         self.bar = None
-        if not enabled:
+        self.total, self.description = total, description
+        self.plain = enabled and not sys.stderr.isatty()
+        if not enabled or self.plain:
             return
         from rich.console import Console
         from rich.progress import (
@@ -170,18 +176,27 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(self.task, advance=advance, info=info)
 
+    def log(self, row: dict) -> None:
+        if self.plain:
+            print(log_line(self.description, row, self.total), file=sys.stderr, flush=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
 
 
 class _Metrics:
-    """metrics.jsonl writer (rank 0); on resume drops lines past the checkpoint's step."""
+    """metrics.jsonl writer (rank 0); on resume drops lines past the checkpoint's step.
+    `mirror` (`--report-to`) receives every row too."""
 
-    def __init__(self, path: Path, enabled: bool, resume_step: int | None) -> None:
+    def __init__(
+        self, path: Path, enabled: bool, resume_step: int | None, mirror_to: str = "none"
+    ) -> None:
         self.fh = None
+        self.mirror = None
         if not enabled:
             return
+        self.mirror = open_mirror(mirror_to, path.parent, resume_step)
         if resume_step is not None and path.is_file():
             keep = [
                 line
@@ -197,10 +212,14 @@ class _Metrics:
         if self.fh is not None:
             self.fh.write(json.dumps(row) + "\n")
             self.fh.flush()
+        if self.mirror is not None:
+            self.mirror.write(row)
 
     def close(self) -> None:
         if self.fh is not None:
             self.fh.close()
+        if self.mirror is not None:
+            self.mirror.close()
 
 
 def notice(message: str, info: D.DistInfo | None = None) -> None:
@@ -283,6 +302,10 @@ def run_training(
                 images_per_batch=images_per_batch,
             )
 
+    if resume_state is not None:
+        check_world_size(resume_state.get("config"), info.world_size, run_dir)
+    # versions, git commit, command line, resolved device and world size of this session
+    config = {**config, "environment": environment(device, info.world_size)}
     run_dir.mkdir(parents=True, exist_ok=True)
     if info.is_main:
         write_json(run_dir / CONFIG, config)
@@ -330,7 +353,9 @@ def run_training(
     )
 
     stop_at = min(total, train.max_steps) if train.max_steps is not None else total
-    metrics = _Metrics(run_dir / METRICS, info.is_main, step if resume_state else None)
+    metrics = _Metrics(
+        run_dir / METRICS, info.is_main, step if resume_state else None, train.report_to
+    )
     bar = _Progress(progress and info.is_main, stop_at, min(step, stop_at), description)
     logged: list[dict] = []
     interval: dict[str, float] = {}
@@ -440,6 +465,7 @@ def run_training(
                         "images_per_s": images_interval / elapsed,
                     }
                     metrics.write(row)
+                    bar.log(row)
                     logged.append(row)
                     interval, n_interval, images_interval = {}, 0, 0
                     t_interval = time.perf_counter()

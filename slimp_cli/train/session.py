@@ -24,7 +24,7 @@ from ..holdout import (
 )
 from ..model_config import ModelConfig
 from ..models import patient_record
-from ..paths import json_safe
+from ..paths import json_safe, prepare_output_dir
 from ..runs import LAST, RUN_FORMAT, RUN_VERSION, check_schema_compatible, read_config, sha256_file
 from ..schema import ResolvedSchema
 from ..shards import ShardIndex
@@ -122,6 +122,7 @@ def prepare_out(out: Path, resume: bool) -> dict | None:
             f"{out} already holds a run ({LAST}); add --resume to continue it, or "
             "choose another --out"
         )
+    prepare_output_dir(out, "--out")  # created (or found unwritable) before any computing
     return None  # a folder without a checkpoint (e.g. a run stopped early) is started afresh
 
 

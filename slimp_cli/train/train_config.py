@@ -14,6 +14,7 @@ from ..devices import check_device_name
 from ..errors import SlimpError, check_seed
 from ..losses import DEFAULT_LAM, DEFAULT_TEMPERATURE
 from ..model_config import DictConfig, positive_int
+from .report import REPORTERS
 
 METHODS = ("slimp", "sm3")
 # SM3's two pre-training stages (papers/sm3_paper.txt Sec. III-D and III-E).
@@ -29,6 +30,7 @@ RESUMABLE_CHANGES = (
     "compile",
     "device",
     "keep_epoch_checkpoints",
+    "report_to",
 )
 
 
@@ -111,8 +113,11 @@ class TrainConfig(DictConfig):
     holdout_seed: int = 0
     # torch.compile the model (CUDA; first steps are slow while it compiles).
     compile: bool = False
-    # Write a metrics.jsonl line (means over the interval) every this many steps.
+    # Write a metrics.jsonl line (means over the interval) every this many steps; when stderr
+    # is not a terminal, also print it as a plain log line (instead of a progress bar).
     log_every: int = 10
+    # Mirror metrics.jsonl to "tensorboard" (RUN/tensorboard/; optional dependency) or "none".
+    report_to: str = "none"
     # Also keep checkpoint-epoch-XXXX.pt after every epoch (checkpoint-last.pt always kept).
     keep_epoch_checkpoints: bool = False
 
@@ -157,6 +162,10 @@ class TrainConfig(DictConfig):
         if self.augment_recipe not in ("auto", "light", "simclr"):
             raise SlimpError(
                 f"unknown augment_recipe {self.augment_recipe!r}; choose auto, light or simclr"
+            )
+        if self.report_to not in REPORTERS:
+            raise SlimpError(
+                f"report_to must be one of {', '.join(REPORTERS)}, got {self.report_to!r}"
             )
         for name in ("augment", "positive_sampling", "compile", "keep_epoch_checkpoints"):
             if not isinstance(getattr(self, name), bool):

@@ -21,7 +21,7 @@ from .base import Adapter, SourceTable, find_table, folder_locator
 NAME = re.compile(r"^IMD\d+$", re.IGNORECASE)
 COLOURS = ("White", "Red", "Light-Brown", "Dark-Brown", "Blue-Gray", "Black")  # codes 1..6
 DIAGNOSES = ("Common Nevus", "Atypical Nevus", "Melanoma")  # Clinical Diagnosis 0, 1, 2
-# Header spellings seen in the releases -> the column names of schemas/ph2.json.
+# Header spellings seen in the releases -> the column names of slimp_cli/schemas/ph2.json.
 ALIASES = {
     "image name": "Name",
     "name": "Name",
