@@ -26,6 +26,7 @@ BAD_USAGE = [
     ("extrapolate", "A.h5", "B.h5", "--strategy", "xyz"),
     ("embed", "RUN", "DATA", "--out", "X.h5", "--device", "gpu"),
     ("ingest", "pad-ufes-20", "SRC", "OUT", "--workers", "-1"),
+    ("embed", "RUN", "DATA", "--out", "X.h5", "--workers", "-1"),  # issue 13's case: usage
 ]
 
 

@@ -110,5 +110,6 @@ def test_torchrun_pretrain_completes(synth_shards, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint-last.pt",
         "config.json",
+        "holdout.json",
         "metrics.jsonl",
     ]

@@ -93,7 +93,7 @@ def test_model_card_names_data_recipe_metrics_with_split_and_limits(
     assert "`pad-ufes-20`" in card and "`diameter_1`" in card  # data and schema
     assert "`biopsed`" in card  # an excluded label leak, with its reason
     assert "6 epochs" not in card and "1 epochs (stopped at step 6)" in card  # recipe
-    assert f"| knn | random | {'+'.join(knn['features'])} |" in card  # metric with its split
+    assert f"| knn | holdout | {'+'.join(knn['features'])} |" in card  # metric with its split
     assert f"{auc['mean']:.3f} ± {auc['std']:.3f}" in card
     assert "Training loss at step 6" in card
     assert "**Not a medical device.**" in card

@@ -45,9 +45,7 @@ CASES = [
     ("pretrain-vocab-null", lambda c: ["pretrain", c.vocab_null, "--out", c.base / "r2",
                                        "--device", "cpu"],
      "schema.json: lesion_features: feature 'site' has vocab None"),
-    ("embed-workers-negative", lambda c: ["embed", c.base / "run", c.shards, "--out",
-                                          c.base / "e.h5", "--workers", "-1"],
-     "--workers must be >= 0 (got -1)"),
+    # embed --workers -1 is bad usage (exit 2, Typer's message): tests/test_cli_contract.py
     ("embed-out-below-a-file", lambda c: ["embed", c.base / "run", c.shards, "--out",
                                           c.afile / "e.h5"], "afile is not a folder"),
     ("retrieve-random-split-of-3-rows", lambda c: ["retrieve", c.three, "--split", "random",

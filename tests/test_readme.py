@@ -86,12 +86,13 @@ def test_readme_walkthrough_runs_as_written(pad_source, tmp_path):
     assert "Traceback" not in res.stderr
 
     probe = json.loads((tmp_path / "results" / "pad-probe.json").read_text())
-    assert {r["split"] for r in probe["results"]} == {"patient"}
+    assert {r["split"] for r in probe["results"]} == {"holdout"}
+    assert probe["split"]["test_rows_seen_in_pretraining"] == 0
     assert {"linear", "knn", "baseline-logreg"} <= {r["method"] for r in probe["results"]}
     assert (tmp_path / "results" / "pad-retrieval.json").is_file()
     assert (tmp_path / "models" / "pad" / "model.safetensors").is_file()
     card = (tmp_path / "models" / "pad" / "README.md").read_text()
-    assert "| linear | patient |" in card
+    assert "| linear | holdout |" in card
     lesion = json.loads((tmp_path / "results" / "lesion.json").read_text())
     assert lesion["levels"] == ["image", "lesion", "patient"]
     assert lesion["missing"] and "age" not in lesion["missing"]

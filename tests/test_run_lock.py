@@ -12,7 +12,7 @@ from slimp_cli.errors import SlimpError
 from slimp_cli.runs import LOCK, read_metrics, run_dir_lock
 
 TINY = [
-    "--image-model", "vit_test", "--img-size", "32", "--tab-dim", "32", "--embed-dim", "32",
+    "--image-model", "vit_test", "--input-size", "32", "--tab-dim", "32", "--embed-dim", "32",
     "--patients-per-batch", "8", "--lesions-per-patient", "4", "--epochs", "1",
     "--device", "cpu", "--workers", "0", "--no-progress",
 ]  # fmt: skip

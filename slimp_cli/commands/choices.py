@@ -17,7 +17,7 @@ def _choice(name: str, values: tuple[str, ...]) -> type[Enum]:
     return Enum(name, {v.replace("-", "_"): v for v in values}, type=str)
 
 
-VARIANTS = ("nested", "flat", "image")  # model_config.VARIANTS
+VARIANTS = ("nested", "flat", "image", "sm3")  # model_config.VARIANTS
 METHODS = ("slimp", "sm3")  # train.train_config.METHODS
 TUNES = ("embeddings", "all")  # train.adapt.TUNES
 LABELS = ("binary", "multiclass")  # eval.probe.LABELS
@@ -26,7 +26,8 @@ RETRIEVE_SPLITS = ("holdout", "all", "random", "patient")  # retrieve adds the w
 STRATEGIES = ("ilp", "il", "ii")  # store.PSEUDO_STRATEGIES
 TASKS = ("classification", "derm7pt-multilabel")  # probe_cmd's tasks
 PROBE_METHODS = ("linear", "knn")  # eval.probe.METHODS (a comma list)
-LEVELS = ("image", "lesion", "patient")  # store.LEVELS (a comma list)
+LEVELS = ("image", "lesion", "patient", "derm", "clinic", "derm_mm", "clinic_mm", "labels")
+# ^ store.LEVELS (a comma list; the last five are SM3 stores' branch features)
 REPORT_TO = ("none", "tensorboard")  # train.report.REPORTERS
 
 Variant = _choice("Variant", VARIANTS)

@@ -47,8 +47,10 @@ def embed_cmd(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from ..paths import prepare_output_file
     from ..store import check_store_destination
 
+    prepare_output_file(out, "--out")  # a missing folder is created
     check_store_destination(out, overwrite=overwrite)  # in a second, before torch is imported
     from ..embed import embed, store_summary
 
