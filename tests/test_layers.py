@@ -18,7 +18,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("slimp_cli.cli", "slimp_cli.commands")),
     ("app", ("slimp_cli.demo",)),
     ("train", ("slimp_cli.train",)),
-    ("pipelines", ("slimp_cli.ingest", "slimp_cli.embed", "slimp_cli.eval")),
+    (
+        "pipelines",
+        ("slimp_cli.ingest", "slimp_cli.embed", "slimp_cli.foreign", "slimp_cli.eval"),
+    ),
     ("runs", ("slimp_cli.runs", "slimp_cli.holdout")),
     (
         "maths",

@@ -12,9 +12,11 @@ console = Console(stderr=True)
 
 def embed_cmd(
     checkpoint: Path = typer.Argument(
-        ..., help="Run dir of slimp pretrain/adapt, or a checkpoint file in it."
+        ...,
+        help="Run dir of slimp pretrain/adapt, or a checkpoint file in it (with --image-model: "
+        "the shard folder, the only argument).",
     ),
-    data: Path = typer.Argument(..., help="Shard folder written by slimp ingest."),
+    data: Path | None = typer.Argument(None, help="Shard folder written by slimp ingest."),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Feature store to write (HDF5, e.g. feats.h5)."
     ),
@@ -27,6 +29,19 @@ def embed_cmd(
         "(the target of slimp extrapolate).",
     ),
     workers: int = typer.Option(0, "--workers", help="DataLoader workers decoding images."),
+    image_model: str | None = typer.Option(
+        None,
+        "--image-model",
+        help="Embed with this timm model instead of a slimp run (`slimp embed DATA "
+        "--image-model NAME --image-weights FILE`): image features only, the model's own "
+        "mean/std, nothing downloaded.",
+    ),
+    image_weights: Path | None = typer.Option(
+        None, "--image-weights", help="Local weights of --image-model (torch or .safetensors)."
+    ),
+    img_size: int | None = typer.Option(
+        None, "--img-size", help="--image-model input side (default: its pretrained config's)."
+    ),
 ) -> None:
     """Cache frozen-encoder embeddings (image, lesion, patient) of every lesion in an HDF5 store.
 
@@ -38,6 +53,7 @@ def embed_cmd(
 
     from ..embed import embed, store_summary
 
+    foreign = _foreign_args(checkpoint, data, image_model, image_weights, img_size)
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -47,19 +63,59 @@ def embed_cmd(
         transient=True,
     ) as bar:
         task = bar.add_task("embedding lesions", total=None)
-        path = embed(
-            checkpoint,
-            data,
-            out,
-            batch_size=batch_size,
-            device=device,
-            image_only=image_only,
-            workers=workers,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
+        update = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
+        if foreign is not None:
+            from ..foreign import embed_foreign
+
+            path = embed_foreign(
+                checkpoint,
+                out,
+                **foreign,
+                batch_size=batch_size,
+                device=device,
+                workers=workers,
+                progress=update,
+            )
+        else:
+            path = embed(
+                checkpoint,
+                data,
+                out,
+                batch_size=batch_size,
+                device=device,
+                image_only=image_only,
+                workers=workers,
+                progress=update,
+            )
     info = store_summary(path)
     dims = ", ".join(f"{k} {v}" for k, v in info["features"].items())
     console.print(f"wrote [bold]{path}[/]: {info['lesions']} lesions; features: {dims}")
+
+
+def _foreign_args(checkpoint, data, image_model, image_weights, img_size) -> dict | None:
+    """The `embed DATA --image-model NAME --image-weights FILE` form: its options, or None for
+    the `embed CHECKPOINT DATA` form. Mixing the two is bad usage (exit 2)."""
+    if image_model is None:
+        if data is None:
+            raise typer.BadParameter(
+                "give CHECKPOINT and DATA (or DATA --image-model NAME --image-weights FILE)",
+                param_hint="DATA",
+            )
+        for name, value in (("--image-weights", image_weights), ("--img-size", img_size)):
+            if value is not None:
+                raise typer.BadParameter(f"{name} needs --image-model", param_hint=name)
+        return None
+    if data is not None:
+        raise typer.BadParameter(
+            "with --image-model, DATA is the only argument (no slimp checkpoint)",
+            param_hint="DATA",
+        )
+    if image_weights is None:
+        raise typer.BadParameter(
+            "--image-model needs --image-weights FILE (local weights; nothing is downloaded)",
+            param_hint="--image-weights",
+        )
+    return {"image_model": image_model, "image_weights": image_weights, "img_size": img_size}
 
 
 def demo_cmd(
