@@ -29,6 +29,7 @@ app = typer.Typer(
 def _register_all() -> None:
     from .commands import embed as embed_cmds
     from .commands import eval as eval_cmds
+    from .commands import explain as explain_cmds
     from .commands import ingest as ingest_cmds
     from .commands import train as train_cmds
 
@@ -36,6 +37,7 @@ def _register_all() -> None:
     train_cmds.register(app)
     embed_cmds.register(app)
     eval_cmds.register(app)
+    explain_cmds.register(app)
 
 
 _register_all()
