@@ -109,7 +109,10 @@ def probe_cmd(
     ),
     json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
     plots: Path | None = typer.Option(
-        None, "--plots", help="Write ROC and confusion-matrix PNGs into this folder."
+        None,
+        "--plots",
+        help="Write ROC, confusion-matrix and t-SNE (image / +lesion / +patient, benign vs "
+        "malignant; tsne.json beside) PNGs into this folder.",
     ),
     task: str = typer.Option(
         "classification",

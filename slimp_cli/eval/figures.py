@@ -9,11 +9,24 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .plots import _save, ensure_dir
+from ..errors import SlimpError
+from .plots import ensure_dir
 
 __all__ = ["ensure_dir", "tsne_panels", "importance_bars", "attention_grid", "retrieval_panel"]
+
+
+def _save(fig: Figure, path: Path, rect: tuple[float, float, float, float] | None = None):
+    """tight_layout (within `rect`, leaving room for a figure legend) and write the PNG."""
+    FigureCanvasAgg(fig)
+    fig.tight_layout(rect=rect)
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as e:
+        raise SlimpError(f"{path}: cannot write figure ({e.strerror})") from None
+
 
 CLASS_COLORS = {"benign": "tab:blue", "malignant": "tab:red"}
 LEVEL_COLORS = {"patient": "tab:orange", "lesion": "tab:blue"}
@@ -52,8 +65,10 @@ def tsne_panels(
         ax.set_yticks([])
         ax.set_xlabel("t-SNE 1")
         ax.set_ylabel("t-SNE 2")
-        ax.legend(fontsize="small", loc="best", markerscale=1.5)
-    _save(fig, path)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    # one legend below the panels: inside, it would hide points wherever it went
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize="small", markerscale=2)
+    _save(fig, path, rect=(0, 0.07, 1, 1))
     return path
 
 
