@@ -21,7 +21,8 @@ __all__ = ["ensure_dir", "tsne_panels", "importance_bars", "attention_grid", "re
 def _save(fig: Figure, path: Path, rect: tuple[float, float, float, float] | None = None):
     """tight_layout (within `rect`, leaving room for a figure legend) and write the PNG."""
     FigureCanvasAgg(fig)
-    fig.tight_layout(rect=rect)
+    if fig.get_layout_engine() is None:
+        fig.tight_layout(rect=rect)
     try:
         fig.savefig(path, dpi=120)
     except OSError as e:
@@ -151,7 +152,8 @@ def retrieval_panel(path: Path, examples: Sequence[dict], *, title: str) -> Path
     """
     n = len(examples)
     k = max(len(e["retrieved"]) for e in examples)
-    fig = Figure(figsize=(2.9 * (k + 1), 3.4 * n + 0.5))
+    # constrained layout keeps the multi-line captions clear of the next row's titles
+    fig = Figure(figsize=(2.9 * (k + 1), 3.9 * n + 0.6), layout="constrained")
     fig.suptitle(title, fontsize="medium")
     for i, ex in enumerate(examples):
         ax = fig.add_subplot(n, k + 1, i * (k + 1) + 1)
