@@ -177,3 +177,24 @@ def test_second_invocation_recomputes_nothing_and_a_lost_output_only_itself(
     # other settings in the same folder are refused rather than mixed in
     r = _run("--pad", pad_source, "--preset", "cpu", "--out", out, "--seeds", "0")
     assert r.returncode != 0 and "other settings" in r.stderr
+
+
+def test_an_interrupted_pretraining_stage_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    import slimp_cli.train as train
+
+    mod = _module()
+    calls = []
+    monkeypatch.setattr(train, "pretrain", lambda *a, **kw: calls.append((a, kw)))
+    preset = mod.PRESETS["cpu"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint-last.pt").write_bytes(b"x")  # a killed run left its last checkpoint
+    mod._pretrain(tmp_path / "shards", run, "nested", 1, preset)
+    (args, kw) = calls[-1]
+    assert kw["resume"] is True and kw["train"]["seed"] == 1 and kw["model"]["variant"] == "nested"
+    assert run.is_dir()
+    # killed before its first checkpoint: the folder is cleared and training starts afresh
+    (run / "checkpoint-last.pt").unlink()
+    (run / "holdout.json").write_text("{}")
+    mod._pretrain(tmp_path / "shards", run, "flat", 0, preset)
+    assert calls[-1][1]["resume"] is False and not run.exists()
