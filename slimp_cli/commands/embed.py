@@ -48,6 +48,10 @@ def embed_cmd(
     The store also holds ids, labels, the encoded raw metadata (raw/, for baselines) and the
     model's phenotype layer (for extrapolate). It is written under a temporary name and renamed
     when complete.
+
+    `slimp embed DATA --image-model NAME --image-weights FILE [--img-size PX]` embeds with any
+    timm model and local weights instead (image features only, the model's own mean/std, no
+    split: probe it with --split random or patient, the same splits as a SLIMP store).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
