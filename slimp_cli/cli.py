@@ -66,6 +66,7 @@ def _root(
 def _register_all() -> None:
     from .commands import embed as embed_cmds
     from .commands import eval as eval_cmds
+    from .commands import explain as explain_cmds
     from .commands import export as export_cmds
     from .commands import ingest as ingest_cmds
     from .commands import train as train_cmds
@@ -75,6 +76,7 @@ def _register_all() -> None:
     embed_cmds.register(app)
     eval_cmds.register(app)
     export_cmds.register(app)
+    explain_cmds.register(app)
 
 
 _register_all()

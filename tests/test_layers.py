@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "slimp_cli.ingest",
             "slimp_cli.embed",
+            "slimp_cli.foreign",
             "slimp_cli.eval",
             "slimp_cli.export",
             "slimp_cli.encode",

@@ -173,7 +173,13 @@ def test_unknown_malignancy_dropped_and_plots(write_store, tmp_path):
     report = run_probe(store, seeds=[0], k=50, plots_dir=tmp_path / "plots", device="cpu")
     assert any("20 of 200 rows have unknown malignancy" in w for w in report["warnings"])
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
-    assert pngs == ["confusion-knn.png", "confusion-linear.png", "roc-knn.png", "roc-linear.png"]
+    assert pngs == [
+        "confusion-knn.png",
+        "confusion-linear.png",
+        "roc-knn.png",
+        "roc-linear.png",
+        "tsne.png",
+    ]
     mc = run_probe(
         store,
         label="multiclass",

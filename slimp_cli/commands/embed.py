@@ -14,9 +14,11 @@ console = Console(stderr=True)
 
 def embed_cmd(
     checkpoint: Path = typer.Argument(
-        ..., help="Run dir of slimp pretrain/adapt, or a checkpoint file in it."
+        ...,
+        help="Run dir of slimp pretrain/adapt, or a checkpoint file in it (with --image-model: "
+        "the shard folder, the only argument).",
     ),
-    data: Path = typer.Argument(..., help="Shard folder written by slimp ingest."),
+    data: Path | None = typer.Argument(None, help="Shard folder written by slimp ingest."),
     out: Path = typer.Option(
         ...,
         "--out",
@@ -38,12 +40,29 @@ def embed_cmd(
     verify: bool = typer.Option(
         False, "--verify", help="Check every shard's sha256 against manifest.json first."
     ),
+    image_model: str | None = typer.Option(
+        None,
+        "--image-model",
+        help="Embed with this timm model instead of a slimp run (`slimp embed DATA "
+        "--image-model NAME --image-weights FILE`): image features only, the model's own "
+        "mean/std, nothing downloaded.",
+    ),
+    image_weights: Path | None = typer.Option(
+        None, "--image-weights", help="Local weights of --image-model (torch or .safetensors)."
+    ),
+    img_size: int | None = typer.Option(
+        None, "--img-size", help="--image-model input side (default: its pretrained config's)."
+    ),
 ) -> None:
     """Cache frozen-encoder embeddings (image, lesion, patient) of every lesion in an HDF5 store.
 
     The store also holds ids, labels, the encoded raw metadata (raw/, for baselines) and the
     model's phenotype layer (for extrapolate). It is written under a temporary name and renamed
     when complete.
+
+    `slimp embed DATA --image-model NAME --image-weights FILE [--img-size PX]` embeds with any
+    timm model and local weights instead (image features only, the model's own mean/std, no
+    split: probe it with --split random or patient, the same splits as a SLIMP store).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -54,6 +73,7 @@ def embed_cmd(
     check_store_destination(out, overwrite=overwrite)  # in a second, before torch is imported
     from ..embed import embed, store_summary
 
+    foreign = _foreign_args(checkpoint, data, image_model, image_weights, img_size)
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -64,21 +84,61 @@ def embed_cmd(
         disable=not console.is_terminal,  # no bar debris in logs and pipes
     ) as bar:
         task = bar.add_task("embedding lesions", total=None)
-        path = embed(
-            checkpoint,
-            data,
-            out,
-            batch_size=batch_size,
-            device=device,
-            image_only=image_only,
-            workers=workers,
-            overwrite=overwrite,
-            verify=verify,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
+        update = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
+        if foreign is not None:
+            from ..foreign import embed_foreign
+
+            path = embed_foreign(
+                checkpoint,
+                out,
+                **foreign,
+                batch_size=batch_size,
+                device=device,
+                workers=workers,
+                progress=update,
+            )
+        else:
+            path = embed(
+                checkpoint,
+                data,
+                out,
+                batch_size=batch_size,
+                device=device,
+                image_only=image_only,
+                workers=workers,
+                overwrite=overwrite,
+                verify=verify,
+                progress=update,
+            )
     info = store_summary(path)
     dims = ", ".join(f"{k} {v}" for k, v in info["features"].items())
     console.print(f"wrote [bold]{path}[/]: {info['lesions']} lesions; features: {dims}")
+
+
+def _foreign_args(checkpoint, data, image_model, image_weights, img_size) -> dict | None:
+    """The `embed DATA --image-model NAME --image-weights FILE` form: its options, or None for
+    the `embed CHECKPOINT DATA` form. Mixing the two is bad usage (exit 2)."""
+    if image_model is None:
+        if data is None:
+            raise typer.BadParameter(
+                "give CHECKPOINT and DATA (or DATA --image-model NAME --image-weights FILE)",
+                param_hint="DATA",
+            )
+        for name, value in (("--image-weights", image_weights), ("--img-size", img_size)):
+            if value is not None:
+                raise typer.BadParameter(f"{name} needs --image-model", param_hint=name)
+        return None
+    if data is not None:
+        raise typer.BadParameter(
+            "with --image-model, DATA is the only argument (no slimp checkpoint)",
+            param_hint="DATA",
+        )
+    if image_weights is None:
+        raise typer.BadParameter(
+            "--image-model needs --image-weights FILE (local weights; nothing is downloaded)",
+            param_hint="--image-weights",
+        )
+    return {"image_model": image_model, "image_weights": image_weights, "img_size": img_size}
 
 
 def demo_cmd(

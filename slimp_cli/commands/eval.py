@@ -138,7 +138,10 @@ def probe_cmd(
     ),
     json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
     plots: Path | None = typer.Option(
-        None, "--plots", help="Write ROC and confusion-matrix PNGs into this folder."
+        None,
+        "--plots",
+        help="Write ROC, confusion-matrix and t-SNE (image / +lesion / +patient, benign vs "
+        "malignant; tsne.json beside) PNGs into this folder.",
     ),
     task: Task = typer.Option(
         "classification",
@@ -399,6 +402,20 @@ def extrapolate_cmd(
     chunk_size: int = typer.Option(
         4096, "--chunk-size", help="Target images per similarity block (memory bound)."
     ),
+    examples: int = typer.Option(
+        0,
+        "--examples",
+        help="Also draw K target images beside the reference lesions retrieved for them "
+        "(their images and metadata rows, read from the stores' shards; paper Fig. 7) into "
+        "--out.",
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Folder for the --examples panel."),
+    reference_data: Path | None = typer.Option(
+        None, "--reference-data", help="Shards of REFERENCE, if moved since it was embedded."
+    ),
+    target_data: Path | None = typer.Option(
+        None, "--target-data", help="Shards of TARGET, if moved since it was embedded."
+    ),
 ) -> None:
     """Add pseudo lesion/patient metadata features to an image-only store by retrieval."""
     from ..eval.extrapolate import extrapolate
@@ -406,6 +423,14 @@ def extrapolate_cmd(
     strategy = value(strategy)
     if chunk_size < 1:
         raise SlimpError("--chunk-size must be at least 1")
+    if examples < 0:
+        raise typer.BadParameter("must be >= 0", param_hint="--examples")
+    if examples and out is None:
+        raise typer.BadParameter("--examples needs --out DIR", param_hint="--out")
+    if examples:
+        from ..eval.examples import check_sources
+
+        check_sources(reference, target, reference_data=reference_data, target_data=target_data)
     summary = extrapolate(
         reference, target, strategy=strategy, pool=pool, device=device, chunk_size=chunk_size
     )
@@ -417,6 +442,22 @@ def extrapolate_cmd(
         f"into {target}; median retrieval similarity {med:.3f}",
         markup=False,
     )
+    if examples:
+        from ..eval.examples import retrieval_examples
+
+        retrieval_examples(
+            reference,
+            target,
+            out,
+            k=examples,
+            strategy=strategy,
+            reference_data=reference_data,
+            target_data=target_data,
+            device=device,
+        )
+        err_console.print(
+            f"wrote {out / 'retrieval-examples.png'} and retrieval-examples.json", markup=False
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -332,6 +332,9 @@ def run_probe(
             )
     if plots_dir is not None:
         _plots(Path(plots_dir), curves, class_names=class_names, split=split, seed=int(seeds[0]))
+        from .tsne import write_tsne  # Fig. 6: t-SNE of the store's features
+
+        write_tsne(store_path, plots_dir, pseudo=pseudo, seed=int(seeds[0]))
     report = {"results": results, "split": split_info.describe(split), "warnings": list(warnings)}
     return json_safe(report)
 

@@ -1,0 +1,193 @@
+"""Qualitative metadata retrieval (paper Fig. 7): `extrapolate --examples K --out DIR`.
+
+For K target images (seeded, half malignant where the target knows), the `per` reference
+lesions whose *lesion-metadata* features are most similar to the target's image feature (the
+first step of I->L->P; with `--strategy ii` the most similar reference *images*), shown as the
+reference images those metadata rows belong to, with their metadata. Images and metadata rows
+are read from the shards each store was embedded from (the store's config records the folder;
+`reference_data` / `target_data` override it). Shards must be the ones embedded: the manifest
+sha256 and every row's ids are checked.
+
+Writes `DIR/retrieval-examples.png` (one row per target) and `retrieval-examples.json`
+(per target: its ids, label and metadata; per retrieved lesion: store row, cosine similarity,
+ids, label, lesion and patient metadata).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SlimpError
+from ..models import patient_record
+from ..paths import json_safe, write_json
+from ..runs import sha256_file
+from ..shards import ShardIndex
+from ..store import FeatureStore
+from ..transforms import decode_image, pil_to_uint8, resize_center
+from .search import topk_cosine
+
+DISPLAY = 160  # pixels per picture in the panel
+CAPTION_FIELDS = 3  # metadata fields under each picture (all of them in the JSON)
+
+
+def store_shards(store: FeatureStore, override: str | os.PathLike | None, what: str):
+    """The ShardIndex `store` was embedded from, and the (patient, lesion) pair of each row."""
+    config = store.config
+    folder = Path(override) if override is not None else Path(config.get("data") or "")
+    if not str(folder) or not (folder / "manifest.json").is_file():
+        raise SlimpError(
+            f"{store.path}: its shards {str(folder) or '(not recorded)'} are not found; give "
+            f"--{what}-data DIR (the folder it was embedded from)"
+        )
+    recorded = config.get("manifest_sha256")
+    if recorded and sha256_file(folder / "manifest.json") != recorded:
+        raise SlimpError(
+            f"{folder}: not the shards {store.path} was embedded from (manifest sha256 differs)"
+        )
+    index = ShardIndex.open(folder)
+    pairs = [(p, j) for p in range(len(index)) for j in range(len(index.patient(p).lesions))]
+    if len(pairs) != store.n:
+        raise SlimpError(f"{folder}: {len(pairs)} lesions, but {store.path} has {store.n} rows")
+    return index, pairs
+
+
+def check_sources(reference_path, target_path, *, reference_data=None, target_data=None) -> None:
+    """Fail early (before `extrapolate` writes anything) when either store's shards are
+    missing or are not the ones it was embedded from."""
+    with FeatureStore.open(reference_path) as ref, FeatureStore.open(target_path) as tgt:
+        store_shards(ref, reference_data, "reference")
+        store_shards(tgt, target_data, "target")
+
+
+def _row(index: ShardIndex, pair: tuple[int, int]) -> dict:
+    rec = index.patient(pair[0])
+    les = rec.lesions[pair[1]]
+    return {
+        "patient_id": rec.patient_id,
+        "lesion_id": les["lesion_id"],
+        "image_id": les.get("image_id"),
+        "label": les.get("label"),
+        "malignant": int(les.get("malignant", -1)),
+        "lesion_metadata": les.get("fields") or {},
+        "patient_metadata": patient_record(rec.fields, rec.derived),
+    }
+
+
+def _picture(index: ShardIndex, pair: tuple[int, int]) -> np.ndarray:
+    rec = index.patient(pair[0])
+    img = decode_image(rec.read_image(pair[1]), where=f"patient {rec.patient_id}")
+    return pil_to_uint8(resize_center(img, DISPLAY)).permute(1, 2, 0).numpy()
+
+
+def _caption(row: dict, sim: float | None, fields: list[str]) -> str:
+    head = f"{row['label'] or '?'}" + ("" if sim is None else f", cos {sim:.2f}")
+    shown = []
+    for name in fields:
+        value = row["lesion_metadata"].get(name)
+        if value is None:
+            continue
+        text = f"{value:.1f}" if isinstance(value, float) else str(value)
+        shown.append(f"{name[:18]}={text[:12]}")
+        if len(shown) == CAPTION_FIELDS:
+            break
+    return "\n".join([head, *shown])
+
+
+def _check_rows(store: FeatureStore, index: ShardIndex, pairs, rows: np.ndarray) -> None:
+    lesion_id = store.lesion_id
+    for r in rows:
+        les = index.patient(pairs[r][0]).lesions[pairs[r][1]]
+        if les["lesion_id"] != lesion_id[r]:
+            raise SlimpError(
+                f"{store.path}: row {r} is lesion {lesion_id[r]} but the shards hold "
+                f"{les['lesion_id']} there; re-embed or give the right --*-data folder"
+            )
+
+
+def retrieval_examples(
+    reference_path: str | os.PathLike,
+    target_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    k: int = 4,
+    per: int = 3,
+    strategy: str = "ilp",
+    reference_data: str | os.PathLike | None = None,
+    target_data: str | os.PathLike | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict:
+    """Write the Fig. 7 panel and its JSON into `out`; returns the JSON dict."""
+    from . import figures
+
+    if k < 1 or per < 1:
+        raise SlimpError(f"--examples {k}: must be at least 1")
+    gallery_level = "image" if strategy == "ii" else "lesion"
+    with FeatureStore.open(reference_path) as ref, FeatureStore.open(target_path) as tgt:
+        if gallery_level not in ref.feature_names:
+            raise SlimpError(f"{ref.path} has no features/{gallery_level} to retrieve from")
+        ref_index, ref_pairs = store_shards(ref, reference_data, "reference")
+        tgt_index, tgt_pairs = store_shards(tgt, target_data, "target")
+        mal = tgt.malignant
+        rng = np.random.default_rng(seed)
+        pos, neg = np.flatnonzero(mal == 1), np.flatnonzero(mal != 1)
+        n_pos = min(len(pos), (k + 1) // 2)
+        n_neg = min(len(neg), k - n_pos)
+        n_pos = min(len(pos), k - n_neg)
+        rows = np.sort(
+            np.concatenate(
+                [
+                    rng.choice(pos, size=n_pos, replace=False),
+                    rng.choice(neg, size=n_neg, replace=False),
+                ]
+            ).astype(np.int64)
+        )
+        _check_rows(tgt, tgt_index, tgt_pairs, rows)
+        queries = np.asarray(tgt.dataset("image")[rows.tolist()], dtype=np.float32)
+        sims, idx = topk_cosine(queries, ref.dataset(gallery_level), k=per, device=device)
+        _check_rows(ref, ref_index, ref_pairs, np.unique(idx))
+        ref_fields = [f["name"] for f in (ref.schema or {}).get("lesion_features", [])]
+    examples, panel = [], []
+    for q, r in enumerate(rows):
+        target = _row(tgt_index, tgt_pairs[r])
+        hits = []
+        for s, j in zip(sims[q], idx[q]):
+            hit = _row(ref_index, ref_pairs[j])
+            hits.append({"reference_row": int(j), "similarity": float(s), **hit})
+        examples.append({"target_row": int(r), **target, "retrieved": hits})
+        panel.append(
+            {
+                "image": _picture(tgt_index, tgt_pairs[r]),
+                "caption": f"{target['lesion_id']}\n{target['label'] or '?'}",
+                "retrieved": [
+                    {
+                        "image": _picture(ref_index, ref_pairs[h["reference_row"]]),
+                        "caption": _caption(h, h["similarity"], ref_fields),
+                    }
+                    for h in hits
+                ],
+            }
+        )
+    out = figures.ensure_dir(out)
+    what = "reference images" if strategy == "ii" else "reference lesion metadata"
+    title = (
+        f"Target images (left) and the {what} most similar to them (right: the images those "
+        f"rows belong to)"
+    )
+    figures.retrieval_panel(out / "retrieval-examples.png", panel, title=title)
+    report = json_safe(
+        {
+            "reference": str(reference_path),
+            "target": str(target_path),
+            "strategy": strategy,
+            "query": "target image feature",
+            "gallery": f"reference features/{gallery_level}",
+            "seed": seed,
+            "examples": examples,
+        }
+    )
+    write_json(out / "retrieval-examples.json", report)
+    return report
