@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -50,3 +51,29 @@ def check_device_name(name: str) -> None:
     device exists here: a saved config may name a GPU of another machine)."""
     if not isinstance(name, str) or not DEVICE_PATTERN.fullmatch(name.strip().lower()):
         raise SlimpError(f"unknown device {name!r}; choose {DEVICE_HELP}")
+
+
+def available_cpus() -> int:
+    """CPU cores this process may use: its affinity mask (taskset, SLURM's binding), capped by
+    a cgroup v2 CPU quota (containers) and by SLURM_CPUS_PER_TASK when set."""
+
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        n = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        n = min(n, int(slurm))
+    return max(1, n)
+
+
+def default_workers() -> int:
+    """DataLoader workers when none are asked: one per usable core, at most 16 (beyond that
+    the main process, not decoding, is the bottleneck)."""
+    return min(16, available_cpus())

@@ -250,3 +250,43 @@ def test_cli_pretrain(pad_shards, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert read_metrics(out)[-1]["step"] == 3
+
+
+def test_precision_controls_resolve_per_device():
+    from slimp_cli.train.precision import autocast, grad_scaler, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert grad_scaler("fp32", cpu) is None
+    with autocast("fp32", cpu):  # a no-op context
+        assert not torch.is_autocast_enabled()
+    for name in ("bf16", "fp16"):
+        with pytest.raises(SlimpError, match=f"--precision {name} needs a CUDA device"):
+            resolve_precision(name, cpu)
+    with pytest.raises(SlimpError, match="unknown --precision"):
+        resolve_precision("fp8", cpu)
+    with pytest.raises(SlimpError, match="unknown precision"):
+        TrainConfig(precision="half")
+
+
+def test_grad_checkpointing_gives_the_same_step(pad_shards, tmp_path):
+    # recomputing activations in the backward pass changes memory, not the result
+    base = dict(FAST, patients_per_batch=8, lesions_per_patient=2, max_steps=2, holdout=0.1)
+    a = pretrain(pad_shards, tmp_path / "a", model=TINY, train=base)
+    b = pretrain(pad_shards, tmp_path / "b", model=TINY, train=dict(base, grad_checkpointing=True))
+    sa = torch.load(a / "checkpoint-last.pt", weights_only=True)["model"]
+    sb = torch.load(b / "checkpoint-last.pt", weights_only=True)["model"]
+    for key in sa:
+        torch.testing.assert_close(sa[key], sb[key], rtol=1e-5, atol=1e-6)
+
+
+def test_default_workers_follow_the_usable_cores(monkeypatch):
+    from slimp_cli import devices
+
+    monkeypatch.setattr(
+        devices.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False
+    )
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert devices.available_cpus() == 3
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    assert devices.available_cpus() <= 6 and devices.default_workers() <= 16

@@ -100,7 +100,13 @@ Device = Annotated[
 ]
 Workers = Annotated[
     int | None,
-    typer.Option("--workers", min=0, help=C.WORKERS_HELP + " Default 4.", rich_help_panel=_T),
+    typer.Option(
+        "--workers",
+        min=0,
+        help=C.WORKERS_HELP + " Default: the cores this process may use (affinity, cgroup "
+        "quota, SLURM_CPUS_PER_TASK), at most 16.",
+        rich_help_panel=_T,
+    ),
 ]
 Augment = Annotated[
     bool | None,
@@ -122,6 +128,21 @@ PositiveSampling = Annotated[
     _opt(
         "--positive-sampling/--no-positive-sampling",
         help="Always include a patient's malignant lesions among its N (uses labels; default: on for pretrain, off for adapt).",
+    ),
+]
+Precision = Annotated[
+    str | None,
+    _opt(
+        "--precision",
+        help="auto (default: bf16 on GPUs with fast bf16, fp16 with a gradient scaler on the "
+        "others, e.g. T4/P100; fp32 on the CPU), bf16, fp16 or fp32.",
+    ),
+]
+GradCheckpointing = Annotated[
+    bool | None,
+    _opt(
+        "--grad-checkpointing/--no-grad-checkpointing",
+        help="Recompute the ViT blocks in the backward pass: less GPU memory, ~30% more time.",
     ),
 ]
 Compile = Annotated[
@@ -303,6 +324,8 @@ def pretrain_cmd(
     augment_recipe: AugmentRecipe = None,
     positive_sampling: PositiveSampling = None,
     compile: Compile = None,
+    precision: Precision = None,
+    grad_checkpointing: GradCheckpointing = None,
     log_every: LogEvery = None,
     report_to: ReportTo = None,
     keep_epoch_checkpoints: KeepEpochCheckpoints = None,
@@ -395,6 +418,8 @@ def adapt_cmd(
     augment_recipe: AugmentRecipe = None,
     positive_sampling: PositiveSampling = None,
     compile: Compile = None,
+    precision: Precision = None,
+    grad_checkpointing: GradCheckpointing = None,
     log_every: LogEvery = None,
     report_to: ReportTo = None,
     keep_epoch_checkpoints: KeepEpochCheckpoints = None,

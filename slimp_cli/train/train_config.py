@@ -26,6 +26,7 @@ RESUMABLE_CHANGES = (
     "max_steps",
     "workers",
     "prefetch",
+    "grad_checkpointing",
     "log_every",
     "compile",
     "device",
@@ -88,12 +89,12 @@ class TrainConfig(DictConfig):
     # Seed of everything random: model initialisation, patient order, lesion sampling,
     # augmentation and dropout. Same seed + same data + CPU = same weights.
     seed: int = 0
-    # "auto" (CUDA when available), "cpu", "cuda", "cuda:N" or "mps". CUDA trains under bf16
-    # autocast.
+    # "auto" (CUDA when available), "cpu", "cuda", "cuda:N" or "mps" (see `precision`).
     device: str = "auto"
-    # DataLoader worker processes decoding JPEGs (0 = in the main process) and the batches each
-    # worker prepares ahead.
-    workers: int = 4
+    # DataLoader worker processes decoding JPEGs (0 = in the main process; None = the cores
+    # this process may use, at most 16: devices.default_workers) and the batches each worker
+    # prepares ahead.
+    workers: int | None = None
     prefetch: int = 2
     # Random image augmentation (random resized crop of 60-100% of the area, horizontal and
     # vertical flips, small brightness/contrast/saturation/hue jitter). The `image` variant
@@ -111,6 +112,11 @@ class TrainConfig(DictConfig):
     holdout: float = 0.1
     # Seed of the held-out draw (its own stream: changing --seed keeps the same patients out).
     holdout_seed: int = 0
+    # "auto" (bf16 on GPUs with fast bf16, fp16 with a gradient scaler on the others, fp32 on
+    # the CPU), "bf16", "fp16" or "fp32".
+    precision: str = "auto"
+    # Recompute the image encoder's blocks in the backward pass (less memory, ~30% more time).
+    grad_checkpointing: bool = False
     # torch.compile the model (CUDA; first steps are slow while it compiles).
     compile: bool = False
     # Write a metrics.jsonl line (means over the interval) every this many steps; when stderr
@@ -142,7 +148,8 @@ class TrainConfig(DictConfig):
             positive_int("max_steps", self.max_steps)
         if self.warmup_steps is not None:
             _non_negative_int("warmup_steps", self.warmup_steps)
-        _non_negative_int("workers", self.workers)
+        if self.workers is not None:
+            _non_negative_int("workers", self.workers)
         check_seed(self.seed, "seed")
         check_seed(self.holdout_seed, "holdout_seed")
         _number("holdout", self.holdout)
@@ -167,7 +174,17 @@ class TrainConfig(DictConfig):
             raise SlimpError(
                 f"report_to must be one of {', '.join(REPORTERS)}, got {self.report_to!r}"
             )
-        for name in ("augment", "positive_sampling", "compile", "keep_epoch_checkpoints"):
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise SlimpError(
+                f"unknown precision {self.precision!r}; choose auto, bf16, fp16 or fp32"
+            )
+        for name in (
+            "augment",
+            "positive_sampling",
+            "compile",
+            "keep_epoch_checkpoints",
+            "grad_checkpointing",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise SlimpError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
