@@ -71,6 +71,20 @@ PRESETS: dict[str, dict] = {
         "device": "cpu",
         "torch_threads": 1,
         "ingest_workers": 2,
+        # SM3 (Derm7pt, one pre-training seed): the tiny local CNN, a few epochs
+        "sm3_model": dict(image_model="resnet_test", img_size=32, proj_dim=16, label_dim=32),
+        "sm3_train": dict(
+            method="sm3",
+            patients_per_batch=32,
+            epochs=2,
+            lr=1e-3,
+            warmup_steps=2,
+            holdout=0.2,
+            holdout_seed=0,
+            device="cpu",
+            workers=0,
+            log_every=50,
+        ),
     },
     # The paper's recipe (Sec. 4.1, App. D) for a GPU: ViT-S/16 at 224 px, B = 4 patients,
     # N = 100 lesions, AdamW lr 1e-4, 150 epochs. Table 3 ("trained on each dataset from
@@ -94,6 +108,9 @@ PRESETS: dict[str, dict] = {
         "device": "auto",
         "torch_threads": None,
         "ingest_workers": 8,
+        # SM3's own paper settings (stage 1: resnet50, batch 96, lr 1e-6, 400 epochs; sm3_paper)
+        "sm3_model": dict(image_model="resnet50", img_size=224),
+        "sm3_train": dict(method="sm3", holdout=0.1, holdout_seed=0, device="auto", workers=8),
     },
 }
 
@@ -333,7 +350,7 @@ def run_benchmark(
     stages = Stages(out, say=lambda m: say(f"[{time.perf_counter() - t_start:7.1f}s] {m}"))
     for sub in ("shards", "runs", "stores", "results"):
         (out / sub).mkdir(exist_ok=True)
-    results: dict = {"probe": {}, "baseline": {}, "retrieval": {}, "multilabel": {}}
+    results: dict = {"probe": {}, "baseline": {}, "retrieval": {}, "multilabel": {}, "sm3": None}
     holdout_rows: dict[str, dict] = {}
 
     for ds, source in sources.items():
@@ -441,11 +458,14 @@ def run_benchmark(
             deps=[f"embed:{first}"],
         )
         results["baseline"][ds] = read_json(path)
+        if ds == "derm7pt":  # SM3 (the second method): stage 1, then Table I's multi-label probe
+            results["sm3"] = _sm3_section(out, shards, preset, seeds[0], stages, run_multilabel)
         fingerprints = {v["fingerprint"] for v in holdout_rows[ds].values()}
         if len(fingerprints) != 1:
             raise RuntimeError(f"{ds}: the runs hold out different patients: {fingerprints}")
 
     report = build_report(results, holdout_rows, sources=sources, seeds=seeds)
+    report["sm3"] = results["sm3"]["table"] if results["sm3"] else None
     report["run"] = {
         "preset": preset_name,
         "preset_settings": preset,
@@ -467,6 +487,55 @@ def run_benchmark(
     with atomic_path(out / "paper_tables.md") as tmp:
         tmp.write_text(md)
     return report
+
+
+def _sm3_section(out: Path, shards: Path, preset: dict, seed: int, stages, run_multilabel) -> dict:
+    """SM3 stage 1 on Derm7pt (one pre-training seed), embedded, and the seven-point probe in
+    the SM3 paper's Table I layout on the held-out cases. The shared Derm7pt subset has no
+    clinical images, so only the dermoscopic branch learns (the run says so)."""
+    from slimp_cli.embed import embed
+    from slimp_cli.train import pretrain
+
+    tag = f"derm7pt-sm3-s{seed}"
+    run, store = out / "runs" / tag, out / "stores" / f"{tag}.h5"
+    path = out / "results" / f"multilabel-{tag}.json"
+
+    def train() -> None:
+        resume = (run / "checkpoint-last.pt").is_file()  # an interrupted run continues
+        pretrain(
+            shards,
+            run,
+            model=preset["sm3_model"],
+            train=dict(preset["sm3_train"], seed=seed),
+            resume=resume,
+        )
+
+    stages.run(f"pretrain:{tag}", run, train, deps=["ingest:derm7pt"])
+    stages.run(
+        f"embed:{tag}",
+        store,
+        lambda: embed(
+            run, shards, store, batch_size=preset["embed_batch"], device=preset["device"]
+        ),
+        deps=[f"pretrain:{tag}"],
+    )
+    stages.run(
+        f"multilabel:{tag}",
+        path,
+        _save(
+            path,
+            lambda: run_multilabel(
+                store,
+                features=["image"],
+                methods=("linear",),
+                split="holdout",
+                seeds=(seed,),
+                device=preset["device"],
+            ),
+        ),
+        deps=[f"embed:{tag}"],
+    )
+    return read_json(path)
 
 
 def _all_features(variant: str) -> tuple[str, ...]:
@@ -787,6 +856,26 @@ def to_markdown(report: dict) -> str:
             "`paper_tables.json`):",
             "",
             md_table(*multilabel_table(report["multilabel"])),
+        ]
+    if report.get("sm3"):
+        table = report["sm3"]["linear"]
+        head = [
+            "SM3 stage 1 (linear)",
+            *[f"{c} ({k})" if k else c for c, k in zip(table["columns"], table["classes"])],
+        ]
+        body = [  # Table I's row order (JSON files sort keys)
+            [row, *["n/a" if v is None else f"{v:.3f}" for v in table[row]]]
+            for row in ("AUC", "Sens.", "Spec.", "Prec.")
+            if row in table
+        ]
+        parts += [
+            "",
+            "SM3 (the second method, `pretrain --method sm3`, stage 1) on Derm7pt, the SM3 "
+            "paper's Table I layout (AUC, sensitivity, specificity, precision of the reported "
+            "class of each criterion), linear probe on the held-out cases, one pre-training seed. "
+            "The shared subset has no clinical images: only the dermoscopic branch learns.",
+            "",
+            md_table(head, body),
         ]
     parts += [
         "",

@@ -126,3 +126,14 @@ def json_safe(obj):
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     return obj
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file, streamed (checkpoints, manifests, shards: the one definition)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -15,7 +15,6 @@ parameter counts, versions), `holdout.json` (patients kept out of training),
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -30,7 +29,7 @@ import torch
 from .errors import SlimpError
 from .model_config import ModelConfig
 from .models import build_model
-from .paths import atomic_path, read_json
+from .paths import atomic_path, read_json, sha256_file
 from .schema import ResolvedSchema
 from .transforms import Preprocess
 
@@ -142,15 +141,6 @@ METRICS = "metrics.jsonl"
 LOCK = ".slimp-run.lock"  # advisory lock of the process writing the run dir (holds its pid)
 RUN_FORMAT = "slimp-run"
 RUN_VERSION = 1
-
-
-def sha256_file(path: str | Path) -> str:
-    """sha256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_checkpoint(checkpoint_or_rundir: str | Path) -> tuple[Path, Path]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SlimpError
-from .paths import read_json
+from .paths import read_json, sha256_file
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 SHARD_GLOB = "shard-*.tar"
@@ -328,7 +328,7 @@ def check_shard(path: Path, entries: list[_Entry], listed: dict, *, sha256: bool
     if not problems and listed.get("bytes") is not None and listed["bytes"] != size:
         problems.append(f"{size} bytes where manifest.json lists {listed['bytes']}")
     if not problems and sha256 and listed.get("sha256"):
-        if _sha256(path) != listed["sha256"]:
+        if sha256_file(path) != listed["sha256"]:
             problems.append("a sha256 that differs from manifest.json")
     if problems:
         raise SlimpError(
@@ -339,14 +339,6 @@ def check_shard(path: Path, entries: list[_Entry], listed: dict, *, sha256: bool
 
 def _n_images(entries: list[_Entry]) -> int:
     return sum(sum(1 for k in e.members if k not in _JSON_MEMBERS) for e in entries)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_shards(data_dir: str | Path) -> dict:

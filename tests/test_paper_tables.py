@@ -146,6 +146,11 @@ def test_cpu_preset_table_has_every_model_on_held_out_patients(cpu_run):
     md = (out / "paper_tables.md").read_text()
     assert "| PAD-UFES-20 | T3 | SLIMP nested |" in md and " ± " in md and "87.4" in md
     assert "metadata only" in md and "Derm7pt" in md
+    # SM3's section: Table I's layout (7 criteria + DIAG + AVG), AUC/Sens./Spec./Prec. rows
+    sm3 = report["sm3"]["linear"]
+    assert sm3["columns"] == ["BWV", "DaG", "PIG", "PN", "RS", "STR", "VS", "DIAG", "AVG"]
+    assert all(len(sm3[row]) == 9 for row in ("AUC", "Sens.", "Spec.", "Prec."))
+    assert "| SM3 stage 1 (linear) | BWV (PRS) |" in md
     # one printed table with the paper's figures in adjacent columns
     assert "Acc paper" in r.stdout and "87.4" in r.stdout and "86.9" in r.stdout
 
