@@ -103,11 +103,11 @@ def main() -> None:
     print(
         json.dumps(
             {
+                **common,
                 "figure": "peak_rss_mb",
                 "value": round(peak, 1),
                 "pool_mb": round(pool.nbytes / 2**20, 1),
                 "unit": "MB",
-                **common,
             }
         )
     )

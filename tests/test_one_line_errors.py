@@ -47,7 +47,7 @@ CASES = [
      "schema.json: lesion_features: feature 'site' has vocab None"),
     # embed --workers -1 is bad usage (exit 2, Typer's message): tests/test_cli_contract.py
     ("embed-out-below-a-file", lambda c: ["embed", c.base / "run", c.shards, "--out",
-                                          c.afile / "e.h5"], "afile is not a folder"),
+                                          c.afile / "e.h5"], "afile: exists and is not a folder"),
     ("retrieve-random-split-of-3-rows", lambda c: ["retrieve", c.three, "--split", "random",
                                                    "--device", "cpu"],
      "three.h5: retrieval needs at least 2 lesions"),
