@@ -25,6 +25,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/embed.py
+	$(BIN)/python benchmarks/search.py --pool 100000 --queries 2000
+	$(BIN)/python benchmarks/pretrain.py --patients 120 --steps 12
 
 # Build the wheel, install it (not editable) into a fresh venv and ingest the shared PAD
 # subset with it: what a user of `pip install slimp-*.whl` gets (built-in schemas included).
