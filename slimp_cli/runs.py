@@ -29,7 +29,7 @@ import torch
 from .errors import SlimpError
 from .model_config import ModelConfig
 from .models import build_model
-from .paths import atomic_path, read_json, sha256_file
+from .paths import atomic_path, prepare_output_dir, read_json, sha256_file
 from .schema import ResolvedSchema
 from .transforms import Preprocess
 
@@ -310,13 +310,7 @@ def run_dir_lock(run_dir: str | Path, *, enabled: bool = True) -> Iterator[Path]
     run; a clean exit removes the file. `enabled=False` (the other ranks of a torchrun job)
     only creates the folder.
     """
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SlimpError(f"--out {run_dir}: exists and is not a folder")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SlimpError(f"--out {run_dir}: cannot create the run dir ({exc.strerror})") from None
+    run_dir = prepare_output_dir(run_dir, "--out")
     try:
         import fcntl
     except ImportError:  # no advisory locks on this platform (Windows): nothing to hold

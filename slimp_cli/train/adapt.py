@@ -16,9 +16,8 @@ from pathlib import Path
 from ..errors import SlimpError
 from ..model_config import ModelConfig
 from ..models import build_model, replace_tabular_inputs
-from ..runs import LAST, load_checkpoint, load_run, resolve_checkpoint, run_dir_lock
+from ..runs import LAST, load_checkpoint, load_run, resolve_checkpoint
 from ..schema import ResolvedSchema
-from ..shards import verify_shards
 from . import distributed as D
 from .loop import TrainResult, notice, run_training
 from .session import (
@@ -32,6 +31,7 @@ from .session import (
     resolve_configs,
     run_config,
     seed_everything,
+    single_writer,
     split_patients,
     training_session,
 )
@@ -56,86 +56,68 @@ def adapt_run(
     verify: bool = False,
 ) -> TrainResult:
     """`adapt` returning the `TrainResult` (with the adapted model) instead of the path."""
-    # one writer per run dir, held from the resume checks to the last checkpoint
-    with run_dir_lock(out, enabled=D.env_info().is_main):
-        if verify:
-            verify_shards(data)
-        return _adapt_run(
-            checkpoint, data, out, train=train, tune=tune, resume=resume, progress=progress
-        )
-
-
-def _adapt_run(
-    checkpoint: str | Path,
-    data: str | Path,
-    out: str | Path,
-    *,
-    train: TrainConfig | dict | None = None,
-    tune: str | None = None,
-    resume: bool = False,
-    progress: bool = False,
-) -> TrainResult:
-    data, out = Path(data), Path(out)
-    saved = prepare_out(out, resume)
-    if tune is None:
-        tune = saved.get("tune", "embeddings") if saved else "embeddings"
-    if tune not in TUNES:
-        raise SlimpError(f"unknown --tune '{tune}'; choose embeddings or all")
-    if saved is not None and saved.get("tune") != tune:
-        raise SlimpError(
-            f"--resume with --tune {tune} but the run in {out} used --tune {saved.get('tune')}"
-        )
-    _, train_cfg = resolve_configs(None, train, saved=saved, train_defaults=ADAPT_DEFAULTS)
-    if train_cfg.method == "sm3":
-        raise SlimpError(SM3_MESSAGE)
-    ckpt_path, _ = resolve_checkpoint(checkpoint)
-    device = D.device_for(train_cfg.device)
-    with training_session(device) as info:
-        index = open_training_data(data)
-        state = None
-        if saved is not None:
-            check_resume_train(saved, train_cfg, out)
-            check_resume_data(saved, index, out, data)
-        # The target's own held-out patients (the source run's split was of other data).
-        patients = split_patients(index, train_cfg, run_dir=out, saved=saved, info=info)
-        schema = patients.schema
-        seed_everything(train_cfg.seed)
-        if saved is not None:
-            model = build_model(
-                ModelConfig.from_dict(saved["model"]),
-                ResolvedSchema.from_dict(saved["schema"]),
-                load_image_weights=False,
+    with single_writer(out, data, verify=verify):  # one writer per run dir
+        data, out = Path(data), Path(out)
+        saved = prepare_out(out, resume)
+        if tune is None:
+            tune = saved.get("tune", "embeddings") if saved else "embeddings"
+        if tune not in TUNES:
+            raise SlimpError(f"unknown --tune '{tune}'; choose embeddings or all")
+        if saved is not None and saved.get("tune") != tune:
+            raise SlimpError(
+                f"--resume with --tune {tune} but the run in {out} used --tune {saved.get('tune')}"
             )
-            model.set_trainable(tune)
-            state = load_checkpoint(out / LAST)
-            source = saved["source"]
-        else:
-            model, source = prepare_model(
-                ckpt_path, schema, tune=tune, info=info, data_where=str(data)
+        _, train_cfg = resolve_configs(None, train, saved=saved, train_defaults=ADAPT_DEFAULTS)
+        if train_cfg.method == "sm3":
+            raise SlimpError(SM3_MESSAGE)
+        ckpt_path, _ = resolve_checkpoint(checkpoint)
+        device = D.device_for(train_cfg.device)
+        with training_session(device) as info:
+            index = open_training_data(data)
+            state = None
+            if saved is not None:
+                check_resume_train(saved, train_cfg, out)
+                check_resume_data(saved, index, out, data)
+            # The target's own held-out patients (the source run's split was of other data).
+            patients = split_patients(index, train_cfg, run_dir=out, saved=saved, info=info)
+            schema = patients.schema
+            seed_everything(train_cfg.seed)
+            if saved is not None:
+                model = build_model(
+                    ModelConfig.from_dict(saved["model"]),
+                    ResolvedSchema.from_dict(saved["schema"]),
+                    load_image_weights=False,
+                )
+                model.set_trainable(tune)
+                state = load_checkpoint(out / LAST)
+                source = saved["source"]
+            else:
+                model, source = prepare_model(
+                    ckpt_path, schema, tune=tune, info=info, data_where=str(data)
+                )
+            config = run_config(
+                kind="adapt",
+                model=model,
+                train=train_cfg,
+                schema=schema,
+                data=data_record(data, index),
+                extra={"tune": tune, "source": source, "holdout": holdout_record(patients)},
             )
-        config = run_config(
-            kind="adapt",
-            model=model,
-            train=train_cfg,
-            schema=schema,
-            data=data_record(data, index),
-            extra={"tune": tune, "source": source, "holdout": holdout_record(patients)},
-        )
-        return run_training(
-            model=model,
-            schema=schema,
-            index=index,
-            patients=patients,
-            train=train_cfg,
-            run_dir=out,
-            config=config,
-            device=device,
-            info=info,
-            resume_state=state,
-            progress=progress,
-            description="adapt",
-            find_unused_parameters=True,
-        )
+            return run_training(
+                model=model,
+                schema=schema,
+                index=index,
+                patients=patients,
+                train=train_cfg,
+                run_dir=out,
+                config=config,
+                device=device,
+                info=info,
+                resume_state=state,
+                progress=progress,
+                description="adapt",
+                find_unused_parameters=True,
+            )
 
 
 def prepare_model(

@@ -12,8 +12,7 @@ from pathlib import Path
 from ..errors import SlimpError
 from ..model_config import ModelConfig
 from ..models import build_model
-from ..runs import LAST, load_checkpoint, run_dir_lock
-from ..shards import verify_shards
+from ..runs import LAST, load_checkpoint
 from . import distributed as D
 from .loop import TrainResult, notice, run_training
 from .session import (
@@ -26,6 +25,7 @@ from .session import (
     resolve_configs,
     run_config,
     seed_everything,
+    single_writer,
     split_patients,
     training_session,
 )
@@ -44,91 +44,76 @@ def pretrain_run(
     verify: bool = False,
 ) -> TrainResult:
     """`pretrain` returning the `TrainResult` (with the trained model) instead of the path."""
-    # one writer per run dir, held from the resume checks to the last checkpoint
-    with run_dir_lock(out, enabled=D.env_info().is_main):
-        if verify:
-            verify_shards(data)
-        return _pretrain_run(data, out, model=model, train=train, resume=resume, progress=progress)
-
-
-def _pretrain_run(
-    data: str | Path,
-    out: str | Path,
-    *,
-    model: ModelConfig | dict | None = None,
-    train: TrainConfig | dict | None = None,
-    resume: bool = False,
-    progress: bool = False,
-) -> TrainResult:
-    data, out = Path(data), Path(out)
-    saved = prepare_out(out, resume)
-    model_defaults, train_defaults = sm3_defaults(train, saved)
-    model_cfg, train_cfg = resolve_configs(
-        model, train, saved=saved, train_defaults=train_defaults, model_defaults=model_defaults
-    )
-    sm3 = train_cfg.method == "sm3"
-    if sm3:
-        model_cfg = sm3_model_config(model_cfg, model, train_cfg, saved)
-    device = D.device_for(train_cfg.device)
-    with training_session(device) as info:
-        index = open_training_data(data)
-        schema = index.schema
-        if not sm3 and model_cfg.variant == "nested" and not schema.has_patient_features:
-            model_cfg = model_cfg.replace(variant="flat")
-            notice(
-                f"{data} has no patient-level features: training the flat variant (one "
-                "image <-> lesion-metadata InfoNCE)",
-                info,
-            )
-        state = None
-        if saved is not None:
-            check_resume_train(saved, train_cfg, out)
-            check_resume_data(saved, index, out, data)
-        patients = split_patients(index, train_cfg, run_dir=out, saved=saved, info=info)
-        schema = patients.schema  # numerical statistics of the training patients
-        seed_everything(train_cfg.seed)
-        net = build_model(model_cfg, schema, load_image_weights=saved is None)
-        if saved is not None:
-            if net.config.to_dict() != ModelConfig.from_dict(saved["model"]).to_dict():
-                raise SlimpError(
-                    f"--resume with model options that differ from the run in {out}; "
-                    "give the same options (or none) to resume"
+    with single_writer(out, data, verify=verify):  # one writer per run dir
+        data, out = Path(data), Path(out)
+        saved = prepare_out(out, resume)
+        model_defaults, train_defaults = sm3_defaults(train, saved)
+        model_cfg, train_cfg = resolve_configs(
+            model, train, saved=saved, train_defaults=train_defaults, model_defaults=model_defaults
+        )
+        sm3 = train_cfg.method == "sm3"
+        if sm3:
+            model_cfg = sm3_model_config(model_cfg, model, train_cfg, saved)
+        device = D.device_for(train_cfg.device)
+        with training_session(device) as info:
+            index = open_training_data(data)
+            schema = index.schema
+            if not sm3 and model_cfg.variant == "nested" and not schema.has_patient_features:
+                model_cfg = model_cfg.replace(variant="flat")
+                notice(
+                    f"{data} has no patient-level features: training the flat variant (one "
+                    "image <-> lesion-metadata InfoNCE)",
+                    info,
                 )
-            state = load_checkpoint(out / LAST)
-        hooks, extra = None, None
-        if sm3:  # SM3's stage, its --init weights and stage 2's pseudo-labels
-            hooks, extra = prepare_sm3(
-                net,
-                index,
-                train_cfg,
-                info=info,
-                device=device,
-                resumed=saved is not None,
-                use=patients.use,
+            state = None
+            if saved is not None:
+                check_resume_train(saved, train_cfg, out)
+                check_resume_data(saved, index, out, data)
+            patients = split_patients(index, train_cfg, run_dir=out, saved=saved, info=info)
+            schema = patients.schema  # numerical statistics of the training patients
+            seed_everything(train_cfg.seed)
+            net = build_model(model_cfg, schema, load_image_weights=saved is None)
+            if saved is not None:
+                if net.config.to_dict() != ModelConfig.from_dict(saved["model"]).to_dict():
+                    raise SlimpError(
+                        f"--resume with model options that differ from the run in {out}; "
+                        "give the same options (or none) to resume"
+                    )
+                state = load_checkpoint(out / LAST)
+            hooks, extra = None, None
+            if sm3:  # SM3's stage, its --init weights and stage 2's pseudo-labels
+                hooks, extra = prepare_sm3(
+                    net,
+                    index,
+                    train_cfg,
+                    info=info,
+                    device=device,
+                    resumed=saved is not None,
+                    use=patients.use,
+                )
+            config = run_config(
+                kind="pretrain",
+                model=net,
+                train=train_cfg,
+                schema=schema,
+                data=data_record(data, index),
+                extra={"holdout": holdout_record(patients), **(extra or {})},
             )
-        config = run_config(
-            kind="pretrain",
-            model=net,
-            train=train_cfg,
-            schema=schema,
-            data=data_record(data, index),
-            extra={"holdout": holdout_record(patients), **(extra or {})},
-        )
-        return run_training(
-            model=net,
-            schema=schema,
-            index=index,
-            patients=patients,
-            train=train_cfg,
-            run_dir=out,
-            config=config,
-            device=device,
-            info=info,
-            resume_state=state,
-            progress=progress,
-            description="pretrain" if not sm3 else f"sm3 {train_cfg.stage}",
-            hooks=hooks,
-        )
+            return run_training(
+                model=net,
+                schema=schema,
+                index=index,
+                patients=patients,
+                train=train_cfg,
+                run_dir=out,
+                config=config,
+                device=device,
+                info=info,
+                resume_state=state,
+                progress=progress,
+                description="pretrain" if not sm3 else f"sm3 {train_cfg.stage}",
+                hooks=hooks,
+            )
 
 
 def pretrain(

@@ -25,9 +25,17 @@ from ..holdout import (
 from ..model_config import ModelConfig
 from ..models import patient_record
 from ..paths import json_safe, prepare_output_dir
-from ..runs import LAST, RUN_FORMAT, RUN_VERSION, check_schema_compatible, read_config, sha256_file
+from ..runs import (
+    LAST,
+    RUN_FORMAT,
+    RUN_VERSION,
+    check_schema_compatible,
+    read_config,
+    run_dir_lock,
+    sha256_file,
+)
 from ..schema import ResolvedSchema
-from ..shards import ShardIndex
+from ..shards import ShardIndex, verify_shards
 from . import distributed as D
 from .loop import notice, parameter_counts, trainable_names
 from .train_config import RESUMABLE_CHANGES, TrainConfig
@@ -108,6 +116,16 @@ def check_resume_data(saved: dict, index, run_dir: Path, data_dir: Path) -> None
             f"{data_dir}: its manifest.json differs from the data {run_dir} was "
             "trained on (changed or other data); resume on the same data"
         )
+
+
+@contextlib.contextmanager
+def single_writer(out: str | Path, data: str | Path, *, verify: bool) -> Iterator[None]:
+    """Hold the run dir's one-writer lock for the whole run (from the resume checks to the last
+    checkpoint; rank 0 only under torchrun); with `verify`, check the shards' sha256 first."""
+    with run_dir_lock(out, enabled=D.env_info().is_main):
+        if verify:
+            verify_shards(data)
+        yield
 
 
 def prepare_out(out: Path, resume: bool) -> dict | None:
