@@ -101,11 +101,7 @@ def embed(
     levels = ("image",) if image_only else inputs.levels
     dims = {k: model.feature_dims[k] for k in levels}
 
-    # Raw metadata of the data (its own schema), for metadata-only baselines.
-    raw_levels = {"lesion": data_schema.lesion_features}
-    if data_schema.has_patient_features:
-        raw_levels["patient"] = data_schema.patient_all
-    raw_levels = {k: v for k, v in raw_levels.items() if v}  # a level without columns: none
+    raw_levels = raw_feature_levels(data_schema)
     raw_cols = {k: raw_columns(v) for k, v in raw_levels.items()}
 
     pairs = [(p, j) for p in range(len(index)) for j in range(len(index.patient(p).lesions))]
@@ -113,11 +109,7 @@ def embed(
         raise SlimpError(f"{data_dir}: no lesions to embed")
     classes = data_schema.classes
     class_index = {c: i for i, c in enumerate(classes)}
-    manifest = Path(data_dir) / "manifest.json"
-    manifest_sha = sha256_file(manifest) if manifest.is_file() else None
-    sides, holdout = training_sides(
-        run, manifest_sha, [index.patient(p).patient_id for p, _ in pairs]
-    )
+    manifest_sha, sides, holdout = data_record(run, data_dir, index, [p for p, _ in pairs])
     store_config = {
         "model": model.config.to_dict(),
         "variant": variant,
@@ -192,6 +184,24 @@ def embed(
                 layer.bias.detach().float().cpu().numpy(),
             )
     return out
+
+
+def raw_feature_levels(schema) -> dict[str, list[dict]]:
+    """The data's own metadata levels (its schema, not the model's) stored in raw/ for the
+    metadata-only baselines; a level without columns is left out."""
+    levels = {"lesion": schema.lesion_features}
+    if schema.has_patient_features:
+        levels["patient"] = schema.patient_all
+    return {k: v for k, v in levels.items() if v}
+
+
+def data_record(run, data_dir: Path, index: ShardIndex, patients: list[int]):
+    """(manifest sha256, per-row train/holdout sides or None, the run's Holdout or None) of
+    rows whose patients are `patients` (ShardIndex positions, one per row)."""
+    manifest = Path(data_dir) / "manifest.json"
+    manifest_sha = sha256_file(manifest) if manifest.is_file() else None
+    ids = [index.patient(p).patient_id for p in patients]
+    return (manifest_sha, *training_sides(run, manifest_sha, ids))
 
 
 def training_sides(run, manifest_sha: str | None, patient_ids: list[str]):
@@ -269,17 +279,10 @@ def embed_cases(
     data_schema = index.schema
     levels = inputs.levels
     dims = {k: model.feature_dims[k] for k in levels}
-    raw_levels = {"lesion": data_schema.lesion_features}
-    if data_schema.has_patient_features:
-        raw_levels["patient"] = data_schema.patient_all
-    raw_levels = {k: v for k, v in raw_levels.items() if v}
+    raw_levels = raw_feature_levels(data_schema)
     classes = data_schema.classes
     class_index = {c: i for i, c in enumerate(classes)}
-    manifest = Path(data_dir) / "manifest.json"
-    manifest_sha = sha256_file(manifest) if manifest.is_file() else None
-    sides, holdout = training_sides(
-        run, manifest_sha, [index.patient(c.patient).patient_id for c in cases]
-    )
+    manifest_sha, sides, holdout = data_record(run, data_dir, index, [c.patient for c in cases])
     store_config = {
         "model": model.config.to_dict(),
         "variant": "sm3",

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .devices import resolve_device
-from .embed import LesionImages
+from .embed import LesionImages, raw_feature_levels
 from .errors import SlimpError
 from .models import patient_record
 from .models.image import LOCAL_MODELS, create_image_encoder, load_image_weights
@@ -112,10 +112,7 @@ def embed_foreign(
     )
     module = module.to(dev)
     schema = index.schema
-    raw_levels = {"lesion": schema.lesion_features}
-    if schema.has_patient_features:
-        raw_levels["patient"] = schema.patient_all
-    raw_levels = {k: v for k, v in raw_levels.items() if v}
+    raw_levels = raw_feature_levels(schema)
     pairs = [(p, j) for p in range(len(index)) for j in range(len(index.patient(p).lesions))]
     if not pairs:
         raise SlimpError(f"{data_dir}: no lesions to embed")
