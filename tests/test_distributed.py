@@ -76,7 +76,7 @@ def test_torchrun_pretrain_completes(synth_shards, tmp_path):
         str(out),
         "--image-model",
         "vit_test",
-        "--img-size",
+        "--input-size",
         "32",
         "--tab-dim",
         "32",

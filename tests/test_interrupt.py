@@ -13,7 +13,7 @@ import torch
 ARGS = [
     "--image-model",
     "vit_test",
-    "--img-size",
+    "--input-size",
     "32",
     "--tab-dim",
     "16",

@@ -276,3 +276,34 @@ def test_multilabel_probe_on_real_derm7pt(derm7pt_shards, tmp_path, run_cli):
     targets = {r["target"] for r in report["results"]}
     assert targets == {"diagnosis", *CRITERIA_NAMES, "mean"}
     assert report["results"][0]["features"] == ["image"]  # concat(derm, clinic)
+
+
+def test_held_out_cases_are_never_drawn_and_the_store_marks_them(
+    paired_shards, tmp_path, monkeypatch
+):
+    """The held-out protocol reaches SM3: its case sampler skips held-out patients, and the
+    store's rows carry the split."""
+    from slimp_cli.holdout import read_holdout
+    from slimp_cli.shards import ShardIndex
+    from slimp_cli.train import data as train_data
+
+    seen = []
+    original = train_data.CaseDataset.__getitem__
+
+    def recording(self, item):
+        seen.append(self.index.patient(self.cases[item.patient].patient).patient_id)
+        return original(self, item)
+
+    monkeypatch.setattr(train_data.CaseDataset, "__getitem__", recording)
+    run = pretrain(
+        paired_shards,
+        tmp_path / "run",
+        model=TINY_SM3,
+        train=dict(SHORT, holdout=0.25, epochs=1, max_steps=3),
+    )
+    held = set(read_holdout(run).patient_ids)
+    assert len(held) == 16 and seen and not set(seen) & held  # 25% of the 64 cases
+    store = embed(run, paired_shards, tmp_path / "s.h5", batch_size=64, device="cpu")
+    with FeatureStore.open(store) as st:
+        assert set(st.patient_id[st.split == "holdout"]) == held
+    assert len(ShardIndex.open(paired_shards)) == 64
