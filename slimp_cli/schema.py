@@ -14,12 +14,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import torch
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import SlimpError
 from .paths import builtin_schemas, read_json
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: ingest never loads it (~0.5 GB)
+    import torch
 
 FEATURE_TYPES = ("numerical", "categorical", "boolean")
 
@@ -201,6 +202,8 @@ def encode_tabular(features: Sequence[dict], records: Sequence[dict]) -> Tabular
     nums = [f for f in ordered if f["type"] == "numerical"]
     lookups = [{v: i + 1 for i, v in enumerate(f["vocab"])} for f in cats]
     n = len(records)
+    import torch
+
     cat = torch.zeros(n, len(cats), dtype=torch.long)
     num = torch.zeros(n, len(nums), dtype=torch.float32)
     mask = torch.zeros(n, len(nums), dtype=torch.bool)

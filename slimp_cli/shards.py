@@ -122,7 +122,7 @@ class ShardWriter:
             return
         self._tar.close()
         name = SHARD_PATTERN.format(len(self.done))
-        digest = hashlib.sha256(self._tmp.read_bytes()).hexdigest()
+        digest = sha256_file(self._tmp)  # streamed: a shard is up to --max-shard-size bytes
         info = ShardInfo(
             name=name,
             sha256=digest,
@@ -133,8 +133,10 @@ class ShardWriter:
         self.done.append((self._tmp, info))
         self._tar = None
 
-    def write(self, key: str, patient: dict, lesions: list[dict], images: list[bytes]) -> None:
-        """Append one patient sample; starts a new shard when this one would overflow."""
+    def write(self, key: str, patient: dict, lesions: list[dict], images: list[bytes]) -> str:
+        """Append one patient sample; starts a new shard when this one would overflow.
+
+        Returns the (final) name of the shard that holds it."""
         members = sample_members(key, patient, lesions, images)
         size = _tar_size(members)
         full = self._patients > 0 and (
@@ -147,9 +149,13 @@ class ShardWriter:
             self._open()
         for name, data in members:
             self._tar.addfile(_member(name, len(data)), io.BytesIO(data))
+        # TarFile keeps a TarInfo per member it wrote (~2 per image, ~1 kB each): nothing reads
+        # them back in write mode, and a 1 GB shard of small JPEGs holds ~200,000 of them.
+        self._tar.members.clear()
         self._bytes += size
         self._patients += 1
         self._images += len(images)
+        return SHARD_PATTERN.format(len(self.done))
 
     def commit(self) -> list[ShardInfo]:
         """Close the last shard and rename all of them to their final names."""

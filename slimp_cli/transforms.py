@@ -24,6 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import SlimpError
+from .resize import resize_center
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -116,23 +117,6 @@ def decode_image(data: bytes, *, where: str = "image", size: int | None = None) 
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise SlimpError(f"{where}: cannot decode image ({exc})") from None
     return img if img.mode == "RGB" else img.convert("RGB")
-
-
-def resize_center(img: Image.Image, size: int) -> Image.Image:
-    """Shorter side -> `size` (bicubic, aspect kept), then centre crop to `size` x `size`.
-
-    A no-op for an image that already has the size (ingest stores them so). `reducing_gap`
-    lets PIL reduce large images in integer steps first: same result every run, much faster.
-    """
-    w, h = img.size
-    if (w, h) == (size, size):
-        return img
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
 
 
 def pil_to_uint8(img: Image.Image) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from PIL import Image, ImageOps
 
-from ..transforms import resize_center
+from ..resize import resize_center
 
 # Extensions considered images when searching a folder (lower case, with the dot).
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +19,21 @@ from pathlib import Path
 from .. import __version__
 from ..errors import SlimpError
 from ..paths import write_json
-from ..schema import category_key, load_dataset_schema, numeric_stats, validate_dataset_schema
+from ..schema import load_dataset_schema, validate_dataset_schema
 from ..shards import SHARD_GLOB, ShardWriter, image_entry_name, unique_keys, verify_shards
 from .formats import get_adapter
 from .images import process_image
 from .rows import Entry, Log, build_entries
+from .summary import WrittenSummary
 
 DERIVED = [{"name": "n_lesions", "type": "numerical"}]
 # Warning kinds that --strict turns into errors (data was changed); notes are informational.
 STRICT_WARNINGS = {"unparseable", "non_finite", "out_of_range", "undecodable"}
 # --image-size: below, lesions are unrecognisable; above, one image takes gigabytes of memory.
 IMAGE_SIZE_RANGE = (16, 4096)
+# Images decoded ahead of the shard writer, per worker (bounds memory, keeps workers busy).
+WINDOW_PER_WORKER = 64
+INDEX = "index.json"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,42 +62,11 @@ def load_schema_for(adapter, source: Path, schema: str | Path | dict | None) -> 
     return loaded
 
 
-def resolve_feature(feature: dict, values: list) -> dict:
-    """Resolved feature: missing rate, and mean/std (numerical) or sorted vocabulary."""
-    present = [v for v in values if v is not None]
-    out = {
-        "name": feature["name"],
-        "type": feature["type"],
-        "missing_rate": round(1 - len(present) / len(values), 6) if values else 1.0,
-    }
-    if feature["type"] == "numerical":
-        out["mean"], out["std"] = numeric_stats(present)
-    elif feature["type"] == "boolean":
-        out["vocab"] = ["false", "true"]
-    else:
-        out["vocab"] = sorted({category_key(v) for v in present})
-    return out
-
-
 def resolve_schema(
-    dataset_schema: dict,
-    *,
-    patients: list[dict],
-    lesions: list[dict],
-    patient_features: list[dict],
-    lesion_features: list[dict],
-    has_patient_ids: bool,
-    dropped: Iterable[dict] = (),
+    dataset_schema: dict, summary: WrittenSummary, *, dropped: Iterable[dict] = ()
 ) -> dict:
-    """The resolved schema (docs/internals.md) from the typed rows that went into the shards.
-
-    patients: one dict per written patient, {"fields": {...}, "derived": {...}};
-    lesions: one dict per written lesion entry (lesions.json items: label, fields...).
-    """
-    classes = sorted({e["label"] for e in lesions if e["label"] is not None})
-    malignant = set(dataset_schema.get("malignant", []))
-    malignant |= {e["label"] for e in lesions if e["malignant"] == 1}
-    derived = DERIVED if has_patient_ids else []
+    """The resolved schema (docs/internals.md) from what went into the shards."""
+    malignant = set(dataset_schema.get("malignant", [])) | summary.malignant_labels
     return {
         "format": "slimp-schema",
         "version": 1,
@@ -102,18 +76,10 @@ def resolve_schema(
         "image": dataset_schema["image"],
         "label": dataset_schema.get("label"),
         "malignant": sorted(malignant),
-        "classes": classes,
-        "patient_features": [
-            resolve_feature(f, [p["fields"].get(f["name"]) for p in patients])
-            for f in patient_features
-        ],
-        "lesion_features": [
-            resolve_feature(f, [e["fields"].get(f["name"]) for e in lesions])
-            for f in lesion_features
-        ],
-        "derived_patient_features": [
-            resolve_feature(f, [p["derived"].get(f["name"]) for p in patients]) for f in derived
-        ],
+        "classes": sorted(summary.classes),
+        "patient_features": [f.resolved() for f in summary.patient],
+        "lesion_features": [f.resolved() for f in summary.lesion],
+        "derived_patient_features": [f.resolved() for f in summary.derived],
         "excluded": list(dataset_schema.get("excluded", [])) + list(dropped),
     }
 
@@ -139,20 +105,37 @@ def _patient_fields(pid: str, entries: list[Entry], conflicts: dict[str, int]) -
 
 def _existing_output(out: Path) -> list[Path]:
     return sorted(out.glob(SHARD_GLOB)) + [
-        p for p in (out / "manifest.json", out / "schema.json") if p.exists()
+        p for p in (out / "manifest.json", out / "schema.json", out / INDEX) if p.exists()
     ]
 
 
-def _results(jobs: list, workers: int) -> Iterator[tuple[bytes | None, str | None]]:
-    """process_image over jobs, in job order (deterministic), in a pool when workers > 1."""
-    if workers <= 1 or len(jobs) < 2:
+def _results(jobs: Iterable, workers: int, total: int) -> Iterator[tuple[bytes | None, str | None]]:
+    """process_image over jobs, in job order (deterministic), in a pool when workers > 1.
+
+    At most WINDOW_PER_WORKER results per worker are decoded ahead of the writer, so memory
+    stays flat when the disk is slower than the decoders."""
+    if workers <= 1 or total < 2:
         yield from map(process_image, jobs)
         return
+    chunksize = max(1, min(16, total // (workers * 8)))
+    slots = threading.BoundedSemaphore(max(4 * chunksize, WINDOW_PER_WORKER) * workers)
+    stop = threading.Event()
+
+    def throttled():  # runs in the pool's task thread; must end when the pool is torn down
+        for job in jobs:
+            while not slots.acquire(timeout=0.1):
+                if stop.is_set():
+                    return
+            yield job
+
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
     with multiprocessing.get_context(method).Pool(workers) as pool:
-        yield from pool.imap(
-            process_image, jobs, chunksize=max(1, min(16, len(jobs) // (workers * 8)))
-        )
+        try:
+            for result in pool.imap(process_image, throttled(), chunksize=chunksize):
+                slots.release()
+                yield result
+        finally:
+            stop.set()  # before the pool's exit joins the task thread
 
 
 def _progress(enabled: bool, total: int):
@@ -245,9 +228,12 @@ def ingest(
             f"{log.skipped[0]['reason'] if log.skipped else 'none'})"
         )
 
+    n_rows = info["n_rows"]
     groups = _group(entries)
+    del entries  # each group is released once written
     keys = unique_keys([pid for pid, _ in groups])
-    jobs = [(e.ref, image_size) for _, members in groups for e in members]
+    total = sum(len(members) for _, members in groups)
+    jobs = ((e.ref, image_size) for _, members in groups for e in members)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a parent is a file, no permission...
@@ -255,55 +241,27 @@ def ingest(
     if not os.access(out, os.W_OK | os.X_OK):
         raise SlimpError(f"{out}: the output folder is not writable")
     writer = ShardWriter(out, max_bytes=max_shard_size, max_patients=max_patients_per_shard)
-    written_patients, written_lesions, conflicts = [], [], {}
-    bar, task = _progress(progress, len(jobs))
+    summary = WrittenSummary(
+        patient_features=info["patient_features"],
+        lesion_features=info["lesion_features"],
+        derived=DERIVED if info["roles"]["patient_id"] is not None else [],
+        modalities=info["modalities"],
+    )
+    conflicts: dict[str, int] = {}
+    bar, task = _progress(progress, total)
     try:
         with (
             bar,
-            contextlib.closing(_results(jobs, workers)) as results,
+            contextlib.closing(_results(jobs, workers, total)) as results,
         ):  # closing: pool ends on errors too
-            for pid, members in groups:
-                kept, images = [], []
-                for e in members:
-                    jpeg, error = next(results)
-                    bar.advance(task)
-                    if error is not None:
-                        log.skip(
-                            row=e.row,
-                            id=e.image_id,
-                            file=e.ref.display(),
-                            reason=error,
-                            kind="missing_image" if "not found" in error else "bad_image",
-                        )
-                        if strict:
-                            raise SlimpError(_strict_failure(log))
-                        continue
-                    kept.append(e)
-                    images.append(jpeg)
-                if not kept:
-                    continue
-                lesions = [
-                    {
-                        "lesion_id": e.lesion_id,
-                        "image_id": e.image_id,
-                        "image": image_entry_name(j, len(kept)),
-                        "label": e.label,
-                        "malignant": e.malignant,
-                        "fields": e.lesion_fields,
-                        "row": e.row,
-                        "modality": e.modality,
-                    }
-                    for j, e in enumerate(kept)
-                ]
-                patient = {
-                    "patient_id": pid,
-                    "fields": _patient_fields(pid, kept, conflicts),
-                    "derived": {"n_lesions": len({e.lesion_id for e in kept})},
-                }
-                writer.write(keys[pid], patient, lesions, images)
-                written_patients.append(patient)
-                written_lesions.extend(lesions)
-        if not written_patients:
+            for g in range(len(groups)):
+                pid, members = groups[g]
+                kept, images = _decoded(members, results, log, strict, lambda: bar.advance(task))
+                # The task thread has read past this group: drop it (memory stays flat).
+                groups[g] = (pid, [])
+                if kept:
+                    _write_patient(writer, summary, keys[pid], pid, kept, images, conflicts)
+        if not summary.patients:
             raise SlimpError(
                 f"{table.path}: no usable images ({len(log.skipped)} rows skipped; first: "
                 f"{log.skipped[0]['reason']})"
@@ -312,7 +270,7 @@ def ingest(
             log.notes.append(
                 f"patient field '{name}' differs between rows of {n} patients; first non-missing value kept"
             )
-        modalities = modality_summary(written_lesions, info["modalities"])
+        modalities = summary.modality_summary()
         if modalities is not None and modalities["lesions_missing"]:
             missing = ", ".join(f"{m}: {n}" for m, n in modalities["lesions_missing"].items())
             log.notes.append(
@@ -320,15 +278,7 @@ def ingest(
                 f"({missing}): kept with the images they have, flagged in manifest.json "
                 "(modalities.missing); SM3 skips their cross-modal term"
             )
-        resolved = resolve_schema(
-            dataset_schema,
-            patients=written_patients,
-            lesions=written_lesions,
-            patient_features=info["patient_features"],
-            lesion_features=info["lesion_features"],
-            has_patient_ids=info["roles"]["patient_id"] is not None,
-            dropped=info["dropped"],
-        )
+        resolved = resolve_schema(dataset_schema, summary, dropped=info["dropped"])
         manifest = _manifest(
             fmt,
             source,
@@ -337,14 +287,13 @@ def ingest(
             image_size,
             max_shard_size,
             strict,
-            written_patients,
-            written_lesions,
+            summary,
             log,
-            n_rows=len(table.frame),
+            n_rows=n_rows,
         )
         if modalities is not None:
             manifest["modalities"] = modalities
-        _commit(out, writer, resolved, manifest, previous)
+        _commit(out, writer, resolved, manifest, previous, summary.index)
     except BaseException:
         writer.abort()
         raise
@@ -353,43 +302,62 @@ def ingest(
     return IngestResult(out=out, manifest=manifest, schema=resolved)
 
 
-def modality_summary(lesions: list[dict], declared: list[str]) -> dict | None:
-    """Images per modality and the lesions that lack a declared modality (None: none declared).
+def _decoded(members: list[Entry], results, log: Log, strict: bool, advance):
+    """The next len(members) decoded images: (entries kept, their JPEG bytes); failures are
+    recorded skips (an error under --strict)."""
+    kept, images = [], []
+    for e in members:
+        jpeg, error = next(results)
+        advance()
+        if error is not None:
+            log.skip(
+                row=e.row,
+                id=e.image_id,
+                file=e.ref.display(),
+                reason=error,
+                kind="missing_image" if "not found" in error else "bad_image",
+            )
+            if strict:
+                raise SlimpError(_strict_failure(log))
+            continue
+        kept.append(e)
+        images.append(jpeg)
+    return kept, images
 
-    `lesions` are lesions.json entries in shard order; a lesion is its `lesion_id` (unique in a
-    dataset). Returns {"declared": [...], "images": {modality: n}, "lesions_complete": n,
-    "lesions_missing": {modality: n}, "missing": [{"lesion_id", "row", "missing": [...]}]}.
-    """
-    if not declared:
-        return None
-    have: dict[str, set] = {}
-    first_row: dict[str, int] = {}
-    images = dict.fromkeys(declared, 0)
-    for e in lesions:
-        have.setdefault(e["lesion_id"], set())
-        first_row.setdefault(e["lesion_id"], e["row"])
-        if e.get("modality") is not None:
-            have[e["lesion_id"]].add(e["modality"])
-            images[e["modality"]] = images.get(e["modality"], 0) + 1
-    missing = [
-        {"lesion_id": lid, "row": first_row[lid], "missing": [m for m in declared if m not in got]}
-        for lid, got in have.items()
-        if any(m not in got for m in declared)
+
+def _write_patient(writer, summary, key, pid, kept, images, conflicts) -> None:
+    lesions = [
+        {
+            "lesion_id": e.lesion_id,
+            "image_id": e.image_id,
+            "image": image_entry_name(j, len(kept)),
+            "label": e.label,
+            "malignant": e.malignant,
+            "fields": e.lesion_fields,
+            "row": e.row,
+            "modality": e.modality,
+        }
+        for j, e in enumerate(kept)
     ]
-    per_modality = {m: sum(m in e["missing"] for e in missing) for m in declared}
-    return {
-        "declared": list(declared),
-        "images": images,
-        "lesions_complete": len(have) - len(missing),
-        "lesions_missing": {m: n for m, n in per_modality.items() if n},
-        "missing": missing,
+    patient = {
+        "patient_id": pid,
+        "fields": _patient_fields(pid, kept, conflicts),
+        "derived": {"n_lesions": len({e.lesion_id for e in kept})},
     }
+    shard = writer.write(key, patient, lesions, images)
+    summary.add(key, shard, patient, lesions)
 
 
 def _commit(
-    out: Path, writer: ShardWriter, resolved: dict, manifest: dict, previous: list[Path]
+    out: Path,
+    writer: ShardWriter,
+    resolved: dict,
+    manifest: dict,
+    previous: list[Path],
+    index: list[dict],
 ) -> None:
-    """Replace any previous dataset: old manifest first (never complete-looking), then rename."""
+    """Replace any previous dataset: old manifest first (never complete-looking), then rename;
+    manifest.json (`complete: true`) is written last."""
     old_manifest = out / "manifest.json"
     if old_manifest.exists():
         old_manifest.unlink()
@@ -399,6 +367,7 @@ def _commit(
     shards = writer.commit()
     manifest["shards"] = [s.__dict__ for s in shards]
     write_json(out / "schema.json", resolved)
+    write_json(out / INDEX, {"format": "slimp-index", "version": 1, "patients": index})
     manifest["complete"] = True
     write_json(out / "manifest.json", manifest)
 
@@ -411,16 +380,11 @@ def _manifest(
     image_size,
     max_shard_size,
     strict,
-    patients,
-    lesions,
+    summary: WrittenSummary,
     log: Log,
     *,
     n_rows: int,
 ) -> dict:
-    labels: dict[str, int] = {}
-    for e in lesions:
-        key = e["label"] if e["label"] is not None else "(none)"
-        labels[key] = labels.get(key, 0) + 1
     skip_kinds: dict[str, int] = {}
     for s in log.skipped:
         skip_kinds[s["kind"]] = skip_kinds.get(s["kind"], 0) + 1
@@ -440,15 +404,7 @@ def _manifest(
         },
         "counts": {
             "rows": n_rows,
-            "patients": len(patients),
-            "lesions": len(lesions),
-            # Lesion ids are unique across patients (conflicting rows were skipped).
-            "unique_lesion_ids": len({e["lesion_id"] for e in lesions}),
-            "images": len(lesions),
-            "labels": dict(sorted(labels.items())),
-            "malignant": sum(1 for e in lesions if e["malignant"] == 1),
-            "benign": sum(1 for e in lesions if e["malignant"] == 0),
-            "malignancy_unknown": sum(1 for e in lesions if e["malignant"] == -1),
+            **summary.counts(),
             "skipped_rows": len({s["row"] for s in log.skipped}),
             "skipped_images": len(log.skipped),
             "skipped_by_kind": dict(sorted(skip_kinds.items())),

@@ -7,11 +7,13 @@ becomes missing plus a `Warning`. Nothing here decodes images (that is the pool'
 
 from __future__ import annotations
 
+import itertools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import SlimpError
+from .columns import TypedColumns
 from .formats.base import SourceTable
 from .images import ImageRef
 from .values import (
@@ -44,9 +46,9 @@ class Log:
         )
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class Entry:
-    """One image of one lesion, typed and located."""
+    """One image of one lesion, typed and located (slots: SLICE-3D makes 401,059 of them)."""
 
     row: int  # 1-based data-row number in the source table
     patient_id: str
@@ -55,9 +57,17 @@ class Entry:
     ref: ImageRef
     label: str | None
     malignant: int  # 1, 0 or -1 (unknown)
-    patient_fields: dict
-    lesion_fields: dict
+    columns: TypedColumns  # the table's typed feature columns, shared by every entry
+    index: int  # this row's index in `columns`
     modality: str | None = None  # the schema's `modalities` of its image column (or None)
+
+    @property
+    def patient_fields(self) -> dict:
+        return self.columns.patient(self.index)
+
+    @property
+    def lesion_fields(self) -> dict:
+        return self.columns.lesion(self.index)
 
 
 def label_lookup(schema: dict):
@@ -212,9 +222,10 @@ def build_entries(
     an image whose path is absolute or climbs out of it with ../ is only read with
     `allow_outside`; otherwise its row is skipped (kind "outside_source").
     """
-    frame, path = table.frame, table.path
-    columns = list(frame.columns)
-    if len(frame) == 0:
+    path, columns = table.path, table.columns
+    chunks = table.chunks()
+    first = next(chunks, None)
+    if first is None or len(first[0]) == 0:
         raise SlimpError(f"{path}: the table has no data rows")
     roles = check_roles(schema, columns, path, log)
     patient_features, lesion_features, dropped = present_features(schema, columns, path, log)
@@ -228,107 +239,28 @@ def build_entries(
     if unlisted:
         log.notes.append("columns not in the schema, ignored: " + ", ".join(unlisted))
 
-    rows = table.rows
-    typed = {
-        f["name"]: type_column(
-            frame[f["name"]].tolist(), f["type"], f["name"], rows, log, feature=f
-        )
-        for f in patient_features + lesion_features
-    }
-    to_label, classify = label_lookup(schema), malignancy(schema)
-    unmapped: dict[str, int] = {}
-    images = frame[roles["image"]].tolist()
-    patients = frame[roles["patient_id"]].tolist() if roles["patient_id"] else None
-    lesions = frame[roles["lesion_id"]].tolist() if roles["lesion_id"] else None
-    labels = frame[roles["label"]].tolist() if roles["label"] else None
-
-    per_patient = schema.get("lesion_id_scope", "dataset") == "patient"
-    entries: list[Entry] = []
-    seen_image: dict[str, int] = {}
-    for i, row in enumerate(rows):
-        image_id = images[i].strip()
-        if not image_id:
-            log.skip(
-                row=row,
-                id="",
-                file="",
-                reason=f"empty image reference ('{roles['image']}')",
-                kind="empty_id",
-            )
-            continue
-        bad_text = [
-            (role, cells[i])
-            for role, cells in (("image", images), ("patient_id", patients), ("lesion_id", lesions))
-            if cells and is_undecodable(cells[i])
-        ] + ([("label", labels[i])] if labels and is_undecodable(labels[i]) else [])
-        if bad_text:  # an id or label with a replaced byte would be a wrong id or a new class
-            role, cell = bad_text[0]
-            log.skip(
-                row=row,
-                id=image_id,
-                file="",
-                kind="undecodable",
-                reason=f"'{roles[role]}' value '{cell}' is not valid UTF-8 text",
-            )
-            continue
-        lesion_id = (lesions[i].strip() if lesions else "") or image_id
-        patient_id = patients[i].strip() if patients else lesion_id
-        if not patient_id:
-            log.skip(
-                row=row,
-                id=image_id,
-                file="",
-                reason=f"empty patient id ('{roles['patient_id']}')",
-                kind="empty_id",
-            )
-            continue
-        if per_patient and patients:
-            lesion_id = f"{patient_id}/{lesion_id}"  # unique across the dataset from here on
-        if image_id in seen_image:
-            log.skip(
-                row=row,
-                id=image_id,
-                file="",
-                kind="duplicate_image",
-                reason=f"duplicate image reference (first at row {seen_image[image_id]})",
-            )
-            continue
-        seen_image[image_id] = row
-        label, unknown = to_label(labels[i]) if labels else (None, False)
-        if unknown:
-            unmapped[label] = unmapped.get(label, 0) + 1
-        entry = Entry(
-            row=row,
-            patient_id=patient_id,
-            lesion_id=lesion_id,
-            image_id=image_id,
-            ref=ImageRef(""),
-            label=label,
-            malignant=classify(label),
-            patient_fields={f["name"]: typed[f["name"]][i] for f in patient_features},
-            lesion_fields={f["name"]: typed[f["name"]][i] for f in lesion_features},
-            modality=modalities.get(roles["image"]),
-        )
-        entries.append(entry)
-        for column in extra_columns:
-            extra = frame[column].iat[i].strip()
-            if extra and not is_missing(extra):
-                entries.append(
-                    Entry(
-                        **{
-                            **entry.__dict__,
-                            "image_id": extra,
-                            "ref": ImageRef(f"\0{column}"),
-                            "modality": modalities.get(column),
-                        }
-                    )
-                )
-    if unmapped:
+    reader = _RowReader(
+        schema,
+        roles,
+        log,
+        columns=TypedColumns(patient=patient_features, lesion=lesion_features),
+        extra_columns=extra_columns,
+        modalities=modalities,
+    )
+    n_rows, before = 0, len(log.warnings)
+    for frame, rows in itertools.chain([first], chunks):
+        n_rows += len(frame)
+        reader.read(frame, rows)
+    # Cell warnings column by column, as if the table were typed whole (whatever the chunking).
+    order = {name: i for i, name in enumerate(reader.columns.features)}
+    log.warnings[before:] = sorted(log.warnings[before:], key=lambda w: order[w["column"]])
+    if reader.unmapped:
         log.notes.append(
             "label values not in label_map, kept as is: "
-            + ", ".join(f"{k} ({v} rows)" for k, v in sorted(unmapped.items()))
+            + ", ".join(f"{k} ({v} rows)" for k, v in sorted(reader.unmapped.items()))
         )
-    entries = _drop_lesion_conflicts(entries, log) if patients else entries
+    entries = reader.entries
+    entries = _drop_lesion_conflicts(entries, log) if roles["patient_id"] else entries
     entries = _locate(entries, table, roles["image"], log, root=root, allow_outside=allow_outside)
     info = {
         "roles": roles,
@@ -337,18 +269,144 @@ def build_entries(
         "dropped": dropped,
         "extra_images": extra_columns,
         "modalities": sorted(set(modalities.values())),
+        "n_rows": n_rows,
     }
     return entries, info
 
 
+class _RowReader:
+    """Turns chunks of the table into entries, with the state that spans chunks (images seen,
+    unmapped labels, shared id strings)."""
+
+    def __init__(
+        self,
+        schema: dict,
+        roles: dict,
+        log: Log,
+        *,
+        columns: TypedColumns,
+        extra_columns: list[str],
+        modalities: dict,
+    ) -> None:
+        self.roles, self.log, self.columns = roles, log, columns
+        self.extra_columns, self.modalities = extra_columns, modalities
+        self.to_label, self.classify = label_lookup(schema), malignancy(schema)
+        self.per_patient = schema.get("lesion_id_scope", "dataset") == "patient"
+        self.entries: list[Entry] = []
+        self.unmapped: dict[str, int] = {}
+        self.seen_image: dict[str, int] = {}
+        self.ids: dict[str, str] = {}  # one string object per patient id, shared by its rows
+
+    def read(self, frame, rows: list[int]) -> None:
+        roles, log = self.roles, self.log
+        typed = {
+            name: type_column(frame[name].tolist(), f["type"], name, rows, log, feature=f)
+            for name, f in self.columns.features.items()
+        }
+        start = self.columns.extend(typed, len(frame))
+        del typed
+        images = frame[roles["image"]].tolist()
+        patients = frame[roles["patient_id"]].tolist() if roles["patient_id"] else None
+        lesions = frame[roles["lesion_id"]].tolist() if roles["lesion_id"] else None
+        labels = frame[roles["label"]].tolist() if roles["label"] else None
+        extras = {c: frame[c].tolist() for c in self.extra_columns}
+        for i, row in enumerate(rows):
+            image_id = images[i].strip()
+            if not image_id:
+                log.skip(
+                    row=row,
+                    id="",
+                    file="",
+                    reason=f"empty image reference ('{roles['image']}')",
+                    kind="empty_id",
+                )
+                continue
+            bad_text = [
+                (role, cells[i])
+                for role, cells in (
+                    ("image", images),
+                    ("patient_id", patients),
+                    ("lesion_id", lesions),
+                )
+                if cells and is_undecodable(cells[i])
+            ] + ([("label", labels[i])] if labels and is_undecodable(labels[i]) else [])
+            if bad_text:  # an id or label with a replaced byte would be a wrong id or a new class
+                role, cell = bad_text[0]
+                log.skip(
+                    row=row,
+                    id=image_id,
+                    file="",
+                    kind="undecodable",
+                    reason=f"'{roles[role]}' value '{cell}' is not valid UTF-8 text",
+                )
+                continue
+            lesion_id = (lesions[i].strip() if lesions else "") or image_id
+            patient_id = patients[i].strip() if patients else lesion_id
+            if not patient_id:
+                log.skip(
+                    row=row,
+                    id=image_id,
+                    file="",
+                    reason=f"empty patient id ('{roles['patient_id']}')",
+                    kind="empty_id",
+                )
+                continue
+            patient_id = self.ids.setdefault(patient_id, patient_id)
+            if self.per_patient and patients:
+                lesion_id = f"{patient_id}/{lesion_id}"  # unique across the dataset from here on
+            if image_id in self.seen_image:
+                log.skip(
+                    row=row,
+                    id=image_id,
+                    file="",
+                    kind="duplicate_image",
+                    reason=f"duplicate image reference (first at row {self.seen_image[image_id]})",
+                )
+                continue
+            self.seen_image[image_id] = row
+            label, unknown = self.to_label(labels[i]) if labels else (None, False)
+            if unknown:
+                self.unmapped[label] = self.unmapped.get(label, 0) + 1
+            entry = Entry(
+                row=row,
+                patient_id=patient_id,
+                lesion_id=lesion_id,
+                image_id=image_id,
+                ref=_NO_REF,
+                label=label,
+                malignant=self.classify(label),
+                columns=self.columns,
+                index=start + i,
+                modality=self.modalities.get(roles["image"]),
+            )
+            self.entries.append(entry)
+            for column, cells in extras.items():
+                extra = cells[i].strip()
+                if extra and not is_missing(extra):
+                    self.entries.append(
+                        replace(
+                            entry,
+                            image_id=extra,
+                            ref=ImageRef(f"\0{column}"),
+                            modality=self.modalities.get(column),
+                        )
+                    )
+
+
+_NO_REF = ImageRef("")
+
+
 def _drop_lesion_conflicts(entries: list[Entry], log: Log) -> list[Entry]:
     """A lesion id under two patients: we cannot tell which is right, so all its rows go."""
-    owners: dict[str, set[str]] = {}
+    first: dict[str, str] = {}  # lesion -> its first patient (a set per lesion costs ~200 B)
+    others: dict[str, set[str]] = {}
     for e in entries:
-        owners.setdefault(e.lesion_id, set()).add(e.patient_id)
-    bad = {lesion: sorted(p) for lesion, p in owners.items() if len(p) > 1}
-    if not bad:
+        if first.setdefault(e.lesion_id, e.patient_id) != e.patient_id:
+            others.setdefault(e.lesion_id, set()).add(e.patient_id)
+    if not others:
         return entries
+    bad = {lesion: sorted({first[lesion], *p}) for lesion, p in others.items()}
+    del first
     kept = []
     for e in entries:
         if e.lesion_id in bad:
@@ -421,7 +479,7 @@ def _locate(
                 )
             continue
         # one file under two spellings (dir/../x.png, an absolute path) is still one file
-        key = os.path.abspath(ref.path) + (f"[{ref.key}]" if ref.key else "")
+        key = os.path.abspath(ref.path) if ref.key is None else (ref.path, ref.key)
         if extra and seen_file.get(key) == e.row:  # the release names the main image twice
             same_file[column] = same_file.get(column, 0) + 1
             continue

@@ -13,10 +13,9 @@ from ...errors import SlimpError
 from .base import (
     Adapter,
     SourceTable,
+    csv_table,
     find_table,
     folder_locator,
-    read_csv_strings,
-    table_from_frame,
 )
 
 
@@ -28,8 +27,7 @@ class CsvTable(Adapter):
     def read(self, source: Path, schema: dict) -> SourceTable:
         table = find_table(source, ("metadata.csv",), pattern="*.csv")
         sep = "\t" if table.suffix.lower() in (".tsv", ".tab") else ","
-        frame = read_csv_strings(table, sep=sep)
-        return table_from_frame(frame, table, folder_locator(table.parent, subdirs=("images",)))
+        return csv_table(table, folder_locator(table.parent, subdirs=("images",)), sep=sep)
 
     def default_schema(self, source: Path):
         raise SlimpError(

@@ -12,10 +12,9 @@ from pathlib import Path
 from .base import (
     Adapter,
     SourceTable,
+    csv_table,
     find_table,
     folder_locator,
-    read_csv_strings,
-    table_from_frame,
 )
 
 
@@ -27,7 +26,6 @@ class Derm7pt(Adapter):
     def read(self, source: Path, schema: dict) -> SourceTable:
         table = find_table(source, ("meta.csv", "meta/meta.csv"))
         root = table.parent.parent if table.parent.name == "meta" else table.parent
-        frame = read_csv_strings(table)
         # Paths in meta.csv are relative to images/; mixed-case names (NEL/Nel026.jpg) exist,
         # so the locator falls back to a case-insensitive name match.
-        return table_from_frame(frame, table, folder_locator(root, subdirs=("images",)))
+        return csv_table(table, folder_locator(root, subdirs=("images",)))

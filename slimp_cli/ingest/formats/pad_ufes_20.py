@@ -12,10 +12,9 @@ from pathlib import Path
 from .base import (
     Adapter,
     SourceTable,
+    csv_table,
     find_table,
     folder_locator,
-    read_csv_strings,
-    table_from_frame,
 )
 
 
@@ -26,5 +25,4 @@ class PadUfes20(Adapter):
 
     def read(self, source: Path, schema: dict) -> SourceTable:
         table = find_table(source, ("metadata.csv",))
-        frame = read_csv_strings(table)
-        return table_from_frame(frame, table, folder_locator(table.parent))
+        return csv_table(table, folder_locator(table.parent))
