@@ -7,6 +7,7 @@ depends on the batch size, never on the number of lesions.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from .runs import check_schema_compatible, load_run, sha256_file
 from .schema import encode_raw, raw_columns
 from .shards import Case, ShardIndex, case_index
 from .store import FeatureStore, FeatureStoreWriter, check_store_destination
+from .stream import VERIFY_MESSAGE, ShardSource, check_template
 from .transforms import Preprocess
 
 
@@ -58,6 +60,7 @@ def embed(
     progress: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
     verify: bool = False,
+    shard_url: str | None = None,
 ) -> Path:
     """Embed every lesion of `data_dir` with the model of `checkpoint`; write the store `out`.
 
@@ -66,20 +69,39 @@ def embed(
     data whose columns the model was not built for (the extrapolation target). `raw/` always holds
     the data's own metadata encoded for baselines. `progress(done, total)` is called per batch.
     An existing `out` is replaced only with `overwrite` (checked before any work); `verify`
-    checks every shard's sha256 against the manifest first.
+    checks every shard's sha256 against the manifest first. `shard_url` streams the shards
+    through a URL template (`{name}` = each shard's file name; `embed_stream.py`): the same
+    store, rows in the same order.
     """
     data_dir, out = Path(data_dir), Path(out)
     if batch_size < 1:
         raise SlimpError(f"--batch-size must be >= 1 (got {batch_size})")
     if workers < 0:
         raise SlimpError(f"--workers must be >= 0 (got {workers})")
+    if shard_url is not None:
+        check_template(shard_url)
+        if verify:
+            raise SlimpError(VERIFY_MESSAGE)
     prepare_output_file(out, "--out")  # before any computing: the folder exists
     check_store_destination(out, overwrite=overwrite)  # and no store is replaced unasked
     dev = resolve_device(device)
     run = load_run(checkpoint, device=dev)
-    model, model_schema = run.model, run.schema
+    if shard_url is not None:
+        from .embed_stream import embed_streamed
+
+        source = ShardSource.open(data_dir, shard_url)
+        return embed_streamed(
+            run,
+            source,
+            out,
+            image_only=image_only,
+            batch_size=batch_size,
+            device=dev,
+            workers=workers,
+            progress=progress,
+        )
     index = ShardIndex.open(data_dir, verify=verify)
-    if getattr(model.inputs, "unit", "patient") == "case":  # SM3: one row per case
+    if getattr(run.model.inputs, "unit", "patient") == "case":  # SM3: one row per case
         return embed_cases(
             run,
             index,
@@ -90,38 +112,12 @@ def embed(
             workers=workers,
             progress=progress,
         )
-    data_schema = index.schema
-    variant = model.config.variant
-    inputs = model.inputs
-    if not image_only and variant != "image":
-        check_schema_compatible(
-            model_schema, data_schema, model_where=str(run.run_dir), data_where=str(data_dir)
-        )
-    # Exactly the feature levels this model produces (image only with --image-only).
-    levels = ("image",) if image_only else inputs.levels
-    dims = {k: model.feature_dims[k] for k in levels}
-
-    raw_levels = raw_feature_levels(data_schema)
-    raw_cols = {k: raw_columns(v) for k, v in raw_levels.items()}
-
+    plan = store_plan(run, index.schema, data_dir, image_only)
     pairs = [(p, j) for p in range(len(index)) for j in range(len(index.patient(p).lesions))]
     if not pairs:
         raise SlimpError(f"{data_dir}: no lesions to embed")
-    classes = data_schema.classes
-    class_index = {c: i for i, c in enumerate(classes)}
     manifest_sha, sides, holdout = data_record(run, data_dir, index, [p for p, _ in pairs])
-    store_config = {
-        "model": model.config.to_dict(),
-        "variant": variant,
-        "image_only": image_only,
-        "checkpoint": str(run.checkpoint),
-        "checkpoint_sha256": run.sha256,
-        "preprocess": run.preprocess.to_dict(),
-        "data": str(data_dir),
-        "manifest_sha256": manifest_sha,
-        "seen_in_training": sides is not None,
-        "train_schema_fingerprint": model_schema.fingerprint() if model_schema else None,
-    }
+    config = plan.store_config(manifest_sha, sides)
     loader = torch.utils.data.DataLoader(
         LesionImages(data_dir, pairs, run.preprocess),
         batch_size=batch_size,
@@ -129,61 +125,149 @@ def embed(
         num_workers=workers,
         persistent_workers=False,
     )
-    use_amp = dev.type == "cuda"
-    with (
-        FeatureStoreWriter(
-            out,
-            n=len(pairs),
-            dims=dims,
-            config=store_config,
-            schema=data_schema.to_dict(),
-            classes=classes,
-            variant="image" if image_only else variant,
-            raw_columns=raw_cols,
-        ) as writer,
-        torch.no_grad(),
-    ):
+    model = run.model
+    with FeatureStoreWriter(out, n=len(pairs), **plan.writer(config)) as writer, torch.no_grad():
         start = 0
         for images in loader:
             chunk = pairs[start : start + len(images)]
             start += len(images)
             recs = [index.patient(p) for p, _ in chunk]
             lesions = [rec.lesions[j] for rec, (_, j) in zip(recs, chunk)]
-            patient_rows = [patient_record(rec.fields, rec.derived) for rec in recs]
-            lesion_rows = [les["fields"] for les in lesions]
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                feats = {"image": model.encode_image(images.to(dev))}
-                if "patient" in levels:
-                    feats["patient"] = model.encode_patient(
-                        inputs.patient_tab(patient_rows).to(dev)
-                    )
-                if "lesion" in levels:
-                    feats["lesion"] = model.encode_lesion(
-                        inputs.lesion_tab(patient_rows, lesion_rows).to(dev)
-                    )
-            raw = {}
-            for level, feats_spec in raw_levels.items():
-                rows = lesion_rows if level == "lesion" else patient_rows
-                raw[level] = encode_raw(feats_spec, rows)
+            patients = [patient_record(rec.fields, rec.derived) for rec in recs]
             writer.append(
-                lesion_id=[les["lesion_id"] for les in lesions],
-                patient_id=[rec.patient_id for rec in recs],
-                label=[class_index.get(les.get("label"), -1) for les in lesions],
-                malignant=[int(les.get("malignant", -1)) for les in lesions],
-                features={k: v.float().cpu().numpy() for k, v in feats.items()},
-                raw=raw,
+                **lesion_rows(
+                    model,
+                    plan,
+                    images=images,
+                    patient_ids=[rec.patient_id for rec in recs],
+                    patients=patients,
+                    lesions=lesions,
+                    device=dev,
+                )
             )
             if progress is not None:
                 progress(start, len(pairs))
-        if sides is not None:
-            writer.set_split(sides, fingerprint=holdout.fingerprint, fraction=holdout.fraction)
-        if "patient" in levels:
-            layer = model.phenotype_layer
-            writer.set_phenotype(
-                layer.weight.detach().float().cpu().numpy(),
-                layer.bias.detach().float().cpu().numpy(),
-            )
+        finish_store(writer, model, plan, sides, holdout)
     return out
+
+
+@dataclass
+class StorePlan:
+    """What a SLIMP store of some data holds: the feature levels, the raw metadata levels,
+    the classes, and the store's config.json (its data part filled per store)."""
+
+    levels: tuple[str, ...]
+    dims: dict[str, int]
+    raw_levels: dict[str, list[dict]]
+    classes: list[str]
+    variant: str
+    schema: dict
+    config: dict
+
+    @property
+    def class_index(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.classes)}
+
+    def store_config(self, manifest_sha: str | None, sides, **extra) -> dict:
+        return {
+            **self.config,
+            "manifest_sha256": manifest_sha,
+            "seen_in_training": sides is not None,
+            **extra,
+        }
+
+    def writer(self, config: dict) -> dict:
+        """`FeatureStoreWriter` arguments but the path and n."""
+        return dict(
+            dims=self.dims,
+            config=config,
+            schema=self.schema,
+            classes=self.classes,
+            variant=self.variant,
+            raw_columns={k: raw_columns(v) for k, v in self.raw_levels.items()},
+        )
+
+
+def store_plan(run, data_schema, data_dir: Path, image_only: bool) -> StorePlan:
+    """The StorePlan of `run`'s model on data of `data_schema` (its schema checked against the
+    model's, unless image features alone are written)."""
+    model, model_schema = run.model, run.schema
+    variant = model.config.variant
+    if not image_only and variant != "image":
+        check_schema_compatible(
+            model_schema, data_schema, model_where=str(run.run_dir), data_where=str(data_dir)
+        )
+    # Exactly the feature levels this model produces (image only with --image-only).
+    levels = ("image",) if image_only else tuple(model.inputs.levels)
+    return StorePlan(
+        levels=levels,
+        dims={k: model.feature_dims[k] for k in levels},
+        raw_levels=raw_feature_levels(data_schema),
+        classes=list(data_schema.classes),
+        variant="image" if image_only else variant,
+        schema=data_schema.to_dict(),
+        config={
+            "model": model.config.to_dict(),
+            "variant": variant,
+            "image_only": image_only,
+            "checkpoint": str(run.checkpoint),
+            "checkpoint_sha256": run.sha256,
+            "preprocess": run.preprocess.to_dict(),
+            "data": str(data_dir),
+            "train_schema_fingerprint": model_schema.fingerprint() if model_schema else None,
+        },
+    )
+
+
+def finish_store(writer, model, plan: StorePlan, sides, holdout) -> None:
+    """The rows' train/holdout sides (the run's training data only) and the phenotype layer
+    (models with patient features)."""
+    if sides is not None:
+        writer.set_split(sides, fingerprint=holdout.fingerprint, fraction=holdout.fraction)
+    if "patient" in plan.levels:
+        layer = model.phenotype_layer
+        writer.set_phenotype(
+            layer.weight.detach().float().cpu().numpy(),
+            layer.bias.detach().float().cpu().numpy(),
+        )
+
+
+def lesion_rows(
+    model,
+    plan: StorePlan,
+    *,
+    images: torch.Tensor,
+    patient_ids: list[str],
+    patients: list[dict],
+    lesions: list[dict],
+    device: torch.device,
+) -> dict:
+    """The store columns (`FeatureStoreWriter.append`'s arguments) of b lesion rows: features
+    of the plan's levels (bf16 autocast on CUDA), raw metadata, ids, labels. `images`
+    [b, 3, S, S] uint8 (`Preprocess.load_uint8`); `patients` the rows' patient records
+    (fields + derived), `lesions` their lesions.json entries."""
+    inputs, levels, class_index = model.inputs, plan.levels, plan.class_index
+    lesion_fields = [les["fields"] for les in lesions]
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        feats = {"image": model.encode_image(images.to(device))}
+        if "patient" in levels:
+            feats["patient"] = model.encode_patient(inputs.patient_tab(patients).to(device))
+        if "lesion" in levels:
+            feats["lesion"] = model.encode_lesion(
+                inputs.lesion_tab(patients, lesion_fields).to(device)
+            )
+    raw = {
+        level: encode_raw(spec, lesion_fields if level == "lesion" else patients)
+        for level, spec in plan.raw_levels.items()
+    }
+    return dict(
+        lesion_id=[les["lesion_id"] for les in lesions],
+        patient_id=list(patient_ids),
+        label=[class_index.get(les.get("label"), -1) for les in lesions],
+        malignant=[int(les.get("malignant", -1)) for les in lesions],
+        features={k: v.float().cpu().numpy() for k, v in feats.items()},
+        raw=raw,
+    )
 
 
 def raw_feature_levels(schema) -> dict[str, list[dict]]:

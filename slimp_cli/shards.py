@@ -245,20 +245,8 @@ class ShardIndex:
         Every shard's patient and image counts and size are checked against manifest.json
         (free: the index reads every header anyway); `verify` also checks its sha256 (reads
         every byte). A mismatch is a SlimpError naming the shard."""
-        from .schema import ResolvedSchema
-
         data_dir = Path(data_dir)
-        if not data_dir.is_dir():
-            raise SlimpError(f"{data_dir}: no such folder (run slimp ingest first)")
-        manifest_path = data_dir / "manifest.json"
-        if not manifest_path.is_file():
-            raise SlimpError(
-                f"{data_dir}: no manifest.json (not an ingested folder, or an interrupted ingest)"
-            )
-        manifest = read_json(manifest_path)
-        if manifest.get("complete") is not True:
-            raise SlimpError(f"{manifest_path}: ingest did not complete; run slimp ingest again")
-        schema = ResolvedSchema.load(data_dir / "schema.json")
+        manifest, schema = read_ingest_files(data_dir)
         names = [s["name"] for s in manifest.get("shards", [])] or sorted(
             p.name for p in data_dir.glob(SHARD_GLOB)
         )
@@ -317,6 +305,25 @@ class ShardIndex:
     def __iter__(self) -> Iterator[PatientRecord]:
         for i in range(len(self)):
             yield self.patient(i)
+
+
+def read_ingest_files(data_dir: Path):
+    """(manifest dict, ResolvedSchema) of an ingested folder: its small files, which every
+    reader needs, local or streaming. SlimpError for a missing folder or file, or an ingest
+    that did not complete."""
+    from .schema import ResolvedSchema
+
+    if not data_dir.is_dir():
+        raise SlimpError(f"{data_dir}: no such folder (run slimp ingest first)")
+    manifest_path = data_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise SlimpError(
+            f"{data_dir}: no manifest.json (not an ingested folder, or an interrupted ingest)"
+        )
+    manifest = read_json(manifest_path)
+    if manifest.get("complete") is not True:
+        raise SlimpError(f"{manifest_path}: ingest did not complete; run slimp ingest again")
+    return manifest, ResolvedSchema.load(data_dir / "schema.json")
 
 
 def check_shard(path: Path, entries: list[_Entry], listed: dict, *, sha256: bool) -> None:

@@ -160,11 +160,14 @@ class FeatureStoreWriter:
         features: Mapping[str, np.ndarray],
         raw: Mapping[str, np.ndarray] | None = None,
         modalities: np.ndarray | None = None,
+        at: int | None = None,
     ) -> None:
         """Append b rows. Shape: ids/label/malignant [b]; features[level] [b, D]; raw[level] [b, R];
         modalities [b, M] (0/1; required when the writer declared modalities).
 
-        Every level given in `dims` (and every raw level declared) must be present.
+        Every level given in `dims` (and every raw level declared) must be present. `at` writes
+        the rows at rows [at, at + b) instead (a writer with a declared n, filled out of order,
+        each row once: close() checks the count), e.g. shards embedded by parallel readers.
         """
         b = len(lesion_id)
         raw = dict(raw or {})
@@ -196,15 +199,18 @@ class FeatureStoreWriter:
                 raise SlimpError(
                     f"feature store: {name} chunk has shape {arr.shape}, expected {(b, *width)}"
                 )
-        end = self.rows + b
+        if at is not None and (self.n is None or at < 0):
+            raise SlimpError("feature store: rows written `at` a position need a declared n >= 0")
+        start = self.rows if at is None else at
+        end = start + b
         if self.n is not None and end > self.n:
             raise SlimpError(f"feature store: appending {b} rows exceeds the declared n={self.n}")
         for name, arr in columns.items():
             ds = self.f[name]
             if ds.shape[0] < end:  # only when n is unknown: grow geometrically
                 ds.resize(max(end, 2 * ds.shape[0]), axis=0)
-            ds[self.rows : end] = arr
-        self.rows = end
+            ds[start:end] = arr
+        self.rows += b
 
     def set_phenotype(self, weight: np.ndarray, bias: np.ndarray) -> None:
         """Store the phenotype layer z = weight @ concat(w, h) + bias. Shape: weight [D, 2D], bias [D]."""

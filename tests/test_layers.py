@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "slimp_cli.ingest",
             "slimp_cli.embed",
+            "slimp_cli.embed_stream",
             "slimp_cli.foreign",
             "slimp_cli.eval",
             "slimp_cli.export",
@@ -41,7 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "slimp_cli.model_config",
         ),
     ),
-    ("contracts", ("slimp_cli.schema", "slimp_cli.shards", "slimp_cli.store")),
+    ("contracts", ("slimp_cli.schema", "slimp_cli.shards", "slimp_cli.stream", "slimp_cli.store")),
     ("base", ("slimp_cli.errors", "slimp_cli.paths", "slimp_cli.devices", "slimp_cli")),
 ]
 

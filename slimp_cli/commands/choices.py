@@ -80,3 +80,23 @@ WORKERS_HELP = (
     "Worker processes decoding images (0 = none: the main process decodes). Results do not "
     "depend on it."
 )
+
+
+def shard_url(template: str | None) -> str | None:
+    """A Typer callback: `--shard-url` must name the shard with `{name}` (exit 2 otherwise)."""
+    if template is None:
+        return None
+    if "{name}" not in template:
+        raise typer.BadParameter(
+            f"{template!r} has no {{name}}: give a template in which {{name}} becomes each "
+            "shard's file name, e.g. 'pipe:aws s3 cp s3://bucket/pad/{name} -'"
+        )
+    return template
+
+
+SHARD_URL_HELP = (
+    "Stream the shards instead of reading DATA's tar files: a URL template that webdataset "
+    "opens, {name} = each shard's file name in DATA/manifest.json ('pipe:aws s3 cp "
+    "s3://bucket/pad/{name} -', 'https://host/pad/{name}', '/mnt/other/{name}'). DATA keeps "
+    "manifest.json and schema.json (and index.json: the patients without their images)."
+)

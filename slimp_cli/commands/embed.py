@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from .choices import DEVICE_HELP, WORKERS_HELP, device_name
+from .choices import DEVICE_HELP, SHARD_URL_HELP, WORKERS_HELP, device_name
+from .choices import shard_url as shard_url_template
 
 console = Console(stderr=True)
 
@@ -53,6 +54,13 @@ def embed_cmd(
     img_size: int | None = typer.Option(
         None, "--img-size", help="--image-model input side (default: its pretrained config's)."
     ),
+    shard_url: str | None = typer.Option(
+        None,
+        "--shard-url",
+        help=SHARD_URL_HELP + " The store is the same, rows in the same order; with --workers "
+        "each worker streams every Nth shard.",
+        callback=shard_url_template,
+    ),
 ) -> None:
     """Cache frozen-encoder embeddings (image, lesion, patient) of every lesion in an HDF5 store.
 
@@ -74,6 +82,10 @@ def embed_cmd(
     from ..embed import embed, store_summary
 
     foreign = _foreign_args(checkpoint, data, image_model, image_weights, img_size)
+    if foreign is not None and shard_url is not None:
+        raise typer.BadParameter(
+            "embeds a slimp run's store; --image-model reads local shards", param_hint="--shard-url"
+        )
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -109,6 +121,7 @@ def embed_cmd(
                 overwrite=overwrite,
                 verify=verify,
                 progress=update,
+                shard_url=shard_url,
             )
     info = store_summary(path)
     dims = ", ".join(f"{k} {v}" for k, v in info["features"].items())

@@ -193,6 +193,23 @@ Progress = Annotated[
 Verify = Annotated[
     bool, typer.Option("--verify", help="Check every shard's sha256 against manifest.json first.")
 ]
+ShardUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--shard-url",
+        help=C.SHARD_URL_HELP
+        + " Training then streams at epoch granularity: no per-epoch validation loss, "
+        "standardisation from schema.json; under torchrun each process reads its own shards. "
+        "Not with --method sm3.",
+        callback=C.shard_url,
+    ),
+]
+RESUME_HELP = (
+    "Continue the run in --out from checkpoint-last.pt (same result as an uninterrupted run). "
+    "With --shard-url the run resumes streamed (same template or another one for the same "
+    "data): exactly at an epoch boundary; a checkpoint inside an epoch re-reads (without "
+    "decoding) the epoch's stream up to its step and needs the same --workers."
+)
 
 
 def _train_options(options: dict) -> dict:
@@ -222,7 +239,11 @@ def _summary(run_dir: Path) -> None:
 
 
 def pretrain_cmd(
-    data: Path = typer.Argument(..., help="Shard folder written by slimp ingest."),
+    data: Path = typer.Argument(
+        ...,
+        help="Shard folder written by slimp ingest (with --shard-url: its manifest.json and "
+        "schema.json).",
+    ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Run dir to create (config.json, checkpoints, metrics.jsonl)."
     ),
@@ -329,13 +350,10 @@ def pretrain_cmd(
     log_every: LogEvery = None,
     report_to: ReportTo = None,
     keep_epoch_checkpoints: KeepEpochCheckpoints = None,
-    resume: bool = typer.Option(
-        False,
-        "--resume",
-        help="Continue the run in --out from checkpoint-last.pt (same result as an uninterrupted run).",
-    ),
+    resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
     progress: Progress = True,
     verify: Verify = False,
+    shard_url: ShardUrl = None,
 ) -> None:
     """Pre-train SLIMP (nested image-metadata contrastive learning) on ingested shards.
 
@@ -379,7 +397,14 @@ def pretrain_cmd(
         saved_model, saved_train = recipe_from_config(config)
         model, train = {**saved_model, **model}, {**saved_train, **train}
     run_dir = pretrain(
-        data, out, model=model, train=train, resume=resume, progress=progress, verify=verify
+        data,
+        out,
+        model=model,
+        train=train,
+        resume=resume,
+        progress=progress,
+        verify=verify,
+        shard_url=shard_url,
     )
     _summary(run_dir)
 
@@ -423,9 +448,12 @@ def adapt_cmd(
     log_every: LogEvery = None,
     report_to: ReportTo = None,
     keep_epoch_checkpoints: KeepEpochCheckpoints = None,
-    resume: bool = typer.Option(False, "--resume", help="Continue the adapt run in --out."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the adapt run in --out (--shard-url: as pretrain's)."
+    ),
     progress: Progress = True,
     verify: Verify = False,
+    shard_url: ShardUrl = None,
 ) -> None:
     """Continual pre-training of a SLIMP model on a target dataset (paper Sec. 3.2).
 
@@ -444,6 +472,7 @@ def adapt_cmd(
         resume=resume,
         progress=progress,
         verify=verify,
+        shard_url=shard_url,
     )
     _summary(run_dir)
 

@@ -23,6 +23,7 @@ from .loop import TrainResult, notice, run_training
 from .session import (
     SM3_MESSAGE,
     check_resume_data,
+    check_resume_source,
     check_resume_train,
     data_record,
     holdout_record,
@@ -54,9 +55,10 @@ def adapt_run(
     resume: bool = False,
     progress: bool = False,
     verify: bool = False,
+    shard_url: str | None = None,
 ) -> TrainResult:
     """`adapt` returning the `TrainResult` (with the adapted model) instead of the path."""
-    with single_writer(out, data, verify=verify):  # one writer per run dir
+    with single_writer(out, data, verify=verify, shard_url=shard_url):  # one writer per run dir
         data, out = Path(data), Path(out)
         saved = prepare_out(out, resume)
         if tune is None:
@@ -73,11 +75,12 @@ def adapt_run(
         ckpt_path, _ = resolve_checkpoint(checkpoint)
         device = D.device_for(train_cfg.device)
         with training_session(device) as info:
-            index = open_training_data(data)
+            index = open_training_data(data, shard_url, info)
             state = None
             if saved is not None:
                 check_resume_train(saved, train_cfg, out)
                 check_resume_data(saved, index, out, data)
+                check_resume_source(saved, index, out)
             # The target's own held-out patients (the source run's split was of other data).
             patients = split_patients(index, train_cfg, run_dir=out, saved=saved, info=info)
             schema = patients.schema
@@ -165,6 +168,7 @@ def adapt(
     resume: bool = False,
     progress: bool = False,
     verify: bool = False,
+    shard_url: str | None = None,
 ) -> Path:
     """Continual pre-training of the model in `checkpoint` on the shards in `data` -> run dir.
 
@@ -179,6 +183,7 @@ def adapt(
         resume: continue an interrupted adapt run in `out`.
         progress: show a progress bar on stderr.
         verify: check every shard's sha256 against the data's manifest.json first.
+        shard_url: stream the target's shards through this URL template (as `pretrain`).
 
     `config.json` records the source checkpoint (path, sha256), `tune` and the names of the
     trainable parameters (`trainable`).
@@ -192,4 +197,5 @@ def adapt(
         resume=resume,
         progress=progress,
         verify=verify,
+        shard_url=shard_url,
     ).run_dir

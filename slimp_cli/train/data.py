@@ -379,6 +379,29 @@ def batch_to(batch: dict, device: torch.device, preprocess: Preprocess | None = 
     return out
 
 
+class LocalBatches:
+    """The local path's batches for the training loop: the sampler's plan of each epoch through
+    one DataLoader (random access; resumes at any step). The streamed path
+    (`train.stream.StreamBatches`) has the same interface."""
+
+    record = None  # no config.json block of its own
+
+    def __init__(self, sampler: PatientBatchSampler, loader: torch.utils.data.DataLoader) -> None:
+        self.sampler = sampler
+        self.loader = loader
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.steps_per_epoch
+
+    def check_resume(self, state: dict | None) -> None:
+        """Any checkpoint step resumes exactly here."""
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        self.sampler.set_epoch(epoch, start_step)
+        return self.loader
+
+
 def make_loader(
     dataset: PatientDataset,
     sampler: PatientBatchSampler,

@@ -33,8 +33,10 @@ from ..errors import SlimpError, TrainingInterrupted
 from ..paths import write_json
 from ..runs import CONFIG, LAST, METRICS, epoch_name, save_checkpoint, set_rng_state
 from ..schema import ResolvedSchema
+from ..stream import ShardSource
 from . import distributed as D
 from .data import (
+    LocalBatches,
     PatientBatchSampler,
     PatientDataset,
     batch_to,
@@ -48,6 +50,7 @@ from .precision import autocast as autocast_for
 from .precision import grad_scaler, resolve_precision
 from .records import check_world_size, environment
 from .report import log_line, open_mirror
+from .stream import stream_batches
 from .train_config import TrainConfig
 
 NO_DECAY_NAMES = ("cls_token", "pos_embed", "reg_token", "dist_token")
@@ -256,6 +259,9 @@ def run_training(
     loaded checkpoint to continue from (model weights are loaded here too). `patients`
     (`session.TrainingPatients`) says which patients train; the held-out ones give a
     validation loss after every epoch (`val_loss` rows of metrics.jsonl). None = all train.
+    `index` is a `ShardIndex` (random access, train/data.py) or, with `--shard-url`, a
+    `stream.ShardSource` (streamed at epoch granularity, train/stream.py: no validation loss;
+    config.json gains a `stream` block).
     `hooks` (SM3's
     multi-label stage: `train.sm3.PseudoLabels`) keeps state across steps: `start(extra)`
     before training, `epoch_start(epoch, step_in_epoch)`, `outputs(batch, outputs)` after the
@@ -266,66 +272,37 @@ def run_training(
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise SlimpError("no trainable parameters (check --tune)")
-    val_plan = []
-    if getattr(model.inputs, "unit", "patient") == "case":  # SM3: cases, not patients
-        dataset, sampler, collate_fn = case_training_data(
-            index, model, train, info, use=patients.use if patients is not None else None
-        )
-    else:
-        dataset = PatientDataset(
+    pin_memory = device.type == "cuda"
+    if isinstance(index, ShardSource):  # --shard-url: streamed at epoch granularity
+        batches = stream_batches(
             index,
-            inputs=model.inputs,
-            preprocess=model.preprocess,
-            classes=schema.classes if schema else (),
-            augment=train.augment,
-            recipe=train.augment_recipe,
+            model=model,
+            schema=schema,
+            patients=patients,
+            train=train,
+            info=info,
+            pin_memory=pin_memory,
         )
-        infos = patient_infos(index)
-        # SimCLR (two views) draws B x N single images at random: see PatientBatchSampler.
-        images_per_batch = (
-            train.patients_per_batch * train.lesions_per_patient if model.inputs.two_views else None
+        dataset, val_plan = None, []  # no validation loss (see train/stream.py)
+    else:
+        batches, dataset, val_plan = local_batches(
+            model, schema, index, patients, train, info, pin_memory=pin_memory
         )
-        sampler = PatientBatchSampler(
-            infos,
-            patients_per_batch=train.patients_per_batch,
-            lesions_per_patient=train.lesions_per_patient,
-            positive_sampling=train.positive_sampling,
-            seed=train.seed,
-            rank=info.rank,
-            world_size=info.world_size,
-            use=patients.use if patients is not None else None,
-            images_per_batch=images_per_batch,
-        )
-        collate_fn = collate
-        if patients is not None and patients.validation:
-            val_plan = validation_plan(
-                infos,
-                patients.validation,
-                patients_per_batch=train.patients_per_batch,
-                lesions_per_patient=train.lesions_per_patient,
-                seed=train.seed,
-                images_per_batch=images_per_batch,
-            )
 
     if resume_state is not None:
         check_world_size(resume_state.get("config"), info.world_size, run_dir)
+        batches.check_resume(resume_state)
     # versions, git commit, command line, resolved device and world size of this session
     config = {**config, "environment": environment(device, info.world_size)}
+    if batches.record is not None:
+        config["stream"] = batches.record
     run_dir.mkdir(parents=True, exist_ok=True)
     if info.is_main:
         write_json(run_dir / CONFIG, config)
     model.to(device)
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
-    loader = make_loader(
-        dataset,
-        sampler,
-        workers=train.workers if train.workers is not None else default_workers(),
-        prefetch=train.prefetch,
-        pin_memory=device.type == "cuda",
-        collate_fn=collate_fn,
-    )
-    steps_per_epoch = sampler.steps_per_epoch
+    steps_per_epoch = batches.steps_per_epoch
     total = train.epochs * steps_per_epoch
     warmup = train.schedule_warmup(total)
 
@@ -410,12 +387,11 @@ def run_training(
         stack.callback(metrics.close)
         stack.callback(bar.close)
         while epoch < train.epochs and step < stop_at:
-            sampler.set_epoch(epoch, start_in_epoch)
             s = start_in_epoch
             if hooks is not None:
                 hooks.epoch_start(epoch, start_in_epoch)
             set_train_mode(model)
-            for batch in loader:
+            for batch in batches.epoch(epoch, start_in_epoch):
                 batch = batch_to(batch, device, model.preprocess)
                 with autocast:
                     outputs = net(batch)
@@ -508,6 +484,60 @@ def run_training(
                     "continue with the same command and --resume"
                 )
     return TrainResult(run_dir=run_dir, model=model, step=step, epoch=epoch, metrics=logged)
+
+
+def local_batches(model, schema, index, patients, train: TrainConfig, info, *, pin_memory: bool):
+    """(LocalBatches, dataset, validation plan) of the local path: the sampler's plan over a
+    ShardIndex (random access), SM3's cases or SLIMP's patients."""
+    val_plan = []
+    if getattr(model.inputs, "unit", "patient") == "case":  # SM3: cases, not patients
+        dataset, sampler, collate_fn = case_training_data(
+            index, model, train, info, use=patients.use if patients is not None else None
+        )
+    else:
+        dataset = PatientDataset(
+            index,
+            inputs=model.inputs,
+            preprocess=model.preprocess,
+            classes=schema.classes if schema else (),
+            augment=train.augment,
+            recipe=train.augment_recipe,
+        )
+        infos = patient_infos(index)
+        # SimCLR (two views) draws B x N single images at random: see PatientBatchSampler.
+        images_per_batch = (
+            train.patients_per_batch * train.lesions_per_patient if model.inputs.two_views else None
+        )
+        sampler = PatientBatchSampler(
+            infos,
+            patients_per_batch=train.patients_per_batch,
+            lesions_per_patient=train.lesions_per_patient,
+            positive_sampling=train.positive_sampling,
+            seed=train.seed,
+            rank=info.rank,
+            world_size=info.world_size,
+            use=patients.use if patients is not None else None,
+            images_per_batch=images_per_batch,
+        )
+        collate_fn = collate
+        if patients is not None and patients.validation:
+            val_plan = validation_plan(
+                infos,
+                patients.validation,
+                patients_per_batch=train.patients_per_batch,
+                lesions_per_patient=train.lesions_per_patient,
+                seed=train.seed,
+                images_per_batch=images_per_batch,
+            )
+    loader = make_loader(
+        dataset,
+        sampler,
+        workers=train.workers if train.workers is not None else default_workers(),
+        prefetch=train.prefetch,
+        pin_memory=pin_memory,
+        collate_fn=collate_fn,
+    )
+    return LocalBatches(sampler, loader), dataset, val_plan
 
 
 def enable_grad_checkpointing(model: nn.Module) -> None:

@@ -17,6 +17,7 @@ from . import distributed as D
 from .loop import TrainResult, notice, run_training
 from .session import (
     check_resume_data,
+    check_resume_source,
     check_resume_train,
     data_record,
     holdout_record,
@@ -30,6 +31,7 @@ from .session import (
     training_session,
 )
 from .sm3 import prepare_sm3, sm3_defaults, sm3_model_config
+from .stream import SM3_STREAM_MESSAGE
 from .train_config import TrainConfig
 
 
@@ -42,9 +44,10 @@ def pretrain_run(
     resume: bool = False,
     progress: bool = False,
     verify: bool = False,
+    shard_url: str | None = None,
 ) -> TrainResult:
     """`pretrain` returning the `TrainResult` (with the trained model) instead of the path."""
-    with single_writer(out, data, verify=verify):  # one writer per run dir
+    with single_writer(out, data, verify=verify, shard_url=shard_url):  # one writer per run dir
         data, out = Path(data), Path(out)
         saved = prepare_out(out, resume)
         model_defaults, train_defaults = sm3_defaults(train, saved)
@@ -52,11 +55,13 @@ def pretrain_run(
             model, train, saved=saved, train_defaults=train_defaults, model_defaults=model_defaults
         )
         sm3 = train_cfg.method == "sm3"
+        if sm3 and shard_url is not None:
+            raise SlimpError(SM3_STREAM_MESSAGE)
         if sm3:
             model_cfg = sm3_model_config(model_cfg, model, train_cfg, saved)
         device = D.device_for(train_cfg.device)
         with training_session(device) as info:
-            index = open_training_data(data)
+            index = open_training_data(data, shard_url, info)
             schema = index.schema
             if not sm3 and model_cfg.variant == "nested" and not schema.has_patient_features:
                 model_cfg = model_cfg.replace(variant="flat")
@@ -69,6 +74,7 @@ def pretrain_run(
             if saved is not None:
                 check_resume_train(saved, train_cfg, out)
                 check_resume_data(saved, index, out, data)
+                check_resume_source(saved, index, out)
             patients = split_patients(index, train_cfg, run_dir=out, saved=saved, info=info)
             schema = patients.schema  # numerical statistics of the training patients
             seed_everything(train_cfg.seed)
@@ -125,6 +131,7 @@ def pretrain(
     resume: bool = False,
     progress: bool = False,
     verify: bool = False,
+    shard_url: str | None = None,
 ) -> Path:
     """Pre-train SLIMP on the ingested shards in `data`; write the run dir `out`; return it.
 
@@ -139,6 +146,9 @@ def pretrain(
             sampler state); on CPU the result equals an uninterrupted run's, bit for bit.
         progress: show a progress bar on stderr.
         verify: check every shard's sha256 against the data's manifest.json first.
+        shard_url: stream the shards through this URL template (`{name}` = each shard's file
+            name in manifest.json; `data` then needs only manifest.json, schema.json and,
+            ideally, index.json): batches at epoch granularity (train/stream.py).
 
     Raises:
         SlimpError: bad options, unreadable data, fewer patients than a batch, a non-finite
@@ -146,7 +156,14 @@ def pretrain(
             process writing `out`.
     """
     return pretrain_run(
-        data, out, model=model, train=train, resume=resume, progress=progress, verify=verify
+        data,
+        out,
+        model=model,
+        train=train,
+        resume=resume,
+        progress=progress,
+        verify=verify,
+        shard_url=shard_url,
     ).run_dir
 
 

@@ -36,8 +36,10 @@ from ..runs import (
 )
 from ..schema import ResolvedSchema
 from ..shards import ShardIndex, verify_shards
+from ..stream import VERIFY_MESSAGE, ShardSource, check_template
 from . import distributed as D
 from .loop import notice, parameter_counts, trainable_names
+from .stream import STATISTICS_NOTE
 from .train_config import RESUMABLE_CHANGES, TrainConfig
 
 # `adapt` is SLIMP's continual pre-training (new tabular inputs); SM3 has no metadata encoder.
@@ -118,10 +120,29 @@ def check_resume_data(saved: dict, index, run_dir: Path, data_dir: Path) -> None
         )
 
 
+def check_resume_source(saved: dict, index, run_dir: Path) -> None:
+    """A run resumes reading its data as it started: from local shards, or streamed (the
+    template itself may change, e.g. a moved bucket: manifest.json says it is the same data)."""
+    was = saved.get("data", {}).get("shard_url")
+    now = index.template if isinstance(index, ShardSource) else None
+    if (was is None) != (now is None):
+        how = f"--shard-url {was!r}" if was else "the local shards (no --shard-url)"
+        raise SlimpError(
+            f"{run_dir} was trained from {how}; --resume it the same way (the batches of a "
+            "streamed and a local run differ)"
+        )
+
+
 @contextlib.contextmanager
-def single_writer(out: str | Path, data: str | Path, *, verify: bool) -> Iterator[None]:
+def single_writer(
+    out: str | Path, data: str | Path, *, verify: bool, shard_url: str | None = None
+) -> Iterator[None]:
     """Hold the run dir's one-writer lock for the whole run (from the resume checks to the last
     checkpoint; rank 0 only under torchrun); with `verify`, check the shards' sha256 first."""
+    if shard_url is not None:
+        check_template(shard_url)
+        if verify:
+            raise SlimpError(VERIFY_MESSAGE)
     with run_dir_lock(out, enabled=D.env_info().is_main):
         if verify:
             verify_shards(data)
@@ -149,9 +170,10 @@ class TrainingPatients:
     """Which patients train and which are held out, and the schema the model encodes with."""
 
     holdout: Holdout
-    use: list[int]  # ShardIndex positions of the training patients
+    use: list[int]  # ShardIndex positions of the training patients (streamed: index entries)
     validation: list[int]  # positions of the held-out patients
     schema: ResolvedSchema  # numerical statistics from the training patients alone
+    statistics_from: str = "training patients"
 
 
 def split_patients(
@@ -162,7 +184,12 @@ def split_patients(
     The split is drawn once, from the data being trained on (`adapt` draws its own on the
     target), and `--resume` re-reads it, so a run never trains on a held-out patient.
     """
-    ids, positive = patient_positives(index)
+    streamed = isinstance(index, ShardSource)
+    if streamed:  # index.json (or one JSON-only pass): ids and malignancy, no images
+        entries = index.patient_entries()
+        ids, positive = [e.patient_id for e in entries], [e.positive for e in entries]
+    else:
+        ids, positive = patient_positives(index)
     if saved is not None and (run_dir / HOLDOUT).is_file():
         holdout = read_holdout(run_dir)
     else:
@@ -178,15 +205,26 @@ def split_patients(
         )
     use = [i for i, pid in enumerate(ids) if pid not in holdout]
     validation = [i for i, pid in enumerate(ids) if pid in holdout]
-    schema = index.schema
-    if validation:
+    schema, statistics = index.schema, "all patients"
+    if validation and streamed:
+        # NOTE[DIFF]: the local path standardises with the training patients' statistics;
+        # a stream has read no patient's fields yet, so schema.json's (all patients) serve.
+        statistics = STATISTICS_NOTE
+    elif validation:
+        statistics = "training patients"
         patients, lesions = [], []
         for i in use:
             rec = index.patient(i)
             patients.append(patient_record(rec.fields, rec.derived))
             lesions += [les.get("fields") or {} for les in rec.lesions]
         schema = schema.with_statistics(patients, lesions)
-    return TrainingPatients(holdout=holdout, use=use, validation=validation, schema=schema)
+    return TrainingPatients(
+        holdout=holdout,
+        use=use,
+        validation=validation,
+        schema=schema,
+        statistics_from=statistics,
+    )
 
 
 def holdout_record(split: TrainingPatients) -> dict:
@@ -199,19 +237,24 @@ def holdout_record(split: TrainingPatients) -> dict:
         "fingerprint": h.fingerprint,
         "patients_held_out": len(split.validation),
         "patients_trained": len(split.use),
-        "statistics_from": "training patients" if split.validation else "all patients",
+        "statistics_from": split.statistics_from,
     }
 
 
 def data_record(data_dir: Path, index) -> dict:
+    """config.json's `data`: the folder, its manifest's sha256 and, when the shards were
+    streamed, the URL template they came from (`shard_url`)."""
     manifest = data_dir / "manifest.json"
-    return {
+    record = {
         "dir": str(data_dir.resolve()),
         "manifest_sha256": sha256_file(manifest),
         "schema_fingerprint": index.schema.fingerprint(),
         "patients": len(index),
         "lesions": index.manifest.get("counts", {}).get("lesions"),
     }
+    if isinstance(index, ShardSource):
+        record["shard_url"] = index.template
+    return record
 
 
 def run_config(
@@ -250,9 +293,15 @@ def training_session(device: torch.device) -> Iterator[D.DistInfo]:
             D.shutdown()
 
 
-def open_training_data(data: Path):
-    """The ShardIndex of `data`; SlimpError when it holds no patients."""
-    index = ShardIndex.open(data)
+def open_training_data(data: Path, shard_url: str | None = None, info: D.DistInfo | None = None):
+    """The ShardIndex of `data` or, with `shard_url`, its `ShardSource` with the patient index
+    read (index.json, or one JSON-only streaming pass, noticed); SlimpError when it holds no
+    patients."""
+    if shard_url is None:
+        index = ShardIndex.open(data)
+    else:
+        index = ShardSource.open(data, shard_url)
+        index.patient_entries(note=lambda message: notice(message, info))
     if len(index) == 0:
         raise SlimpError(f"{data}: the shards hold no patients; ingest a dataset with images")
     return index
