@@ -127,3 +127,76 @@ def test_decode_ahead_is_bounded(tmp_path, monkeypatch):
     chunksize = max(1, min(16, 3000 // (2 * 8)))
     assert ahead <= max(4 * chunksize, 8) * 2 + 1, ahead
     assert pulled[0] < 3000
+
+
+def test_row_store_groups_patients_in_python_string_order(tmp_path):
+    from slimp_cli.ingest.rows import Entry
+    from slimp_cli.ingest.rowstore import RowStore
+
+    ids = ["b", "B", "a", "é", "Z", "10", "9", "ä", "a", "日本", "a b", "𝔘"]
+    store = RowStore(tmp_path)
+    store.begin()
+    for row, pid in enumerate(ids, 1):
+        store.add(
+            Entry(
+                row=row,
+                patient_id=pid,
+                lesion_id=f"L{row}",
+                image_id=f"I{row}",
+                ref=ImageRef("x"),
+                label=None,
+                malignant=-1,
+                patient_values=(),
+                lesion_values=(row,),
+            )
+        )
+    store.commit()
+    store.promote([(seq, e) for seq, e in store.entries(1)])
+    assert store.patients() == sorted((p, ids.count(p)) for p in set(ids))
+    grouped = [(e.patient_id, e.row) for e in store.grouped()]
+    assert grouped == sorted((p, r) for r, p in enumerate(ids, 1))
+    assert store.first("image", "k", 3) is None and store.first("image", "k", 9) == 3
+    store.close()
+    assert not list(tmp_path.iterdir()), "the scratch file must be deleted"
+
+
+def test_scratch_files_are_removed_after_success_and_failure(tmp_path, pad_source):
+    out = tmp_path / "ok"
+    ingest("pad-ufes-20", pad_source, out, image_size=32)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    table = tmp_path / "bad.csv"
+    table.write_text("image,patient\nnope.jpg,p1\n")
+    schema = {
+        "name": "t",
+        "image": "image",
+        "patient_id": "patient",
+        "lesion_id": None,
+        "label": None,
+        "malignant": [],
+        "patient_features": [],
+        "lesion_features": [],
+        "excluded": [],
+    }
+    try:
+        ingest("csv", table, tmp_path / "failed", schema=schema, image_size=32)
+    except Exception as exc:  # no usable images: a SlimpError
+        assert "no usable" in str(exc)
+    else:
+        raise AssertionError("ingest of a table without images succeeded")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".slimp-")]
+
+
+def test_hdf5_locator_finds_top_level_names_only(tmp_path):
+    import h5py
+    import numpy as np
+
+    from slimp_cli.ingest.formats.slice3d import Hdf5Locator
+
+    with h5py.File(tmp_path / "i.hdf5", "w") as h5:
+        h5["ISIC_1"] = np.void(b"x")
+        h5.create_group("g")["ISIC_2"] = np.void(b"y")
+    locate = Hdf5Locator(tmp_path / "i.hdf5")
+    assert locate("isic_id", " ISIC_1 ") == ImageRef(str(tmp_path / "i.hdf5"), "ISIC_1")
+    assert locate("isic_id", "ISIC_1.jpg").key == "ISIC_1"  # a table that names files
+    assert locate("isic_id", "g/ISIC_2") is None and locate("isic_id", "g") is None
+    locate.close()

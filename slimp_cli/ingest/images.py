@@ -45,19 +45,27 @@ class ImageLocator:
     def __init__(self, root: Path, *, subdirs: tuple[str, ...] = ()) -> None:
         self.root = Path(root)
         self.subdirs = subdirs
-        self.by_name: dict[str, list[Path]] = {}
-        self.by_stem: dict[str, list[Path]] = {}
-        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
-            dirnames.sort()
-            for name in sorted(filenames):
-                if not name.lower().endswith(IMAGE_EXTS) or name.startswith("."):
-                    continue
-                path = Path(dirpath) / name
-                self.by_name.setdefault(name.lower(), []).append(path)
-                self.by_stem.setdefault(Path(name).stem.lower(), []).append(path)
+        # Built on the first reference that is not an exact path: a release whose table names
+        # its files exactly (SLICE-3D's 401,059) never pays for the index's memory.
+        self._index: tuple[dict[str, list[Path]], dict[str, list[Path]]] | None = None
+
+    def _names(self) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+        if self._index is None:
+            by_name: dict[str, list[Path]] = {}
+            by_stem: dict[str, list[Path]] = {}
+            for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    if not name.lower().endswith(IMAGE_EXTS) or name.startswith("."):
+                        continue
+                    path = Path(dirpath) / name
+                    by_name.setdefault(name.lower(), []).append(path)
+                    by_stem.setdefault(Path(name).stem.lower(), []).append(path)
+            self._index = by_name, by_stem
+        return self._index
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self.by_name.values())
+        return sum(len(v) for v in self._names()[0].values())
 
     def find(self, ref: str) -> Path | None:
         """The file for a table's image reference, or None when no candidate exists."""
@@ -68,11 +76,12 @@ class ImageLocator:
             candidate = base / ref
             if candidate.is_file():
                 return candidate
+        by_name, by_stem = self._names()
         name = ref.rsplit("/", 1)[-1]
-        hits = self.by_name.get(name.lower())
+        hits = by_name.get(name.lower())
         if not hits:
             stem = name.rsplit(".", 1)[0] if "." in name else name
-            hits = self.by_stem.get(stem.lower()) or self.by_stem.get(name.lower())
+            hits = by_stem.get(stem.lower()) or by_stem.get(name.lower())
         if not hits:
             return None
         return min(hits, key=_preference)

@@ -24,6 +24,7 @@ from ..shards import SHARD_GLOB, ShardWriter, image_entry_name, unique_keys, ver
 from .formats import get_adapter
 from .images import process_image
 from .rows import Entry, Log, build_entries
+from .rowstore import RowStore
 from .summary import WrittenSummary
 
 DERIVED = [{"name": "n_lesions", "type": "numerical"}]
@@ -84,19 +85,11 @@ def resolve_schema(
     }
 
 
-def _group(entries: list[Entry]) -> list[tuple[str, list[Entry]]]:
-    """Patients sorted by id; each patient's images in table order."""
-    groups: dict[str, list[Entry]] = {}
-    for e in entries:
-        groups.setdefault(e.patient_id, []).append(e)
-    return sorted(groups.items())
-
-
-def _patient_fields(pid: str, entries: list[Entry], conflicts: dict[str, int]) -> dict:
+def _patient_fields(names: list[str], entries: list[Entry], conflicts: dict[str, int]) -> dict:
     """First non-missing value of each patient field; disagreements are counted per column."""
     fields = {}
-    for name in entries[0].patient_fields:
-        values = [e.patient_fields[name] for e in entries if e.patient_fields[name] is not None]
+    for j, name in enumerate(names):
+        values = [e.patient_values[j] for e in entries if e.patient_values[j] is not None]
         fields[name] = values[0] if values else None
         if len(set(map(str, values))) > 1:
             conflicts[name] = conflicts.get(name, 0) + 1
@@ -216,24 +209,78 @@ def ingest(
     dataset_schema = load_schema_for(adapter, source, schema)
     table = adapter.read(source, dataset_schema)
     log = Log(notes=list(table.notes))
-    root = source if source.is_dir() else source.parent
-    entries, info = build_entries(
-        table, dataset_schema, log, root=root, allow_outside=allow_outside
-    )
-    if strict and (message := _strict_failure(log)):
-        raise SlimpError(message)
-    if not entries:
-        raise SlimpError(
-            f"{table.path}: no usable rows ({len(log.skipped)} skipped; first: "
-            f"{log.skipped[0]['reason'] if log.skipped else 'none'})"
+    store = RowStore(_scratch_folder(out))
+    try:
+        info = build_entries(
+            table,
+            dataset_schema,
+            log,
+            store=store,
+            root=source if source.is_dir() else source.parent,
+            allow_outside=allow_outside,
         )
+        table.close()  # before the pool forks
+        if strict and (message := _strict_failure(log)):
+            raise SlimpError(message)
+        patients = store.patients()
+        if not patients:
+            raise SlimpError(
+                f"{table.path}: no usable rows ({len(log.skipped)} skipped; first: "
+                f"{log.skipped[0]['reason'] if log.skipped else 'none'})"
+            )
+        manifest, resolved = _write(
+            store,
+            patients,
+            info,
+            log,
+            out=out,
+            dataset_schema=dataset_schema,
+            previous=previous,
+            image_size=image_size,
+            workers=workers,
+            strict=strict,
+            progress=progress,
+            max_shard_size=max_shard_size,
+            max_patients_per_shard=max_patients_per_shard,
+            about=(fmt, source, table.path),
+        )
+    finally:
+        table.close()
+        store.close()
+    if check:
+        verify_shards(out)
+    return IngestResult(out=out, manifest=manifest, schema=resolved)
 
-    n_rows = info["n_rows"]
-    groups = _group(entries)
-    del entries  # each group is released once written
-    keys = unique_keys([pid for pid, _ in groups])
-    total = sum(len(members) for _, members in groups)
-    jobs = ((e.ref, image_size) for _, members in groups for e in members)
+
+def _scratch_folder(out: Path) -> Path:
+    """Where the row store goes: beside the output (space is there; /tmp may be RAM)."""
+    folder = out
+    while not folder.is_dir():
+        folder = folder.parent
+    return folder
+
+
+def _write(
+    store: RowStore,
+    patients: list[tuple[str, int]],
+    info: dict,
+    log: Log,
+    *,
+    out: Path,
+    dataset_schema: dict,
+    previous: list[Path],
+    image_size: int,
+    workers: int,
+    strict: bool,
+    progress: bool,
+    max_shard_size: int,
+    max_patients_per_shard: int | None,
+    about: tuple,
+) -> tuple[dict, dict]:
+    """Decode, write and commit the located entries, patient by patient; (manifest, schema)."""
+    fmt, source, table_path = about
+    keys = unique_keys([pid for pid, _ in patients])
+    total = sum(n for _, n in patients)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a parent is a file, no permission...
@@ -246,24 +293,31 @@ def ingest(
         lesion_features=info["lesion_features"],
         derived=DERIVED if info["roles"]["patient_id"] is not None else [],
         modalities=info["modalities"],
+        folder=os.path.dirname(store.path),
+    )
+    names = (
+        [f["name"] for f in info["patient_features"]],
+        [f["name"] for f in info["lesion_features"]],
     )
     conflicts: dict[str, int] = {}
     bar, task = _progress(progress, total)
+    # Two streams of the same order: the pool's task thread reads one, the writer the other.
+    jobs = ((e.ref, image_size) for e in store.grouped())
+    entries = store.grouped()
     try:
         with (
             bar,
+            contextlib.closing(entries),
             contextlib.closing(_results(jobs, workers, total)) as results,
         ):  # closing: pool ends on errors too
-            for g in range(len(groups)):
-                pid, members = groups[g]
+            for pid, n in patients:
+                members = [next(entries) for _ in range(n)]
                 kept, images = _decoded(members, results, log, strict, lambda: bar.advance(task))
-                # The task thread has read past this group: drop it (memory stays flat).
-                groups[g] = (pid, [])
                 if kept:
-                    _write_patient(writer, summary, keys[pid], pid, kept, images, conflicts)
+                    _write_patient(writer, summary, keys[pid], pid, kept, images, conflicts, names)
         if not summary.patients:
             raise SlimpError(
-                f"{table.path}: no usable images ({len(log.skipped)} rows skipped; first: "
+                f"{table_path}: no usable images ({len(log.skipped)} rows skipped; first: "
                 f"{log.skipped[0]['reason']})"
             )
         for name, n in sorted(conflicts.items()):
@@ -282,14 +336,14 @@ def ingest(
         manifest = _manifest(
             fmt,
             source,
-            table.path,
+            table_path,
             out,
             image_size,
             max_shard_size,
             strict,
             summary,
             log,
-            n_rows=n_rows,
+            n_rows=info["n_rows"],
         )
         if modalities is not None:
             manifest["modalities"] = modalities
@@ -297,9 +351,9 @@ def ingest(
     except BaseException:
         writer.abort()
         raise
-    if check:
-        verify_shards(out)
-    return IngestResult(out=out, manifest=manifest, schema=resolved)
+    finally:
+        summary.close()
+    return manifest, resolved
 
 
 def _decoded(members: list[Entry], results, log: Log, strict: bool, advance):
@@ -325,7 +379,8 @@ def _decoded(members: list[Entry], results, log: Log, strict: bool, advance):
     return kept, images
 
 
-def _write_patient(writer, summary, key, pid, kept, images, conflicts) -> None:
+def _write_patient(writer, summary, key, pid, kept, images, conflicts, names) -> None:
+    patient_names, lesion_names = names
     lesions = [
         {
             "lesion_id": e.lesion_id,
@@ -333,7 +388,7 @@ def _write_patient(writer, summary, key, pid, kept, images, conflicts) -> None:
             "image": image_entry_name(j, len(kept)),
             "label": e.label,
             "malignant": e.malignant,
-            "fields": e.lesion_fields,
+            "fields": dict(zip(lesion_names, e.lesion_values)),
             "row": e.row,
             "modality": e.modality,
         }
@@ -341,7 +396,7 @@ def _write_patient(writer, summary, key, pid, kept, images, conflicts) -> None:
     ]
     patient = {
         "patient_id": pid,
-        "fields": _patient_fields(pid, kept, conflicts),
+        "fields": _patient_fields(patient_names, kept, conflicts),
         "derived": {"n_lesions": len({e.lesion_id for e in kept})},
     }
     shard = writer.write(key, patient, lesions, images)

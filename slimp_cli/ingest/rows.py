@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import SlimpError
-from .columns import TypedColumns
 from .formats.base import SourceTable
 from .images import ImageRef
+from .rowstore import RowStore
 from .values import (
     NonFinite,
     Unparseable,
@@ -48,7 +48,7 @@ class Log:
 
 @dataclass(kw_only=True, slots=True)
 class Entry:
-    """One image of one lesion, typed and located (slots: SLICE-3D makes 401,059 of them)."""
+    """One image of one lesion, typed and located (kept pickled in a RowStore, not in memory)."""
 
     row: int  # 1-based data-row number in the source table
     patient_id: str
@@ -57,17 +57,9 @@ class Entry:
     ref: ImageRef
     label: str | None
     malignant: int  # 1, 0 or -1 (unknown)
-    columns: TypedColumns  # the table's typed feature columns, shared by every entry
-    index: int  # this row's index in `columns`
+    patient_values: tuple  # typed values of info["patient_features"], in that order
+    lesion_values: tuple  # typed values of info["lesion_features"], in that order
     modality: str | None = None  # the schema's `modalities` of its image column (or None)
-
-    @property
-    def patient_fields(self) -> dict:
-        return self.columns.patient(self.index)
-
-    @property
-    def lesion_fields(self) -> dict:
-        return self.columns.lesion(self.index)
 
 
 def label_lookup(schema: dict):
@@ -212,15 +204,17 @@ def build_entries(
     schema: dict,
     log: Log,
     *,
+    store: RowStore,
     root: Path | None = None,
     allow_outside: bool = False,
-) -> tuple[list[Entry], dict]:
-    """Typed, deduplicated, located entries + what was resolved about the columns.
+) -> dict:
+    """Typed, deduplicated, located entries into `store` (state 2) + what was resolved about
+    the columns.
 
-    Returns (entries, info) where info holds the used roles, the present features, the
-    dropped optional features and the extra image columns. With `root` (the SOURCE folder),
-    an image whose path is absolute or climbs out of it with ../ is only read with
-    `allow_outside`; otherwise its row is skipped (kind "outside_source").
+    Returns info: the used roles, the present features, the dropped optional features, the
+    extra image columns and the table's row count. With `root` (the SOURCE folder), an image
+    whose path is absolute or climbs out of it with ../ is only read with `allow_outside`;
+    otherwise its row is skipped (kind "outside_source").
     """
     path, columns = table.path, table.columns
     chunks = table.chunks()
@@ -243,26 +237,29 @@ def build_entries(
         schema,
         roles,
         log,
-        columns=TypedColumns(patient=patient_features, lesion=lesion_features),
+        store=store,
+        features=(patient_features, lesion_features),
         extra_columns=extra_columns,
         modalities=modalities,
     )
     n_rows, before = 0, len(log.warnings)
+    store.begin()
     for frame, rows in itertools.chain([first], chunks):
         n_rows += len(frame)
         reader.read(frame, rows)
+    store.commit()
     # Cell warnings column by column, as if the table were typed whole (whatever the chunking).
-    order = {name: i for i, name in enumerate(reader.columns.features)}
+    order = {f["name"]: i for i, f in enumerate(patient_features + lesion_features)}
     log.warnings[before:] = sorted(log.warnings[before:], key=lambda w: order[w["column"]])
     if reader.unmapped:
         log.notes.append(
             "label values not in label_map, kept as is: "
             + ", ".join(f"{k} ({v} rows)" for k, v in sorted(reader.unmapped.items()))
         )
-    entries = reader.entries
-    entries = _drop_lesion_conflicts(entries, log) if roles["patient_id"] else entries
-    entries = _locate(entries, table, roles["image"], log, root=root, allow_outside=allow_outside)
-    info = {
+    if roles["patient_id"]:
+        _drop_lesion_conflicts(store, log)
+    _locate(store, table, roles["image"], log, root=root, allow_outside=allow_outside)
+    return {
         "roles": roles,
         "patient_features": patient_features,
         "lesion_features": lesion_features,
@@ -271,12 +268,11 @@ def build_entries(
         "modalities": sorted(set(modalities.values())),
         "n_rows": n_rows,
     }
-    return entries, info
 
 
 class _RowReader:
-    """Turns chunks of the table into entries, with the state that spans chunks (images seen,
-    unmapped labels, shared id strings)."""
+    """Turns chunks of the table into entries in the store, with the state that spans chunks
+    (images seen, unmapped labels)."""
 
     def __init__(
         self,
@@ -284,27 +280,30 @@ class _RowReader:
         roles: dict,
         log: Log,
         *,
-        columns: TypedColumns,
+        store: RowStore,
+        features: tuple[list[dict], list[dict]],
         extra_columns: list[str],
         modalities: dict,
     ) -> None:
-        self.roles, self.log, self.columns = roles, log, columns
+        self.roles, self.log, self.store = roles, log, store
+        self.patient_features, self.lesion_features = features
         self.extra_columns, self.modalities = extra_columns, modalities
         self.to_label, self.classify = label_lookup(schema), malignancy(schema)
         self.per_patient = schema.get("lesion_id_scope", "dataset") == "patient"
-        self.entries: list[Entry] = []
         self.unmapped: dict[str, int] = {}
-        self.seen_image: dict[str, int] = {}
-        self.ids: dict[str, str] = {}  # one string object per patient id, shared by its rows
+
+    def _typed(self, frame, rows: list[int], features: list[dict]) -> list[tuple]:
+        """Per row, the typed values of `features` (one column typed at a time)."""
+        columns = [
+            type_column(frame[f["name"]].tolist(), f["type"], f["name"], rows, self.log, feature=f)
+            for f in features
+        ]
+        return list(zip(*columns)) if columns else [()] * len(rows)
 
     def read(self, frame, rows: list[int]) -> None:
-        roles, log = self.roles, self.log
-        typed = {
-            name: type_column(frame[name].tolist(), f["type"], name, rows, log, feature=f)
-            for name, f in self.columns.features.items()
-        }
-        start = self.columns.extend(typed, len(frame))
-        del typed
+        roles, log, store = self.roles, self.log, self.store
+        patient_values = self._typed(frame, rows, self.patient_features)
+        lesion_values = self._typed(frame, rows, self.lesion_features)
         images = frame[roles["image"]].tolist()
         patients = frame[roles["patient_id"]].tolist() if roles["patient_id"] else None
         lesions = frame[roles["lesion_id"]].tolist() if roles["lesion_id"] else None
@@ -351,19 +350,18 @@ class _RowReader:
                     kind="empty_id",
                 )
                 continue
-            patient_id = self.ids.setdefault(patient_id, patient_id)
             if self.per_patient and patients:
                 lesion_id = f"{patient_id}/{lesion_id}"  # unique across the dataset from here on
-            if image_id in self.seen_image:
+            first_row = store.first("image", image_id, row)
+            if first_row is not None:
                 log.skip(
                     row=row,
                     id=image_id,
                     file="",
                     kind="duplicate_image",
-                    reason=f"duplicate image reference (first at row {self.seen_image[image_id]})",
+                    reason=f"duplicate image reference (first at row {first_row})",
                 )
                 continue
-            self.seen_image[image_id] = row
             label, unknown = self.to_label(labels[i]) if labels else (None, False)
             if unknown:
                 self.unmapped[label] = self.unmapped.get(label, 0) + 1
@@ -375,15 +373,15 @@ class _RowReader:
                 ref=_NO_REF,
                 label=label,
                 malignant=self.classify(label),
-                columns=self.columns,
-                index=start + i,
+                patient_values=patient_values[i],
+                lesion_values=lesion_values[i],
                 modality=self.modalities.get(roles["image"]),
             )
-            self.entries.append(entry)
+            store.add(entry)
             for column, cells in extras.items():
                 extra = cells[i].strip()
                 if extra and not is_missing(extra):
-                    self.entries.append(
+                    store.add(
                         replace(
                             entry,
                             image_id=extra,
@@ -396,30 +394,21 @@ class _RowReader:
 _NO_REF = ImageRef("")
 
 
-def _drop_lesion_conflicts(entries: list[Entry], log: Log) -> list[Entry]:
+def _drop_lesion_conflicts(store: RowStore, log: Log) -> None:
     """A lesion id under two patients: we cannot tell which is right, so all its rows go."""
-    first: dict[str, str] = {}  # lesion -> its first patient (a set per lesion costs ~200 B)
-    others: dict[str, set[str]] = {}
-    for e in entries:
-        if first.setdefault(e.lesion_id, e.patient_id) != e.patient_id:
-            others.setdefault(e.lesion_id, set()).add(e.patient_id)
-    if not others:
-        return entries
-    bad = {lesion: sorted({first[lesion], *p}) for lesion, p in others.items()}
-    del first
-    kept = []
-    for e in entries:
-        if e.lesion_id in bad:
-            log.skip(
-                row=e.row,
-                id=e.image_id,
-                file="",
-                kind="lesion_conflict",
-                reason=f"lesion id '{e.lesion_id}' appears under several patients ({', '.join(bad[e.lesion_id])})",
-            )
-        else:
-            kept.append(e)
-    return kept
+    bad = store.conflicting_lesions(1)
+    if not bad:
+        return
+    dropped = store.lesion_rows(1, list(bad))
+    for _, e in dropped:
+        log.skip(
+            row=e.row,
+            id=e.image_id,
+            file="",
+            kind="lesion_conflict",
+            reason=f"lesion id '{e.lesion_id}' appears under several patients ({', '.join(bad[e.lesion_id])})",
+        )
+    store.drop([seq for seq, _ in dropped])
 
 
 def is_outside(path: str, root: Path) -> bool:
@@ -430,22 +419,24 @@ def is_outside(path: str, root: Path) -> bool:
 
 
 def _locate(
-    entries: list[Entry],
+    store: RowStore,
     table: SourceTable,
     image_column: str,
     log: Log,
     *,
     root: Path | None = None,
     allow_outside: bool = False,
-) -> list[Entry]:
+) -> None:
     """Find each image; a missing main image skips the row, a missing extra image is noted.
-    Images outside `root` are skipped (noted for extra images) unless `allow_outside`."""
-    located, seen_file = [], {}
+    Images outside `root` are skipped (noted for extra images) unless `allow_outside`.
+    Located entries move to state 2."""
     skipped_rows: set[int] = set()
     missing_extra: dict[str, int] = {}
     same_file: dict[str, int] = {}
     outside: dict[str, int] = {}
-    for e in entries:
+    located: list[tuple[int, Entry]] = []
+    store.begin()
+    for seq, e in store.entries(1):
         extra = e.ref.path.startswith("\0")
         column = e.ref.path[1:] if extra else image_column
         if extra and e.row in skipped_rows:
@@ -479,11 +470,12 @@ def _locate(
                 )
             continue
         # one file under two spellings (dir/../x.png, an absolute path) is still one file
-        key = os.path.abspath(ref.path) if ref.key is None else (ref.path, ref.key)
-        if extra and seen_file.get(key) == e.row:  # the release names the main image twice
-            same_file[column] = same_file.get(column, 0) + 1
-            continue
-        if key in seen_file:
+        key = os.path.abspath(ref.path) if ref.key is None else f"{ref.path}\0{ref.key}"
+        first_row = store.first("file", key, e.row)
+        if first_row is not None:
+            if extra and first_row == e.row:  # the release names the main image twice
+                same_file[column] = same_file.get(column, 0) + 1
+                continue
             if not extra:
                 skipped_rows.add(e.row)
             log.skip(
@@ -491,12 +483,16 @@ def _locate(
                 id=e.image_id,
                 file=ref.display(),
                 kind="duplicate_image",
-                reason=f"same image file as row {seen_file[key]}",
+                reason=f"same image file as row {first_row}",
             )
             continue
-        seen_file[key] = e.row
         e.ref = ref
-        located.append(e)
+        located.append((seq, e))
+        if len(located) >= 2000:
+            store.promote(located)
+            located = []
+    store.promote(located)
+    store.commit()
     for column, n in missing_extra.items():
         log.notes.append(
             f"{n} optional '{column}' images not found; those lesions keep their main image only"
@@ -508,4 +504,3 @@ def _locate(
         log.notes.append(
             f"{n} optional '{column}' images are the row's main image file; not added twice"
         )
-    return located

@@ -2,25 +2,37 @@
 
 The resolved schema (missing rates, mean/std, vocabularies), the manifest's counts, the
 modality summary and index.json come from here, so the pipeline keeps no list of written
-lesion dicts: per lesion it keeps its id (uniqueness count) and 8 bytes per present numerical
-value (the exact two-pass mean/std of `schema.numeric_stats`).
+lesion dicts: lesion ids are counted in the row store, numerical values wait in scratch files
+(the exact two-pass mean/std of `schema.numeric_stats`).
 """
 
 from __future__ import annotations
 
+import tempfile
 from array import array
 from collections.abc import Sequence
 
 from ..schema import category_key, numeric_stats
+from .rowstore import DiskSet
 
 
 class FeatureSummary:
-    """Missing count and the statistics of one feature, fed value by value."""
+    """Missing count and the statistics of one feature, fed value by value.
 
-    def __init__(self, feature: dict) -> None:
+    A numerical feature's present values go to a scratch file in `folder` (8 bytes each), read
+    back once for the exact two-pass mean/std of `schema.numeric_stats`."""
+
+    FLUSH = 8192  # values buffered before they are appended to the scratch file
+
+    def __init__(self, feature: dict, folder: str | None = None) -> None:
         self.name, self.type = feature["name"], feature["type"]
         self.n = self.missing = 0
-        self.numbers = array("d")  # present values of a numerical feature, in write order
+        self.numbers = array("d")
+        self._spill = (
+            tempfile.TemporaryFile(dir=folder, prefix=".slimp-values-")
+            if self.type == "numerical"
+            else None
+        )
         self.vocab: set[str] = set()
 
     def add(self, value) -> None:
@@ -29,8 +41,24 @@ class FeatureSummary:
             self.missing += 1
         elif self.type == "numerical":
             self.numbers.append(float(value))
+            if len(self.numbers) >= self.FLUSH:
+                self.numbers.tofile(self._spill)
+                del self.numbers[:]
         elif self.type != "boolean":
             self.vocab.add(category_key(value))
+
+    def _all_numbers(self) -> array:
+        values = array("d")
+        self._spill.flush()
+        size = self._spill.seek(0, 2) // values.itemsize
+        self._spill.seek(0)
+        values.fromfile(self._spill, size)
+        values.extend(self.numbers)
+        return values
+
+    def close(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
 
     def resolved(self) -> dict:
         """Resolved feature: missing rate, and mean/std (numerical) or sorted vocabulary."""
@@ -41,7 +69,7 @@ class FeatureSummary:
             "missing_rate": round(1 - (self.n - self.missing) / self.n, 6) if self.n else 1.0,
         }
         if self.type == "numerical":
-            out["mean"], out["std"] = numeric_stats(self.numbers)
+            out["mean"], out["std"] = numeric_stats(self._all_numbers())
         elif self.type == "boolean":
             out["vocab"] = ["false", "true"]
         else:
@@ -59,17 +87,18 @@ class WrittenSummary:
         lesion_features: Sequence[dict],
         derived: Sequence[dict],
         modalities: Sequence[str],
+        folder: str | None = None,
     ) -> None:
-        self.patient = [FeatureSummary(f) for f in patient_features]
-        self.lesion = [FeatureSummary(f) for f in lesion_features]
-        self.derived = [FeatureSummary(f) for f in derived]
+        self.lesion_ids = DiskSet(folder)  # distinct lesion ids, counted on disk
+        self.patient = [FeatureSummary(f, folder) for f in patient_features]
+        self.lesion = [FeatureSummary(f, folder) for f in lesion_features]
+        self.derived = [FeatureSummary(f, folder) for f in derived]
         self.declared = list(modalities)
         self.patients = self.lesions = 0
         self.labels: dict[str, int] = {}
         self.malignancy = {1: 0, 0: 0, -1: 0}
         self.malignant_labels: set[str] = set()
         self.classes: set[str] = set()
-        self.lesion_ids: set[str] = set()
         self.modality_images = dict.fromkeys(self.declared, 0)
         self.lesions_with_modalities = 0
         self.missing_modalities: list[dict] = []
@@ -149,10 +178,15 @@ class WrittenSummary:
             "patients": self.patients,
             "lesions": self.lesions,
             # Lesion ids are unique across patients (conflicting rows were skipped).
-            "unique_lesion_ids": len(self.lesion_ids),
+            "unique_lesion_ids": self.lesion_ids.size,
             "images": self.lesions,
             "labels": dict(sorted(self.labels.items())),
             "malignant": self.malignancy[1],
             "benign": self.malignancy[0],
             "malignancy_unknown": self.malignancy[-1],
         }
+
+    def close(self) -> None:
+        for f in [*self.patient, *self.lesion, *self.derived]:
+            f.close()
+        self.lesion_ids.close()

@@ -51,6 +51,12 @@ class SourceTable:
             if self.rows is None:
                 self.rows = list(range(1, len(self.frame) + 1))
 
+    def close(self) -> None:
+        """Release what `locate` holds open (an HDF5 file); called before workers fork."""
+        close = getattr(self.locate, "close", None)
+        if close is not None:
+            close()
+
     def chunks(self) -> Iterator[tuple[pd.DataFrame, list[int]]]:
         """(frame, row numbers) pieces of the table in file order."""
         if self.frame is not None:

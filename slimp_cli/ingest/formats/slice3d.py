@@ -31,26 +31,42 @@ class Slice3d(Adapter):
         root = table.parent
         h5 = root / f"{split}-image.hdf5"
         if h5.is_file():
-            return csv_table(table, hdf5_locator(h5), [f"images read from {h5.name}"])
+            return csv_table(table, Hdf5Locator(h5), [f"images read from {h5.name}"])
         return csv_table(table, folder_locator(root))
 
 
-def hdf5_locator(path: Path):
-    """A `locate` function answering from the keys of an HDF5 file (closed again at once)."""
-    import h5py
+class Hdf5Locator:
+    """A `locate` function answering from the names in an HDF5 file.
 
-    try:
-        with h5py.File(path, "r") as handle:  # closed before any worker process forks
-            keys = set(handle.keys())
-    except OSError as exc:
-        raise SlimpError(f"{path}: not a readable HDF5 file ({exc})") from None
+    The file stays open while the table is located (a lookup per reference, no set of 401,059
+    names in memory) and `close()` shuts it before any worker process forks."""
 
-    where = str(path)  # one string shared by every ImageRef (401,059 of them in SLICE-3D)
+    def __init__(self, path: Path) -> None:
+        import h5py
 
-    def locate(column: str, cell: str) -> ImageRef | None:
+        self.where = str(path)  # one string shared by every ImageRef
+        try:
+            self._handle = h5py.File(path, "r")
+        except OSError as exc:
+            raise SlimpError(f"{path}: not a readable HDF5 file ({exc})") from None
+
+    def _has(self, key: str) -> bool:
+        # Only top-level datasets: "a/b" would otherwise reach into a group.
+        import h5py
+
+        if not key or "/" in key or key in (".", ".."):
+            return False
+        return self._handle.get(key, getclass=True) is h5py.Dataset
+
+    def __call__(self, column: str, cell: str) -> ImageRef | None:
+        if self._handle is None:
+            raise RuntimeError("Hdf5Locator used after close()")
         key = cell.strip()
-        if key not in keys:
+        if not self._has(key):
             key = Path(key).stem  # a table that names files ('ISIC_x.jpg')
-        return ImageRef(where, key) if key in keys else None
+        return ImageRef(self.where, key) if self._has(key) else None
 
-    return locate
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
