@@ -62,9 +62,10 @@ class Hdf5Locator:
         if self._handle is None:
             raise RuntimeError("Hdf5Locator used after close()")
         key = cell.strip()
-        if not self._has(key):
-            key = Path(key).stem  # a table that names files ('ISIC_x.jpg')
-        return ImageRef(self.where, key) if self._has(key) else None
+        if self._has(key):
+            return ImageRef(self.where, key)
+        stem = Path(key).stem  # a table that names files ('ISIC_x.jpg')
+        return ImageRef(self.where, stem) if stem != key and self._has(stem) else None
 
     def close(self) -> None:
         if self._handle is not None:
