@@ -219,6 +219,61 @@ def encode_tabular(features: Sequence[dict], records: Sequence[dict]) -> Tabular
     return TabularBatch(cat, num, mask)
 
 
+# Levels whose numerical features are standardised, and where a patient's values come from.
+STAT_LEVELS = ("patient_features", "derived_patient_features", "lesion_features")
+
+
+def value_moments(values) -> list[float] | None:
+    """[n, mean, sum of squared deviations] of the numbers among `values` (None: none)."""
+    xs = [x for x in map(_as_float, values) if x is not None]
+    if not xs:
+        return None
+    try:
+        mean = math.fsum(xs) / len(xs)
+        m2 = math.fsum((x - mean) ** 2 for x in xs)
+    except OverflowError:
+        mean = m2 = math.inf
+    return [len(xs), mean, m2]
+
+
+def patient_moments(
+    levels: dict[str, Sequence[dict]], fields: dict, derived: dict, lesions: Sequence[dict]
+) -> dict:
+    """One patient's moments per level and numerical feature ({level: {name: [n, mean, m2]}}):
+    its own fields, its derived fields, its lesion entries' fields (`levels` names the
+    features of each level of STAT_LEVELS)."""
+    sources = {
+        "patient_features": [fields],
+        "derived_patient_features": [derived],
+        "lesion_features": lesions,
+    }
+    out = {}
+    for level, features in levels.items():
+        got = {}
+        for f in features:
+            if f["type"] == "numerical":
+                m = value_moments(r.get(f["name"]) for r in sources[level])
+                if m is not None:
+                    got[f["name"]] = m
+        if got:
+            out[level] = got
+    return out
+
+
+def pooled_stats(parts: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """(mean, population std floored at 1e-6) of the union of groups given as [n, mean, m2];
+    (0, 1) when empty, like `numeric_stats`."""
+    n = sum(p[0] for p in parts)
+    if not n:
+        return 0.0, 1.0
+    try:
+        mean = math.fsum(p[0] * p[1] for p in parts) / n
+        m2 = math.fsum(p[2] for p in parts) + math.fsum(p[0] * (p[1] - mean) ** 2 for p in parts)
+    except OverflowError:
+        return math.inf, math.inf
+    return mean, max(math.sqrt(max(m2, 0.0) / n), 1e-6)
+
+
 def numeric_stats(values: Sequence[float]) -> tuple[float, float]:
     """(mean, population std floored at 1e-6) used to standardise a numerical feature; (0, 1)
     when there is no value. Exact sums (math.fsum: the same result whatever the row order);
@@ -329,6 +384,22 @@ class ResolvedSchema:
                 if f["type"] == "numerical":
                     values = [_as_float(r.get(f["name"])) for r in records]
                     f["mean"], f["std"] = numeric_stats([v for v in values if v is not None])
+        data["statistics_from"] = "training patients"
+        return ResolvedSchema.from_dict(data)
+
+    def with_moments(self, parts: Sequence[dict]) -> ResolvedSchema:
+        """A copy standardised with statistics pooled from per-patient moments (index.json's
+        `moments`, see `patient_moments`): `with_statistics` of the same patients to float
+        rounding (Chan et al.'s pairwise combination), without reading their records."""
+        data = json.loads(json.dumps(self.data))
+        for level in STAT_LEVELS:
+            for f in data.get(level, []):
+                if f["type"] != "numerical":
+                    continue
+                got = [p[level][f["name"]] for p in parts if f["name"] in p.get(level, {})]
+                mean, std = pooled_stats(got)
+                if math.isfinite(mean) and math.isfinite(std):
+                    f["mean"], f["std"] = mean, std
         data["statistics_from"] = "training patients"
         return ResolvedSchema.from_dict(data)
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import SlimpError
 from .paths import read_json
+from .schema import STAT_LEVELS, patient_moments
 from .shards import read_ingest_files
 
 NAME = "{name}"
@@ -70,6 +71,8 @@ class PatientEntry:
     shard: str  # shard file name
     images: int  # lesion entries (images)
     malignant: int  # lesion entries with malignant == 1
+    # {level: {feature: [n, mean, m2]}} (schema.patient_moments); None in an index without it
+    moments: dict | None = None
 
     @property
     def positive(self) -> bool:
@@ -89,26 +92,38 @@ def index_document(entries: Sequence[PatientEntry]) -> dict:
                 "shard": e.shard,
                 "images": e.images,
                 "malignant": e.malignant,
+                **({"moments": e.moments} if e.moments is not None else {}),
             }
             for e in entries
         ],
     }
 
 
-def entry_of(record, shard: str) -> PatientEntry:
-    """The PatientEntry of a patient record (a `shards.PatientRecord` or a `StreamedPatient`)."""
+def entry_of(record, shard: str, schema) -> PatientEntry:
+    """The PatientEntry of a patient record (a `shards.PatientRecord` or a `StreamedPatient`)
+    under its resolved schema (which features are numerical, for the moments)."""
+    levels = {level: schema.data.get(level, []) for level in STAT_LEVELS}
     return PatientEntry(
         key=record.key,
         patient_id=str(record.patient_id),
         shard=shard,
         images=len(record.lesions),
         malignant=sum(1 for les in record.lesions if les.get("malignant") == 1),
+        moments=patient_moments(
+            levels,
+            record.fields,
+            record.derived,
+            [les.get("fields") or {} for les in record.lesions],
+        ),
     )
 
 
 def entries_from_index(index) -> list[PatientEntry]:
     """The PatientEntries of a local `ShardIndex` (JSON members only), in its order."""
-    return [entry_of(index.patient(i), index.patient(i).shard.name) for i in range(len(index))]
+    return [
+        entry_of(index.patient(i), index.patient(i).shard.name, index.schema)
+        for i in range(len(index))
+    ]
 
 
 def read_patient_index(data_dir: str | Path) -> list[PatientEntry] | None:
@@ -138,6 +153,7 @@ def read_patient_index(data_dir: str | Path) -> list[PatientEntry] | None:
                     shard=str(p["shard"]),
                     images=int(p["images"]),
                     malignant=int(p["malignant"]),
+                    moments=p.get("moments") if isinstance(p.get("moments"), dict) else None,
                 )
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -342,7 +358,9 @@ class ShardSource:
 def stream_patient_index(source: ShardSource) -> list[PatientEntry]:
     """What index.json lists, built by one streaming pass (JSON members only, shard order)."""
     return [
-        entry_of(rec, name) for name in source.names for rec in source.read(name, json_only=True)
+        entry_of(rec, name, source.schema)
+        for name in source.names
+        for rec in source.read(name, json_only=True)
     ]
 
 

@@ -115,3 +115,20 @@ def test_invalid_json_names_the_file_and_line(tmp_path):
     path.write_text('{"patient_features": [],\n  "lesion_features": [,]}')
     with pytest.raises(SlimpError, match=r"schema.json: not valid JSON .* at line 2"):
         ResolvedSchema.load(path)
+
+
+def test_pooled_moments_equal_the_two_pass_statistics():
+    from slimp_cli.schema import numeric_stats, pooled_stats, value_moments
+
+    groups = [[2.0, 4.0, 4.0], [4.0], [5.0, 5.0, 7.0, 9.0]]  # mean 5, population std 2 exactly
+    parts = [value_moments(g) for g in groups]
+    assert parts[1] == [1, 4.0, 0.0]
+    assert pooled_stats(parts) == (5.0, 2.0)
+    rng = __import__("numpy").random.default_rng(0)
+    values = (rng.normal(1500.0, 0.5, size=300)).tolist()  # large mean, small spread
+    split = [values[:7], values[7:150], values[150:]]
+    mean, std = pooled_stats([value_moments(g) for g in split])
+    want = numeric_stats(values)
+    assert abs(mean - want[0]) < 1e-9 and abs(std - want[1]) / want[1] < 1e-9
+    assert pooled_stats([]) == (0.0, 1.0) == numeric_stats([])
+    assert value_moments([None, "x", True]) is None  # no numbers: no moments

@@ -332,7 +332,28 @@ def test_streamed_pretrain_writes_a_run_with_the_local_split(streamed_run, shard
     assert config["data"]["manifest_sha256"]  # the data checks of --resume still apply
     assert config["stream"]["steps_per_epoch"] == 376 // 32
     assert config["stream"]["loader_workers"] == 1
-    assert config["holdout"]["statistics_from"].startswith("all patients")
+    # Standardised with the training patients alone, pooled from index.json's moments: the
+    # statistics the local path computes from their records, to float rounding.
+    assert config["holdout"]["statistics_from"] == "training patients"
+    held = set(local.patient_ids)
+    patients, lesions = [], []
+    for i in range(len(index)):
+        rec = index.patient(i)
+        if rec.patient_id not in held:
+            patients.append({**rec.fields, **rec.derived})
+            lesions += [les.get("fields") or {} for les in rec.lesions]
+    expected = index.schema.with_statistics(patients, lesions).to_dict()
+    got = config["schema"]
+    for level in ("patient_features", "derived_patient_features", "lesion_features"):
+        for mine, want in zip(got[level], expected[level], strict=True):
+            if want["type"] == "numerical":
+                assert mine["mean"] == pytest.approx(want["mean"], rel=1e-9, abs=1e-12)
+                assert mine["std"] == pytest.approx(want["std"], rel=1e-9, abs=1e-12)
+    all_patients = index.schema.to_dict()["lesion_features"]
+    assert any(
+        f["type"] == "numerical" and f["mean"] != m["mean"]
+        for f, m in zip(all_patients, got["lesion_features"])
+    ), "the held-out patients' values must not shape the statistics"
     rows = [json.loads(line) for line in (streamed_run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 376 // 32 and not any("val_loss" in r for r in rows)
 

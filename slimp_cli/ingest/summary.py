@@ -12,7 +12,7 @@ import tempfile
 from array import array
 from collections.abc import Sequence
 
-from ..schema import category_key, numeric_stats
+from ..schema import category_key, numeric_stats, patient_moments
 from .rowstore import DiskSet
 
 
@@ -90,6 +90,11 @@ class WrittenSummary:
         folder: str | None = None,
     ) -> None:
         self.lesion_ids = DiskSet(folder)  # distinct lesion ids, counted on disk
+        self.levels = {  # STAT_LEVELS -> features: index.json's per-patient moments
+            "patient_features": list(patient_features),
+            "derived_patient_features": list(derived),
+            "lesion_features": list(lesion_features),
+        }
         self.patient = [FeatureSummary(f, folder) for f in patient_features]
         self.lesion = [FeatureSummary(f, folder) for f in lesion_features]
         self.derived = [FeatureSummary(f, folder) for f in derived]
@@ -134,6 +139,13 @@ class WrittenSummary:
                 "shard": shard,
                 "images": len(lesions),
                 "malignant": sum(e["malignant"] == 1 for e in lesions),
+                # streaming pools these into the training patients' statistics
+                "moments": patient_moments(
+                    self.levels,
+                    patient["fields"],
+                    patient["derived"],
+                    [e["fields"] for e in lesions],
+                ),
             }
         )
 

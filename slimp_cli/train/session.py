@@ -206,9 +206,14 @@ def split_patients(
     use = [i for i, pid in enumerate(ids) if pid not in holdout]
     validation = [i for i, pid in enumerate(ids) if pid in holdout]
     schema, statistics = index.schema, "all patients"
-    if validation and streamed:
-        # NOTE[DIFF]: the local path standardises with the training patients' statistics;
-        # a stream has read no patient's fields yet, so schema.json's (all patients) serve.
+    if validation and streamed and all(e.moments is not None for e in entries):
+        # index.json carries per-patient moments: the training patients' statistics, pooled
+        # (equal to the local path's to float rounding), without reading a tar.
+        statistics = "training patients"
+        schema = schema.with_moments([entries[i].moments for i in use])
+    elif validation and streamed:
+        # NOTE[DIFF]: an index without moments (none is written so since they exist): the
+        # stream has read no patient's fields yet, so schema.json's (all patients) serve.
         statistics = STATISTICS_NOTE
     elif validation:
         statistics = "training patients"
