@@ -95,8 +95,19 @@ def read_json(path: str | os.PathLike):
 
 
 def write_json(path: str | os.PathLike, obj, *, indent: int = 2) -> None:
-    """Write JSON atomically (sorted keys: byte-identical output for identical input)."""
-    write_text(path, json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False) + "\n")
+    """Write JSON atomically (sorted keys: byte-identical output for identical input).
+
+    Streamed to the file piece by piece (`json.dump`): the same bytes as `json.dumps`, without
+    the whole text and its pieces in memory (an index.json of 100,000 patients)."""
+    from .errors import SlimpError
+
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(obj, handle, indent=indent, sort_keys=True, ensure_ascii=False)
+            handle.write("\n")
+    except OSError as exc:
+        raise SlimpError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

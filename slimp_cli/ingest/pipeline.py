@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import SlimpError
-from ..paths import write_json
+from ..paths import atomic_path, write_json
 from ..schema import load_dataset_schema, validate_dataset_schema
 from ..shards import SHARD_GLOB, ShardWriter, image_entry_name, unique_keys, verify_shards
 from .formats import get_adapter
@@ -347,7 +347,7 @@ def _write(
         )
         if modalities is not None:
             manifest["modalities"] = modalities
-        _commit(out, writer, resolved, manifest, previous, summary.index)
+        _commit(out, writer, resolved, manifest, previous, summary.write_index)
     except BaseException:
         writer.abort()
         raise
@@ -409,7 +409,7 @@ def _commit(
     resolved: dict,
     manifest: dict,
     previous: list[Path],
-    index: list[dict],
+    write_index,
 ) -> None:
     """Replace any previous dataset: old manifest first (never complete-looking), then rename;
     manifest.json (`complete: true`) is written last."""
@@ -422,7 +422,11 @@ def _commit(
     shards = writer.commit()
     manifest["shards"] = [s.__dict__ for s in shards]
     write_json(out / "schema.json", resolved)
-    write_json(out / INDEX, {"format": "slimp-index", "version": 1, "patients": index})
+    try:
+        with atomic_path(out / INDEX) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+            write_index(handle)
+    except OSError as exc:
+        raise SlimpError(f"{out / INDEX}: cannot write ({exc.strerror or exc})") from None
     manifest["complete"] = True
     write_json(out / "manifest.json", manifest)
 

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-CACHE_KIB = 2048  # SQLite page cache per connection (the rest of the store stays on disk)
+CACHE_KIB = 1024  # SQLite page cache per connection (the rest of the store stays on disk)
 BATCH = 2000  # entries read or updated per statement
 
 

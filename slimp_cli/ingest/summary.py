@@ -8,7 +8,9 @@ lesion dicts: lesion ids are counted in the row store, numerical values wait in 
 
 from __future__ import annotations
 
+import json
 import tempfile
+import textwrap
 from array import array
 from collections.abc import Sequence
 
@@ -107,7 +109,10 @@ class WrittenSummary:
         self.modality_images = dict.fromkeys(self.declared, 0)
         self.lesions_with_modalities = 0
         self.missing_modalities: list[dict] = []
-        self.index: list[dict] = []  # index.json: one row per patient, in shard order
+        # index.json's rows, one JSON line per patient in shard order, kept on disk
+        self.index = tempfile.TemporaryFile(
+            "w+", dir=folder, prefix=".slimp-index-", encoding="utf-8"
+        )
 
     def add(self, key: str, shard: str, patient: dict, lesions: list[dict]) -> None:
         """One written patient (patient.json) and its lesion entries (lesions.json)."""
@@ -132,22 +137,28 @@ class WrittenSummary:
             self.lesion_ids.add(e["lesion_id"])
         if self.declared:
             self._add_modalities(lesions)
-        self.index.append(
-            {
-                "key": key,
-                "patient_id": patient["patient_id"],
-                "shard": shard,
-                "images": len(lesions),
-                "malignant": sum(e["malignant"] == 1 for e in lesions),
-                # streaming pools these into the training patients' statistics
-                "moments": patient_moments(
-                    self.levels,
-                    patient["fields"],
-                    patient["derived"],
-                    [e["fields"] for e in lesions],
-                ),
-            }
-        )
+        row = {
+            "key": key,
+            "patient_id": patient["patient_id"],
+            "shard": shard,
+            "images": len(lesions),
+            "malignant": sum(e["malignant"] == 1 for e in lesions),
+            # streaming pools these into the training patients' statistics
+            "moments": patient_moments(
+                self.levels, patient["fields"], patient["derived"], [e["fields"] for e in lesions]
+            ),
+        }
+        self.index.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def write_index(self, handle) -> None:
+        """index.json to `handle`: what `paths.write_json` would write of {"format", "version",
+        "patients": rows}, streamed from the scratch file (sorted keys, indent 2)."""
+        handle.write('{\n  "format": "slimp-index",\n  "patients": [')
+        self.index.seek(0)
+        for i, line in enumerate(self.index):
+            text = json.dumps(json.loads(line), indent=2, sort_keys=True, ensure_ascii=False)
+            handle.write(("," if i else "") + "\n" + textwrap.indent(text, "    "))
+        handle.write('\n  ],\n  "version": 1\n}\n')
 
     def _add_modalities(self, lesions: list[dict]) -> None:
         # A lesion id is unique in the dataset, so all its images belong to this patient.
@@ -202,3 +213,4 @@ class WrittenSummary:
         for f in [*self.patient, *self.lesion, *self.derived]:
             f.close()
         self.lesion_ids.close()
+        self.index.close()
