@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:  # importlib.resources.abc is 3.11+; the object is all that is used
     from importlib.resources.abc import Traversable
@@ -94,33 +94,35 @@ def read_json(path: str | os.PathLike):
         raise SlimpError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
-def write_json(path: str | os.PathLike, obj, *, indent: int = 2) -> None:
-    """Write JSON atomically (sorted keys: byte-identical output for identical input).
-
-    Streamed to the file piece by piece (`json.dump`): the same bytes as `json.dumps`, without
-    the whole text and its pieces in memory (an index.json of 100,000 patients)."""
+@contextlib.contextmanager
+def atomic_text(path: str | os.PathLike) -> Iterator[TextIO]:
+    """A UTF-8 text handle on a temporary file renamed onto `path` when the block finishes;
+    SlimpError naming the file when it cannot be written (missing or read-only folder, a file
+    where a folder should be, full disk)."""
     from .errors import SlimpError
 
     path = Path(path)
     try:
         with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=indent, sort_keys=True, ensure_ascii=False)
-            handle.write("\n")
+            yield handle
     except OSError as exc:
         raise SlimpError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def write_json(path: str | os.PathLike, obj, *, indent: int = 2) -> None:
+    """Write JSON atomically (sorted keys: byte-identical output for identical input).
+
+    Streamed to the file piece by piece (`json.dump`): the same bytes as `json.dumps`, without
+    the whole text and its pieces in memory (an index.json of 100,000 patients)."""
+    with atomic_text(path) as handle:
+        json.dump(obj, handle, indent=indent, sort_keys=True, ensure_ascii=False)
+        handle.write("\n")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write UTF-8 text atomically; SlimpError naming the file when it cannot be written
-    (missing or read-only folder, a file where a folder should be, full disk)."""
-    from .errors import SlimpError
-
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise SlimpError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    """Write UTF-8 text atomically (see `atomic_text`)."""
+    with atomic_text(path) as handle:
+        handle.write(text)
 
 
 def json_safe(obj):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import SlimpError
-from ..paths import atomic_path, write_json
+from ..paths import atomic_text, write_json
 from ..schema import load_dataset_schema, validate_dataset_schema
 from ..shards import SHARD_GLOB, ShardWriter, image_entry_name, unique_keys, verify_shards
 from .formats import get_adapter
@@ -422,11 +422,8 @@ def _commit(
     shards = writer.commit()
     manifest["shards"] = [s.__dict__ for s in shards]
     write_json(out / "schema.json", resolved)
-    try:
-        with atomic_path(out / INDEX) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-            write_index(handle)
-    except OSError as exc:
-        raise SlimpError(f"{out / INDEX}: cannot write ({exc.strerror or exc})") from None
+    with atomic_text(out / INDEX) as handle:
+        write_index(handle)
     manifest["complete"] = True
     write_json(out / "manifest.json", manifest)
 

@@ -44,6 +44,7 @@ class Hdf5Locator:
     def __init__(self, path: Path) -> None:
         import h5py
 
+        self._dataset = h5py.Dataset
         self.where = str(path)  # one string shared by every ImageRef
         try:
             self._handle = h5py.File(path, "r")
@@ -52,11 +53,9 @@ class Hdf5Locator:
 
     def _has(self, key: str) -> bool:
         # Only top-level datasets: "a/b" would otherwise reach into a group.
-        import h5py
-
         if not key or "/" in key or key in (".", ".."):
             return False
-        return self._handle.get(key, getclass=True) is h5py.Dataset
+        return self._handle.get(key, getclass=True) is self._dataset
 
     def __call__(self, column: str, cell: str) -> ImageRef | None:
         if self._handle is None:
