@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .embed import embed
+from .errors import SlimpError
 from .eval.extrapolate import extrapolate
 from .eval.probe import run_probe
 from .eval.retrieval import run_retrieval
@@ -34,6 +35,8 @@ DEMO_IMG_SIZE = 48
 # A fifth of the patients is held out of pre-training: enough held-out rows for stable numbers
 # on a cohort of a few hundred patients (the tool's default is 10%).
 DEMO_HOLDOUT = 0.2
+# Fixed, not "all cores": the thread count changes float summation order, hence the numbers.
+DEMO_THREADS = 2
 
 
 def _train_config(steps: int, seed: int, *, variant: str, index) -> TrainConfig:
@@ -67,10 +70,40 @@ def run_demo(
     patients: int = 250,
     steps: int = 100,
     seed: int = 0,
+    threads: int = DEMO_THREADS,
     console: Console | None = None,
 ) -> dict:
-    """Run the demo under `out`; print a results table; return the results (also demo.json)."""
+    """Run the demo under `out`; print a results table; return the results (also demo.json).
+
+    The numbers are bit-identical from run to run for one `threads`, torch build and CPU
+    instruction set (all three are in demo.json): the thread count sets how float sums are split,
+    so another count moves the third decimal.
+    """
+    import torch
+
+    if threads < 1:
+        raise SlimpError(f"--threads must be >= 1 (got {threads})")
     console = console or Console(stderr=True)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run_demo(out, patients=patients, steps=steps, seed=seed, console=console)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def reproducibility() -> dict:
+    """What the demo's numbers depend on besides its options (recorded in demo.json)."""
+    import torch
+
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def _run_demo(out, *, patients: int, steps: int, seed: int, console: Console) -> dict:
     stdout = Console(width=max(Console().width, 118))  # results to stdout, never wrapped
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +199,13 @@ def run_demo(
         f"R@10 {_fmt(i2l.get('R@10'))}, mAP {_fmt(i2l.get('mAP'))} "
         f"({retrieval['n_queries']} held-out lesions; chance R@1 = {1 / retrieval['n_queries']:.4f})"
     )
+    env = reproducibility()
+    stdout.print(
+        f"[dim]deterministic for: {env['torch_threads']} torch threads, torch {env['torch']}, "
+        f"CPU {env['cpu_capability']}[/]"
+    )
     report = {
+        "reproducibility": env,
         "results": summary,
         "retrieval": retrieval,
         "files": {

@@ -123,9 +123,19 @@ def test_retrieve_cli_writes_design_json(pad_store, tmp_path, run_slimp):
 
 
 def test_demo_prints_the_results_table(tmp_path, run_slimp):
-    res = run_slimp("demo", "--out", tmp_path / "demo", "--patients", "60", "--steps", "3")
+    res = run_slimp(
+        "demo", "--out", tmp_path / "demo", "--patients", "60", "--steps", "3", "--threads", "1"
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "slimp demo" in res.stdout and "pseudo" in res.stdout
     report = json.loads((tmp_path / "demo" / "demo.json").read_text())
     models = {r["model"] for r in report["results"]}
     assert any("SimCLR" in m for m in models) and any("ilp" in m for m in models)
+    # what the numbers depend on is recorded, with the thread count the demo really used
+    assert report["reproducibility"]["torch_threads"] == 1
+    assert "deterministic for: 1 torch threads" in res.stdout
+
+
+def test_demo_refuses_zero_threads(run_slimp, tmp_path):
+    res = run_slimp("demo", "--out", tmp_path / "demo", "--threads", "0")
+    assert res.returncode == 2 and "Traceback" not in res.stderr

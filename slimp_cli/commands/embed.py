@@ -161,6 +161,14 @@ def demo_cmd(
     patients: int = typer.Option(250, "--patients", help="Patients in the generated cohort."),
     steps: int = typer.Option(100, "--steps", help="Pre-training steps of each model."),
     seed: int = typer.Option(0, "--seed", help="Seed of the cohort and of training."),
+    threads: int = typer.Option(
+        2,
+        "--threads",
+        min=1,
+        help="Torch CPU threads. The numbers are identical run to run for one thread count, "
+        "torch build and CPU instruction set (recorded in demo.json); another count moves the "
+        "third decimal.",
+    ),
 ) -> None:
     """Run the whole pipeline on a generated cohort on the CPU and print one results table.
 
@@ -169,7 +177,7 @@ def demo_cmd(
     """
     from ..demo import run_demo
 
-    run_demo(out, patients=patients, steps=steps, seed=seed, console=console)
+    run_demo(out, patients=patients, steps=steps, seed=seed, threads=threads, console=console)
 
 
 def register(app: typer.Typer) -> None:
