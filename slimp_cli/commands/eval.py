@@ -341,7 +341,8 @@ def retrieve_cmd(
     ]
     metrics = list(report["image_to_lesion"])
     table = Table(
-        title=f"{escape(store.name)}: retrieval over {report['n_queries']} lesions",
+        title=f"{escape(store.name)}: retrieval over {report['n_queries']} images of "
+        f"{report['n_lesions']} lesions",
         caption=_split_caption(report["split"]),
     )
     table.add_column("task")
