@@ -289,7 +289,7 @@ def run_retrieval(
         )
         names = {
             "matching": "matching metadata",
-            "non_matching": "non-matching metadata",
+            "non_matching": "metadata of other lesions",
             "retrieved": "metadata retrieved from training part",
         }
         plots.similarity_histograms(
