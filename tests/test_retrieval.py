@@ -203,3 +203,146 @@ def test_hand_made_ties_give_exact_mid_rank_metrics():
     assert m["mAP"] == pytest.approx(((1 / 2 + 1 / 3) / 2 + (1 + 1 / 2) / 2 + 1) / 3)
     assert m["NDCG@2"] == pytest.approx(((1 / np.log2(3)) / 2 + (1 + 1 / np.log2(3)) / 2 + 1) / 3)
     assert m["mean_rank"] == pytest.approx((2.5 + 1.5 + 1) / 3)
+
+
+def _lesion_store(path, *, lesion_id, features, modalities=None):
+    """A store with given lesion ids (rows = images; one patient per lesion)."""
+    from slimp_cli.store import FeatureStoreWriter
+
+    n = len(lesion_id)
+    names = ["dermoscopic", "clinical"] if modalities is not None else None
+    with FeatureStoreWriter(
+        path,
+        n=n,
+        dims={k: v.shape[1] for k, v in features.items()},
+        config={"model": "test"},
+        schema={"name": "synthetic"},
+        classes=["c0", "c1"],
+        variant="sm3" if names else "nested",
+        modalities=names,
+    ) as w:
+        w.append(
+            lesion_id=[str(x) for x in lesion_id],
+            patient_id=[f"p{x}" for x in lesion_id],
+            label=np.arange(n) % 2,
+            malignant=np.arange(n) % 2,
+            features={k: v.astype(np.float32) for k, v in features.items()},
+            modalities=modalities,
+        )
+    return path
+
+
+def _twins(n_lesions=100, n_twins=30, seed=0):
+    """Lesion id per row: every lesion once, `n_twins` of them with 1-2 more images."""
+    rng = np.random.default_rng(seed)
+    extra = np.repeat(np.arange(n_twins), rng.integers(1, 3, n_twins))
+    return rng.permutation(np.concatenate([np.arange(n_lesions), extra]))
+
+
+def test_twin_images_are_relevant_not_ties(tmp_path):
+    """Known answer (issue 17): image and lesion vectors equal per lesion, twin images present:
+    every image finds its lesion's metadata first, R@1 = 1 both ways (relevance by row gave
+    0.67 here: a twin's equal metadata vector tied with the image's own)."""
+    lid = _twins()
+    per_lesion = np.random.default_rng(1).normal(size=(100, 16))
+    x = per_lesion[lid]
+    store = _lesion_store(tmp_path / "t.h5", lesion_id=lid, features={"image": x, "lesion": x})
+    rep = run_retrieval(store, split="all", device="cpu", n_negative=2000)
+    assert rep["n_queries"] == len(lid) > 130 and rep["n_lesions"] == 100
+    for task in ("image_to_lesion", "lesion_to_image"):
+        m = rep[task]
+        assert m["R@1"] == 1.0 and m["mAP"] == 1.0 and m["mean_rank"] == 1.0, (task, m)
+
+
+def test_twin_metadata_that_differs_stays_a_relevant_record(tmp_path):
+    """Twin rows whose lesion vectors differ (metadata recorded per image) are two records of
+    one lesion: both relevant to the lesion's images; other lesions' duplicates count once."""
+    lid = np.array([0, 0, 1, 1, 2])
+    e = np.eye(4)
+    image = np.array([e[0], e[0], e[1], e[1], e[2]])
+    # lesion 0: records e0 and e0 + e3 (differ); lesion 1: two equal records near e0 (a
+    # strong non-relevant competitor for lesion 0, counted once); lesion 2: e2
+    lesion = np.array([e[0] + e[3], e[0], e[0] + 0.1 * e[1], e[0] + 0.1 * e[1], e[2]])
+    store = _lesion_store(
+        tmp_path / "d.h5", lesion_id=lid, features={"image": image, "lesion": lesion}
+    )
+    rep = run_retrieval(store, split="all", device="cpu", n_negative=100)
+    # image of lesion 0 (e0): best relevant record e0 (cos 1) beats lesion 1's (cos .995):
+    # rank 1; images of lesion 1 (e1): lesion 1's record has cos .0995, lesion 0's e0 + e3
+    # 0, e0 0, lesion 2 0 -> rank 1; lesion 2 -> rank 1
+    assert rep["image_to_lesion"]["R@1"] == 1.0
+    # lesion -> image over the 4 records (lesion 0 twice, 1 once, 2 once):
+    # lesion 1's record (e0 + .1 e1) is nearest the images e0 of lesion 0 (cos .995 > .0995):
+    # its best own image e1 ranks behind the two e0 images -> rank 3; the rest rank 1
+    m = rep["lesion_to_image"]
+    assert m["R@1"] == pytest.approx(3 / 4) and m["mean_rank"] == pytest.approx((1 + 1 + 3 + 1) / 4)
+
+
+def test_lesion_records_dedupe_equal_twins_only():
+    from slimp_cli.eval.retrieval import lesion_codes, lesion_records
+
+    codes = lesion_codes(np.array(["b", "a", "b", "b", "c"]))
+    np.testing.assert_array_equal(codes, [1, 0, 1, 1, 2])
+    v = np.array([[1, 0], [0, 1], [2, 1e-7], [1, 1], [3, 3]], dtype=np.float32)
+    # row 2 equals row 0 up to scale and 1e-7 (the same record); row 3 differs
+    np.testing.assert_array_equal(lesion_records(v, codes), [0, 1, 3, 4])
+
+
+def test_non_matching_pairs_are_of_other_lesions():
+    from slimp_cli.eval.retrieval import similarity_samples
+
+    groups = np.array([0, 0, 0, 0, 1, 2, 2, 3])
+    n = len(groups)
+    # twins share a direction: cos(image_i, lesion_j) = 1 same row, 1/2 twin, 0 other lesion
+    image = lesion = np.eye(n, 12) + np.eye(12)[8 + groups]
+    match, non = similarity_samples(image, lesion, groups=groups, n_negative=20000, seed=3)
+    np.testing.assert_allclose(match, 1.0, rtol=1e-6)
+    np.testing.assert_allclose(non, 0.0, atol=1e-6)  # never the row itself nor a twin
+    # which j: every image the same, lesion j's cosine with it is angle_j: i uniform, then j
+    # uniform over the other lesions' rows -> P(j) = mean over i outside g_j of 1 / (n - |g_i|)
+    angle = np.linspace(0.1, 1.5, n)
+    lesion_a = np.stack([np.cos(angle), np.sin(angle)], 1)
+    _, non_a = similarity_samples(
+        np.tile([1.0, 0.0], (n, 1)), lesion_a, groups=groups, n_negative=40000, seed=1
+    )
+    j = np.abs(non_a[:, None] - np.cos(angle)[None]).argmin(1)
+    size = np.bincount(groups)[groups]
+    want = np.array([np.sum((groups != groups[k]) / (n - size)) / n for k in range(n)])
+    np.testing.assert_allclose(np.bincount(j, minlength=n) / len(j), want, atol=0.01)
+    assert len(similarity_samples(image, lesion, groups=np.zeros(n, int))[1]) == 0
+
+
+def test_pair_matching_groups_cases_of_one_lesion(tmp_path):
+    """Two cases of one lesion: the other case's clinical image is a match, not a tie."""
+    from slimp_cli.eval.pair_matching import chance_metrics, run_pair_matching
+
+    lid = np.array([0, 0, 1, 2, 3, 3, 4])
+    per_lesion = np.random.default_rng(2).normal(size=(5, 8))
+    derm = per_lesion[lid]
+    both = np.ones((len(lid), 2), np.int8)
+    store = _lesion_store(
+        tmp_path / "pm.h5",
+        lesion_id=lid,
+        features={"derm_mm": derm, "clinic_mm": derm, "image": np.hstack([derm, derm])},
+        modalities=both,
+    )
+    rep = run_pair_matching(store, device="cpu")
+    assert rep["pair_matching"]["Acc@1"] == 1.0 and rep["pair_matching"]["mean_rank"] == 1.0
+    # chance with m relevant of n = 7: (n + 1) / (m + 1); P(hit in top 1) = m / n
+    m = np.array([2, 2, 1, 1, 2, 2, 1])
+    assert rep["chance"]["mean_rank"] == pytest.approx(np.mean(8 / (m + 1)))
+    assert rep["chance"]["Acc@1"] == pytest.approx(np.mean(m / 7))
+    one = chance_metrics(np.ones(10, int), 10)
+    assert one == pytest.approx({"Acc@1": 0.1, "Acc@5": 0.5, "mean_rank": 5.5, "n": 10})
+
+
+def test_chance_metrics_against_simulation():
+    from slimp_cli.eval.pair_matching import chance_metrics
+
+    rng = np.random.default_rng(0)
+    n, m = 12, 3
+    ranks = np.array([rng.permutation(n)[:m].min() + 1 for _ in range(40000)])
+    got = chance_metrics(np.array([m]), n)
+    assert got["Acc@1"] == pytest.approx(np.mean(ranks <= 1), abs=0.01)
+    assert got["Acc@5"] == pytest.approx(np.mean(ranks <= 5), abs=0.01)
+    assert got["mean_rank"] == pytest.approx(ranks.mean(), abs=0.02)

@@ -26,6 +26,8 @@ RETRIEVE_SPLITS = ("holdout", "all", "random", "patient")  # retrieve adds the w
 STRATEGIES = ("ilp", "il", "ii")  # store.PSEUDO_STRATEGIES
 TASKS = ("classification", "derm7pt-multilabel")  # probe_cmd's tasks
 PROBE_METHODS = ("linear", "knn")  # eval.probe.METHODS (a comma list)
+CLASSIFIERS = ("logreg", "linear")  # eval.probe.CLASSIFIERS
+PROBE_RECIPES = ("slimp", "sm3")  # eval.linear.RECIPES
 LEVELS = ("image", "lesion", "patient", "derm", "clinic", "derm_mm", "clinic_mm", "labels")
 # ^ store.LEVELS (a comma list; the last five are SM3 stores' branch features)
 REPORT_TO = ("none", "tensorboard")  # train.report.REPORTERS
@@ -39,6 +41,8 @@ RetrieveSplit = _choice("RetrieveSplit", RETRIEVE_SPLITS)
 Strategy = _choice("Strategy", STRATEGIES)
 Task = _choice("Task", TASKS)
 ReportTo = _choice("ReportTo", REPORT_TO)
+Classifier = _choice("Classifier", CLASSIFIERS)
+ProbeRecipe = _choice("ProbeRecipe", PROBE_RECIPES)
 
 
 def value(choice):

@@ -5,6 +5,7 @@ User errors (SlimpError) propagate to `cli.main`, which prints one line and exit
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from .choices import (
     DEVICE_HELP,
     LEVELS,
     PROBE_METHODS,
+    Classifier,
     Label,
+    ProbeRecipe,
     RetrieveSplit,
     Split,
     Strategy,
@@ -83,6 +86,20 @@ def _fmt(metric: dict) -> str:
     if metric.get("std") is None:  # averages over criteria carry no std
         return f"{metric['mean']:.3f}"
     return f"{metric['mean']:.3f}±{metric['std']:.3f}"
+
+
+def _probe_number(positive: bool):
+    """A Typer callback: a finite number, > 0 (`positive`) or >= 0 (exit 2 otherwise; click's
+    ranges let nan and inf through)."""
+
+    def check(number: float | None) -> float | None:
+        if number is not None and not (
+            math.isfinite(number) and (number > 0 if positive else number >= 0)
+        ):
+            raise typer.BadParameter(f"must be a finite number {'> 0' if positive else '>= 0'}")
+        return number
+
+    return check
 
 
 def probe_cmd(
@@ -152,11 +169,55 @@ def probe_cmd(
     device: str = typer.Option(
         "auto", "--device", help="Device of the kNN search: " + DEVICE_HELP, callback=device_name
     ),
+    classifier: Classifier = typer.Option(
+        "logreg",
+        "--classifier",
+        help="The linear method's classifier: logreg (scikit-learn logistic regression, --C, "
+        "--cv) or linear (the papers' probe: a torch linear layer, (B)CE + AdamW on "
+        "standardised features, --probe-*; also used by --baseline's logistic row).",
+    ),
+    probe_recipe: ProbeRecipe | None = typer.Option(
+        None,
+        "--probe-recipe",
+        help="--classifier linear: slimp (150 epochs) or sm3 (50 epochs); both lr 1e-3, weight "
+        "decay 0.01, batch 128 [default: sm3 for SM3 stores, else slimp].",
+    ),
+    probe_epochs: int | None = typer.Option(
+        None, "--probe-epochs", min=1, help="--classifier linear: epochs [default: the recipe's]."
+    ),
+    probe_lr: float | None = typer.Option(
+        None,
+        "--probe-lr",
+        callback=_probe_number(positive=True),
+        help="--classifier linear: AdamW learning rate [default: 1e-3].",
+    ),
+    probe_weight_decay: float | None = typer.Option(
+        None,
+        "--probe-weight-decay",
+        callback=_probe_number(positive=False),
+        help="--classifier linear: AdamW weight decay of the weight [default: 0.01].",
+    ),
+    probe_batch_size: int | None = typer.Option(
+        None,
+        "--probe-batch-size",
+        min=1,
+        help="--classifier linear: rows per step (>= the training rows: full batch) "
+        "[default: 128].",
+    ),
 ) -> None:
     """Linear probe and kNN classification on frozen features (mean±std over seeds)."""
+    label, split, pseudo, task = value(label), value(split), value(pseudo), value(task)
+    linear_probe = {
+        "classifier": value(classifier),
+        "probe_recipe": value(probe_recipe),
+        "probe_epochs": probe_epochs,
+        "probe_lr": probe_lr,
+        "probe_weight_decay": probe_weight_decay,
+        "probe_batch_size": probe_batch_size,
+    }
+    _check_linear_probe_usage(linear_probe, cv=cv, task=task)  # before the slow imports
     from ..eval.probe import run_probe
 
-    label, split, pseudo, task = value(label), value(split), value(pseudo), value(task)
     _outputs(json_path, plots)
     if task == "derm7pt-multilabel":
         return _multilabel(
@@ -189,6 +250,7 @@ def probe_cmd(
         pseudo=pseudo,
         device=device,
         plots_dir=plots,
+        **linear_probe,
     )
     _warn(report["warnings"])
     names = (
@@ -219,6 +281,21 @@ def probe_cmd(
         )
     _out().print(table)
     _write_json(json_path, report)
+
+
+def _check_linear_probe_usage(options: dict, *, cv: bool, task: str) -> None:
+    """Exit 2 on a combination that would silently do nothing (the library refuses it too)."""
+    linear = options["classifier"] == "linear"
+    if linear and cv:
+        raise typer.BadParameter("--cv chooses C of --classifier logreg", param_hint="--cv")
+    if linear and task != "classification":
+        raise typer.BadParameter(
+            f"--classifier linear is not available with --task {task}", param_hint="--classifier"
+        )
+    given = [k for k, v in options.items() if k != "classifier" and v is not None]
+    if given and not linear:
+        hint = "--" + given[0].replace("_", "-")
+        raise typer.BadParameter("needs --classifier linear", param_hint=hint)
 
 
 def _split_caption(split: dict) -> str:
@@ -341,7 +418,8 @@ def retrieve_cmd(
     ]
     metrics = list(report["image_to_lesion"])
     table = Table(
-        title=f"{escape(store.name)}: retrieval over {report['n_queries']} lesions",
+        title=f"{escape(store.name)}: retrieval over {report['n_queries']} images of "
+        f"{report['n_lesions']} lesions",
         caption=_split_caption(report["split"]),
     )
     table.add_column("task")

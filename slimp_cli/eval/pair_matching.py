@@ -1,11 +1,14 @@
 """Dermoscopic -> clinical pair matching on an SM3 store (SM3 paper Sec. IV-B, Table III).
 
 Each case's dermoscopic image is the query; the gallery is the clinical images of all cases that
-have both; the relevant item is the same case's clinical image. Similarity is the cosine between
+have both; the relevant items are the clinical images of the same lesion (lesion id: the case
+itself in Derm7pt, where `case_num` is the lesion id; a second case of one lesion is a match,
+not a non-relevant tie), and the rank is that of the best one. Similarity is the cosine between
 the cross-modal embeddings (`derm_mm`, `clinic_mm`: the space the cross-modal loss trains) when
 the store has them, else between the branch features (`derm`, `clinic`; the `concat` fusion has
 no per-modality cross-modal space). Reported: Acc@1 (the pair is the most similar), Acc@5 (in
-the top 5), the average rank of the pair (1 = best; chance: (n + 1) / 2) and n.
+the top 5), the average rank of the pair (1 = best; chance: (n + 1) / 2 with one relevant
+item) and n; ties count half (eval/metrics.rank_metrics).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from ..paths import json_safe
 from ..store import FeatureStore
 from . import WarningLog
 from .metrics import rank_metrics
-from .retrieval import ranks_of_relevant
+from .retrieval import lesion_codes, ranks_of_relevant
 
 QUERY, GALLERY = "dermoscopic", "clinical"
 
@@ -34,6 +37,24 @@ def pair_matching_metrics(greater: np.ndarray, tied: np.ndarray | None = None) -
         "mean_rank": m["mean_rank"],
         "n": int(len(greater)),
     }
+
+
+def chance_metrics(m: np.ndarray, n: int) -> dict:
+    """Acc@1, Acc@5 and mean rank of a random ranking, averaged over the queries.
+
+    A query with m relevant items among n: the non-relevant items ranked above the best relevant
+    one number (n - m) / (m + 1) on average, so the mean rank is (n + 1) / (m + 1); no relevant
+    item in the top k has probability C(n - m, k) / C(n, k) = prod_{i<k} (n - m - i) / (n - i).
+    Shape: m [Nq] ints in 1..n.
+    """
+    m = np.asarray(m, dtype=np.float64)
+    out = {"n": int(n), "mean_rank": float(np.mean((n + 1) / (m + 1)))}
+    for k in (1, 5):
+        miss = np.ones_like(m)
+        for i in range(min(k, n)):
+            miss *= np.clip(n - m - i, 0, None) / (n - i)
+        out[f"Acc@{k}"] = float(np.mean(1.0 - miss))
+    return {key: out[key] for key in ("Acc@1", "Acc@5", "mean_rank", "n")}
 
 
 def run_pair_matching(
@@ -66,6 +87,7 @@ def run_pair_matching(
                     "which live in two unrelated spaces"
                 )
         query_all, gallery_all = store.block(features[0]), store.block(features[1])
+        lesion_ids = store.lesion_id
     both = mask[:, names.index(QUERY)] & mask[:, names.index(GALLERY)]
     rows = np.flatnonzero(both)
     if len(rows) < 2:
@@ -75,12 +97,12 @@ def run_pair_matching(
         )
     if len(rows) < len(both):
         warnings.add(f"{len(both) - len(rows)} of {len(both)} cases lack an image: left out")
-    ident = np.arange(len(rows))
+    lesion = lesion_codes(lesion_ids[rows])
     greater, tied = ranks_of_relevant(
         query_all[rows],
         gallery_all[rows],
-        query_groups=ident,
-        gallery_groups=ident,
+        query_groups=lesion,
+        gallery_groups=lesion,
         device=device,
         query_chunk=chunk_size,
     )
@@ -88,7 +110,7 @@ def run_pair_matching(
     return json_safe(
         {
             "pair_matching": pair_matching_metrics(greater, tied),
-            "chance": {"Acc@1": 1 / n, "Acc@5": min(5, n) / n, "mean_rank": (n + 1) / 2, "n": n},
+            "chance": chance_metrics(np.bincount(lesion)[lesion], n),
             "features": list(features),
             "warnings": list(warnings),
         }

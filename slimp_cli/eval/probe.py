@@ -14,6 +14,10 @@ the held-out rows. Metrics are averaged over seeds (mean, population std).
   (sklearn's default: weak regularisation on standardised features, close to the paper's plain
   cross-entropy probe); `cv=True` picks C from CV_CS by 5-fold (or fewer) stratified inner
   cross-validation on the training rows, scored by balanced accuracy.
+  `classifier="linear"` (`--classifier linear`) fits the papers' probe instead: a torch linear
+  layer, (B)CE + AdamW, SLIMP's 150 epochs or SM3's 50 (by the store's variant), on the
+  training rows' standardised features (eval/linear.py); the baseline-logreg row then uses it
+  too, on the raw metadata.
 - knn: cosine kNN, k = 20, votes exp(sim / 0.07) (see eval/knn.py). Each feature level is L2
   normalised before concatenation so image, lesion and patient weigh equally in the cosine.
 Features: any subset of image, lesion, patient (Table 6); with `pseudo="ilp"` (or il/ii) the
@@ -40,12 +44,14 @@ from ..store import BRANCH_LEVELS, LEVELS, PSEUDO_STRATEGIES, FeatureStore
 from . import WarningLog
 from .baseline import BASELINES, leakage_audit, make_baseline, openmp_threads_for, raw_metadata
 from .knn import knn_proba
+from .linear import LinearProbeConfig, linear_probe_proba, probe_config, recipe_for
 from .metrics import classification_metrics, summarize
 from .options import check_probe_options
 from .search import normalize
 from .splits import SplitInfo, check_fractions, low_shot, make_split
 
 METHODS = ("linear", "knn")
+CLASSIFIERS = ("logreg", "linear")  # of the "linear" method: scikit-learn's, or the papers'
 LABELS = ("binary", "multiclass")
 DEFAULT_C = 1.0
 CV_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
@@ -186,8 +192,18 @@ def run_probe(
     test_size: float = 0.1,
     device: str = "auto",
     plots_dir: str | os.PathLike | None = None,
+    classifier: str = "logreg",
+    probe_recipe: str | None = None,
+    probe_epochs: int | None = None,
+    probe_lr: float | None = None,
+    probe_weight_decay: float | None = None,
+    probe_batch_size: int | None = None,
 ) -> dict:
     """Evaluate a store; returns the `probe --json` dict (NaN metrics as None).
+
+    `classifier` "logreg" (scikit-learn, `C` / `cv`) or "linear" (the papers' torch probe:
+    `probe_recipe` "slimp" / "sm3", None = by the store's variant; the other `probe_*` replace
+    the recipe's values; see eval/linear.py).
 
     `split` None = "holdout" when the store carries the run's held-out patients, else
     "random" (lesion-grouped). The JSON's "split" block names the split, its fingerprint and
@@ -204,6 +220,13 @@ def run_probe(
     if not seeds:
         raise SlimpError("--seeds: give at least one seed")
     check_probe_options(seeds=seeds, C=C, knn_temperature=knn_temperature)
+    linear_options = {
+        "epochs": probe_epochs,
+        "lr": probe_lr,
+        "weight_decay": probe_weight_decay,
+        "batch_size": probe_batch_size,
+    }
+    _check_classifier(classifier, cv=cv, recipe=probe_recipe, options=linear_options)
     fractions: list[float | None] = [None, *check_fractions(low_shot_fractions)]
     with FeatureStore.open(store_path) as store:
         blocks, y, groups, class_names, rows = load_probe_data(
@@ -211,6 +234,8 @@ def run_probe(
         )
         raw = raw_metadata(store) if baseline else None
         split_info = SplitInfo.of(store, rows)
+        recipe = probe_recipe or recipe_for(store.variant)
+    linear_config = probe_config(recipe, **linear_options) if classifier == "linear" else None
     split = split_info.choose(split)
     names = list(blocks)
     task = "binary" if label == "binary" else "multiclass"
@@ -264,6 +289,15 @@ def run_probe(
                     )
                     proba = np.zeros((len(test), n_classes))
                     proba[:, int(y[tr][0])] = 1.0
+                elif method == "linear" and linear_config is not None:
+                    proba = linear_probe_proba(
+                        x_linear[tr],
+                        y[tr],
+                        x_linear[test],
+                        n_classes=n_classes,
+                        config=linear_config,
+                        seed=int(seed),
+                    )
                 elif method == "linear":
                     proba, c = linear_proba(
                         x_linear[tr],
@@ -298,6 +332,7 @@ def run_probe(
                         seed=int(seed),
                         C=C,
                         warnings=warnings,
+                        linear_config=linear_config,
                     )
                 runs.setdefault((method, frac), []).append(
                     classification_metrics(
@@ -317,6 +352,8 @@ def run_probe(
                 if method == "knn"
                 else {}
             )
+            if method in ("linear", "baseline-logreg"):
+                params = _classifier_params(params, classifier, recipe, linear_config)
             results.append(
                 {
                     "method": method,
@@ -339,7 +376,37 @@ def run_probe(
     return json_safe(report)
 
 
-def _fit_baseline(method, x_raw, y, tr, test, *, n_classes, seed, C, warnings) -> np.ndarray:
+def _check_classifier(classifier: str, *, cv: bool, recipe: str | None, options: dict) -> None:
+    """The options of one linear classifier refused with the other (they would do nothing)."""
+    if classifier not in CLASSIFIERS:
+        raise SlimpError(f"--classifier {classifier!r}: choose one of {', '.join(CLASSIFIERS)}")
+    if classifier == "linear" and cv:
+        raise SlimpError("--cv chooses C of --classifier logreg; the linear probe has no C")
+    given = [f"--probe-{k.replace('_', '-')}" for k, v in options.items() if v is not None]
+    if classifier == "logreg" and (given or recipe is not None):
+        raise SlimpError(
+            f"{', '.join(given or ['--probe-recipe'])}: options of --classifier linear "
+            "(the default classifier is logreg)"
+        )
+
+
+def _classifier_params(
+    params: dict, classifier: str, recipe: str, config: LinearProbeConfig | None
+) -> dict:
+    """The JSON params of a linear row: the classifier, and the torch probe's recipe."""
+    if config is None:
+        return {"classifier": classifier, **params}
+    return {"classifier": classifier, "recipe": recipe, **config.to_dict(), "augmentation": "none"}
+
+
+def _fit_baseline(
+    method, x_raw, y, tr, test, *, n_classes, seed, C, warnings, linear_config=None
+) -> np.ndarray:
+    if method == "baseline-logreg" and linear_config is not None:
+        # the papers' probe on the raw metadata: the baseline row matches the probe's classifier
+        return linear_probe_proba(
+            x_raw[tr], y[tr], x_raw[test], n_classes=n_classes, config=linear_config, seed=seed
+        )
     model = make_baseline(method, seed=seed, C=C, max_iter=MAX_ITER)
     with pywarnings.catch_warnings(record=True) as caught, openmp_threads_for(len(tr)):
         pywarnings.simplefilter("always", ConvergenceWarning)

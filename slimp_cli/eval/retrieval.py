@@ -1,7 +1,14 @@
 """Image <-> metadata retrieval on a feature store (paper Sec. 4.5, Tables 4, 5, 20, 21, Fig. 3).
 
-Tasks (instance-level: the relevant item of a query is its own counterpart):
-- image_to_lesion / lesion_to_image: queries and gallery are the N lesions; one relevant item.
+Tasks (instance-level: the relevant item of a query is its own counterpart). A store row is an
+image; relevance is by lesion id, because two images of one lesion carry the same lesion
+metadata (PAD: 2,298 images of 1,641 lesions):
+- image_to_lesion: queries = the N images; gallery = the lesions' metadata records, one per
+  lesion (`lesion_records`: a twin row whose lesion vector equals its lesion's first row's is the
+  same record); the relevant items of an image are its own lesion's records, so a twin image's
+  metadata is the answer, not a non-relevant tie. lesion_to_image: queries = those records,
+  gallery = the N images; every image of the lesion is relevant (first-relevant convention,
+  below).
 - image_to_patient: gallery = the P unique patients' metadata vectors; the relevant item of
   lesion i is its patient's vector. patient_to_image: queries = the P patients, gallery = the N
   images; a patient's images are all relevant and the rank is that of the best-ranked one
@@ -15,8 +22,9 @@ discrete inputs, so equal metadata (HAM10000's age/sex/site, PAD's all-missing r
 vectors, and each tied item counts half (mid-rank); R@k, NDCG and mAP are expectations.
 Counting is chunked (eval/search.py), so no N x N matrix is ever built.
 
-Similarity percentiles: "matching" = cos(image_i, lesion_i) over the evaluated lesions;
-"non_matching" = cos(image_i, lesion_j) over `n_negative` random pairs i != j (seeded);
+Similarity percentiles: "matching" = cos(image_i, lesion_i) over the evaluated images;
+"non_matching" = cos(image_i, lesion_j) over `n_negative` random pairs of rows of different
+lesions (seeded; a twin's metadata is its own lesion's, not a non-matching pair);
 with a split, "retrieved" = cos of each held-out image with its most similar lesion metadata
 from the training part (Fig. 3's "retrieved from the training set").
 """
@@ -37,6 +45,28 @@ from .search import GALLERY_CHUNK, normalize, rank_counts, topk_cosine
 from .splits import SplitInfo, make_split
 
 N_NEGATIVE = 100_000
+# Two rows of one lesion whose unit lesion vectors differ by at most this much (any coordinate)
+# hold the same metadata record: embedding them in different batches may move a few ulps.
+DUPLICATE_TOLERANCE = 1e-5
+
+
+def lesion_codes(lesion_id: np.ndarray) -> np.ndarray:
+    """Per row, a lesion code 0..L-1 (rows of one lesion share it). Shape: [N] ids -> [N] int64."""
+    return np.unique(np.asarray(lesion_id).astype(str), return_inverse=True)[1].astype(np.int64)
+
+
+def lesion_records(lesion: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Rows that are distinct lesion-metadata records: per lesion its first row, and any other row
+    whose unit lesion vector differs from that first row's by more than DUPLICATE_TOLERANCE.
+
+    Shape: lesion [N, D], codes [N] (`lesion_codes`) -> sorted row indices [R], L <= R <= N.
+    """
+    codes = np.asarray(codes)
+    _, first = np.unique(codes, return_index=True)
+    first_of_row = first[np.searchsorted(np.unique(codes), codes)]
+    unit = normalize(lesion)
+    differs = np.abs(unit - unit[first_of_row]).max(axis=1) > DUPLICATE_TOLERANCE
+    return np.flatnonzero((np.arange(len(codes)) == first_of_row) | differs)
 
 
 def ranks_of_relevant(
@@ -95,17 +125,35 @@ def patient_phenotypes(
 
 
 def similarity_samples(
-    image: np.ndarray, lesion: np.ndarray, *, n_negative: int = N_NEGATIVE, seed: int = 0
+    image: np.ndarray,
+    lesion: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    n_negative: int = N_NEGATIVE,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(matching [N] = cos(image_i, lesion_i), non_matching [n_negative] = cos over random i != j)."""
+    """(matching [N] = cos(image_i, lesion_i), non_matching [n_negative] = cos(image_i,
+    lesion_j) over random pairs with groups[j] != groups[i]: i uniform, then j uniform over the
+    rows of the other groups).
+
+    Shape: image, lesion [N, D], groups [N] ints (lesion codes; None = every row its own group).
+    No pair when a single group is left.
+    """
     a, b = normalize(image), normalize(lesion)
     matching = np.einsum("ij,ij->i", a, b)
     n = len(a)
-    if n < 2:
+    groups = np.arange(n) if groups is None else np.asarray(groups)
+    order = np.argsort(groups, kind="stable")  # each group's rows form one block of `order`
+    sorted_groups = groups[order]
+    start = np.searchsorted(sorted_groups, groups, side="left")
+    size = np.searchsorted(sorted_groups, groups, side="right") - start
+    if n < 2 or size.max() == n:
         return matching, np.zeros(0, np.float32)
     rng = np.random.default_rng(seed)
     i = rng.integers(0, n, size=n_negative)
-    j = (i + rng.integers(1, n, size=n_negative)) % n  # uniform over j != i
+    # a position among the n - size[i] rows outside i's block, then skip over the block
+    r = rng.integers(0, n - size[i])
+    j = order[np.where(r < start[i], r, r + size[i])]
     return matching, np.einsum("ij,ij->i", a[i], b[j])
 
 
@@ -131,7 +179,7 @@ def run_retrieval(
     Returns the `retrieve --json` dict of DESIGN.md: {"image_to_lesion": {"R@1", ...,
     "NDCG@1", ..., "mAP"}, "lesion_to_image": ..., ["image_to_patient", "patient_to_image"],
     "similarity_percentiles": {"matching": {"2", ...}, "non_matching": ..., ["retrieved"]},
-    "n_queries", "n_patients", "split", "seed", "warnings"}.
+    "n_queries" (images evaluated), "n_lesions", "n_patients", "split", "seed", "warnings"}.
     """
     warnings = WarningLog()
     check_seed(seed, "--seed")
@@ -147,6 +195,7 @@ def run_retrieval(
         phenotype = store.phenotype
         _, pcode = np.unique(store.patient_id, return_inverse=True)
         label = store.label
+        lesion_ids = store.lesion_id
         split_info = SplitInfo.of(store, np.arange(store.n))
     rows = np.arange(len(image))
     train = None
@@ -173,13 +222,21 @@ def run_retrieval(
     if max(ks) > len(rows):
         warnings.add(f"R@{max(ks)} asked on only {len(rows)} lesions: it is 1 by construction")
     img, les = (image, lesion) if split == "all" else (image[rows], lesion[rows])
-    ident = np.arange(len(rows))
+    # relevance by lesion: a twin image's metadata is its lesion's (docs/method.md)
+    lcode = lesion_codes(lesion_ids[rows])
+    records = lesion_records(les, lcode)
     out: dict = {
         "image_to_lesion": rank_metrics(
-            *ranks_of_relevant(img, les, query_groups=ident, gallery_groups=ident, **kw), ks=ks
+            *ranks_of_relevant(
+                img, les[records], query_groups=lcode, gallery_groups=lcode[records], **kw
+            ),
+            ks=ks,
         ),
         "lesion_to_image": rank_metrics(
-            *ranks_of_relevant(les, img, query_groups=ident, gallery_groups=ident, **kw), ks=ks
+            *ranks_of_relevant(
+                les[records], img, query_groups=lcode[records], gallery_groups=lcode, **kw
+            ),
+            ks=ks,
         ),
     }
     _, first, p_of_row = np.unique(pcode[rows], return_index=True, return_inverse=True)
@@ -197,7 +254,9 @@ def run_retrieval(
             out["phenotype_to_patient"] = rank_metrics(
                 *ranks_of_relevant(z, pats, query_groups=pid, gallery_groups=pid, **kw), ks=ks
             )
-    matching, non_matching = similarity_samples(img, les, n_negative=n_negative, seed=seed)
+    matching, non_matching = similarity_samples(
+        img, les, groups=lcode, n_negative=n_negative, seed=seed
+    )
     dists = {"matching": matching, "non_matching": non_matching}
     if train is not None and len(train):
         retrieved, _ = topk_cosine(img, lesion[train], k=1, **kw)
@@ -206,6 +265,7 @@ def run_retrieval(
     out.update(
         {
             "n_queries": int(len(rows)),
+            "n_lesions": int(lcode.max()) + 1,
             "n_patients": int(len(first)),
             "split": split_info.describe(split)
             if split != "all"
@@ -229,7 +289,7 @@ def run_retrieval(
         )
         names = {
             "matching": "matching metadata",
-            "non_matching": "non-matching metadata",
+            "non_matching": "metadata of other lesions",
             "retrieved": "metadata retrieved from training part",
         }
         plots.similarity_histograms(
