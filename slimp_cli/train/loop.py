@@ -50,7 +50,7 @@ from .precision import autocast as autocast_for
 from .precision import grad_scaler, resolve_precision
 from .records import check_world_size, environment
 from .report import log_line, open_mirror
-from .ssl import HEAD_STATE, build_ssl_net
+from .ssl import HEAD_STATE, build_ssl_net, check_ssl_variant
 from .stream import stream_batches
 from .train_config import TrainConfig
 
@@ -270,6 +270,8 @@ def run_training(
     saved in each checkpoint's `extra`.
     """
     variant = config["variant"]
+    if train.image_ssl_weight > 0:
+        check_ssl_variant(variant)  # before anything is written
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise SlimpError("no trainable parameters (check --tune)")

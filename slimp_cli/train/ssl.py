@@ -84,18 +84,19 @@ class SslNet(nn.Module):
         return out
 
 
-def build_ssl_net(model: nn.Module, *, seed: int) -> SslNet:
-    """`model` with a new SSL head (P = the model's embedding size), drawn from its own stream.
-
-    Only SLIMP's metadata variants: the image variant is SimCLR already.
-    """
-    variant = getattr(model, "variant", None)
+def check_ssl_variant(variant: str) -> None:
+    """Only SLIMP's metadata variants take the term: the image variant is SimCLR already."""
     if variant not in ("nested", "flat"):
         raise SlimpError(
             f"--image-ssl-weight adds image self-supervision to the nested and flat losses; "
             f"the {variant} variant "
             + ("is SimCLR already" if variant == "image" else "has no such term")
         )
+
+
+def build_ssl_net(model: nn.Module, *, seed: int) -> SslNet:
+    """`model` with a new SSL head (P = the model's embedding size), drawn from its own stream."""
+    check_ssl_variant(getattr(model, "variant", None))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + HEAD_SEED_OFFSET)
         head = ImageSslHead(in_dim=model.image_dim, out_dim=model.config.embed_dim)
