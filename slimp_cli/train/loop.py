@@ -588,7 +588,7 @@ def validation_loss(
                 batch = batch_to(collate([dataset[it] for it in items]), device, model.preprocess)
                 with autocast:
                     outputs = model(batch)
-                losses = _compute_loss(model.variant, outputs, train, D.DistInfo())
+                losses = loss_parts(model.variant, outputs, train, D.DistInfo())
                 for k, v in losses.items():
                     sums[f"val_{k}"] = sums.get(f"val_{k}", 0.0) + float(v)
     finally:
@@ -610,6 +610,11 @@ def _mean_over_ranks(
 
 
 def _compute_loss(variant: str, outputs: dict, train: TrainConfig, info: D.DistInfo) -> dict:
+    """The training step's loss (`loss_parts`; a seam tests poison)."""
+    return loss_parts(variant, outputs, train, info)
+
+
+def loss_parts(variant: str, outputs: dict, train: TrainConfig, info: D.DistInfo) -> dict:
     """The variant's loss (+ W * the image SSL term when the outputs carry its views)."""
     from ..losses import add_image_ssl, compute_loss
 
