@@ -65,9 +65,16 @@ def test_positive_sampling_keeps_malignant_lesions():
         rng = np.random.default_rng(seed)
         chosen = choose_lesions(info, 5, True, rng)
         assert {3, 17, 41} <= set(chosen) and len(chosen) == 5
-    # more malignant lesions than N: N of them, all malignant
+    # more malignant lesions than N: N of them, all malignant, distinct and sorted; a random
+    # N (not always the first ones)
     many = PatientInfo(10, tuple(range(8)))
-    assert set(choose_lesions(many, 4, True, np.random.default_rng(0))) <= set(range(8))
+    drawn = set()
+    for seed in range(20):
+        chosen = choose_lesions(many, 4, True, np.random.default_rng(seed))
+        assert len(chosen) == 4 and list(chosen) == sorted(set(chosen))
+        assert set(chosen) <= set(range(8))
+        drawn.add(chosen)
+    assert len(drawn) > 1
     # without positive sampling the malignant ones are sometimes left out
     missed = sum(
         not {3, 17, 41} <= set(choose_lesions(info, 5, False, np.random.default_rng(s)))

@@ -12,11 +12,14 @@ from slimp_cli.errors import SlimpError
 from slimp_cli.eval.probe import run_probe
 from slimp_cli.eval.retrieval import run_retrieval
 from slimp_cli.holdout import Holdout, choose_holdout, read_holdout
-from slimp_cli.runs import read_config, read_metrics
+from slimp_cli.runs import load_run, read_config, read_metrics
 from slimp_cli.shards import ShardIndex
 from slimp_cli.store import FeatureStore
-from slimp_cli.train import adapt, pretrain
+from slimp_cli.train import TrainConfig, adapt, pretrain
 from slimp_cli.train import data as train_data
+from slimp_cli.train.distributed import DistInfo
+from slimp_cli.train.loop import local_batches
+from slimp_cli.train.session import split_patients
 
 TINY = dict(image_model="vit_test", img_size=32, tab_dim=32, embed_dim=32)
 FAST = dict(workers=0, device="cpu", log_every=1, lr=1e-3)
@@ -83,15 +86,21 @@ def test_no_held_out_patient_is_ever_trained_on(held_run, pad_shards):
     validated = {ids[it.patient] for it in seen if it.aug_key[1] == train_data.VALIDATION_EPOCH}
     assert trained and not trained & set(holdout.patient_ids)
     assert validated == set(holdout.patient_ids)  # the validation loss covers every one
-    # the sampler's plan of every epoch, checked directly
-    infos = train_data.patient_infos(index)
-    use = [i for i, p in enumerate(ids) if p not in holdout]
-    sampler = train_data.PatientBatchSampler(
-        infos, patients_per_batch=64, lesions_per_patient=2, use=use
+    # the sampler the training code builds (the resume path: holdout.json re-read by
+    # split_patients, batches by loop.local_batches), its plan of every epoch checked directly
+    train = TrainConfig.from_dict(cfg["train"])
+    patients = split_patients(index, train, run_dir=run, saved=cfg, info=DistInfo())
+    model = load_run(run).model
+    batches, _, val_plan = local_batches(
+        model, patients.schema, index, patients, train, DistInfo(), pin_memory=False
     )
+    held = set(holdout.patient_ids)
+    planned = set()
     for epoch in range(3):
-        planned = {ids[it.patient] for step in sampler.plan(epoch) for it in step}
-        assert not planned & set(holdout.patient_ids)
+        planned |= {ids[it.patient] for step in batches.sampler.plan(epoch) for it in step}
+    assert planned and not planned & held
+    assert planned | held == set(ids)  # every other patient trains (3 epochs cover them)
+    assert {ids[it.patient] for batch in val_plan for it in batch} == held
     # one validation row per epoch
     val = read_metrics(run, kind="validation")
     assert [r["epoch"] for r in val] == [1, 2]

@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from slimp_cli.errors import SlimpError
-from slimp_cli.losses import compute_loss, flat_loss, info_nce, nested_loss, nt_xent
+from slimp_cli.losses import (
+    add_image_ssl,
+    compute_loss,
+    flat_loss,
+    info_nce,
+    nested_loss,
+    nt_xent,
+)
 
 
 def cos(u, v):
@@ -291,3 +298,94 @@ def test_nested_loss_with_twins_equals_the_loop_that_drops_the_pair():
     image.requires_grad_(True)
     nested_loss(image, lesion, mask, phen, pat, groups=groups)["loss"].backward()
     assert torch.isfinite(image.grad).all()
+
+
+def ref_nt_xent_without_twins(v1, v2, groups, tau):
+    """NT-Xent over the 2L views where an anchor's candidates skip the views of *other* images
+    of its own lesion (same group id); its own other view stays the positive."""
+    z = torch.cat([v1, v2]).double()
+    g = list(groups) * 2
+    n2 = z.shape[0]
+    total = 0.0
+    for k in range(n2):
+        pos = (k + n2 // 2) % n2
+        keep = [m for m in range(n2) if m != k and (m == pos or g[m] != g[k])]
+        den = sum(math.exp(cos(z[k], z[m]) / tau) for m in keep)
+        total += -(cos(z[k], z[pos]) / tau - math.log(den))
+    return total / n2
+
+
+def test_nt_xent_drops_the_views_of_twin_images():
+    g = torch.Generator().manual_seed(6)
+    v1, v2 = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    groups = torch.tensor([0, 0, 1, 2, 2, 2])  # lesions 0 and 2 have several images
+    got = float(nt_xent(v1, v2, temperature=0.3, groups=groups)["loss"])
+    assert got == pytest.approx(ref_nt_xent_without_twins(v1, v2, groups.tolist(), 0.3), rel=1e-5)
+    # unique groups: plain NT-Xent
+    plain = float(nt_xent(v1, v2, temperature=0.3, groups=torch.arange(6))["loss"])
+    assert plain == pytest.approx(ref_nt_xent(v1, v2, 0.3), rel=1e-5)
+    # known answer: two images of one lesion, each with both views equal, and a third image:
+    # with the twin left out every anchor meets only its positive and the third image's views
+    x = torch.eye(3)[[0, 0, 1]]
+    twins = float(nt_xent(x, x, temperature=0.01, groups=torch.tensor([4, 4, 5]))["loss"])
+    assert twins < 1e-6
+    # without: the twin's two views tie with the positive, -log(1/3) for four of six anchors
+    assert float(nt_xent(x, x, temperature=0.01)["loss"]) == pytest.approx(
+        4 / 6 * math.log(3), rel=1e-4
+    )
+
+
+def test_add_image_ssl_is_the_loss_plus_w_times_nt_xent():
+    image, lesion, mask, phen, pat = random_batch([3, 1, 2], seed=5)
+    nested = nested_loss(image, lesion, mask, phen, pat, temperature=0.2, lam=0.8)
+    g = torch.Generator().manual_seed(7)
+    v1, v2 = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    groups = torch.tensor([0, 0, 1, 2, 3, 3])
+    out = add_image_ssl(nested, v1, v2, weight=0.7, temperature=0.2, groups=groups)
+    ssl = ref_nt_xent_without_twins(v1, v2, groups.tolist(), 0.2)
+    want_nested, lesions, patient = ref_nested(image, lesion, mask, phen, pat, 0.2, 0.8)
+    assert float(out["loss"]) == pytest.approx(want_nested + 0.7 * ssl, rel=1e-5)
+    assert float(out["loss_ssl"]) == pytest.approx(ssl, rel=1e-5)
+    assert float(out["loss_main"]) == pytest.approx(want_nested, rel=1e-5)
+    assert float(out["loss_lesions"]) == pytest.approx(lesions, rel=1e-5)
+    assert float(out["loss_patient"]) == pytest.approx(patient, rel=1e-5)
+    # W = 0: the loss is the nested loss, exactly
+    zero = add_image_ssl(nested, v1, v2, weight=0.0, temperature=0.2)
+    assert torch.equal(zero["loss"], nested["loss"])
+    with pytest.raises(SlimpError, match="must be >= 0"):
+        add_image_ssl(nested, v1, v2, weight=-1.0)
+
+
+def test_ssl_gather_with_twins_reproduces_the_full_batch_loss():
+    g = torch.Generator().manual_seed(8)
+    a, b = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    groups = torch.tensor([0.0, 0.0, 1.0, 1.0, 2.0, 3.0])  # a twin pair on each rank's side
+    # across the rank boundary too: image 2 (rank 0) and image 3 (rank 1) are one lesion
+    a_parts, b_parts, g_parts = list(a.split(3)), list(b.split(3)), list(groups.split(3))
+
+    def gather(rank):
+        base = fake_gather([a_parts, b_parts], rank)
+
+        def fn(t):
+            if t.dtype == torch.float64:  # the group ids
+                return torch.cat(g_parts).double()
+            return base(t)
+
+        return fn
+
+    per_rank = [
+        nt_xent(
+            a_parts[r],
+            b_parts[r],
+            temperature=0.2,
+            gather=gather(r),
+            offset=3 * r,
+            groups=g_parts[r],
+        )["loss"]
+        for r in range(2)
+    ]
+    full = nt_xent(a, b, temperature=0.2, groups=groups)["loss"]
+    assert (sum(per_rank) / 2).item() == pytest.approx(full.item(), rel=1e-5)
+    assert full.item() == pytest.approx(
+        ref_nt_xent_without_twins(a, b, groups.tolist(), 0.2), rel=1e-5
+    )

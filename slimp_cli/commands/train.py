@@ -171,6 +171,17 @@ KeepEpochCheckpoints = Annotated[
         help="Also keep checkpoint-epoch-XXXX.pt files.",
     ),
 ]
+ImageSslWeight = Annotated[
+    float | None,
+    typer.Option(
+        "--image-ssl-weight",
+        min=0.0,
+        help="W of an image self-supervision term (SLIP, Mu et al. 2022; not in the SLIMP "
+        "paper): loss = nested (or flat) + W x NT-Xent between two SimCLR views of every "
+        "image, logged as loss_ssl. Default 0: the paper's loss, no extra views.",
+        rich_help_panel=_T,
+    ),
+]
 Holdout = Annotated[
     float | None,
     _opt(
@@ -350,6 +361,7 @@ def pretrain_cmd(
     log_every: LogEvery = None,
     report_to: ReportTo = None,
     keep_epoch_checkpoints: KeepEpochCheckpoints = None,
+    image_ssl_weight: ImageSslWeight = None,
     resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
     progress: Progress = True,
     verify: Verify = False,
@@ -448,6 +460,7 @@ def adapt_cmd(
     log_every: LogEvery = None,
     report_to: ReportTo = None,
     keep_epoch_checkpoints: KeepEpochCheckpoints = None,
+    image_ssl_weight: ImageSslWeight = None,
     resume: bool = typer.Option(
         False, "--resume", help="Continue the adapt run in --out (--shard-url: as pretrain's)."
     ),

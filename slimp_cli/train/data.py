@@ -177,6 +177,12 @@ GROUP_STRIDE = 2**20
 # The aug_key "epoch" of validation items: outside any training epoch's stream.
 VALIDATION_EPOCH = 2**31 - 1
 
+# Appended to an item's aug_key for its image-SSL views (`ssl_views`): a stream of their own,
+# so the SLIMP view is the same with and without the SSL term.
+SSL_STREAM = 0x551
+SSL_PAIRS = (("ssl_images1", "ssl_jitter1"), ("ssl_images2", "ssl_jitter2"))
+SSL_KEYS = tuple(k for pair in SSL_PAIRS for k in pair)
+
 
 def validation_plan(
     patients: Sequence[PatientInfo],
@@ -241,6 +247,10 @@ class PatientDataset(torch.utils.data.Dataset):
     `inputs` (`model.inputs`) routes records to the model's encoders with the model's own
     vocabularies and statistics; `preprocess` (`model.preprocess`) gives size and mean/std. The
     index's own schema must agree on the features (checked by the callers).
+
+    `ssl_views` (`--image-ssl-weight` > 0): two more views of every image with the SimCLR
+    recipe, `ssl_images1`, `ssl_images2` [n, 3, S, S] uint8 (+ `ssl_jitter1`, `ssl_jitter2`),
+    drawn from their own stream (`SSL_STREAM`): `images` stays what it is without them.
     """
 
     def __init__(
@@ -252,9 +262,11 @@ class PatientDataset(torch.utils.data.Dataset):
         classes: Sequence[str] = (),
         augment: bool = False,
         recipe: str = "auto",
+        ssl_views: bool = False,
     ) -> None:
         self.index = index
         self.inputs = inputs
+        self.ssl_views = ssl_views
         self.preprocess = preprocess
         self.augment = augment or inputs.two_views
         # "auto": the standard SimCLR recipe for the SimCLR baseline (a fair opponent), the
@@ -279,6 +291,8 @@ class PatientDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng(list(item.aug_key)) if self.augment else None
         pre = self.preprocess
         images, images2, jitter, jitter2 = [], [], [], []
+        ssl: dict[str, list] = {k: [] for k in SSL_KEYS} if self.ssl_views else {}
+        ssl_rng = np.random.default_rng([*item.aug_key, SSL_STREAM]) if self.ssl_views else None
         for j in item.lesions:
             where = f"patient {rec.patient_id} lesion {rec.lesions[j].get('lesion_id')}"
             # decode at a reduced scale when the stored image is >= 2x the model's size
@@ -293,6 +307,11 @@ class PatientDataset(torch.utils.data.Dataset):
                     view, params = pre.augment_view(img, rng, self.recipe)
                     images2.append(view)
                     jitter2.append(params)
+            if self.ssl_views:
+                for v in (1, 2):
+                    view, params = pre.augment_view(img, ssl_rng, "simclr")
+                    ssl[f"ssl_images{v}"].append(view)
+                    ssl[f"ssl_jitter{v}"].append(params)
         lesions = [rec.lesions[j] for j in item.lesions]
         out = {
             "images": torch.stack(images),
@@ -308,6 +327,7 @@ class PatientDataset(torch.utils.data.Dataset):
         if images2:
             out["images2"] = torch.stack(images2)
             out["jitter2"] = torch.stack(jitter2)
+        out.update({k: torch.stack(v) for k, v in ssl.items()})
         # One id per image, equal for images of one lesion, unique across the global batch
         # (the item's position q in it): the losses keep twins out of each other's negatives.
         codes: dict = {}
@@ -352,7 +372,7 @@ def collate(samples: Sequence[dict]) -> dict:
         # known on the host: the model pads to it without a device sync (torch.compile-friendly)
         "max_lesions": max(counts),
     }
-    for key in ("images2", "jitter", "jitter2"):
+    for key in ("images2", "jitter", "jitter2", *SSL_KEYS):
         if key in samples[0]:
             batch[key] = torch.cat([s[key] for s in samples])
     for key in ("lesion_tab", "patient_tab"):
@@ -373,7 +393,7 @@ def batch_to(batch: dict, device: torch.device, preprocess: Preprocess | None = 
             v = v.to(device)
         out[k] = v
     if preprocess is not None:
-        for key, jit in (("images", "jitter"), ("images2", "jitter2")):
+        for key, jit in (("images", "jitter"), ("images2", "jitter2"), *SSL_PAIRS):
             if key in out:
                 out[key] = to_model_input(out[key], preprocess, out.pop(jit, None))
     return out

@@ -50,6 +50,7 @@ from .precision import autocast as autocast_for
 from .precision import grad_scaler, resolve_precision
 from .records import check_world_size, environment
 from .report import log_line, open_mirror
+from .ssl import HEAD_STATE, build_ssl_net, check_ssl_variant
 from .stream import stream_batches
 from .train_config import TrainConfig
 
@@ -269,6 +270,8 @@ def run_training(
     saved in each checkpoint's `extra`.
     """
     variant = config["variant"]
+    if train.image_ssl_weight > 0:
+        check_ssl_variant(variant)  # before anything is written
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise SlimpError("no trainable parameters (check --tune)")
@@ -302,13 +305,22 @@ def run_training(
     model.to(device)
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
+    # `--image-ssl-weight`: the model and the SSL head train together (train/ssl.py)
+    module: nn.Module = model
+    if train.image_ssl_weight > 0:
+        module = build_ssl_net(model, seed=train.seed)
+        if resume_state is not None:
+            module.head.load_state_dict(resume_state["extra"][HEAD_STATE])
+        trainable = [p for p in module.parameters() if p.requires_grad]
     steps_per_epoch = batches.steps_per_epoch
     total = train.epochs * steps_per_epoch
     warmup = train.schedule_warmup(total)
 
     # fused AdamW on CUDA: one kernel for every parameter instead of a loop over tensors
     fused = {"fused": True} if device.type == "cuda" else {}
-    optimizer = torch.optim.AdamW(parameter_groups(model, train.weight_decay), lr=train.lr, **fused)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(module, train.weight_decay), lr=train.lr, **fused
+    )
     precision = resolve_precision(train.precision, device)
     scaler = grad_scaler(precision, device)
     if train.grad_checkpointing:
@@ -325,12 +337,12 @@ def run_training(
         if scaler is not None and resume_state.get("extra", {}).get("grad_scaler"):
             scaler.load_state_dict(resume_state["extra"]["grad_scaler"])
 
-    net: nn.Module = model
+    net: nn.Module = module
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(
-            model,
+            module,
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=find_unused_parameters,
         )
@@ -366,6 +378,7 @@ def run_training(
                 extra={
                     **(hooks.state_dict() if hooks is not None else {}),
                     **({"grad_scaler": scaler.state_dict()} if scaler is not None else {}),
+                    **({HEAD_STATE: module.head.state_dict()} if module is not model else {}),
                 },
             )
             save_checkpoint(run_dir / LAST, **kw)
@@ -390,7 +403,7 @@ def run_training(
             s = start_in_epoch
             if hooks is not None:
                 hooks.epoch_start(epoch, start_in_epoch)
-            set_train_mode(model)
+            set_train_mode(module)
             for batch in batches.epoch(epoch, start_in_epoch):
                 batch = batch_to(batch, device, model.preprocess)
                 with autocast:
@@ -432,6 +445,8 @@ def run_training(
                 n_images = int(n_images) * info.world_size
                 if "images2" in batch:
                     n_images *= 2
+                if "ssl_images1" in batch:  # the SLIMP view + two SSL views went through
+                    n_images *= 3
                 for k, v in losses.items():
                     interval[k] = interval.get(k, 0.0) + float(v.detach())
                 n_interval += 1
@@ -471,7 +486,7 @@ def run_training(
                 epoch, start_in_epoch = epoch + 1, 0
                 if val_plan and info.is_main:
                     row = {"step": step, "epoch": epoch}
-                    row.update(validation_loss(model, dataset, val_plan, train, device, autocast))
+                    row.update(validation_loss(module, dataset, val_plan, train, device, autocast))
                     metrics.write(row)
                     logged.append(row)
                 checkpoint(epoch, 0, epoch_file=True)
@@ -502,6 +517,7 @@ def local_batches(model, schema, index, patients, train: TrainConfig, info, *, p
             classes=schema.classes if schema else (),
             augment=train.augment,
             recipe=train.augment_recipe,
+            ssl_views=train.image_ssl_weight > 0,
         )
         infos = patient_infos(index)
         # SimCLR (two views) draws B x N single images at random: see PatientBatchSampler.
@@ -560,10 +576,9 @@ def validation_loss(
 
     Eval mode, no gradient, one process, the same batches every epoch; the global RNGs are
     untouched (resuming stays exact). Contrastive losses depend on the batch, so compare the
-    curve with itself, not with the training loss.
+    curve with itself, not with the training loss. `model` may be an `SslNet`
+    (`--image-ssl-weight`): the rows then carry `val_loss_ssl` too.
     """
-    from ..losses import compute_loss
-
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
@@ -573,9 +588,7 @@ def validation_loss(
                 batch = batch_to(collate([dataset[it] for it in items]), device, model.preprocess)
                 with autocast:
                     outputs = model(batch)
-                losses = compute_loss(
-                    model.variant, outputs, temperature=train.temperature, lam=train.lam
-                )
+                losses = loss_parts(model.variant, outputs, train, D.DistInfo())
                 for k, v in losses.items():
                     sums[f"val_{k}"] = sums.get(f"val_{k}", 0.0) + float(v)
     finally:
@@ -597,14 +610,33 @@ def _mean_over_ranks(
 
 
 def _compute_loss(variant: str, outputs: dict, train: TrainConfig, info: D.DistInfo) -> dict:
-    from ..losses import compute_loss
+    """The training step's loss (`loss_parts`; a seam tests poison)."""
+    return loss_parts(variant, outputs, train, info)
 
-    return compute_loss(
+
+def loss_parts(variant: str, outputs: dict, train: TrainConfig, info: D.DistInfo) -> dict:
+    """The variant's loss (+ W * the image SSL term when the outputs carry its views)."""
+    from ..losses import add_image_ssl, compute_loss
+
+    losses = compute_loss(
         variant,
         outputs,
         temperature=train.temperature,
         lam=train.lam,
         **D.loss_kwargs(info, outputs),
+    )
+    if "ssl_view1" not in outputs:
+        return losses
+    # the SSL rows are images, gathered (and offset) apart from the variant's own rows
+    views = {"view1": outputs["ssl_view1"]}
+    return add_image_ssl(
+        losses,
+        outputs["ssl_view1"],
+        outputs["ssl_view2"],
+        weight=train.image_ssl_weight,
+        temperature=train.temperature,
+        groups=outputs.get("ssl_groups"),
+        **D.loss_kwargs(info, views),
     )
 
 

@@ -324,6 +324,7 @@ def stream_batches(
         classes=schema.classes if schema else (),
         augment=train.augment,
         recipe=train.augment_recipe,
+        ssl_views=train.image_ssl_weight > 0,
     )
     stream = PatientStream(
         source,

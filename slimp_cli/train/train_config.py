@@ -126,6 +126,10 @@ class TrainConfig(DictConfig):
     report_to: str = "none"
     # Also keep checkpoint-epoch-XXXX.pt after every epoch (checkpoint-last.pt always kept).
     keep_epoch_checkpoints: bool = False
+    # W of an image self-supervision term beside SLIMP's loss (SLIP, Mu et al. 2022): loss =
+    # nested (or flat) + W * NT-Xent between two SimCLR views of every image (train/ssl.py).
+    # NOTE[DIFF]: not in the paper; 0 (default) trains the paper's loss and draws no extra view.
+    image_ssl_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -187,6 +191,13 @@ class TrainConfig(DictConfig):
         ):
             if not isinstance(getattr(self, name), bool):
                 raise SlimpError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        _number("image_ssl_weight", self.image_ssl_weight)
+        if self.image_ssl_weight < 0:
+            raise SlimpError(f"image_ssl_weight must be >= 0, got {self.image_ssl_weight}")
+        if self.image_ssl_weight > 0 and self.method != "slimp":
+            raise SlimpError(
+                "--image-ssl-weight adds image self-supervision to SLIMP's loss; SM3 has its own"
+            )
 
     def schedule_warmup(self, total_steps: int) -> int:
         """Warm-up steps for a schedule of `total_steps` (default 5%, at least 1)."""
