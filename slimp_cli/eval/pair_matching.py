@@ -6,6 +6,9 @@ the cross-modal embeddings (`derm_mm`, `clinic_mm`: the space the cross-modal lo
 the store has them, else between the branch features (`derm`, `clinic`; the `concat` fusion has
 no per-modality cross-modal space). Reported: Acc@1 (the pair is the most similar), Acc@5 (in
 the top 5), the average rank of the pair (1 = best; chance: (n + 1) / 2) and n.
+
+Only the evaluated cases are queries and gallery: every case by default, the test cases of a
+split when one is given (`--split official`: Derm7pt's 395 test cases, as SM3 ranks them).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from ..store import FeatureStore
 from . import WarningLog
 from .metrics import rank_metrics
 from .retrieval import ranks_of_relevant
+from .splits import SplitInfo, make_split
 
 QUERY, GALLERY = "dermoscopic", "clinical"
 
@@ -42,9 +46,14 @@ def run_pair_matching(
     features: tuple[str, str] | None = None,
     device: str = "auto",
     chunk_size: int = 4096,
+    split: str | None = None,
+    split_file: str | os.PathLike | None = None,
+    seed: int = 0,
 ) -> dict:
     """`retrieve --pair-matching`: {"pair_matching": {"Acc@1", "Acc@5", "mean_rank", "n"},
-    "chance": {...}, "features": [query level, gallery level], "warnings": [...]}."""
+    "chance": {...}, "features": [query level, gallery level], "split": {...}, "warnings":
+    [...]}. `split` None or "all": every case; otherwise (or with `split_file`) the test part of
+    that split (eval/splits.py), and ranks are within it."""
     warnings = WarningLog()
     with FeatureStore.open(store_path) as store:
         present = store.modalities
@@ -66,15 +75,36 @@ def run_pair_matching(
                     "which live in two unrelated spaces"
                 )
         query_all, gallery_all = store.block(features[0]), store.block(features[1])
-    both = mask[:, names.index(QUERY)] & mask[:, names.index(GALLERY)]
+        split_info = SplitInfo.of(
+            store, np.arange(store.n), split_file=split_file, warnings=warnings
+        )
+        label, patients = store.label, store.patient_id
+    split = split_info.choose(split, otherwise="all", extra=("all",), prefer_holdout=False)
+    evaluated = np.ones(len(mask), dtype=bool)
+    if split != "all":  # rank within the evaluated cases only, not over every case
+        _, test = make_split(
+            split,
+            label,
+            np.unique(patients, return_inverse=True)[1],
+            seed=seed,
+            warnings=warnings,
+            lesions=split_info.lesions,
+            sides=split_info.sides,
+            official=split_info.official,
+        )
+        split_info.note_seen(split, test, warnings)
+        evaluated = np.isin(np.arange(len(mask)), test)
+    both = mask[:, names.index(QUERY)] & mask[:, names.index(GALLERY)] & evaluated
     rows = np.flatnonzero(both)
     if len(rows) < 2:
         raise SlimpError(
             f"{store_path}: {len(rows)} case(s) have both a dermoscopic and a clinical image; "
             "pair matching needs at least 2"
         )
-    if len(rows) < len(both):
-        warnings.add(f"{len(both) - len(rows)} of {len(both)} cases lack an image: left out")
+    if len(rows) < evaluated.sum():
+        warnings.add(
+            f"{evaluated.sum() - len(rows)} of {evaluated.sum()} cases lack an image: left out"
+        )
     ident = np.arange(len(rows))
     greater, tied = ranks_of_relevant(
         query_all[rows],
@@ -90,6 +120,9 @@ def run_pair_matching(
             "pair_matching": pair_matching_metrics(greater, tied),
             "chance": {"Acc@1": 1 / n, "Acc@5": min(5, n) / n, "mean_rank": (n + 1) / 2, "n": n},
             "features": list(features),
+            "split": {"kind": "all", "grouped_by": "every case"}
+            if split == "all"
+            else split_info.describe(split),
             "warnings": list(warnings),
         }
     )

@@ -46,7 +46,7 @@ from .search import normalize
 from .splits import SplitInfo, check_fractions, low_shot, make_split
 
 METHODS = ("linear", "knn")
-LABELS = ("binary", "multiclass")
+LABELS = ("binary", "multiclass", "melanoma")
 DEFAULT_C = 1.0
 CV_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 MAX_ITER = 2000
@@ -99,6 +99,15 @@ def load_probe_data(
     if label == "binary":
         y_all, class_names = store.malignant.astype(np.int64), ["benign", "malignant"]
         unknown_what = "unknown malignancy (malignant=-1)"
+    elif label == "melanoma":  # melanoma vs every other diagnosis (SM3's DIAG MEL)
+        melanoma = store.melanoma
+        if melanoma is None:
+            raise SlimpError(
+                f"--label melanoma: {store.path}'s schema names no melanoma classes (add "
+                "`melanoma` or `melanoma_contains` to the dataset schema and ingest again)"
+            )
+        y_all, class_names = melanoma.astype(np.int64), ["other", "melanoma"]
+        unknown_what = "unknown label (label=-1)"
     else:
         y_all, class_names = store.label, list(store.classes)
         unknown_what = "unknown label (label=-1)"
@@ -186,12 +195,15 @@ def run_probe(
     test_size: float = 0.1,
     device: str = "auto",
     plots_dir: str | os.PathLike | None = None,
+    split_file: str | os.PathLike | None = None,
 ) -> dict:
     """Evaluate a store; returns the `probe --json` dict (NaN metrics as None).
 
     `split` None = "holdout" when the store carries the run's held-out patients, else
     "random" (lesion-grouped). The JSON's "split" block names the split, its fingerprint and
-    how many test rows pre-training saw.
+    how many test rows pre-training saw. "official" trains on the train + valid cases of the
+    dataset's fixed split (the store's `official_split`, or `split_file`: a CSV of id, split)
+    and scores on its test cases. `label` "melanoma": melanoma vs every other diagnosis.
     """
     warnings = WarningLog()
     for m in methods:
@@ -210,10 +222,10 @@ def run_probe(
             store, label=label, features=features, pseudo=pseudo, warnings=warnings
         )
         raw = raw_metadata(store) if baseline else None
-        split_info = SplitInfo.of(store, rows)
+        split_info = SplitInfo.of(store, rows, split_file=split_file, warnings=warnings)
     split = split_info.choose(split)
     names = list(blocks)
-    task = "binary" if label == "binary" else "multiclass"
+    task = "multiclass" if label == "multiclass" else "binary"
     n_classes = len(class_names)
     # built only for the methods asked: at 400k lesions each copy is gigabytes
     x_linear = np.concatenate([blocks[n] for n in names], axis=1) if "linear" in methods else None
@@ -252,6 +264,7 @@ def run_probe(
             warnings=warnings,
             lesions=split_info.lesions,
             sides=split_info.sides,
+            official=split_info.official,
         )
         split_info.note_seen(split, test, warnings)
         for frac in fractions:
