@@ -204,7 +204,8 @@ class FeatureStoreWriter:
                 raise SlimpError("feature store: append needs the rows' modalities")
             columns["modalities"] = np.asarray(modalities, dtype=np.int8)
         if self.official_split:
-            bad = sorted({str(v) for v in official_split or ()} - set(OFFICIAL_SPLITS))
+            given = [] if official_split is None else [str(v) for v in official_split]
+            bad = sorted(set(given) - set(OFFICIAL_SPLITS))
             if official_split is None or bad:
                 raise SlimpError(
                     f"feature store: official_split {bad or 'missing'}; every row needs one of "
