@@ -29,10 +29,10 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from ..errors import SlimpError
+from ..store import OFFICIAL_SPLITS
 from . import WarningLog
 
 SPLITS = ("holdout", "random", "patient", "official")
-OFFICIAL_SPLITS = ("train", "valid", "test")  # store.OFFICIAL_SPLITS
 OFFICIAL_TRAIN = ("train", "valid")  # what the probe trains on under --split official
 # StratifiedGroupKFold loops over groups in Python (~40 s for 100k groups); above this many
 # patients, whole patients are drawn at random instead (stratified by each patient's majority
