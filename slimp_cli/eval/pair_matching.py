@@ -8,7 +8,10 @@ no per-modality cross-modal space). Reported: Acc@1 (the pair is the most simila
 the top 5), the average rank of the pair (1 = best; chance: (n + 1) / 2) and n.
 
 Only the evaluated cases are queries and gallery: every case by default, the test cases of a
-split when one is given (`--split official`: Derm7pt's 395 test cases, as SM3 ranks them).
+split when one is given (`--split official`: Derm7pt's 395 test cases). NOTE[DIFF]: SM3's
+Table III ranks among 413 cases ("Avg Rank (total 413)", the size of the training part); with
+`--split official` slimp ranks the unseen test cases (a --split-file that marks the training
+cases "test" ranks those instead; docs/method.md).
 """
 
 from __future__ import annotations

@@ -33,7 +33,11 @@ from ..store import OFFICIAL_SPLITS
 from . import WarningLog
 
 SPLITS = ("holdout", "random", "patient", "official")
-OFFICIAL_TRAIN = ("train", "valid")  # what the probe trains on under --split official
+# NOTE[DIFF]: SM3 (Sec. IV-A) names a 203-case validation part without saying what it serves
+# (presumably model selection, as in Kawahara et al.). The probe has nothing to select on it
+# (--cv picks C by inner cross-validation over its own training rows), so it trains on
+# train + valid and every number is on the 395 test cases (docs/method.md).
+OFFICIAL_TRAIN = ("train", "valid")
 # StratifiedGroupKFold loops over groups in Python (~40 s for 100k groups); above this many
 # patients, whole patients are drawn at random instead (stratified by each patient's majority
 # class), and the lesion fraction lands near test_size by the law of large numbers.
