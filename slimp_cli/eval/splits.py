@@ -291,6 +291,8 @@ def read_split_file(
                 mapping[key] = value
     except (UnicodeDecodeError, csv.Error) as exc:
         raise SlimpError(f"{where}: not a readable UTF-8 CSV ({exc})") from None
+    except OSError as exc:  # a folder, no permission...
+        raise SlimpError(f"{where}: cannot read it ({exc.strerror})") from None
     if not mapping:
         raise SlimpError(f"{where}: lists no id")
     known = np.asarray(list(mapping), dtype=object)
