@@ -16,7 +16,7 @@ from .devices import resolve_device
 from .errors import SlimpError
 from .holdout import Holdout, read_holdout
 from .models import patient_record
-from .paths import prepare_output_file
+from .paths import prepare_output_file, read_json
 from .runs import check_schema_compatible, load_run, sha256_file
 from .schema import encode_raw, raw_columns
 from .shards import Case, ShardIndex, case_index
@@ -163,6 +163,7 @@ class StorePlan:
     variant: str
     schema: dict
     config: dict
+    official_split: bool = False  # the data's lesions carry their official split
 
     @property
     def class_index(self) -> dict[str, int]:
@@ -185,7 +186,17 @@ class StorePlan:
             classes=self.classes,
             variant=self.variant,
             raw_columns={k: raw_columns(v) for k, v in self.raw_levels.items()},
+            official_split=self.official_split,
         )
+
+
+def has_official_split(data_dir: Path) -> bool:
+    """Whether the ingested data records a fixed split per lesion (manifest.json's
+    `counts.official_split`, e.g. Derm7pt with its index files): the store then gets
+    `official_split`."""
+    manifest = Path(data_dir) / "manifest.json"
+    counts = read_json(manifest).get("counts", {}) if manifest.is_file() else {}
+    return bool(counts.get("official_split"))
 
 
 def store_plan(run, data_schema, data_dir: Path, image_only: bool) -> StorePlan:
@@ -216,6 +227,7 @@ def store_plan(run, data_schema, data_dir: Path, image_only: bool) -> StorePlan:
             "data": str(data_dir),
             "train_schema_fingerprint": model_schema.fingerprint() if model_schema else None,
         },
+        official_split=has_official_split(data_dir),
     )
 
 
@@ -260,6 +272,7 @@ def lesion_rows(
         level: encode_raw(spec, lesion_fields if level == "lesion" else patients)
         for level, spec in plan.raw_levels.items()
     }
+    official = [les.get("official_split") for les in lesions] if plan.official_split else None
     return dict(
         lesion_id=[les["lesion_id"] for les in lesions],
         patient_id=list(patient_ids),
@@ -267,6 +280,7 @@ def lesion_rows(
         malignant=[int(les.get("malignant", -1)) for les in lesions],
         features={k: v.float().cpu().numpy() for k, v in feats.items()},
         raw=raw,
+        official_split=official,
     )
 
 
@@ -367,6 +381,7 @@ def embed_cases(
     classes = data_schema.classes
     class_index = {c: i for i, c in enumerate(classes)}
     manifest_sha, sides, holdout = data_record(run, data_dir, index, [c.patient for c in cases])
+    official = has_official_split(data_dir)
     store_config = {
         "model": model.config.to_dict(),
         "variant": "sm3",
@@ -398,6 +413,7 @@ def embed_cases(
             variant="sm3",
             raw_columns={k: raw_columns(v) for k, v in raw_levels.items()},
             modalities=modalities,
+            official_split=official,
         ) as writer,
         torch.no_grad(),
     ):
@@ -430,6 +446,7 @@ def embed_cases(
                 features={k: v.float().cpu().numpy() for k, v in feats.items()},
                 raw=raw,
                 modalities=present.numpy().astype("int8"),
+                official_split=[les.get("official_split") for les in first] if official else None,
             )
             if progress is not None:
                 progress(start, len(cases))

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .devices import resolve_device
-from .embed import LesionImages, raw_feature_levels
+from .embed import LesionImages, has_official_split, raw_feature_levels
 from .errors import SlimpError
 from .models import patient_record
 from .models.image import LOCAL_MODELS, create_image_encoder, load_image_weights
@@ -143,6 +143,7 @@ def embed_foreign(
         num_workers=workers,
     )
     use_amp = dev.type == "cuda"
+    official = has_official_split(data_dir)
     writer = None
     try:
         with torch.no_grad():
@@ -170,6 +171,7 @@ def embed_foreign(
                         classes=schema.classes,
                         variant="image",
                         raw_columns={k: raw_columns(v) for k, v in raw_levels.items()},
+                        official_split=official,
                     )
                 recs = [index.patient(p) for p, _ in chunk]
                 lesions = [rec.lesions[j] for rec, (_, j) in zip(recs, chunk)]
@@ -184,6 +186,9 @@ def embed_foreign(
                     malignant=[int(les.get("malignant", -1)) for les in lesions],
                     features={"image": feats.float().cpu().numpy()},
                     raw={k: encode_raw(v, rows[k]) for k, v in raw_levels.items()},
+                    official_split=[les.get("official_split") for les in lesions]
+                    if official
+                    else None,
                 )
                 if progress is not None:
                     progress(start, len(pairs))

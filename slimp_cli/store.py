@@ -17,6 +17,9 @@ Layout (DESIGN.md "Feature store", docs/internals.md), N lesions (images), D dim
     split                          [N] "train" | "holdout" (attrs fingerprint, fraction): the
                                    run's held-out patients; absent when the data is not the
                                    run's training data
+    official_split                 [N] utf-8 "train" | "valid" | "test": the dataset's own
+                                   fixed split (Derm7pt's index files, lesions.json
+                                   `official_split`); absent when the data has none
 
 A store is written under a temporary name and renamed when complete; `complete=True` is the last
 attribute written, so a reader can tell an interrupted write from a finished one. Readable with
@@ -45,6 +48,7 @@ BRANCH_LEVELS = ("derm", "clinic", "derm_mm", "clinic_mm", "labels")
 RAW_LEVELS = ("lesion", "patient")
 PSEUDO_STRATEGIES = ("ilp", "il", "ii")
 SPLIT_SIDES = ("train", "holdout")
+OFFICIAL_SPLITS = ("train", "valid", "test")
 _STR = h5py.string_dtype("utf-8")
 # HDF5 >= 1.10 file format: dense attribute storage, so a large schema JSON attr always fits.
 _LIBVER = ("v110", "latest")
@@ -82,6 +86,7 @@ class FeatureStoreWriter:
         raw_columns: Mapping[str, tuple[Sequence[str], Sequence[str]]] | None = None,
         chunk_rows: int = 4096,
         modalities: Sequence[str] | None = None,
+        official_split: bool = False,
     ) -> None:
         unknown = set(dims) - set(LEVELS)
         if unknown:
@@ -136,6 +141,9 @@ class FeatureStoreWriter:
             make("modalities", np.int8, len(self.modalities)).attrs["names"] = json.dumps(
                 self.modalities
             )
+        self.official_split = bool(official_split)
+        if self.official_split:
+            make("official_split", _STR)
         for level, d in self.dims.items():
             make(f"features/{level}", np.float32, d)
         self.raw_levels: list[str] = []
@@ -160,10 +168,12 @@ class FeatureStoreWriter:
         features: Mapping[str, np.ndarray],
         raw: Mapping[str, np.ndarray] | None = None,
         modalities: np.ndarray | None = None,
+        official_split: Sequence[str] | None = None,
         at: int | None = None,
     ) -> None:
         """Append b rows. Shape: ids/label/malignant [b]; features[level] [b, D]; raw[level] [b, R];
-        modalities [b, M] (0/1; required when the writer declared modalities).
+        modalities [b, M] (0/1; required when the writer declared modalities); official_split
+        [b] of OFFICIAL_SPLITS (required when the writer declared it).
 
         Every level given in `dims` (and every raw level declared) must be present. `at` writes
         the rows at rows [at, at + b) instead (a writer with a declared n, filled out of order,
@@ -193,6 +203,15 @@ class FeatureStoreWriter:
             if modalities is None:
                 raise SlimpError("feature store: append needs the rows' modalities")
             columns["modalities"] = np.asarray(modalities, dtype=np.int8)
+        if self.official_split:
+            given = [] if official_split is None else [str(v) for v in official_split]
+            bad = sorted(set(given) - set(OFFICIAL_SPLITS))
+            if official_split is None or bad:
+                raise SlimpError(
+                    f"feature store: official_split {bad or 'missing'}; every row needs one of "
+                    f"{OFFICIAL_SPLITS}"
+                )
+            columns["official_split"] = np.asarray(official_split, dtype=object)
         for name, arr in columns.items():
             width = self.f[name].shape[1:]
             if arr.shape != (b, *width):
@@ -313,8 +332,9 @@ def check_store_destination(path: str | os.PathLike, *, overwrite: bool) -> None
 
 def _row_datasets(f: h5py.File) -> list[str]:
     names = ["lesion_id", "patient_id", "label", "malignant"]
-    if "modalities" in f:
-        names.append("modalities")
+    for name in ("modalities", "official_split"):
+        if name in f:
+            names.append(name)
     for group in ("features", "raw"):
         if group in f:
             names += [f"{group}/{k}" for k in f[group]]
@@ -380,6 +400,14 @@ class FeatureStore:
         return self.f["split"].asstr()[()].astype(object)
 
     @property
+    def official_split(self) -> np.ndarray | None:
+        """Per row "train"/"valid"/"test": the dataset's own fixed split (Derm7pt's index
+        files), or None when the store's data has none."""
+        if "official_split" not in self.f:
+            return None
+        return self.f["official_split"].asstr()[()].astype(object)
+
+    @property
     def split_fingerprint(self) -> str | None:
         return str(self.f["split"].attrs["fingerprint"]) if "split" in self.f else None
 
@@ -402,6 +430,18 @@ class FeatureStore:
     @property
     def malignant(self) -> np.ndarray:
         return self.f["malignant"][()].astype(np.int8)
+
+    @property
+    def melanoma(self) -> np.ndarray | None:
+        """Per row 1 (its class is one of the schema's `melanoma` classes), 0 (another
+        diagnosis) or -1 (no label): the `melanoma` task (SM3's DIAG MEL). None when the
+        store's resolved schema declares no melanoma classes. Shape: [N] int8."""
+        schema = self.schema or {}
+        if "melanoma" not in schema:
+            return None
+        is_melanoma = np.array([c in set(schema["melanoma"]) for c in self.classes] + [False])
+        label = self.label
+        return np.where(label >= 0, is_melanoma[np.maximum(label, 0)], -1).astype(np.int8)
 
     @property
     def modalities(self) -> tuple[np.ndarray, list[str]] | None:

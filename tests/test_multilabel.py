@@ -6,13 +6,21 @@ import pytest
 from slimp_cli.errors import SlimpError
 from slimp_cli.eval.multilabel import CRITERIA, criterion_targets, run_multilabel
 from slimp_cli.schema import encode_raw, raw_columns
-from slimp_cli.store import FeatureStoreWriter
+from slimp_cli.store import FeatureStore, FeatureStoreWriter
 
 VALUES = ["absent", "typical", "atypical"]
 
 
-def make_store(path, n=240, seed=0):
-    """Image features separate `pigment_network` linearly; the other criteria are noise."""
+# Derm7pt diagnoses of four of DIAG's five groups (BCC, NEV, MEL, SK)
+DIAGNOSES = ["basal cell carcinoma", "clark nevus", "melanoma (in situ)", "seborrheic keratosis"]
+SPLIT_PATTERN = np.array(["train", "train", "valid", "test", "test"])
+
+
+def make_store(path, n=240, seed=0, *, diagnoses=None, official=False):
+    """Image features separate `pigment_network` linearly; the other criteria are noise.
+
+    `diagnoses`: each row gets one of them at random (default: every row class "a"), so DIAG
+    is a label too; `official`: the rows' official split cycles through SPLIT_PATTERN."""
     rng = np.random.default_rng(seed)
     features = [{"name": c, "type": "categorical", "vocab": sorted(VALUES)} for c in CRITERIA]
     records = [{c: VALUES[rng.integers(3)] for c in CRITERIA} for _ in range(n)]
@@ -23,22 +31,26 @@ def make_store(path, n=240, seed=0):
         size=(n, 16)
     )
     cols, sources = raw_columns(features)
+    label = rng.integers(0, len(diagnoses), n) if diagnoses else np.zeros(n, int)
+    split = SPLIT_PATTERN[np.arange(n) % len(SPLIT_PATTERN)]
     with FeatureStoreWriter(
         path,
         n=n,
         dims={"image": 16},
         config={},
         schema=None,
-        classes=["a", "b"],
+        classes=diagnoses or ["a", "b"],
         raw_columns={"lesion": (cols, sources)},
+        official_split=official,
     ) as w:
         w.append(
             lesion_id=[str(i) for i in range(n)],
             patient_id=[str(i) for i in range(n)],
-            label=np.zeros(n, int),
+            label=label,
             malignant=np.zeros(n, np.int8),
             features={"image": image.astype(np.float32)},
             raw={"lesion": encode_raw(features, records)},
+            official_split=split if official else None,
         )
     return path, records
 
@@ -61,8 +73,55 @@ def test_probe_finds_the_criterion_the_images_encode(tmp_path):
     for method in ("linear", "knn"):
         assert by[("pigment_network", method)]["balanced_accuracy"]["mean"] >= 0.9
         assert by[("streaks", method)]["balanced_accuracy"]["mean"] <= 0.6  # noise: near chance 1/3
-        means = [by[(c, method)]["accuracy"]["mean"] for c in CRITERIA]
-        assert by[("mean", method)]["accuracy"]["mean"] == pytest.approx(np.mean(means))
+
+
+def test_mean_is_over_every_label_including_the_diagnosis(tmp_path):
+    """The "mean" row averages each metric over the 8 labels (DIAG and the 7 criteria), leaving
+    out a label where the metric is undefined. Several diagnoses make DIAG a label of its own,
+    and the labels' values differ (PN is learnt, the rest is noise), so a mean over the wrong
+    labels, or one counting an undefined value, differs from this hand computation."""
+    store, _ = make_store(tmp_path / "s.h5", diagnoses=DIAGNOSES)
+    report = run_multilabel(store, seeds=[0, 1], methods=["linear", "knn"])
+    for method in ("linear", "knn"):
+        rows = {r["target"]: r["metrics"] for r in report["results"] if r["method"] == method}
+        mean = rows.pop("mean")
+        assert set(rows) == {*CRITERIA, "diagnosis"}
+        assert rows["diagnosis"]["accuracy"]["mean"] is not None
+        undefined = 0
+        for key, value in mean.items():
+            defined = [m[key]["mean"] for m in rows.values() if m[key]["mean"] is not None]
+            undefined += len(rows) - len(defined)
+            assert value["mean"] == pytest.approx(sum(defined) / len(defined)), key
+            assert value["std"] is None
+        assert undefined > 0  # BWV has no "present" row: its class metrics are undefined
+        accuracy = {t: m["accuracy"]["mean"] for t, m in rows.items()}
+        criteria_only = sum(accuracy[c] for c in CRITERIA) / len(CRITERIA)
+        assert mean["accuracy"]["mean"] != pytest.approx(criteria_only, abs=1e-3)
+        assert max(accuracy.values()) - min(accuracy.values()) > 0.3
+
+
+def test_official_split_probes_the_test_cases(tmp_path):
+    """--split official: each criterion's probe is fit on train + valid rows, scored on test
+    rows: each accuracy equals a hand-fitted logistic regression's (the criteria but PN are
+    noise, so another choice of rows changes them; 10 rows miss `streaks`: left out)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    store, records = make_store(tmp_path / "s.h5", official=True)
+    report = run_multilabel(store, split="official", seeds=[0], methods=["linear"])
+    assert report["split"]["kind"] == "official"
+    with FeatureStore.open(store) as st:
+        x, split = st.block("image"), st.official_split
+    assert (split == "test").sum() == 96
+    for criterion in CRITERIA:
+        got = next(r for r in report["results"] if r["target"] == criterion)
+        known = np.array([r[criterion] is not None for r in records])
+        y = np.array([VALUES.index(r[criterion]) for r in records if r[criterion] is not None])
+        train, test = np.isin(split[known], ("train", "valid")), split[known] == "test"
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+        predicted = model.fit(x[known][train], y[train]).predict(x[known][test])
+        assert got["metrics"]["accuracy"]["mean"] == pytest.approx(np.mean(predicted == y[test]))
 
 
 def test_lesion_features_are_refused_as_a_leak(tmp_path):

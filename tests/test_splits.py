@@ -86,3 +86,46 @@ def test_patient_split_names_a_class_it_left_out(monkeypatch, many_groups):
     train, test = splits.patient_split(y, groups, seed=0, warnings=log)
     side = "held-out" if 0 in train else "training"
     assert any(f"class(es) 1 absent from the {side} part" in w for w in log), list(log)
+
+
+def test_official_split_trains_on_train_and_valid():
+    official = np.array(["train", "test", "valid", "test", "train", "valid", "test"])
+    y = np.array([0, 1, 0, 1, 1, 0, 0])
+    train, test = make_split("official", y, np.arange(7), seed=3, official=official)
+    assert train.tolist() == [0, 2, 4, 5] and test.tolist() == [1, 3, 6]
+    again = make_split("official", y, np.arange(7), seed=9, official=official)
+    assert [a.tolist() for a in again] == [train.tolist(), test.tolist()]  # fixed: seed-free
+    with pytest.raises(SlimpError, match="no official split"):
+        make_split("official", y, np.arange(7), seed=0)
+    with pytest.raises(SlimpError, match="4 train/valid and 0 test rows"):
+        make_split("official", y[:4], np.arange(4), seed=0, official=official[[0, 2, 4, 5]])
+
+
+def test_split_info_chooses_official_only_where_it_exists():
+    from slimp_cli.eval.splits import SplitInfo
+
+    lesions = np.array(["a", "b"])
+    plain = SplitInfo(sides=None, lesions=lesions, fingerprint=None, where="s.h5")
+    with pytest.raises(SlimpError, match="s.h5 has no official split; ingest Derm7pt with"):
+        plain.choose("official")
+    assert plain.choose(None) == "random"
+    stored = SplitInfo(
+        sides=None,
+        lesions=lesions,
+        fingerprint=None,
+        official=np.array(["train", "test"]),
+        official_from="store",
+    )
+    assert stored.choose("official") == "official" and stored.choose(None) == "random"
+    assert stored.choose("random") == "random"
+    filed = SplitInfo(
+        sides=None,
+        lesions=lesions,
+        fingerprint=None,
+        official=np.array(["train", "test"]),
+        official_from="split.csv",
+    )
+    assert filed.choose(None) == "official"  # a split file implies --split official
+    with pytest.raises(SlimpError, match="use it with --split official"):
+        filed.choose("patient")
+    assert filed.subset(np.array([1])).official.tolist() == ["test"]

@@ -20,9 +20,9 @@ def _choice(name: str, values: tuple[str, ...]) -> type[Enum]:
 VARIANTS = ("nested", "flat", "image", "sm3")  # model_config.VARIANTS
 METHODS = ("slimp", "sm3")  # train.train_config.METHODS
 TUNES = ("embeddings", "all")  # train.adapt.TUNES
-LABELS = ("binary", "multiclass")  # eval.probe.LABELS
-SPLITS = ("holdout", "random", "patient")  # eval.splits.SPLITS
-RETRIEVE_SPLITS = ("holdout", "all", "random", "patient")  # retrieve adds the whole store
+LABELS = ("binary", "multiclass", "melanoma")  # eval.probe.LABELS
+SPLITS = ("holdout", "random", "patient", "official")  # eval.splits.SPLITS
+RETRIEVE_SPLITS = ("holdout", "all", "random", "patient", "official")  # retrieve adds "all"
 STRATEGIES = ("ilp", "il", "ii")  # store.PSEUDO_STRATEGIES
 TASKS = ("classification", "derm7pt-multilabel")  # probe_cmd's tasks
 PROBE_METHODS = ("linear", "knn")  # eval.probe.METHODS (a comma list)

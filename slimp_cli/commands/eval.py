@@ -80,6 +80,22 @@ def _write_json(path: Path | None, report: dict) -> None:
     err_console.print(f"wrote {path}", markup=False)
 
 
+SPLIT_FILE_HELP = (
+    "CSV with columns id, split (train, valid or test): a fixed split of any dataset (id = the "
+    "store's lesion_id, else patient_id; every row needs one). Implies --split official."
+)
+
+
+def _check_split_file(split: str | None, split_file: Path | None) -> None:
+    """A --split-file is the official split: with another --split it is a usage error."""
+    if split_file is not None and split not in (None, "official"):
+        raise typer.BadParameter(
+            f"a split file is a fixed train/valid/test split: use it with --split official "
+            f"(or without --split), not --split {split}",
+            param_hint="--split-file",
+        )
+
+
 def _fmt(metric: dict) -> str:
     if metric.get("mean") is None:
         return "n/a"
@@ -105,7 +121,11 @@ def _probe_number(positive: bool):
 def probe_cmd(
     store: Path = typer.Argument(..., help="Feature store (HDF5) written by slimp embed."),
     label: Label = typer.Option(
-        "binary", "--label", help="binary (benign/malignant, the paper's main task) or multiclass."
+        "binary",
+        "--label",
+        help="binary (benign/malignant, the paper's main task), multiclass (the diagnoses) or "
+        "melanoma (melanoma vs every other diagnosis: SM3's DIAG MEL; the classes the dataset "
+        "schema names as melanoma).",
     ),
     features: str | None = typer.Option(
         None,
@@ -124,8 +144,11 @@ def probe_cmd(
         "--split",
         help="holdout: the run's held-out patients, unseen by every training stage (default "
         "when the store has them); random: lesion-grouped stratified 90/10 (all images of a "
-        "lesion on one side; the default otherwise); patient: patient-disjoint 90/10.",
+        "lesion on one side; the default otherwise); patient: patient-disjoint 90/10; "
+        "official: the dataset's fixed split (Derm7pt's index files, or --split-file): trained "
+        "on train + valid, scored on test.",
     ),
+    split_file: Path | None = typer.Option(None, "--split-file", help=SPLIT_FILE_HELP),
     seeds: str = typer.Option(
         "0,1,2",
         "--seeds",
@@ -218,6 +241,7 @@ def probe_cmd(
     _check_linear_probe_usage(linear_probe, cv=cv, task=task)  # before the slow imports
     from ..eval.probe import run_probe
 
+    _check_split_file(split, split_file)
     _outputs(json_path, plots)
     if task == "derm7pt-multilabel":
         return _multilabel(
@@ -233,6 +257,7 @@ def probe_cmd(
             pseudo=pseudo,
             device=device,
             json_path=json_path,
+            split_file=split_file,
         )
     report = run_probe(
         store,
@@ -251,11 +276,12 @@ def probe_cmd(
         device=device,
         plots_dir=plots,
         **linear_probe,
+        split_file=split_file,
     )
     _warn(report["warnings"])
     names = (
         {"accuracy": "Acc", "balanced_accuracy": "BA", "f1": "F1", "auc": "AUC"}
-        if label == "binary"
+        if label != "multiclass"
         else {
             "accuracy": "Acc",
             "balanced_accuracy": "BA",
@@ -303,6 +329,8 @@ def _split_caption(split: dict) -> str:
     text = f"split: {split['kind']} ({split['grouped_by']})"
     if split.get("holdout_fingerprint") and split["kind"] == "holdout":
         text += f", holdout {split['holdout_fingerprint']}"
+    if split["kind"] == "official":
+        text += f", from {split.get('official_from')}"
     if split.get("test_rows_seen_in_pretraining"):
         text += (
             f"; WARNING: up to {split['test_rows_seen_in_pretraining']} test rows were seen in "
@@ -312,7 +340,20 @@ def _split_caption(split: dict) -> str:
 
 
 def _multilabel(
-    store, *, features, method, split, seeds, k, knn_temperature, c, cv, pseudo, device, json_path
+    store,
+    *,
+    features,
+    method,
+    split,
+    seeds,
+    k,
+    knn_temperature,
+    c,
+    cv,
+    pseudo,
+    device,
+    json_path,
+    split_file,
 ) -> None:
     from ..eval.multilabel import run_multilabel
 
@@ -328,6 +369,7 @@ def _multilabel(
         cv=cv,
         pseudo=pseudo,
         device=device,
+        split_file=split_file,
     )
     _warn(report["warnings"])
     names = {"accuracy": "Acc", "balanced_accuracy": "BA", "f1_macro": "F1-macro", "auc": "AUC"}
@@ -363,8 +405,11 @@ def retrieve_cmd(
         "--split",
         help="holdout: the run's held-out patients (default when the store has them); all: "
         "every row (the default otherwise); random (lesion-grouped) or patient: the 10% test "
-        "part of a 90/10 split. Ties count half (random tie-breaking).",
+        "part of a 90/10 split; official: the test cases of the dataset's fixed split "
+        "(Derm7pt's index files, or --split-file). Ties count half (random tie-breaking). With "
+        "--pair-matching the default is every case, and ranks are within the evaluated cases.",
     ),
+    split_file: Path | None = typer.Option(None, "--split-file", help=SPLIT_FILE_HELP),
     seed: int = typer.Option(
         0, "--seed", help="Split seed and seed of the non-matching pair sample."
     ),
@@ -390,11 +435,20 @@ def retrieve_cmd(
     from ..eval.retrieval import run_retrieval
 
     split = value(split)
+    _check_split_file(split, split_file)
     if chunk_size < 1 or negatives < 1:
         raise SlimpError("--chunk-size and --negatives must be at least 1")
     _outputs(json_path, plots)
     if pair_matching:
-        return _pair_matching(store, device=device, chunk_size=chunk_size, json_path=json_path)
+        return _pair_matching(
+            store,
+            device=device,
+            chunk_size=chunk_size,
+            json_path=json_path,
+            split=split,
+            split_file=split_file,
+            seed=seed,
+        )
     report = run_retrieval(
         store,
         split=split,
@@ -403,6 +457,7 @@ def retrieve_cmd(
         device=device,
         chunk_size=chunk_size,
         plots_dir=plots,
+        split_file=split_file,
     )
     _warn(report["warnings"])
     tasks = [
@@ -439,15 +494,24 @@ def retrieve_cmd(
     _write_json(json_path, report)
 
 
-def _pair_matching(store: Path, *, device: str, chunk_size: int, json_path: Path | None) -> None:
+def _pair_matching(
+    store: Path, *, device: str, chunk_size: int, json_path: Path | None, split, split_file, seed
+) -> None:
     from ..eval.pair_matching import run_pair_matching
 
-    report = run_pair_matching(store, device=device, chunk_size=chunk_size)
+    report = run_pair_matching(
+        store,
+        device=device,
+        chunk_size=chunk_size,
+        split=split,
+        split_file=split_file,
+        seed=seed,
+    )
     _warn(report["warnings"])
     pm, chance = report["pair_matching"], report["chance"]
     _out().print(
         f"{store.name}: dermoscopic -> clinical pair matching over {pm['n']} cases "
-        f"({' -> '.join(report['features'])})",
+        f"({' -> '.join(report['features'])}; split {report['split']['kind']})",
         markup=False,
     )
     table = Table()

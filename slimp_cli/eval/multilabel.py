@@ -169,9 +169,12 @@ def run_multilabel(
     pseudo: str | None = None,
     test_size: float = 0.1,
     device: str = "auto",
+    split_file: str | os.PathLike | None = None,
 ) -> dict:
     """Probe the seven criteria; returns the `probe --json` format with a `target` per result
-    (the criterion, or "mean" for the average over criteria of each metric's mean)."""
+    (the criterion, or "mean" for the average over the labels of each metric's mean).
+    `split` "official" (or `split_file`, a CSV of id, split): the dataset's fixed split, as in
+    `probe.run_probe`."""
     warnings = WarningLog()
     names = list(features) if features else ["image"] + (["lesion", "patient"] if pseudo else [])
     if pseudo is not None and pseudo not in PSEUDO_STRATEGIES:
@@ -205,7 +208,9 @@ def run_multilabel(
                     )
                 blocks[name] = np.asarray(pseudo_arrays[name], dtype=np.float32)
         groups = np.asarray(store.patient_id)
-        split_info = SplitInfo.of(store, np.arange(store.n))
+        split_info = SplitInfo.of(
+            store, np.arange(store.n), split_file=split_file, warnings=warnings
+        )
         label_all, label_classes = store.label, list(store.classes)
     split = split_info.choose(split)
     x_raw, columns, _ = raw
@@ -244,6 +249,7 @@ def run_multilabel(
                 warnings=warnings,
                 lesions=rows_info.lesions,
                 sides=rows_info.sides,
+                official=rows_info.official,
             )
             split_info.seen = max(split_info.seen, rows_info.note_seen(split, test, warnings))
             for method in methods:

@@ -9,6 +9,12 @@ the store has them, else between the branch features (`derm`, `clinic`; the `con
 no per-modality cross-modal space). Reported: Acc@1 (the pair is the most similar), Acc@5 (in
 the top 5), the average rank of the pair (1 = best; chance: (n + 1) / 2 with one relevant
 item) and n; ties count half (eval/metrics.rank_metrics).
+
+Only the evaluated cases are queries and gallery: every case by default, the test cases of a
+split when one is given (`--split official`: Derm7pt's 395 test cases). NOTE[DIFF]: SM3's
+Table III ranks among 413 cases ("Avg Rank (total 413)", the size of the training part); with
+`--split official` slimp ranks the unseen test cases (a --split-file that marks the training
+cases "test" ranks those instead; docs/method.md).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from ..store import FeatureStore
 from . import WarningLog
 from .metrics import rank_metrics
 from .retrieval import lesion_codes, ranks_of_relevant
+from .splits import SplitInfo, make_split
 
 QUERY, GALLERY = "dermoscopic", "clinical"
 
@@ -63,9 +70,14 @@ def run_pair_matching(
     features: tuple[str, str] | None = None,
     device: str = "auto",
     chunk_size: int = 4096,
+    split: str | None = None,
+    split_file: str | os.PathLike | None = None,
+    seed: int = 0,
 ) -> dict:
     """`retrieve --pair-matching`: {"pair_matching": {"Acc@1", "Acc@5", "mean_rank", "n"},
-    "chance": {...}, "features": [query level, gallery level], "warnings": [...]}."""
+    "chance": {...}, "features": [query level, gallery level], "split": {...}, "warnings":
+    [...]}. `split` None or "all": every case; otherwise (or with `split_file`) the test part of
+    that split (eval/splits.py), and ranks are within it."""
     warnings = WarningLog()
     with FeatureStore.open(store_path) as store:
         present = store.modalities
@@ -88,15 +100,36 @@ def run_pair_matching(
                 )
         query_all, gallery_all = store.block(features[0]), store.block(features[1])
         lesion_ids = store.lesion_id
-    both = mask[:, names.index(QUERY)] & mask[:, names.index(GALLERY)]
+        split_info = SplitInfo.of(
+            store, np.arange(store.n), split_file=split_file, warnings=warnings
+        )
+        label, patients = store.label, store.patient_id
+    split = split_info.choose(split, otherwise="all", extra=("all",), prefer_holdout=False)
+    evaluated = np.ones(len(mask), dtype=bool)
+    if split != "all":  # rank within the evaluated cases only, not over every case
+        _, test = make_split(
+            split,
+            label,
+            np.unique(patients, return_inverse=True)[1],
+            seed=seed,
+            warnings=warnings,
+            lesions=split_info.lesions,
+            sides=split_info.sides,
+            official=split_info.official,
+        )
+        split_info.note_seen(split, test, warnings)
+        evaluated = np.isin(np.arange(len(mask)), test)
+    both = mask[:, names.index(QUERY)] & mask[:, names.index(GALLERY)] & evaluated
     rows = np.flatnonzero(both)
     if len(rows) < 2:
         raise SlimpError(
             f"{store_path}: {len(rows)} case(s) have both a dermoscopic and a clinical image; "
             "pair matching needs at least 2"
         )
-    if len(rows) < len(both):
-        warnings.add(f"{len(both) - len(rows)} of {len(both)} cases lack an image: left out")
+    if len(rows) < evaluated.sum():
+        warnings.add(
+            f"{evaluated.sum() - len(rows)} of {evaluated.sum()} cases lack an image: left out"
+        )
     lesion = lesion_codes(lesion_ids[rows])
     greater, tied = ranks_of_relevant(
         query_all[rows],
@@ -112,6 +145,9 @@ def run_pair_matching(
             "pair_matching": pair_matching_metrics(greater, tied),
             "chance": chance_metrics(np.bincount(lesion)[lesion], n),
             "features": list(features),
+            "split": {"kind": "all", "grouped_by": "every case"}
+            if split == "all"
+            else split_info.describe(split),
             "warnings": list(warnings),
         }
     )

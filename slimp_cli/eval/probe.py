@@ -52,7 +52,7 @@ from .splits import SplitInfo, check_fractions, low_shot, make_split
 
 METHODS = ("linear", "knn")
 CLASSIFIERS = ("logreg", "linear")  # of the "linear" method: scikit-learn's, or the papers'
-LABELS = ("binary", "multiclass")
+LABELS = ("binary", "multiclass", "melanoma")
 DEFAULT_C = 1.0
 CV_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 MAX_ITER = 2000
@@ -105,6 +105,15 @@ def load_probe_data(
     if label == "binary":
         y_all, class_names = store.malignant.astype(np.int64), ["benign", "malignant"]
         unknown_what = "unknown malignancy (malignant=-1)"
+    elif label == "melanoma":  # melanoma vs every other diagnosis (SM3's DIAG MEL)
+        melanoma = store.melanoma
+        if melanoma is None:
+            raise SlimpError(
+                f"--label melanoma: {store.path}'s schema names no melanoma classes (add "
+                "`melanoma` or `melanoma_contains` to the dataset schema and ingest again)"
+            )
+        y_all, class_names = melanoma.astype(np.int64), ["other", "melanoma"]
+        unknown_what = "unknown label (label=-1)"
     else:
         y_all, class_names = store.label, list(store.classes)
         unknown_what = "unknown label (label=-1)"
@@ -198,6 +207,7 @@ def run_probe(
     probe_lr: float | None = None,
     probe_weight_decay: float | None = None,
     probe_batch_size: int | None = None,
+    split_file: str | os.PathLike | None = None,
 ) -> dict:
     """Evaluate a store; returns the `probe --json` dict (NaN metrics as None).
 
@@ -207,7 +217,9 @@ def run_probe(
 
     `split` None = "holdout" when the store carries the run's held-out patients, else
     "random" (lesion-grouped). The JSON's "split" block names the split, its fingerprint and
-    how many test rows pre-training saw.
+    how many test rows pre-training saw. "official" trains on the train + valid cases of the
+    dataset's fixed split (the store's `official_split`, or `split_file`: a CSV of id, split)
+    and scores on its test cases. `label` "melanoma": melanoma vs every other diagnosis.
     """
     warnings = WarningLog()
     for m in methods:
@@ -233,12 +245,12 @@ def run_probe(
             store, label=label, features=features, pseudo=pseudo, warnings=warnings
         )
         raw = raw_metadata(store) if baseline else None
-        split_info = SplitInfo.of(store, rows)
+        split_info = SplitInfo.of(store, rows, split_file=split_file, warnings=warnings)
         recipe = probe_recipe or recipe_for(store.variant)
     linear_config = probe_config(recipe, **linear_options) if classifier == "linear" else None
     split = split_info.choose(split)
     names = list(blocks)
-    task = "binary" if label == "binary" else "multiclass"
+    task = "multiclass" if label == "multiclass" else "binary"
     n_classes = len(class_names)
     # built only for the methods asked: at 400k lesions each copy is gigabytes
     x_linear = np.concatenate([blocks[n] for n in names], axis=1) if "linear" in methods else None
@@ -277,6 +289,7 @@ def run_probe(
             warnings=warnings,
             lesions=split_info.lesions,
             sides=split_info.sides,
+            official=split_info.official,
         )
         split_info.note_seen(split, test, warnings)
         for frac in fractions:

@@ -168,11 +168,13 @@ def run_retrieval(
     device: str = "auto",
     chunk_size: int = 4096,
     plots_dir: str | os.PathLike | None = None,
+    split_file: str | os.PathLike | None = None,
 ) -> dict:
     """Evaluate retrieval on the held-out part of a split, or on the whole store.
 
     `split` None = "holdout" (the run's held-out patients) when the store carries them, else
-    "all" (every row). "random" / "patient" draw a 90/10 split with `seed`. Pairs the model
+    "all" (every row). "random" / "patient" draw a 90/10 split with `seed`; "official" (or
+    `split_file`, a CSV of id, split) evaluates the test cases of the fixed split. Pairs the model
     was trained to match are flagged: the JSON's "split" block and a warning say how many
     evaluated rows pre-training saw.
 
@@ -196,15 +198,15 @@ def run_retrieval(
         _, pcode = np.unique(store.patient_id, return_inverse=True)
         label = store.label
         lesion_ids = store.lesion_id
-        split_info = SplitInfo.of(store, np.arange(store.n))
+        split_info = SplitInfo.of(
+            store, np.arange(store.n), split_file=split_file, warnings=warnings
+        )
     rows = np.arange(len(image))
     train = None
-    if split is None:
-        split = "holdout" if split_info.has_holdout else "all"
+    split = split_info.choose(split, otherwise="all", extra=("all",))
     if split == "all":
         split_info.note_seen("all", rows, warnings)
     else:
-        split = split_info.choose(split)
         train, rows = make_split(
             split,
             label,
@@ -214,6 +216,7 @@ def run_retrieval(
             warnings=warnings,
             lesions=split_info.lesions,
             sides=split_info.sides,
+            official=split_info.official,
         )
         split_info.note_seen(split, rows, warnings)
     if len(rows) < 2:

@@ -9,22 +9,35 @@
 - patient: patient-disjoint, stratified by label as far as groups allow (StratifiedGroupKFold
   with round(1/test_size) folds; the fold closest to test_size of the lesions, preferring folds
   that hold every class, is held out). A patient is never on both sides.
+- official: the dataset's own fixed train/valid/test split (Derm7pt: Kawahara et al.'s 413 /
+  203 / 395 cases, SM3 Sec. IV-A), carried by the store's `official_split` or given as a CSV
+  (`--split-file`: columns id, split; id = the store's lesion_id, else patient_id). The probe
+  trains on train + valid and every metric is on the test cases; like holdout, it is fixed, so
+  seeds vary only the classifier.
 - low_shot: keep a stratified fraction of the training rows, at least one per class.
 """
 
 from __future__ import annotations
 
+import csv
 import warnings as _pywarnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from ..errors import SlimpError
+from ..store import OFFICIAL_SPLITS
 from . import WarningLog
 
-SPLITS = ("holdout", "random", "patient")
+SPLITS = ("holdout", "random", "patient", "official")
+# NOTE[DIFF]: SM3 (Sec. IV-A) names a 203-case validation part without saying what it serves
+# (presumably model selection, as in Kawahara et al.). The probe has nothing to select on it
+# (--cv picks C by inner cross-validation over its own training rows), so it trains on
+# train + valid and every number is on the 395 test cases (docs/method.md).
+OFFICIAL_TRAIN = ("train", "valid")
 # StratifiedGroupKFold loops over groups in Python (~40 s for 100k groups); above this many
 # patients, whole patients are drawn at random instead (stratified by each patient's majority
 # class), and the lesion fraction lands near test_size by the law of large numbers.
@@ -155,11 +168,29 @@ def make_split(
     warnings: WarningLog | None = None,
     lesions: np.ndarray | None = None,
     sides: np.ndarray | None = None,
+    official: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dispatch on kind: "holdout" (rows whose `sides` is "holdout" are the test part),
-    "random" (grouped by `lesions` when given: twins stay together) or "patient" (`groups`)."""
+    "random" (grouped by `lesions` when given: twins stay together), "patient" (`groups`) or
+    "official" (`official` per row: train + valid rows train, test rows test)."""
     if not 0.0 < test_size < 1.0:
         raise SlimpError(f"held-out fraction {test_size} must be in (0, 1)")
+    if kind == "official":
+        if official is None:
+            raise SlimpError(
+                "--split official: no official split (a store of Derm7pt ingested with its index "
+                "files, or --split-file CSV)"
+            )
+        official = np.asarray(official)
+        train = np.flatnonzero(np.isin(official, OFFICIAL_TRAIN))
+        test = np.flatnonzero(official == "test")
+        if len(test) == 0 or len(train) == 0:
+            raise SlimpError(
+                f"--split official: {len(train)} train/valid and {len(test)} test rows among the "
+                "labelled ones; both parts need rows"
+            )
+        _warn_missing_classes(y, train, test, seed=seed, warnings=warnings, kind="official")
+        return train, test
     if kind == "holdout":
         if sides is None:
             raise SlimpError(
@@ -213,6 +244,84 @@ def low_shot(train_idx: np.ndarray, y: np.ndarray, *, fraction: float, seed: int
     return np.sort(np.concatenate(keep))
 
 
+def read_split_file(
+    path: str | Path,
+    *,
+    lesion_ids: np.ndarray,
+    patient_ids: np.ndarray,
+    warnings: WarningLog | None = None,
+) -> tuple[np.ndarray, str]:
+    """Each store row's split from a CSV with columns `id` and `split` (train, valid or test).
+
+    An id names a lesion (matched against `lesion_ids`) or, when no id is a lesion id, a
+    patient (`patient_ids`); every row of the store must get a split. Ids the store lacks are
+    ignored (warned). Shape: lesion_ids, patient_ids [N] -> (splits [N] object, the column
+    matched: "lesion_id" or "patient_id"). SlimpError (one line) for an unreadable file,
+    missing columns, a bad split value, an id given two splits, ids matching nothing, or a
+    file covering part of the store (saying how many)."""
+    path = Path(path)
+    where = f"--split-file {path}"
+    if not path.is_file():
+        raise SlimpError(f"{where}: no such file")
+    mapping: dict[str, str] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
+            if "id" not in columns or "split" not in columns:
+                raise SlimpError(
+                    f"{where}: needs the columns id and split (it has: "
+                    f"{', '.join(c for c in columns if c) or 'none'})"
+                )
+            for record in reader:
+                key = (record.get(columns["id"]) or "").strip()
+                value = (record.get(columns["split"]) or "").strip().lower()
+                if not key and not value:
+                    continue  # a blank line
+                if value not in OFFICIAL_SPLITS:
+                    raise SlimpError(
+                        f"{where}: line {reader.line_num}: split '{value}' is not one of "
+                        f"{', '.join(OFFICIAL_SPLITS)}"
+                    )
+                if mapping.get(key, value) != value:
+                    raise SlimpError(
+                        f"{where}: line {reader.line_num}: id '{key}' is listed as both "
+                        f"{mapping[key]} and {value}"
+                    )
+                mapping[key] = value
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise SlimpError(f"{where}: not a readable UTF-8 CSV ({exc})") from None
+    except OSError as exc:  # a folder, no permission...
+        raise SlimpError(f"{where}: cannot read it ({exc.strerror})") from None
+    if not mapping:
+        raise SlimpError(f"{where}: lists no id")
+    known = np.asarray(list(mapping), dtype=object)
+    matched = None
+    for column, values in (("lesion_id", lesion_ids), ("patient_id", patient_ids)):
+        values = np.asarray(values).astype(str)
+        hit = np.isin(values, known)
+        if hit.any():
+            matched = column, values, hit
+            break
+    if matched is None:
+        raise SlimpError(
+            f"{where}: none of its {len(mapping)} ids (e.g. '{known[0]}') is a lesion_id or "
+            f"patient_id of the store (e.g. '{lesion_ids[0] if len(lesion_ids) else ''}')"
+        )
+    column, ids, hit = matched
+    if not hit.all():
+        lacking = np.unique(ids[~hit])
+        raise SlimpError(
+            f"{where}: its ids cover {int(hit.sum())} of the store's {len(ids)} rows; "
+            f"{len(lacking)} {column}s have no split (e.g. '{lacking[0]}'); give every one a "
+            "split"
+        )
+    unused = len(set(mapping) - set(ids.tolist()))
+    if unused and warnings is not None:
+        warnings.add(f"--split-file: {unused} of its {len(mapping)} ids are not in the store")
+    return np.array([mapping[i] for i in ids], dtype=object), column
+
+
 @dataclass
 class SplitInfo:
     """What a store says about its rows' place in training, for the rows being evaluated."""
@@ -221,20 +330,57 @@ class SplitInfo:
     lesions: np.ndarray  # per row lesion id (random splits keep a lesion's images together)
     fingerprint: str | None  # of the run's holdout.json
     seen: int = 0  # most test rows seen in pre-training over the seeds evaluated
+    official: np.ndarray | None = None  # per row "train"/"valid"/"test" (the fixed split)
+    official_from: str | None = None  # "store" (its official_split) or the --split-file path
+    where: str = "the store"  # the store's path, for messages
 
     @classmethod
-    def of(cls, store, rows: np.ndarray) -> SplitInfo:
+    def of(
+        cls,
+        store,
+        rows: np.ndarray,
+        *,
+        split_file: str | Path | None = None,
+        warnings: WarningLog | None = None,
+    ) -> SplitInfo:
+        """The rows' information; `split_file` (a CSV of id, split) replaces the store's own
+        official split and is checked against every row of the store."""
         sides = store.split
+        official, official_from = store.official_split, "store"
+        if split_file is not None:
+            official, _ = read_split_file(
+                split_file,
+                lesion_ids=store.lesion_id,
+                patient_ids=store.patient_id,
+                warnings=warnings,
+            )
+            official_from = str(split_file)
         return cls(
             sides=None if sides is None else sides[rows],
             lesions=store.lesion_id[rows],
             fingerprint=store.split_fingerprint,
+            official=None if official is None else official[rows],
+            official_from=None if official is None else official_from,
+            where=str(store.path),
         )
 
     def subset(self, rows: np.ndarray) -> SplitInfo:
         """The same information for a subset of the rows (e.g. those annotated)."""
         sides = None if self.sides is None else self.sides[rows]
-        return SplitInfo(sides=sides, lesions=self.lesions[rows], fingerprint=self.fingerprint)
+        official = None if self.official is None else self.official[rows]
+        return SplitInfo(
+            sides=sides,
+            lesions=self.lesions[rows],
+            fingerprint=self.fingerprint,
+            official=official,
+            official_from=self.official_from,
+            where=self.where,
+        )
+
+    @property
+    def from_file(self) -> bool:
+        """Whether the fixed split comes from a --split-file."""
+        return self.official_from not in (None, "store")
 
     @property
     def has_holdout(self) -> bool:
@@ -242,12 +388,34 @@ class SplitInfo:
             np.any(self.sides == "holdout") and np.any(self.sides == "train")
         )
 
-    def choose(self, split: str | None) -> str:
-        """The split to use: the given one, or holdout when the store has one, else random."""
+    def choose(
+        self,
+        split: str | None,
+        *,
+        otherwise: str = "random",
+        extra: tuple[str, ...] = (),
+        prefer_holdout: bool = True,
+    ) -> str:
+        """The split to use: the given one (one of SPLITS or `extra`); without one, "official"
+        when a --split-file was given, holdout when the store has one (and `prefer_holdout`),
+        else `otherwise`. A --split-file goes with --split official only."""
         if split is None:
-            return "holdout" if self.has_holdout else "random"
-        if split not in SPLITS:
-            raise SlimpError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+            if self.from_file:
+                return "official"
+            return "holdout" if prefer_holdout and self.has_holdout else otherwise
+        if split not in SPLITS + tuple(extra):
+            raise SlimpError(f"--split {split!r}: choose one of {', '.join(SPLITS + extra)}")
+        if self.from_file and split != "official":
+            raise SlimpError(
+                f"--split-file gives a fixed train/valid/test split: use it with --split "
+                f"official (or without --split), not --split {split}"
+            )
+        if split == "official" and self.official is None:
+            raise SlimpError(
+                f"--split official: {self.where} has no official split; ingest Derm7pt with its "
+                "index files (meta/train_indexes.csv, valid_indexes.csv, test_indexes.csv) and "
+                "embed again, or give --split-file CSV (columns id, split)"
+            )
         return split
 
     def note_seen(self, split: str, test: np.ndarray, warnings: WarningLog | None) -> int:
@@ -265,17 +433,21 @@ class SplitInfo:
         return n
 
     def describe(self, split: str) -> dict:
-        """The JSON's "split" block."""
-        return {
+        """The JSON's "split" block (with `official_from`, "store" or the CSV, for official)."""
+        block = {
             "kind": split,
             "grouped_by": {
                 "holdout": "patients held out of every training stage",
                 "random": "lesion (all images of a lesion on one side)",
                 "patient": "patient",
+                "official": "the dataset's fixed split: trained on train + valid, tested on test",
             }[split],
             "holdout_fingerprint": self.fingerprint,
             "test_rows_seen_in_pretraining": self.seen,
             "seeds_vary": "the classifier only (the split is fixed)"
-            if split == "holdout"
+            if split in ("holdout", "official")
             else "the split and the classifier",
         }
+        if split == "official":
+            block["official_from"] = self.official_from
+        return block

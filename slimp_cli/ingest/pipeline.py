@@ -23,7 +23,7 @@ from ..schema import load_dataset_schema, validate_dataset_schema
 from ..shards import SHARD_GLOB, ShardWriter, image_entry_name, unique_keys, verify_shards
 from .formats import get_adapter
 from .images import process_image
-from .rows import Entry, Log, build_entries
+from .rows import Entry, Log, build_entries, melanoma_classes
 from .rowstore import RowStore
 from .summary import WrittenSummary
 
@@ -68,6 +68,7 @@ def resolve_schema(
 ) -> dict:
     """The resolved schema (docs/internals.md) from what went into the shards."""
     malignant = set(dataset_schema.get("malignant", [])) | summary.malignant_labels
+    melanoma = melanoma_classes(dataset_schema, summary.classes)
     return {
         "format": "slimp-schema",
         "version": 1,
@@ -77,6 +78,8 @@ def resolve_schema(
         "image": dataset_schema["image"],
         "label": dataset_schema.get("label"),
         "malignant": sorted(malignant),
+        # the `melanoma` task's classes (SM3's DIAG MEL), only where the schema declares them
+        **({"melanoma": melanoma} if melanoma is not None else {}),
         "classes": sorted(summary.classes),
         "patient_features": [f.resolved() for f in summary.patient],
         "lesion_features": [f.resolved() for f in summary.lesion],
@@ -243,6 +246,7 @@ def ingest(
             max_shard_size=max_shard_size,
             max_patients_per_shard=max_patients_per_shard,
             about=(fmt, source, table.path),
+            row_splits=table.row_splits,
         )
     finally:
         table.close()
@@ -276,8 +280,12 @@ def _write(
     max_shard_size: int,
     max_patients_per_shard: int | None,
     about: tuple,
+    row_splits: dict[int, str] | None = None,
 ) -> tuple[dict, dict]:
-    """Decode, write and commit the located entries, patient by patient; (manifest, schema)."""
+    """Decode, write and commit the located entries, patient by patient; (manifest, schema).
+
+    `row_splits` (1-based source row -> official split) becomes each lesion's `official_split`
+    field and the manifest's `counts.official_split` (lesions per split)."""
     fmt, source, table_path = about
     keys = unique_keys([pid for pid, _ in patients])
     total = sum(n for _, n in patients)
@@ -300,6 +308,7 @@ def _write(
         [f["name"] for f in info["lesion_features"]],
     )
     conflicts: dict[str, int] = {}
+    official: dict[str, str] = {}  # lesion id -> its official split (datasets that have one)
     bar, task = _progress(progress, total)
     # Two streams of the same order: the pool's task thread reads one, the writer the other.
     jobs = ((e.ref, image_size) for e in store.grouped())
@@ -314,7 +323,13 @@ def _write(
                 members = [next(entries) for _ in range(n)]
                 kept, images = _decoded(members, results, log, strict, lambda: bar.advance(task))
                 if kept:
-                    _write_patient(writer, summary, keys[pid], pid, kept, images, conflicts, names)
+                    splits = None
+                    if row_splits is not None:
+                        splits = [row_splits[e.row] for e in kept]
+                        official.update((e.lesion_id, s) for e, s in zip(kept, splits))
+                    _write_patient(
+                        writer, summary, keys[pid], pid, kept, images, conflicts, names, splits
+                    )
         if not summary.patients:
             raise SlimpError(
                 f"{table_path}: no usable images ({len(log.skipped)} rows skipped; first: "
@@ -347,6 +362,10 @@ def _write(
         )
         if modalities is not None:
             manifest["modalities"] = modalities
+        if row_splits is not None:
+            manifest["counts"]["official_split"] = {
+                s: sum(v == s for v in official.values()) for s in ("train", "valid", "test")
+            }
         _commit(out, writer, resolved, manifest, previous, summary.write_index)
     except BaseException:
         writer.abort()
@@ -379,7 +398,7 @@ def _decoded(members: list[Entry], results, log: Log, strict: bool, advance):
     return kept, images
 
 
-def _write_patient(writer, summary, key, pid, kept, images, conflicts, names) -> None:
+def _write_patient(writer, summary, key, pid, kept, images, conflicts, names, splits=None) -> None:
     patient_names, lesion_names = names
     lesions = [
         {
@@ -394,6 +413,9 @@ def _write_patient(writer, summary, key, pid, kept, images, conflicts, names) ->
         }
         for j, e in enumerate(kept)
     ]
+    if splits is not None:  # the release's own split (Derm7pt's index files)
+        for lesion, split in zip(lesions, splits):
+            lesion["official_split"] = split
     patient = {
         "patient_id": pid,
         "fields": _patient_fields(patient_names, kept, conflicts),

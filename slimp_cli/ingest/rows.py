@@ -102,6 +102,17 @@ def malignancy(schema: dict):
     return classify
 
 
+def melanoma_classes(schema: dict, classes) -> list[str] | None:
+    """The melanoma classes of the `melanoma` task: the schema's `melanoma` (exact) plus the
+    `classes` that contain one of its `melanoma_contains`, sorted; None when the schema
+    declares neither (the dataset then has no melanoma task)."""
+    if "melanoma" not in schema and "melanoma_contains" not in schema:
+        return None
+    exact = {str(v) for v in schema.get("melanoma", [])}
+    contains = [str(s).lower() for s in schema.get("melanoma_contains", [])]
+    return sorted(exact | {c for c in classes if any(s in c.lower() for s in contains)})
+
+
 def present_features(
     schema: dict, columns: list[str], table: Path, log: Log
 ) -> tuple[list[dict], list[dict], list[dict]]:

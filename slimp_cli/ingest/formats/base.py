@@ -33,6 +33,8 @@ class SourceTable:
     path: the table file (named in errors and in the manifest).
     locate: (column, cell) -> ImageRef or None when no file exists for the reference.
     notes: facts about the read worth recording in the manifest (e.g. ignored legend lines).
+    row_splits: the release's own split of each data row (1-based row -> "train" | "valid" |
+        "test"; Derm7pt's index files), recorded per lesion in the shards; None when it has none.
     """
 
     path: Path
@@ -42,6 +44,7 @@ class SourceTable:
     rows: list[int] | None = None
     reader: Callable[[], Iterator[pd.DataFrame]] | None = None
     columns: list[str] = field(default_factory=list)
+    row_splits: dict[int, str] | None = None
 
     def __post_init__(self) -> None:
         if (self.frame is None) == (self.reader is None):
