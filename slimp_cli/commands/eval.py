@@ -152,6 +152,27 @@ def probe_cmd(
     device: str = typer.Option(
         "auto", "--device", help="Device of the kNN search: " + DEVICE_HELP, callback=device_name
     ),
+    bootstrap: int = typer.Option(
+        1000,
+        "--bootstrap",
+        help="Patient-bootstrap resamples for the 95% interval of every metric (seeded with "
+        "the first --seeds value); 0 turns the intervals off.",
+    ),
+    compare: tuple[str, str] | None = typer.Option(
+        None,
+        "--compare",
+        metavar="A B",
+        help="Paired comparison of two feature sets on the same held-out rows: levels joined "
+        "by + (raw = the raw metadata) or baseline-logreg / baseline-gbm. Default: the probed "
+        "features vs baseline-logreg, when the store has raw metadata.",
+    ),
+    subgroups: str | None = typer.Option(
+        None,
+        "--subgroups",
+        help="Comma list of metadata columns for per-group AUC, sensitivity, specificity "
+        "(default: Fitzpatrick skin type, sex, age band, body site where the store has them; "
+        "none = off).",
+    ),
 ) -> None:
     """Linear probe and kNN classification on frozen features (mean±std over seeds)."""
     from ..eval.probe import run_probe
@@ -189,6 +210,7 @@ def probe_cmd(
         pseudo=pseudo,
         device=device,
         plots_dir=plots,
+        **_clinical_options(bootstrap, compare, subgroups),
     )
     _warn(report["warnings"])
     names = (
@@ -218,7 +240,21 @@ def probe_cmd(
             *[_fmt(r["metrics"].get(m, {})) for m in names],
         )
     _out().print(table)
+    from .clinical import print_clinical
+
+    print_clinical(_out(), report, bootstrap=bootstrap)
     _write_json(json_path, report)
+
+
+def _clinical_options(bootstrap: int, compare, subgroups: str | None) -> dict:
+    """run_probe's clinical arguments from the options (`--subgroups none` turns them off)."""
+    columns = None if subgroups is None else _csv(subgroups)
+    if columns == ["none"]:
+        columns = []
+    out = {"bootstrap": bootstrap, "subgroups": columns}
+    if compare is not None:
+        out["compare"] = tuple(compare)
+    return out
 
 
 def _split_caption(split: dict) -> str:
