@@ -140,8 +140,9 @@ def probe_cmd(
     plots: Path | None = typer.Option(
         None,
         "--plots",
-        help="Write ROC, confusion-matrix and t-SNE (image / +lesion / +patient, benign vs "
-        "malignant; tsne.json beside) PNGs into this folder.",
+        help="Write ROC, confusion-matrix, reliability (P(malignant), 15 bins) and t-SNE "
+        "(image / +lesion / +patient, benign vs malignant; tsne.json beside) PNGs into this "
+        "folder.",
     ),
     task: Task = typer.Option(
         "classification",
@@ -175,6 +176,9 @@ def probe_cmd(
     ),
 ) -> None:
     """Linear probe and kNN classification on frozen features (mean±std over seeds)."""
+    from ..eval.bootstrap import check_resamples
+
+    check_resamples(bootstrap)  # before the libraries load
     from ..eval.probe import run_probe
 
     label, split, pseudo, task = value(label), value(split), value(pseudo), value(task)

@@ -96,57 +96,72 @@ def curve_metrics(
     w = np.ones((1, len(y))) if weights is None else np.asarray(weights, dtype=np.float64)
     if w.ndim != 2 or w.shape[1] != len(y) or s.shape != y.shape:
         raise ValueError(f"curve_metrics: y {y.shape}, score {s.shape}, weights {w.shape}")
+    b, n = w.shape
+    if n == 0:
+        return {k: np.full(b, math.nan) for k in CURVE_METRICS}
     order = np.argsort(-s, kind="stable")
     s, y, w = s[order], y[order], w[:, order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if len(s) else np.zeros(0, int)
-    b = len(w)
+    # cumulative weight called positive, and of it malignant, at each distinct score from the
+    # top (the last row of each run of tied scores); column 0: nothing called positive
+    ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), n - 1]
+    called, tp = np.cumsum(w, axis=1), np.cumsum(w * y, axis=1)
+    if len(ends) < n:
+        called, tp = called[:, ends], tp[:, ends]
     zero = np.zeros((b, 1))
-    if len(s) == 0:
-        return {k: np.full(b, math.nan) for k in CURVE_METRICS}
-    # cumulative weighted positives / negatives at each distinct score, from the top; column 0
-    # is the threshold above every score (nothing called positive)
-    tp = np.hstack([zero, np.add.reduceat(w * y, starts, axis=1).cumsum(axis=1)])
-    fp = np.hstack([zero, np.add.reduceat(w * ~y, starts, axis=1).cumsum(axis=1)])
+    called, tp = np.hstack([zero, called]), np.hstack([zero, tp])
+    fp = called - tp
     pos, neg = tp[:, -1:], fp[:, -1:]
     with np.errstate(divide="ignore", invalid="ignore"):
         tpr, fpr = tp / pos, fp / neg
-        called = tp + fp
         precision = np.divide(tp, called, out=np.zeros_like(tp), where=called > 0)
-    both = (pos[:, 0] > 0) & (neg[:, 0] > 0)
-    out: dict[str, np.ndarray] = {}
-    d_fpr, d_tpr = np.diff(fpr, axis=1), np.diff(tpr, axis=1)
-    out["auc"] = np.sum(d_fpr * (tpr[:, 1:] + tpr[:, :-1]) / 2.0, axis=1)
+    d_tpr = np.diff(tpr, axis=1)
+    # area of each ROC segment measured along TPR: int (1 - FPR) dTPR, FPR linear in between;
+    # summed it is the trapezoidal AUC (= int TPR dFPR over the same piecewise-linear curve)
+    seg = np.cumsum(d_tpr * (1.0 - (fpr[:, 1:] + fpr[:, :-1]) / 2.0), axis=1)
+    out: dict[str, np.ndarray] = {"auc": seg[:, -1]}
     out["ap"] = np.where(pos[:, 0] > 0, np.sum(d_tpr * precision[:, 1:], axis=1), math.nan)
-    out["pauc_80"] = _area_above_tpr(tpr, fpr, MIN_TPR)
+    out["pauc_80"] = _area_above_tpr(tpr, fpr, seg, MIN_TPR)
+    last = tpr.shape[1] - 1
     for level in OPERATING_POINTS:
-        pct = round(100 * level)
-        meets_spec = fpr <= (1.0 - level) + _TOL
-        out[f"sens_at_spec{pct}"] = np.max(np.where(meets_spec, tpr, -np.inf), axis=1)
+        # TPR and FPR never decrease along the curve: the best sensitivity meeting a
+        # specificity is at the last point that meets it, the best specificity meeting a
+        # sensitivity at the first
+        k = np.clip(np.sum(fpr <= (1.0 - level) + _TOL, axis=1) - 1, 0, last)
+        out[f"sens_at_spec{round(100 * level)}"] = _at(tpr, k)
     for level in OPERATING_POINTS:
-        pct = round(100 * level)
-        meets_sens = tpr >= level - _TOL
-        out[f"spec_at_sens{pct}"] = np.max(np.where(meets_sens, 1.0 - fpr, -np.inf), axis=1)
+        k = np.clip(last + 1 - np.sum(tpr >= level - _TOL, axis=1), 0, last)
+        out[f"spec_at_sens{round(100 * level)}"] = 1.0 - _at(fpr, k)
+    both = (pos[:, 0] > 0) & (neg[:, 0] > 0)
     for key in CURVE_METRICS:
         if key != "ap":
             out[key] = np.where(both, out[key], math.nan)
     return out
 
 
-def _area_above_tpr(tpr: np.ndarray, fpr: np.ndarray, min_tpr: float) -> np.ndarray:
-    """int_{min_tpr}^{1} (1 - FPR(t)) dt on each piecewise-linear ROC. Shape: [b, k] -> [b].
+def _at(a: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """a[i, k[i]] for each row i. Shape: [b, m], [b] -> [b]."""
+    return np.take_along_axis(a, k[:, None], axis=1)[:, 0]
 
-    Each segment from point j-1 to j contributes the part of it with TPR above min_tpr: a
-    trapezoid of height (t1 - lo) and mean width 1 - (FPR(lo) + f1) / 2, FPR linear in TPR
-    along the segment. Horizontal segments (FPR grows at fixed TPR) add no area.
+
+def _area_above_tpr(
+    tpr: np.ndarray, fpr: np.ndarray, seg: np.ndarray, min_tpr: float
+) -> np.ndarray:
+    """int_{min_tpr}^{1} (1 - FPR(t)) dt on each piecewise-linear ROC. Shape: tpr, fpr [b, k],
+    seg [b, k-1] the cumulative segment areas along TPR -> [b].
+
+    The segments ending above min_tpr are a suffix: the one crossing min_tpr contributes its
+    part above it, a trapezoid of height t1 - lo and mean width 1 - (FPR(lo) + f1) / 2 (FPR
+    linear in TPR along the segment), every later one its whole area. Horizontal segments
+    (FPR grows at fixed TPR) add no area.
     """
-    t0, t1, f0, f1 = tpr[:, :-1], tpr[:, 1:], fpr[:, :-1], fpr[:, 1:]
+    j = np.clip(np.sum(tpr[:, 1:] <= min_tpr, axis=1), 0, seg.shape[1] - 1)
+    t0, t1, f0, f1 = _at(tpr, j), _at(tpr, j + 1), _at(fpr, j), _at(fpr, j + 1)
     lo = np.maximum(t0, min_tpr)
-    rising = t1 > lo
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = np.where(t1 > t0, (lo - t0) / (t1 - t0), 0.0)
     f_lo = f0 + (f1 - f0) * frac
-    area = np.where(rising, (t1 - lo) * (1.0 - (f_lo + f1) / 2.0), 0.0)
-    return np.sum(area, axis=1)
+    part = np.where(t1 > lo, (t1 - lo) * (1.0 - (f_lo + f1) / 2.0), 0.0)
+    return seg[:, -1] - _at(seg, j) + part
 
 
 @dataclass(frozen=True)

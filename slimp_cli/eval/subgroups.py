@@ -108,7 +108,10 @@ class RawColumns:
                     "mean/std to decode it"
                 )
             value = x[:, names.index(column)] * max(float(spec["std"]), 1e-6) + spec["mean"]
-            out, order = _numeric_groups(column, value.astype(np.float64), ~missing)
+            # float32 storage: an age of 40 may come back as 39.99999; no source value is
+            # finer than 1e-4
+            value = np.round(value.astype(np.float64), 4)
+            out, order = _numeric_groups(column, value, ~missing)
         else:  # one-hot over the vocabulary (+ missing)
             values = [n[len(column) + 1 :] for n in names if n != f"{column}=missing"]
             onehot = x[:, [names.index(f"{column}={v}") for v in values]] == 1.0

@@ -106,15 +106,20 @@ def ovr_auc(y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray | None = 
 
 
 def task_metrics(
-    y_true: np.ndarray, proba: np.ndarray, task: MalignantTask, weights: np.ndarray | None = None
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    task: MalignantTask,
+    weights: np.ndarray | None = None,
+    *,
+    with_auc: bool = False,
 ) -> dict[str, np.ndarray]:
-    """The malignant task's TASK_METRICS. Shape: y_true [n] class ids, proba [n, C],
-    weights [b, n] -> {metric: [b]}."""
+    """The malignant task's TASK_METRICS (and its "auc" with `with_auc`). Shape: y_true [n]
+    class ids, proba [n, C], weights [b, n] -> {metric: [b]}."""
     truth, score = task.truth(y_true), task.score(proba)
     w = _ones(len(truth), weights)
     out = sensitivity_specificity(truth, task.decision(proba), w)
     curves = curve_metrics(truth, score, w)
-    out.update({k: curves[k] for k in CURVE_METRICS[1:]})
+    out.update({k: curves[k] for k in CURVE_METRICS[int(not with_auc) :]})
     out.update(calibration_metrics(truth, score, w))
     return out
 
@@ -137,10 +142,12 @@ def weighted_metrics(
     proba = np.asarray(proba, dtype=np.float64)
     w = _ones(len(y_true), weights)
     out = decision_metrics(confusion(y_true, proba.argmax(axis=1), proba.shape[1], w), task=task)
-    if task == "binary":
+    extra = {} if malignant is None else task_metrics(y_true, proba, malignant, w, with_auc=True)
+    if task == "binary" and malignant == MalignantTask.binary():
+        out["auc"] = extra["auc"]  # the same curve: P(class 1) is P(malignant)
+    elif task == "binary":
         out["auc"] = curve_metrics(y_true == 1, proba[:, 1], w)["auc"]
     else:
         out["auc"] = ovr_auc(y_true, proba, w)
-    if malignant is not None:
-        out.update(task_metrics(y_true, proba, malignant, w))
+    out.update({k: v for k, v in extra.items() if k != "auc"})
     return out
