@@ -160,7 +160,7 @@ def test_weighted_multiclass_metrics_equal_sklearn_on_the_repeated_rows():
     proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     task = MalignantTask(malignant=(False, True, True, False))
     w = np.vstack([np.ones(n), *[_resample(rng, n) for _ in range(5)]])
-    w[1, y == 3] = 0  # a resample without class 3
+    w[1, (y == 3) | (proba.argmax(1) == 3)] = 0  # a resample where class 3 never occurs
     got = weighted_metrics(y, proba, task="multiclass", malignant=task, weights=w)
     for r, counts in enumerate(w.astype(int)):
         yr, pr = np.repeat(y, counts), np.repeat(proba, counts, axis=0)

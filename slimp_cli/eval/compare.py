@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import SlimpError
-from ..store import BRANCH_LEVELS, LEVELS, FeatureStore
+from ..store import BRANCH_LEVELS, LEVELS, RAW_LEVELS, FeatureStore
 from .baseline import BASELINES, raw_metadata
 from .bootstrap import intervals
 from .clinical import MalignantTask, curve_metrics
@@ -72,6 +72,11 @@ class FeatureSet:
         return self.baseline or "linear"
 
 
+def has_raw(store: FeatureStore) -> bool:
+    """Whether the store holds raw metadata (without reading it)."""
+    return any(f"raw/{level}" in store.f for level in RAW_LEVELS)
+
+
 def available(store: FeatureStore, pseudo: dict[str, np.ndarray] | None) -> list[str]:
     """The words a feature set of this store may use."""
     if pseudo is None:
@@ -82,8 +87,7 @@ def available(store: FeatureStore, pseudo: dict[str, np.ndarray] | None) -> list
             for k in LEVELS
             if (k == "image" and k in store.feature_names) or (k != "image" and k in pseudo)
         ]
-    has_raw = raw_metadata(store) is not None
-    return levels + ([RAW, *BASELINES] if has_raw else [])
+    return levels + ([RAW, *BASELINES] if has_raw(store) else [])
 
 
 def load_feature_set(
@@ -117,7 +121,7 @@ def load_feature_set(
 def default_pair(names: Sequence[str], store: FeatureStore) -> tuple[str, str] | None:
     """The default comparison: the probed levels vs the metadata-only logistic regression, or
     None when the store has no raw metadata (or the probe's levels are SM3 branches only)."""
-    if raw_metadata(store) is None:
+    if not has_raw(store):
         return None
     levels = [n for n in names if n not in BRANCH_LEVELS] or list(names)
     return "+".join(levels), "baseline-logreg"

@@ -18,9 +18,8 @@ from collections.abc import Sequence
 from ..errors import SlimpError
 from ..store import BRANCH_LEVELS, LEVELS, FeatureStore
 from . import WarningLog
-from .baseline import raw_metadata
 from .bootstrap import DEFAULT_RESAMPLES
-from .compare import RAW, available
+from .compare import RAW, available, has_raw
 
 METADATA = "baseline-logreg"
 
@@ -54,7 +53,7 @@ def what_images_add(
     from .probe import run_probe  # probe imports this package's modules; import on use
 
     with FeatureStore.open(store_path) as store:
-        if raw_metadata(store) is None:
+        if not has_raw(store):
             raise SlimpError(
                 f"{store_path} has no raw metadata (raw/): nothing to compare the model with"
             )

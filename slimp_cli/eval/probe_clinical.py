@@ -92,7 +92,7 @@ class ClinicalProbe:
             except SlimpError as e:
                 self.malignant = None
                 self.warnings.add(f"--label multiclass: {e}; the clinical metrics are left out")
-        raw = RawColumns.of(store)
+        raw = None if self.subgroup_columns == [] else RawColumns.of(store)
         columns = choose_columns(
             raw, self.subgroup_columns, store_path=store.path, warnings=self.warnings
         )

@@ -92,7 +92,7 @@ class RawColumns:
         statistics)."""
         idx = [j for j, s in enumerate(self.sources) if s == column]
         names = [self.columns[j] for j in idx]
-        x = self.x[np.asarray(rows)][:, idx]
+        x = self.x[:, idx][np.asarray(rows)]  # the column's few encoded columns first
         missing = (
             x[:, names.index(f"{column}=missing")] == 1.0
             if f"{column}=missing" in names
@@ -107,10 +107,11 @@ class RawColumns:
                     f"metadata column '{column}' is numerical and the store's schema has no "
                     "mean/std to decode it"
                 )
-            value = x[:, names.index(column)] * max(float(spec["std"]), 1e-6) + spec["mean"]
-            # float32 storage: an age of 40 may come back as 39.99999; no source value is
+            value = x[:, names.index(column)].astype(np.float64)
+            value = value * max(float(spec["std"]), 1e-6) + float(spec["mean"])
+            # float32 storage: an age of 40 may come back as 39.9999999; no source value is
             # finer than 1e-4
-            value = np.round(value.astype(np.float64), 4)
+            value = np.round(value, 4)
             out, order = _numeric_groups(column, value, ~missing)
         else:  # one-hot over the vocabulary (+ missing)
             values = [n[len(column) + 1 :] for n in names if n != f"{column}=missing"]
