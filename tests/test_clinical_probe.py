@@ -316,3 +316,40 @@ def test_subgroups_need_a_decodable_column(tmp_path):
     raw.specs.pop("age")
     with pytest.raises(SlimpError, match="no mean/std"):
         raw.labels("age", np.arange(10))
+
+
+def test_pad_subgroups_are_the_real_metadata(pad_store, pad_source):
+    """On the real PAD-UFES-20 subset: the default columns, decoded, are the table's values."""
+    import pandas as pd
+
+    table = pd.read_csv(pad_source / "metadata.csv")
+    table["key"] = table.patient_id + "/" + table.lesion_id.astype(str)
+
+    def values(rows, column):
+        return {"missing" if pd.isna(v) else v for v in rows[column]}
+
+    with FeatureStore.open(pad_store) as store:
+        raw, lesion, patient, n = RawColumns.of(store), store.lesion_id, store.patient_id, store.n
+    rows = np.arange(n)
+    got = {c: raw.labels(c, rows)[0] for c in ("fitspatrick", "gender", "age", "region")}
+    by_patient = dict(list(table.groupby("patient_id")))
+    by_lesion = dict(list(table.groupby("key")))
+    for i in rows:
+        mine = by_patient[patient[i]]  # a patient's rows may disagree (age): any of them
+        assert got["gender"][i] in values(mine, "gender")
+        fitz = {v if v == "missing" else f"{v:g}" for v in values(mine, "fitspatrick")}
+        assert got["fitspatrick"][i] in fitz
+        bands = {"<40" if a < 40 else "40-60" if a <= 60 else ">60" for a in mine.age}
+        assert got["age"][i] in bands
+        assert got["region"][i] in values(by_lesion[lesion[i]], "region")
+    report = run_probe(pad_store, methods=["linear"], seeds=[0], bootstrap=200)
+    (r,) = report["results"]
+    assert list(dict.fromkeys(s["column"] for s in r["subgroups"])) == [
+        "fitspatrick",
+        "gender",
+        "age",
+        "region",
+    ]
+    for column in ("gender", "age", "region"):
+        assert sum(s["n"] for s in r["subgroups"] if s["column"] == column) == r["n"]
+    assert report["comparison"]["b"] == "baseline-logreg" and report["split"]["kind"] == "holdout"
