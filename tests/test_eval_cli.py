@@ -65,7 +65,8 @@ def test_probe_json(run_cli, stores, tmp_path):
     assert "linear" in r.stdout and "baseline-gbm" in r.stdout
     assert "leakage: raw column 'biopsed'" in r.stderr
     report = json.loads(out.read_text())
-    assert set(report) == {"results", "split", "warnings"}
+    # comparison: the default --compare (the probed features vs baseline-logreg)
+    assert set(report) == {"results", "split", "comparison", "warnings"}
     # a store without held-out patients: the lesion-grouped random split, nothing seen
     assert report["split"]["kind"] == "random" and report["split"]["holdout_fingerprint"] is None
     assert report["split"]["test_rows_seen_in_pretraining"] == 0

@@ -176,6 +176,8 @@ def test_unknown_malignancy_dropped_and_plots(write_store, tmp_path):
     assert pngs == [
         "confusion-knn.png",
         "confusion-linear.png",
+        "reliability-knn.png",
+        "reliability-linear.png",
         "roc-knn.png",
         "roc-linear.png",
         "tsne.png",

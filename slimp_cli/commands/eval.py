@@ -180,8 +180,9 @@ def probe_cmd(
     plots: Path | None = typer.Option(
         None,
         "--plots",
-        help="Write ROC, confusion-matrix and t-SNE (image / +lesion / +patient, benign vs "
-        "malignant; tsne.json beside) PNGs into this folder.",
+        help="Write ROC, confusion-matrix, reliability (P(malignant), 15 bins) and t-SNE "
+        "(image / +lesion / +patient, benign vs malignant; tsne.json beside) PNGs into this "
+        "folder.",
     ),
     task: Task = typer.Option(
         "classification",
@@ -227,6 +228,27 @@ def probe_cmd(
         help="--classifier linear: rows per step (>= the training rows: full batch) "
         "[default: 128].",
     ),
+    bootstrap: int = typer.Option(
+        1000,
+        "--bootstrap",
+        help="Patient-bootstrap resamples for the 95% interval of every metric (seeded with "
+        "the first --seeds value); 0 turns the intervals off.",
+    ),
+    compare: tuple[str, str] | None = typer.Option(
+        None,
+        "--compare",
+        metavar="A B",
+        help="Paired comparison of two feature sets on the same held-out rows: levels joined "
+        "by + (raw = the raw metadata) or baseline-logreg / baseline-gbm. Default: the probed "
+        "features vs baseline-logreg, when the store has raw metadata.",
+    ),
+    subgroups: str | None = typer.Option(
+        None,
+        "--subgroups",
+        help="Comma list of metadata columns for per-group AUC, sensitivity, specificity "
+        "(default: Fitzpatrick skin type, sex, age band, body site where the store has them; "
+        "none = off).",
+    ),
 ) -> None:
     """Linear probe and kNN classification on frozen features (mean±std over seeds)."""
     label, split, pseudo, task = value(label), value(split), value(pseudo), value(task)
@@ -239,6 +261,9 @@ def probe_cmd(
         "probe_batch_size": probe_batch_size,
     }
     _check_linear_probe_usage(linear_probe, cv=cv, task=task)  # before the slow imports
+    from ..eval.bootstrap import check_resamples
+
+    check_resamples(bootstrap)  # before the libraries load
     from ..eval.probe import run_probe
 
     _check_split_file(split, split_file)
@@ -277,6 +302,7 @@ def probe_cmd(
         plots_dir=plots,
         **linear_probe,
         split_file=split_file,
+        **_clinical_options(bootstrap, compare, subgroups),
     )
     _warn(report["warnings"])
     names = (
@@ -306,6 +332,9 @@ def probe_cmd(
             *[_fmt(r["metrics"].get(m, {})) for m in names],
         )
     _out().print(table)
+    from .clinical import print_clinical
+
+    print_clinical(_out(), report, bootstrap=bootstrap)
     _write_json(json_path, report)
 
 
@@ -322,6 +351,17 @@ def _check_linear_probe_usage(options: dict, *, cv: bool, task: str) -> None:
     if given and not linear:
         hint = "--" + given[0].replace("_", "-")
         raise typer.BadParameter("needs --classifier linear", param_hint=hint)
+
+
+def _clinical_options(bootstrap: int, compare, subgroups: str | None) -> dict:
+    """run_probe's clinical arguments from the options (`--subgroups none` turns them off)."""
+    columns = None if subgroups is None else _csv(subgroups)
+    if columns == ["none"]:
+        columns = []
+    out = {"bootstrap": bootstrap, "subgroups": columns}
+    if compare is not None:
+        out["compare"] = tuple(compare)
+    return out
 
 
 def _split_caption(split: dict) -> str:

@@ -115,3 +115,39 @@ def similarity_histograms(
     ax.set_title(title, fontsize="medium")
     ax.legend(fontsize="small")
     _save(fig, path)
+
+
+def reliability(path: Path, truth: np.ndarray, score: np.ndarray, *, title: str) -> None:
+    """Reliability diagram of P(malignant): observed malignant fraction against the mean
+    predicted probability in 15 equal-width bins (eval/calibration.py's ECE bins), with the
+    ECE and Brier score in the legend and the rows per bin below.
+
+    Shape: truth [n] bool, score [n] in [0, 1].
+    """
+    from sklearn.calibration import CalibrationDisplay
+
+    from .calibration import ECE_BINS, bin_ids, calibration_metrics
+
+    truth = np.asarray(truth, dtype=bool)
+    score = np.asarray(score, dtype=np.float64)
+    fig = Figure(figsize=(5.5, 6.5))
+    ax, hist = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    if truth.any() and not truth.all():
+        cal = calibration_metrics(truth, score)
+        name = f"ECE {cal['ece'][0]:.3f}, Brier {cal['brier'][0]:.3f}"
+        CalibrationDisplay.from_predictions(
+            truth, score, n_bins=ECE_BINS, strategy="uniform", ax=ax, name=name
+        )
+    else:  # sklearn refuses a single class; the diagram says why it is empty
+        ax.plot([0, 1], [0, 1], "k:", label="Perfectly calibrated")
+        ax.text(0.5, 0.5, "a single class: no diagram", ha="center", va="center")
+    ax.set_xlabel("")
+    ax.set_ylabel("Observed malignant fraction")
+    ax.set_title(f"Reliability of P(malignant), {ECE_BINS} bins\n{title}", fontsize="medium")
+    ax.legend(loc="upper left", fontsize="small")
+    counts = np.bincount(bin_ids(score), minlength=ECE_BINS)
+    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
+    hist.bar(edges[:-1], counts, width=1.0 / ECE_BINS, align="edge", color="tab:gray")
+    hist.set_xlabel("Mean predicted P(malignant)")
+    hist.set_ylabel("Rows")
+    _save(fig, path)

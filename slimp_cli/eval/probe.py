@@ -43,10 +43,13 @@ from ..paths import json_safe
 from ..store import BRANCH_LEVELS, LEVELS, PSEUDO_STRATEGIES, FeatureStore
 from . import WarningLog
 from .baseline import BASELINES, leakage_audit, make_baseline, openmp_threads_for, raw_metadata
+from .bootstrap import DEFAULT_RESAMPLES
+from .compare import DEFAULT_COMPARE, FeatureSet
 from .knn import knn_proba
 from .linear import LinearProbeConfig, linear_probe_proba, probe_config, recipe_for
 from .metrics import classification_metrics, summarize
 from .options import check_probe_options
+from .probe_clinical import ClinicalProbe
 from .search import normalize
 from .splits import SplitInfo, check_fractions, low_shot, make_split
 
@@ -208,6 +211,9 @@ def run_probe(
     probe_weight_decay: float | None = None,
     probe_batch_size: int | None = None,
     split_file: str | os.PathLike | None = None,
+    bootstrap: int = DEFAULT_RESAMPLES,
+    compare: str | tuple[str, str] | None = DEFAULT_COMPARE,
+    subgroups: Sequence[str] | None = None,
 ) -> dict:
     """Evaluate a store; returns the `probe --json` dict (NaN metrics as None).
 
@@ -220,12 +226,23 @@ def run_probe(
     how many test rows pre-training saw. "official" trains on the train + valid cases of the
     dataset's fixed split (the store's `official_split`, or `split_file`: a CSV of id, split)
     and scores on its test cases. `label` "melanoma": melanoma vs every other diagnosis.
+    Clinical evaluation (eval/probe_clinical.py): `bootstrap` patient-bootstrap resamples of
+    every metric's 95% interval (0 = none); `compare` a pair of feature sets (A, B), None for
+    no comparison, DEFAULT_COMPARE = the probed features vs baseline-logreg when the store
+    has raw metadata; `subgroups` metadata columns (None = the default ones, [] = none).
     """
     warnings = WarningLog()
+    clinical = ClinicalProbe(
+        bootstrap=bootstrap,
+        compare=compare,
+        subgroups=subgroups,
+        seed=int(seeds[0]) if len(seeds) else 0,
+        warnings=warnings,
+    )
     for m in methods:
         if m not in METHODS:
             raise SlimpError(f"--method {m!r}: choose from {', '.join(METHODS)}")
-    if not methods and not baseline:
+    if not methods and not baseline and not clinical.explicit:
         raise SlimpError("--method: nothing to evaluate")
     if k < 1:
         raise SlimpError(f"--k {k}: must be at least 1")
@@ -247,6 +264,16 @@ def run_probe(
         raw = raw_metadata(store) if baseline else None
         split_info = SplitInfo.of(store, rows, split_file=split_file, warnings=warnings)
         recipe = probe_recipe or recipe_for(store.variant)
+        clinical.load(
+            store,
+            rows=rows,
+            y=y,
+            patients=groups,
+            label=label,
+            class_names=class_names,
+            names=list(blocks),
+            pseudo=pseudo,
+        )
     linear_config = probe_config(recipe, **linear_options) if classifier == "linear" else None
     split = split_info.choose(split)
     names = list(blocks)
@@ -292,6 +319,7 @@ def run_probe(
             official=split_info.official,
         )
         split_info.note_seen(split, test, warnings)
+        clinical.record_split(int(seed), train, test)
         for frac in fractions:
             tr = train if frac is None else low_shot(train, y, fraction=frac, seed=int(seed))
             for method in models:
@@ -352,6 +380,7 @@ def run_probe(
                         y[test], proba, task=task, class_names=class_names, warnings=warnings
                     )
                 )
+                clinical.record(method, frac, int(seed), test, proba)
                 if frac is None and seed == seeds[0]:
                     curves[method] = (y[test], proba)
 
@@ -367,6 +396,7 @@ def run_probe(
             )
             if method in ("linear", "baseline-logreg"):
                 params = _classifier_params(params, classifier, recipe, linear_config)
+            extra = clinical.result_fields(method, frac, runs[(method, frac)])
             results.append(
                 {
                     "method": method,
@@ -375,17 +405,38 @@ def run_probe(
                     "label": label,
                     "low_shot": frac,
                     "seeds": [int(s) for s in seeds],
-                    "metrics": summarize(runs[(method, frac)]),
+                    "metrics": summarize(extra.pop("runs")),
                     "pseudo": None if method in BASELINES else pseudo,
                     "params": params,
+                    **extra,
                 }
             )
+    comparison = clinical.comparison(
+        lambda fs, x, seed, tr, test: _fit_feature_set(
+            fs,
+            x,
+            y,
+            tr,
+            test,
+            n_classes=n_classes,
+            seed=seed,
+            C=C,
+            cv=cv,
+            warnings=warnings,
+            linear_config=linear_config,
+        ),
+        reuse={"+".join(names): ("linear", None), **{b: (b, None) for b in BASELINES}},
+    )
     if plots_dir is not None:
         _plots(Path(plots_dir), curves, class_names=class_names, split=split, seed=int(seeds[0]))
+        clinical.plots(Path(plots_dir), curves, split=split, seed=int(seeds[0]))
         from .tsne import write_tsne  # Fig. 6: t-SNE of the store's features
 
         write_tsne(store_path, plots_dir, pseudo=pseudo, seed=int(seeds[0]))
-    report = {"results": results, "split": split_info.describe(split), "warnings": list(warnings)}
+    report = {"results": results, "split": split_info.describe(split)}
+    if comparison is not None:
+        report["comparison"] = comparison
+    report["warnings"] = list(warnings)
     return json_safe(report)
 
 
@@ -446,3 +497,36 @@ def _plots(out: Path, curves: dict, *, class_names: list[str], split: str, seed:
             class_names=class_names,
             title=title,
         )
+
+
+def _fit_feature_set(
+    fs: FeatureSet, x, y, tr, test, *, n_classes, seed, C, cv, warnings, linear_config=None
+):
+    """proba [len(test), n_classes] of one side of `--compare`: the linear probe on a level
+    set (the probe's own classifier: logreg, or the papers' torch probe with `linear_config`),
+    or a baseline on the raw metadata (`x`); the probe's single-class fallback."""
+    if len(np.unique(y[tr])) < 2:
+        proba = np.zeros((len(test), n_classes))
+        proba[:, int(y[tr][0])] = 1.0
+        return proba
+    if fs.baseline is not None:
+        return _fit_baseline(
+            fs.baseline,
+            x,
+            y,
+            tr,
+            test,
+            n_classes=n_classes,
+            seed=seed,
+            C=C,
+            warnings=warnings,
+            linear_config=linear_config,
+        )
+    if linear_config is not None:
+        return linear_probe_proba(
+            x[tr], y[tr], x[test], n_classes=n_classes, config=linear_config, seed=seed
+        )
+    proba, _ = linear_proba(
+        x[tr], y[tr], x[test], n_classes=n_classes, C=C, cv=cv, seed=seed, warnings=warnings
+    )
+    return proba
