@@ -28,7 +28,7 @@ TASKS = ("classification", "derm7pt-multilabel")  # probe_cmd's tasks
 PROBE_METHODS = ("linear", "knn")  # eval.probe.METHODS (a comma list)
 LEVELS = ("image", "lesion", "patient", "derm", "clinic", "derm_mm", "clinic_mm", "labels")
 # ^ store.LEVELS (a comma list; the last five are SM3 stores' branch features)
-REPORT_TO = ("none", "tensorboard")  # train.report.REPORTERS
+REPORT_TO = ("none", "tensorboard", "wandb")  # train.report.REPORTERS (a comma list)
 
 Variant = _choice("Variant", VARIANTS)
 Method = _choice("Method", METHODS)
@@ -38,7 +38,6 @@ Split = _choice("Split", SPLITS)
 RetrieveSplit = _choice("RetrieveSplit", RETRIEVE_SPLITS)
 Strategy = _choice("Strategy", STRATEGIES)
 Task = _choice("Task", TASKS)
-ReportTo = _choice("ReportTo", REPORT_TO)
 
 
 def value(choice):

@@ -157,11 +157,15 @@ LogEvery = Annotated[
     ),
 ]
 ReportTo = Annotated[
-    C.ReportTo | None,
-    _opt(
+    str | None,
+    typer.Option(
         "--report-to",
-        help="Mirror metrics.jsonl to TensorBoard (RUN/tensorboard/; needs the optional "
-        "tensorboard package) or none (default).",
+        metavar="LIST",
+        help="Mirror metrics.jsonl to a comma list of tensorboard (RUN/tensorboard/) and wandb "
+        "(RUN/wandb/; WANDB_MODE=offline needs no network), or none (default). Each is an "
+        "optional extra: pip install 'slimp[tensorboard]', 'slimp[wandb]'.",
+        rich_help_panel=_T,
+        callback=C.comma_list(C.REPORT_TO),
     ),
 ]
 KeepEpochCheckpoints = Annotated[
