@@ -86,7 +86,9 @@ def _fmt(metric: dict) -> str:
 
 
 def probe_cmd(
-    store: Path = typer.Argument(..., help="Feature store (HDF5) written by slimp embed."),
+    store: Path = typer.Argument(
+        ..., metavar="STORE", help="Feature store (HDF5) written by slimp embed."
+    ),
     label: Label = typer.Option(
         "binary", "--label", help="binary (benign/malignant, the paper's main task) or multiclass."
     ),
@@ -280,7 +282,9 @@ def _multilabel(
 
 
 def retrieve_cmd(
-    store: Path = typer.Argument(..., help="Feature store (HDF5) with image and lesion features."),
+    store: Path = typer.Argument(
+        ..., metavar="STORE", help="Feature store (HDF5) with image and lesion features."
+    ),
     split: RetrieveSplit | None = typer.Option(
         None,
         "--split",
@@ -383,10 +387,13 @@ def _pair_matching(store: Path, *, device: str, chunk_size: int, json_path: Path
 
 def extrapolate_cmd(
     reference: Path = typer.Argument(
-        ..., help="Reference store (image, lesion, patient features + phenotype layer)."
+        ...,
+        metavar="REFERENCE",
+        help="Reference store (image, lesion, patient features + phenotype layer).",
     ),
     target: Path = typer.Argument(
         ...,
+        metavar="TARGET",
         help="Target store with image features (slimp embed --image-only); pseudo/ is added to it.",
     ),
     strategy: Strategy = typer.Option(

@@ -245,6 +245,7 @@ def _summary(run_dir: Path) -> None:
 def pretrain_cmd(
     data: Path = typer.Argument(
         ...,
+        metavar="DATA",
         help="Shard folder written by slimp ingest (with --shard-url: its manifest.json and "
         "schema.json).",
     ),
@@ -415,10 +416,12 @@ def pretrain_cmd(
 
 def adapt_cmd(
     checkpoint: Path = typer.Argument(
-        ..., help="Run dir of slimp pretrain/adapt, or a checkpoint file in it."
+        ...,
+        metavar="CHECKPOINT",
+        help="Run dir of slimp pretrain/adapt, or a checkpoint file in it.",
     ),
     data: Path = typer.Argument(
-        ..., help="Target dataset's shard folder (its columns may differ)."
+        ..., metavar="DATA", help="Target dataset's shard folder (its columns may differ)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Run dir to create."),
     tune: C.Tune | None = typer.Option(
