@@ -12,8 +12,10 @@ WORKDIR /opt/slimp
 COPY pyproject.toml README.md LICENSE ./
 COPY slimp_cli ./slimp_cli
 # A regular (non-editable) install: the built-in schemas ship inside the package. torch comes
-# from the base image; pip keeps it (the project asks for a range, not a pin).
-RUN pip install --no-cache-dir . && rm -rf /opt/slimp/build && slimp --version
+# from the base image; pip keeps it (the project asks for a range, not a pin). The tensorboard
+# extra makes `--report-to tensorboard` work in the image (wandb stays optional: '.[wandb]').
+RUN pip install --no-cache-dir ".[tensorboard]" && rm -rf /opt/slimp/build && slimp --version \
+    && python -c "import tensorboard"
 
 RUN useradd --create-home --uid 1000 slimp && mkdir -p /work && chown slimp /work
 USER slimp

@@ -19,7 +19,7 @@ app = typer.Typer(
     help=(
         "SLIMP: learn skin-lesion representations from images and their clinical metadata "
         "(nested image-metadata contrastive pre-training), then evaluate and use them.\n\n"
-        "Pipeline: ingest -> pretrain/adapt -> embed -> probe | retrieve | extrapolate. "
+        "Pipeline: ingest -> pretrain/adapt -> embed -> probe | retrieve | extrapolate -> report. "
         "Try `slimp demo` for the whole pipeline on a generated cohort."
     ),
     no_args_is_help=True,
@@ -69,6 +69,7 @@ def _register_all() -> None:
     from .commands import explain as explain_cmds
     from .commands import export as export_cmds
     from .commands import ingest as ingest_cmds
+    from .commands import report as report_cmds
     from .commands import train as train_cmds
 
     ingest_cmds.register(app)
@@ -77,6 +78,7 @@ def _register_all() -> None:
     eval_cmds.register(app)
     export_cmds.register(app)
     explain_cmds.register(app)
+    report_cmds.register(app)
 
 
 _register_all()

@@ -27,6 +27,7 @@ def test_examples_panel_shows_the_retrieved_reference_lesions(
     report = json.loads((out / "retrieval-examples.json").read_text())
     assert len(report["examples"]) == 3
     assert sum(ex["malignant"] for ex in report["examples"]) == 2  # half malignant, rounded up
+    assert report["units"] == {"diameter_1": "mm", "diameter_2": "mm"}  # PAD's lesion fields
 
     ref_index = ShardIndex.open(pad_shards)  # what pad_store was embedded from
     with FeatureStore.open(pad_store) as ref, FeatureStore.open(target) as tgt:

@@ -16,7 +16,7 @@ PACKAGE = Path(slimp_cli.__file__).parent
 # Top to bottom, as drawn in docs/internals.md.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("slimp_cli.cli", "slimp_cli.commands")),
-    ("app", ("slimp_cli.demo",)),
+    ("app", ("slimp_cli.demo", "slimp_cli.report")),
     ("train", ("slimp_cli.train",)),
     (
         "pipelines",

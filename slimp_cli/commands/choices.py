@@ -30,7 +30,7 @@ CLASSIFIERS = ("logreg", "linear")  # eval.probe.CLASSIFIERS
 PROBE_RECIPES = ("slimp", "sm3")  # eval.linear.RECIPES
 LEVELS = ("image", "lesion", "patient", "derm", "clinic", "derm_mm", "clinic_mm", "labels")
 # ^ store.LEVELS (a comma list; the last five are SM3 stores' branch features)
-REPORT_TO = ("none", "tensorboard")  # train.report.REPORTERS
+REPORT_TO = ("none", "tensorboard", "wandb")  # train.report.REPORTERS (a comma list)
 
 Variant = _choice("Variant", VARIANTS)
 Method = _choice("Method", METHODS)
@@ -40,7 +40,6 @@ Split = _choice("Split", SPLITS)
 RetrieveSplit = _choice("RetrieveSplit", RETRIEVE_SPLITS)
 Strategy = _choice("Strategy", STRATEGIES)
 Task = _choice("Task", TASKS)
-ReportTo = _choice("ReportTo", REPORT_TO)
 Classifier = _choice("Classifier", CLASSIFIERS)
 ProbeRecipe = _choice("ProbeRecipe", PROBE_RECIPES)
 

@@ -16,10 +16,13 @@ console = Console(stderr=True)
 def embed_cmd(
     checkpoint: Path = typer.Argument(
         ...,
+        metavar="CHECKPOINT",
         help="Run dir of slimp pretrain/adapt, or a checkpoint file in it (with --image-model: "
         "the shard folder, the only argument).",
     ),
-    data: Path | None = typer.Argument(None, help="Shard folder written by slimp ingest."),
+    data: Path | None = typer.Argument(
+        None, metavar="DATA", help="Shard folder written by slimp ingest."
+    ),
     out: Path = typer.Option(
         ...,
         "--out",
@@ -51,8 +54,14 @@ def embed_cmd(
     image_weights: Path | None = typer.Option(
         None, "--image-weights", help="Local weights of --image-model (torch or .safetensors)."
     ),
+    input_size: int | None = typer.Option(
+        None,
+        "--input-size",
+        min=1,
+        help="--image-model input side in pixels (default: its pretrained config's).",
+    ),
     img_size: int | None = typer.Option(
-        None, "--img-size", help="--image-model input side (default: its pretrained config's)."
+        None, "--img-size", min=1, hidden=True, help="Deprecated name of --input-size."
     ),
     shard_url: str | None = typer.Option(
         None,
@@ -68,7 +77,7 @@ def embed_cmd(
     model's phenotype layer (for extrapolate). It is written under a temporary name and renamed
     when complete.
 
-    `slimp embed DATA --image-model NAME --image-weights FILE [--img-size PX]` embeds with any
+    `slimp embed DATA --image-model NAME --image-weights FILE [--input-size PX]` embeds with any
     timm model and local weights instead (image features only, the model's own mean/std, no
     split: probe it with --split random or patient, the same splits as a SLIMP store).
     """
@@ -81,7 +90,15 @@ def embed_cmd(
     check_store_destination(out, overwrite=overwrite)  # in a second, before torch is imported
     from ..embed import embed, store_summary
 
-    foreign = _foreign_args(checkpoint, data, image_model, image_weights, img_size)
+    if img_size is not None:  # the deprecated name, as pretrain's
+        if input_size is not None and input_size != img_size:
+            raise typer.BadParameter(
+                f"--img-size {img_size} (the deprecated name) contradicts --input-size "
+                f"{input_size}; give --input-size alone"
+            )
+        console.print("notice: --img-size is deprecated; use --input-size", highlight=False)
+        input_size = img_size
+    foreign = _foreign_args(checkpoint, data, image_model, image_weights, input_size)
     if foreign is not None and shard_url is not None:
         raise typer.BadParameter(
             "embeds a slimp run's store; --image-model reads local shards", param_hint="--shard-url"
@@ -137,7 +154,7 @@ def _foreign_args(checkpoint, data, image_model, image_weights, img_size) -> dic
                 "give CHECKPOINT and DATA (or DATA --image-model NAME --image-weights FILE)",
                 param_hint="DATA",
             )
-        for name, value in (("--image-weights", image_weights), ("--img-size", img_size)):
+        for name, value in (("--image-weights", image_weights), ("--input-size", img_size)):
             if value is not None:
                 raise typer.BadParameter(f"{name} needs --image-model", param_hint=name)
         return None

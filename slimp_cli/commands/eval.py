@@ -119,7 +119,9 @@ def _probe_number(positive: bool):
 
 
 def probe_cmd(
-    store: Path = typer.Argument(..., help="Feature store (HDF5) written by slimp embed."),
+    store: Path = typer.Argument(
+        ..., metavar="STORE", help="Feature store (HDF5) written by slimp embed."
+    ),
     label: Label = typer.Option(
         "binary",
         "--label",
@@ -439,7 +441,9 @@ def _multilabel(
 
 
 def retrieve_cmd(
-    store: Path = typer.Argument(..., help="Feature store (HDF5) with image and lesion features."),
+    store: Path = typer.Argument(
+        ..., metavar="STORE", help="Feature store (HDF5) with image and lesion features."
+    ),
     split: RetrieveSplit | None = typer.Option(
         None,
         "--split",
@@ -565,10 +569,13 @@ def _pair_matching(
 
 def extrapolate_cmd(
     reference: Path = typer.Argument(
-        ..., help="Reference store (image, lesion, patient features + phenotype layer)."
+        ...,
+        metavar="REFERENCE",
+        help="Reference store (image, lesion, patient features + phenotype layer).",
     ),
     target: Path = typer.Argument(
         ...,
+        metavar="TARGET",
         help="Target store with image features (slimp embed --image-only); pseudo/ is added to it.",
     ),
     strategy: Strategy = typer.Option(

@@ -11,8 +11,12 @@ console = Console(stderr=True, highlight=False)
 
 
 def explain_cmd(
-    run: Path = typer.Argument(..., help="Run dir of slimp pretrain/adapt (or a checkpoint)."),
-    data: Path = typer.Argument(..., help="Shard folder whose lesions are explained."),
+    run: Path = typer.Argument(
+        ..., metavar="RUN", help="Run dir of slimp pretrain/adapt (or a checkpoint)."
+    ),
+    data: Path = typer.Argument(
+        ..., metavar="DATA", help="Shard folder whose lesions are explained."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNGs and their data."),
     compare: Path | None = typer.Option(
         None, "--compare", help="A second run shown beside the first (e.g. SimCLR vs SLIMP)."

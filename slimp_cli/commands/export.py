@@ -15,12 +15,13 @@ console = Console(stderr=True, highlight=False)
 
 def export_cmd(
     run: Path = typer.Argument(
-        ..., help="Run dir of slimp pretrain/adapt, or a checkpoint file in it."
+        ..., metavar="RUN", help="Run dir of slimp pretrain/adapt, or a checkpoint file in it."
     ),
-    out: Path = typer.Argument(..., help="Folder to write (new or empty)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Folder to write (new or empty)."),
     metrics: list[Path] | None = typer.Option(
         None,
         "--metrics",
+        metavar="FILE",
         help="A `slimp probe --json` report of this model's features, quoted with its split "
         "in the model card (repeatable).",
     ),
@@ -44,7 +45,7 @@ def export_cmd(
 
 def encode_cmd(
     run: Path = typer.Argument(
-        ..., help="Run dir of slimp pretrain/adapt, or a checkpoint file in it."
+        ..., metavar="RUN", help="Run dir of slimp pretrain/adapt, or a checkpoint file in it."
     ),
     image: Path = typer.Option(..., "--image", help="The lesion's image (JPEG, PNG, ...)."),
     meta: Path | None = typer.Option(

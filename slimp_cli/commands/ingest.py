@@ -54,9 +54,11 @@ def _summary(result, console: Console) -> None:
 
 def ingest_command(
     fmt: str = typer.Argument(..., metavar="FORMAT", help="Dataset layout. " + _formats_help()),
-    source: Path = typer.Argument(..., help="The dataset folder (or its metadata table)."),
+    source: Path = typer.Argument(
+        ..., metavar="SOURCE", help="The dataset folder (or its metadata table)."
+    ),
     out: Path = typer.Argument(
-        ..., help="Output folder for shard-*.tar, schema.json and manifest.json."
+        ..., metavar="OUT", help="Output folder for shard-*.tar, schema.json and manifest.json."
     ),
     schema: Path | None = typer.Option(
         None,
@@ -128,7 +130,7 @@ def ingest_command(
 
 
 def verify_command(
-    data: Path = typer.Argument(..., help="A folder written by slimp ingest."),
+    data: Path = typer.Argument(..., metavar="DATA", help="A folder written by slimp ingest."),
 ) -> None:
     """Check every shard of an ingested folder against manifest.json (counts, size, sha256).
 
@@ -143,7 +145,9 @@ def verify_command(
 
 
 def synth_command(
-    out: Path = typer.Argument(..., help="Output folder (metadata.csv, images/, schema.json)."),
+    out: Path = typer.Argument(
+        ..., metavar="OUT", help="Output folder (metadata.csv, images/, schema.json)."
+    ),
     patients: int = typer.Option(
         200, "--patients", help="Number of generated patients (1-10 lesions each)."
     ),
@@ -155,7 +159,7 @@ def synth_command(
         False,
         "--paired",
         help="A Derm7pt-like paired cohort instead: one case per patient, a dermoscopic and a "
-        "clinical image per case (5%% of clinical files missing), seven-point criteria in the "
+        "clinical image per case (5% of clinical files missing), seven-point criteria in the "
         "metadata; for SM3 (pretrain --method sm3). --patients is then the number of cases.",
     ),
 ) -> None:
@@ -181,7 +185,9 @@ def synth_command(
 
 @schema_app.command("infer")
 def infer_command(
-    csv: Path = typer.Argument(..., help="The metadata table (CSV, or TSV with .tsv/.tab)."),
+    csv: Path = typer.Argument(
+        ..., metavar="TABLE", help="The metadata table (CSV, or TSV with .tsv/.tab)."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Write the draft here instead of stdout."),
 ) -> None:
     """Draft a dataset schema for a new table: types and roles guessed, marked '_todo' to confirm."""

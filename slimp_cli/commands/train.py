@@ -157,11 +157,15 @@ LogEvery = Annotated[
     ),
 ]
 ReportTo = Annotated[
-    C.ReportTo | None,
-    _opt(
+    str | None,
+    typer.Option(
         "--report-to",
-        help="Mirror metrics.jsonl to TensorBoard (RUN/tensorboard/; needs the optional "
-        "tensorboard package) or none (default).",
+        metavar="LIST",
+        help="Mirror metrics.jsonl to a comma list of tensorboard (RUN/tensorboard/) and wandb "
+        "(RUN/wandb/; WANDB_MODE=offline needs no network), or none (default). Each is an "
+        "optional extra: pip install 'slimp[tensorboard]', 'slimp[wandb]'.",
+        rich_help_panel=_T,
+        callback=C.comma_list(C.REPORT_TO),
     ),
 ]
 KeepEpochCheckpoints = Annotated[
@@ -252,6 +256,7 @@ def _summary(run_dir: Path) -> None:
 def pretrain_cmd(
     data: Path = typer.Argument(
         ...,
+        metavar="DATA",
         help="Shard folder written by slimp ingest (with --shard-url: its manifest.json and "
         "schema.json).",
     ),
@@ -423,10 +428,12 @@ def pretrain_cmd(
 
 def adapt_cmd(
     checkpoint: Path = typer.Argument(
-        ..., help="Run dir of slimp pretrain/adapt, or a checkpoint file in it."
+        ...,
+        metavar="CHECKPOINT",
+        help="Run dir of slimp pretrain/adapt, or a checkpoint file in it.",
     ),
     data: Path = typer.Argument(
-        ..., help="Target dataset's shard folder (its columns may differ)."
+        ..., metavar="DATA", help="Target dataset's shard folder (its columns may differ)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Run dir to create."),
     tune: C.Tune | None = typer.Option(

@@ -10,7 +10,8 @@ sha256 and every row's ids are checked.
 
 Writes `DIR/retrieval-examples.png` (one row per target) and `retrieval-examples.json`
 (per target: its ids, label and metadata; per retrieved lesion: store row, cosine similarity,
-ids, label, lesion and patient metadata).
+ids, label, lesion and patient metadata; `units`: the unit of each numerical field that has
+one, also written after the number in the captions, e.g. `diameter_1=12.0 mm`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,27 @@ from .search import topk_cosine
 
 DISPLAY = 160  # pixels per picture in the panel
 CAPTION_FIELDS = 3  # metadata fields under each picture (all of them in the JSON)
+# Units of numerical fields, which the dataset schemas do not record: PAD-UFES-20's
+# diameter_1/diameter_2 are in millimetres (Pacheco et al. 2020, the data article's field
+# list); SLICE-3D, HIBA and `slimp synth` say so in the name (`*_mm`); ages are in years.
+UNITS = {"diameter_1": "mm", "diameter_2": "mm", "age": "years"}
+
+
+def unit_of(name: str) -> str | None:
+    """The unit of a numerical metadata field, when known ("mm", "years"), else None."""
+    if name in UNITS:
+        return UNITS[name]
+    if name.endswith("_mm"):
+        return "mm"
+    return None
+
+
+def format_value(name: str, value) -> str:
+    """A metadata value as shown under a picture: numbers with one decimal and their unit."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        unit = unit_of(name)
+        return f"{float(value):.1f}" + (f" {unit}" if unit else "")
+    return str(value)
 
 
 def store_shards(store: FeatureStore, override: str | os.PathLike | None, what: str):
@@ -62,7 +84,8 @@ def check_sources(reference_path, target_path, *, reference_data=None, target_da
         store_shards(tgt, target_data, "target")
 
 
-def _row(index: ShardIndex, pair: tuple[int, int]) -> dict:
+def lesion_row(index: ShardIndex, pair: tuple[int, int]) -> dict:
+    """One lesion of the shards: ids, label, malignancy, lesion and patient metadata."""
     rec = index.patient(pair[0])
     les = rec.lesions[pair[1]]
     return {
@@ -76,10 +99,11 @@ def _row(index: ShardIndex, pair: tuple[int, int]) -> dict:
     }
 
 
-def _picture(index: ShardIndex, pair: tuple[int, int]) -> np.ndarray:
+def lesion_picture(index: ShardIndex, pair: tuple[int, int], size: int = DISPLAY) -> np.ndarray:
+    """A lesion's image from the shards, square. Shape: [size, size, 3] uint8."""
     rec = index.patient(pair[0])
     img = decode_image(rec.read_image(pair[1]), where=f"patient {rec.patient_id}")
-    return pil_to_uint8(resize_center(img, DISPLAY)).permute(1, 2, 0).numpy()
+    return pil_to_uint8(resize_center(img, size)).permute(1, 2, 0).numpy()
 
 
 def _caption(row: dict, sim: float | None, fields: list[str]) -> str:
@@ -89,8 +113,7 @@ def _caption(row: dict, sim: float | None, fields: list[str]) -> str:
         value = row["lesion_metadata"].get(name)
         if value is None:
             continue
-        text = f"{value:.1f}" if isinstance(value, float) else str(value)
-        shown.append(f"{name[:18]}={text[:12]}")
+        shown.append(f"{name[:18]}={format_value(name, value)[:16]}")
         if len(shown) == CAPTION_FIELDS:
             break
     return "\n".join([head, *shown])
@@ -152,19 +175,19 @@ def retrieval_examples(
         ref_fields = [f["name"] for f in (ref.schema or {}).get("lesion_features", [])]
     examples, panel = [], []
     for q, r in enumerate(rows):
-        target = _row(tgt_index, tgt_pairs[r])
+        target = lesion_row(tgt_index, tgt_pairs[r])
         hits = []
         for s, j in zip(sims[q], idx[q]):
-            hit = _row(ref_index, ref_pairs[j])
+            hit = lesion_row(ref_index, ref_pairs[j])
             hits.append({"reference_row": int(j), "similarity": float(s), **hit})
         examples.append({"target_row": int(r), **target, "retrieved": hits})
         panel.append(
             {
-                "image": _picture(tgt_index, tgt_pairs[r]),
+                "image": lesion_picture(tgt_index, tgt_pairs[r]),
                 "caption": f"{target['lesion_id']}\n{target['label'] or '?'}",
                 "retrieved": [
                     {
-                        "image": _picture(ref_index, ref_pairs[h["reference_row"]]),
+                        "image": lesion_picture(ref_index, ref_pairs[h["reference_row"]]),
                         "caption": _caption(h, h["similarity"], ref_fields),
                     }
                     for h in hits
@@ -186,6 +209,7 @@ def retrieval_examples(
             "query": "target image feature",
             "gallery": f"reference features/{gallery_level}",
             "seed": seed,
+            "units": {f: unit_of(f) for f in ref_fields if unit_of(f)},
             "examples": examples,
         }
     )

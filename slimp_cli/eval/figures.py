@@ -39,28 +39,37 @@ def tsne_panels(
     malignant: np.ndarray,
     *,
     title: str,
+    split: np.ndarray | None = None,
 ) -> Path:
     """One scatter per feature set of 2-D t-SNE coordinates, benign vs malignant (Fig. 6).
 
-    Shape: panels[name] [n, 2]; malignant [n] in {0, 1}.
+    `split` (the store's train/holdout side of each row, when it has one) marks the rows held
+    out of pre-training (larger, black-edged) apart from those the model trained on.
+
+    Shape: panels[name] [n, 2]; malignant [n] in {0, 1}; split [n] of "train"/"holdout".
     """
     k = len(panels)
     fig = Figure(figsize=(4.2 * k, 4.6))
     fig.suptitle(title, fontsize="medium")
     malignant = np.asarray(malignant)
+    sides = [(None, np.ones(len(malignant), bool))]
+    if split is not None:
+        split = np.asarray(split)
+        sides = [(s, split == s) for s in ("train", "holdout") if (split == s).any()]
+    style = {None: {}, "train": {}, "holdout": {"s": 22, "edgecolors": "black", "linewidths": 0.6}}
+    side_name = {None: "", "train": ", trained on", "holdout": ", held out"}
     for i, (name, xy) in enumerate(panels.items()):
         ax = fig.add_subplot(1, k, i + 1)
-        for value, label in ((0, "benign"), (1, "malignant")):
-            sel = malignant == value
-            ax.scatter(
-                xy[sel, 0],
-                xy[sel, 1],
-                s=9,
-                alpha=0.7,
-                color=CLASS_COLORS[label],
-                label=f"{label} (n={int(sel.sum())})",
-                linewidths=0,
-            )
+        for side, on_side in sides:
+            for value, label in ((0, "benign"), (1, "malignant")):
+                sel = on_side & (malignant == value)
+                ax.scatter(
+                    xy[sel, 0],
+                    xy[sel, 1],
+                    **{"s": 9, "alpha": 0.7, "linewidths": 0, **style[side]},
+                    color=CLASS_COLORS[label],
+                    label=f"{label}{side_name[side]} (n={int(sel.sum())})",
+                )
         ax.set_title(name, fontsize="medium")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -68,8 +77,9 @@ def tsne_panels(
         ax.set_ylabel("t-SNE 2")
     handles, labels = fig.axes[0].get_legend_handles_labels()
     # one legend below the panels: inside, it would hide points wherever it went
+    rows = 1 if len(labels) <= 2 else 2
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize="small", markerscale=2)
-    _save(fig, path, rect=(0, 0.07, 1, 1))
+    _save(fig, path, rect=(0, 0.07 * rows, 1, 1))
     return path
 
 
@@ -117,10 +127,16 @@ def attention_grid(
 ) -> Path:
     """Rows: lesions; columns: the image, then each run's [CLS] attention overlaid (Figs. 8-9).
 
+    Each map is min-max scaled per image before it is drawn; the colour bar says so (a colour
+    compares places within one image, not across images or runs).
+
     Shape: pictures[i] [S, S, 3] uint8; maps[run] [n, s, s] (any s: drawn over the image).
     """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     n, cols = len(pictures), 1 + len(maps)
-    fig = Figure(figsize=(2.6 * cols, 2.6 * n + 0.4))
+    fig = Figure(figsize=(2.6 * cols, 2.6 * n + 1.0), layout="constrained")
     for i, pic in enumerate(pictures):
         side = pic.shape[0]
         ext = (0, side, side, 0)
@@ -139,6 +155,15 @@ def attention_grid(
             ax.axis("off")
             if i == 0:
                 ax.set_title(f"{label}\n[CLS] attention, last block", fontsize="small")
+    bar = fig.colorbar(
+        ScalarMappable(Normalize(0.0, 1.0), cmap="jet"),
+        ax=fig.axes,
+        location="bottom",
+        shrink=min(0.9, 0.35 * cols),
+        aspect=30,
+    )
+    bar.set_label("[CLS] attention, scaled per image\n(0 = least, 1 = most attended)", size="small")
+    bar.ax.tick_params(labelsize="small")
     _save(fig, path)
     return path
 

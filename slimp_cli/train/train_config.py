@@ -14,7 +14,7 @@ from ..devices import check_device_name
 from ..errors import SlimpError, check_seed
 from ..losses import DEFAULT_LAM, DEFAULT_TEMPERATURE
 from ..model_config import DictConfig, positive_int
-from .report import REPORTERS
+from .report import parse_report_to
 
 METHODS = ("slimp", "sm3")
 # SM3's two pre-training stages (papers/sm3_paper.txt Sec. III-D and III-E).
@@ -122,7 +122,8 @@ class TrainConfig(DictConfig):
     # Write a metrics.jsonl line (means over the interval) every this many steps; when stderr
     # is not a terminal, also print it as a plain log line (instead of a progress bar).
     log_every: int = 10
-    # Mirror metrics.jsonl to "tensorboard" (RUN/tensorboard/; optional dependency) or "none".
+    # Mirror metrics.jsonl to a comma list of "tensorboard" (RUN/tensorboard/), "wandb"
+    # (RUN/wandb/; both optional dependencies), or "none".
     report_to: str = "none"
     # Also keep checkpoint-epoch-XXXX.pt after every epoch (checkpoint-last.pt always kept).
     keep_epoch_checkpoints: bool = False
@@ -174,10 +175,7 @@ class TrainConfig(DictConfig):
             raise SlimpError(
                 f"unknown augment_recipe {self.augment_recipe!r}; choose auto, light or simclr"
             )
-        if self.report_to not in REPORTERS:
-            raise SlimpError(
-                f"report_to must be one of {', '.join(REPORTERS)}, got {self.report_to!r}"
-            )
+        parse_report_to(self.report_to)  # a comma list of tensorboard, wandb; or none
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise SlimpError(
                 f"unknown precision {self.precision!r}; choose auto, bf16, fp16 or fp32"
