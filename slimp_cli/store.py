@@ -16,7 +16,7 @@ Layout (DESIGN.md "Feature store", docs/internals.md), N lesions (images), D dim
     pseudo/<strategy>/{lesion, patient, lesion_index, patient_index, similarity}
     split                          [N] "train" | "holdout" (attrs fingerprint, fraction): the
                                    run's held-out patients; absent when the data is not the
-                                   run's training data
+                                   run's training data (unless set by `mark_split`)
     official_split                 [N] utf-8 "train" | "valid" | "test": the dataset's own
                                    fixed split (Derm7pt's index files, lesions.json
                                    `official_split`); absent when the data has none
@@ -250,17 +250,7 @@ class FeatureStoreWriter:
     def set_split(self, sides: Sequence[str], *, fingerprint: str, fraction: float) -> None:
         """Per row, `train` or `holdout`: the side of the run's held-out patients
         (holdout.json) each row's patient is on. Shape: sides [n]."""
-        sides = np.asarray(sides, dtype=object)
-        bad = set(sides.tolist()) - set(SPLIT_SIDES)
-        if bad:
-            raise SlimpError(f"feature store: split values {sorted(bad)}; use {SPLIT_SIDES}")
-        if self.n is not None and len(sides) != self.n:
-            raise SlimpError(f"feature store: split has {len(sides)} rows, expected {self.n}")
-        if "split" in self.f:
-            del self.f["split"]
-        ds = self.f.create_dataset("split", data=sides, dtype=_STR)
-        ds.attrs["fingerprint"] = fingerprint
-        ds.attrs["fraction"] = float(fraction)
+        _write_split(self.f, self.n, sides, fingerprint=fingerprint, fraction=fraction)
 
     def close(self) -> Path:
         """Check the row count, mark complete, rename onto the final path. Returns the path."""
@@ -306,6 +296,32 @@ class FeatureStoreWriter:
             self.close()
         else:
             self.abort()
+
+
+def _write_split(f, n, sides, *, fingerprint: str, fraction: float) -> None:
+    sides = np.asarray(sides, dtype=object)
+    bad = set(sides.tolist()) - set(SPLIT_SIDES)
+    if bad:
+        raise SlimpError(f"feature store: split values {sorted(bad)}; use {SPLIT_SIDES}")
+    if n is not None and len(sides) != n:
+        raise SlimpError(f"feature store: split has {len(sides)} rows, expected {n}")
+    if "split" in f:
+        del f["split"]
+    ds = f.create_dataset("split", data=sides, dtype=_STR)
+    ds.attrs["fingerprint"] = fingerprint
+    ds.attrs["fraction"] = float(fraction)
+
+
+def mark_split(
+    path: str | os.PathLike, sides: Sequence[str], *, fingerprint: str, fraction: float
+) -> None:
+    """Set the `split` of a complete store in place: the held-out patients of another run on
+    this data, for a store embedded by a model that never trained on it (its rows are then
+    scored on the same patients as that run's: benchmarks/paper_tables.py). In place, so call
+    it before the store is published (on a temporary name renamed afterwards)."""
+    FeatureStore.open(path).close()  # a complete store, or a one-line error
+    with h5py.File(path, "r+") as f:
+        _write_split(f, int(f["label"].shape[0]), sides, fingerprint=fingerprint, fraction=fraction)
 
 
 def check_store_destination(path: str | os.PathLike, *, overwrite: bool) -> None:

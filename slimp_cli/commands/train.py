@@ -60,6 +60,18 @@ LesionsPerPatient = Annotated[
         help="At most N lesions per patient and step, re-drawn every epoch (default 100).",
     ),
 ]
+ImagesPerBatch = Annotated[
+    int | None,
+    typer.Option(
+        "--images-per-batch",
+        min=2,
+        help="--variant image (SimCLR) only: images per step, drawn across patients from each "
+        "epoch's images (every training patient's <= N, as the nested run sees them). Default "
+        "256, at most a quarter of an epoch's images; with it lr defaults to 1.5e-4 x batch / "
+        "256 (config.json: image_baseline).",
+        rich_help_panel=_T,
+    ),
+]
 Epochs = Annotated[
     int | None,
     _opt("--epochs", help="Epochs; the LR schedule spans them (default: pretrain 150, adapt 100)."),
@@ -346,6 +358,7 @@ def pretrain_cmd(
     ),
     patients_per_batch: PatientsPerBatch = None,
     lesions_per_patient: LesionsPerPatient = None,
+    images_per_batch: ImagesPerBatch = None,
     epochs: Epochs = None,
     max_steps: MaxSteps = None,
     lr: Lr = None,

@@ -79,10 +79,13 @@ class PatientBatchSampler:
     Two kinds of batch:
     - patient batches (SLIMP's nested and flat variants): B patients, each with up to N of its
       lesions (`choose_lesions`);
-    - image batches (`images_per_batch`, the SimCLR baseline): B x N single images drawn at
-      random across patients. NOTE[DIFF]: SimCLR is a per-image method; patient-grouped
+    - image batches (`images_per_batch`, the SimCLR baseline): single images drawn at random
+      across patients. NOTE[DIFF]: SimCLR is a per-image method; patient-grouped
       batches would make images of one patient each other's negatives far more often than in
-      a standard SimCLR run, handicapping the image-only baseline.
+      a standard SimCLR run, handicapping the image-only baseline. An epoch's images are the
+      ones the patient sampler would draw (every training patient's <= N lesions, re-drawn each
+      epoch by `choose_lesions`), so both kinds see the same images per epoch
+      (`train/budget.py`; docs/method.md).
 
     `use` lists the patient indices that may be drawn (the held-out patients are left out);
     None = all. The plan of an epoch is a pure function of (seed, epoch); `set_epoch(epoch,
@@ -116,20 +119,21 @@ class PatientBatchSampler:
         if len(self.use) == 0:
             raise SlimpError("data has no patients to train on; ingest a dataset with images first")
         if images_per_batch is not None:
-            self.units = [(p, j) for p in self.use for j in range(self.patients[p].n_lesions)]
+            # the same count every epoch: min(n, N) images of each training patient
+            self.n_images = sum(min(self.patients[p].n_lesions, self.n_max) for p in self.use)
             self.batch = images_per_batch
-            if len(self.units) < images_per_batch * world_size:
+            if self.n_images < images_per_batch * world_size:
                 raise SlimpError(
-                    f"data has {len(self.units)} training images but a batch needs "
-                    f"{images_per_batch}{procs}; lower --patients-per-batch or "
-                    "--lesions-per-patient"
+                    f"data has {self.n_images} training images (at most "
+                    f"--lesions-per-patient {self.n_max} per patient) but a batch needs "
+                    f"{images_per_batch}{procs}; lower --images-per-batch"
                 )
         elif len(self.use) < patients_per_batch * world_size:
             raise SlimpError(
                 f"data has {len(self.use)} training patients but --patients-per-batch is "
                 f"{patients_per_batch}{procs}; lower it"
             )
-        n_units = len(self.units) if images_per_batch is not None else len(self.use)
+        n_units = self.n_images if images_per_batch is not None else len(self.use)
         self.steps_per_epoch = n_units // (self.batch * world_size)
         self.epoch = 0
         self.start_step = 0
@@ -140,10 +144,24 @@ class PatientBatchSampler:
 
     def plan(self, epoch: int) -> list[list[PatientItem]]:
         """Every step of `epoch` for this rank: lists of B items."""
+        return [
+            items[self.rank * self.batch : (self.rank + 1) * self.batch]
+            for items in self.global_plan(epoch)
+        ]
+
+    def global_plan(self, epoch: int) -> list[list[PatientItem]]:
+        """Every step of `epoch` for all ranks together: lists of B x world_size items (rank
+        r's are `[r*B:(r+1)*B]`)."""
         rng = np.random.default_rng([self.seed, epoch])
         gb = self.batch * self.world_size
         if self.images_per_batch is not None:
-            perm = rng.permutation(len(self.units))
+            # the images the patient sampler would draw this epoch, shuffled across patients
+            units = [
+                (p, j)
+                for p in self.use
+                for j in choose_lesions(self.patients[p], self.n_max, self.positive_sampling, rng)
+            ]
+            perm = rng.permutation(len(units))
         else:
             perm = rng.permutation(len(self.use))
         steps = []
@@ -152,14 +170,20 @@ class PatientBatchSampler:
             for q in range(gb):  # every rank draws every item: one shared rng stream
                 u = int(perm[s * gb + q])
                 if self.images_per_batch is not None:
-                    p, j = self.units[u]
+                    p, j = units[u]
                     items.append(PatientItem(p, (j,), (self.seed, epoch, s, q)))
                     continue
                 p = self.use[u]
                 lesions = choose_lesions(self.patients[p], self.n_max, self.positive_sampling, rng)
                 items.append(PatientItem(p, lesions, (self.seed, epoch, s, q)))
-            steps.append(items[self.rank * self.batch : (self.rank + 1) * self.batch])
+            steps.append(items)
         return steps
+
+    def images_in_epoch(self, epoch: int) -> int:
+        """Images drawn in `epoch` by all ranks together (each image item is one image)."""
+        if self.images_per_batch is not None:
+            return self.steps_per_epoch * self.batch * self.world_size
+        return sum(len(it.lesions) for items in self.global_plan(epoch) for it in items)
 
     def __iter__(self) -> Iterator[list[PatientItem]]:
         plan = self.plan(self.epoch)
@@ -168,6 +192,38 @@ class PatientBatchSampler:
 
     def __len__(self) -> int:
         return self.steps_per_epoch - self.start_step
+
+
+def image_batch(train, per_image: bool) -> int | None:
+    """Images per step of a per-image (SimCLR) run, None for patient batches: `--images-per-batch`,
+    or B x N when a TrainConfig leaves it unset (`pretrain` sets it: train/budget.py)."""
+    if not per_image:
+        return None
+    return train.images_per_batch or train.patients_per_batch * train.lesions_per_patient
+
+
+def training_sampler(
+    infos: Sequence[PatientInfo],
+    train,
+    *,
+    per_image: bool,
+    use: Sequence[int] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> PatientBatchSampler:
+    """The sampler a run with TrainConfig `train` trains with (the training loop's and the
+    budget's: one construction). `per_image`: the model trains on single images (SimCLR)."""
+    return PatientBatchSampler(
+        infos,
+        patients_per_batch=train.patients_per_batch,
+        lesions_per_patient=train.lesions_per_patient,
+        positive_sampling=train.positive_sampling,
+        seed=train.seed,
+        rank=rank,
+        world_size=world_size,
+        use=use,
+        images_per_batch=image_batch(train, per_image),
+    )
 
 
 # lesion_group = position in the global batch * GROUP_STRIDE + lesion code inside the patient;

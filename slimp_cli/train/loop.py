@@ -37,13 +37,14 @@ from ..stream import ShardSource
 from . import distributed as D
 from .data import (
     LocalBatches,
-    PatientBatchSampler,
     PatientDataset,
     batch_to,
     case_training_data,
     collate,
+    image_batch,
     make_loader,
     patient_infos,
+    training_sampler,
     validation_plan,
 )
 from .precision import autocast as autocast_for
@@ -520,20 +521,15 @@ def local_batches(model, schema, index, patients, train: TrainConfig, info, *, p
             ssl_views=train.image_ssl_weight > 0,
         )
         infos = patient_infos(index)
-        # SimCLR (two views) draws B x N single images at random: see PatientBatchSampler.
-        images_per_batch = (
-            train.patients_per_batch * train.lesions_per_patient if model.inputs.two_views else None
-        )
-        sampler = PatientBatchSampler(
+        # SimCLR (two views) draws single images at random: see PatientBatchSampler.
+        images_per_batch = image_batch(train, model.inputs.two_views)
+        sampler = training_sampler(
             infos,
-            patients_per_batch=train.patients_per_batch,
-            lesions_per_patient=train.lesions_per_patient,
-            positive_sampling=train.positive_sampling,
-            seed=train.seed,
+            train,
+            per_image=model.inputs.two_views,
+            use=patients.use if patients is not None else None,
             rank=info.rank,
             world_size=info.world_size,
-            use=patients.use if patients is not None else None,
-            images_per_batch=images_per_batch,
         )
         collate_fn = collate
         if patients is not None and patients.validation:

@@ -13,7 +13,10 @@ from ..errors import SlimpError
 from ..model_config import ModelConfig
 from ..models import build_model
 from ..runs import LAST, load_checkpoint
+from ..stream import ShardSource
 from . import distributed as D
+from .budget import announce, image_recipe
+from .data import PatientInfo, patient_infos
 from .loop import TrainResult, notice, run_training
 from .session import (
     check_resume_data,
@@ -59,6 +62,11 @@ def pretrain_run(
             raise SlimpError(SM3_STREAM_MESSAGE)
         if sm3:
             model_cfg = sm3_model_config(model_cfg, model, train_cfg, saved)
+        if train_cfg.images_per_batch is not None and (sm3 or model_cfg.variant != "image"):
+            raise SlimpError(
+                "--images-per-batch is an option of --variant image (the SimCLR baseline); "
+                "SLIMP's batches are --patients-per-batch patients"
+            )
         device = D.device_for(train_cfg.device)
         with training_session(device) as info:
             index = open_training_data(data, shard_url, info)
@@ -77,6 +85,12 @@ def pretrain_run(
                 check_resume_source(saved, index, out)
             patients = split_patients(index, train_cfg, run_dir=out, saved=saved, info=info)
             schema = patients.schema  # numerical statistics of the training patients
+            baseline = None
+            if model_cfg.variant == "image" and not sm3:  # SimCLR: its batch, lr and budget
+                train_cfg, baseline = _image_baseline(
+                    train, train_cfg, saved, index, patients, info
+                )
+                notice(announce(baseline), info)
             seed_everything(train_cfg.seed)
             net = build_model(model_cfg, schema, load_image_weights=saved is None)
             if saved is not None:
@@ -103,7 +117,11 @@ def pretrain_run(
                 train=train_cfg,
                 schema=schema,
                 data=data_record(data, index),
-                extra={"holdout": holdout_record(patients), **(extra or {})},
+                extra={
+                    "holdout": holdout_record(patients),
+                    **({"image_baseline": baseline} if baseline else {}),
+                    **(extra or {}),
+                },
             )
             return run_training(
                 model=net,
@@ -120,6 +138,28 @@ def pretrain_run(
                 description="pretrain" if not sm3 else f"sm3 {train_cfg.stage}",
                 hooks=hooks,
             )
+
+
+def _image_baseline(given, train_cfg: TrainConfig, saved, index, patients, info):
+    """(TrainConfig, config.json record) of an image-only run: `budget.image_recipe` fills
+    images_per_batch and lr when the options leave them out (a resumed run keeps its own)."""
+    if saved is not None or isinstance(given, TrainConfig):
+        names = set(TrainConfig.__dataclass_fields__)
+    else:
+        names = set(given or {})
+    streamed = isinstance(index, ShardSource)
+    if streamed:  # counts only: min(n, N) needs no lesion list
+        infos = [PatientInfo(e.images, ()) for e in index.patient_entries()]
+    else:
+        infos = patient_infos(index)
+    return image_recipe(
+        train_cfg,
+        names,
+        infos,
+        patients.use,
+        world_size=info.world_size,
+        with_plans=not streamed,
+    )
 
 
 def pretrain(

@@ -4,8 +4,9 @@ The local path (train/data.py) draws any patient at any step; a stream reads eac
 back, so this path works at epoch granularity instead:
 
 - Steps per epoch are fixed up front from the patient index (index.json, or one JSON-only pass):
-  training patients // (processes x B) (SimCLR: training images // (processes x B x N)), so every
-  rank does the same number of steps and the LR schedule is known.
+  training patients // (processes x B) (SimCLR: training images, <= N per patient, //
+  (processes x images per batch)), so every rank does the same number of steps and the LR
+  schedule is known.
 - Epoch e's shard order is a permutation drawn from (seed, e), the same on every rank; rank r
   takes every world-th shard from r (`split_by_node`), DataLoader worker w every workers-th of
   those (`split_by_worker`). A worker whose shards run out reads them again (a new pass, its order
@@ -36,7 +37,14 @@ import torch
 from ..devices import default_workers
 from ..errors import SlimpError
 from ..stream import ShardSource, StreamedPatient, assigned_shards, epoch_shards, worker_position
-from .data import PatientDataset, PatientInfo, PatientItem, choose_lesions, collate
+from .data import (
+    PatientDataset,
+    PatientInfo,
+    PatientItem,
+    choose_lesions,
+    collate,
+    image_batch,
+)
 
 # The shuffle buffer of each worker holds at most this many images (not patients: a SLICE-3D
 # patient brings up to N of its ~385 images).
@@ -177,10 +185,6 @@ class PatientStream(torch.utils.data.IterableDataset):
 
     def _units_of(self, record: StreamedPatient, cycle: int) -> Iterator[tuple]:
         n = len(record.lesions)
-        if self.per_image:  # SimCLR: single images
-            for j in range(n):
-                yield record, (j,)
-            return
         malignant = tuple(j for j, les in enumerate(record.lesions) if les.get("malignant") == 1)
         key = [self.seed, self.epoch, cycle, zlib.crc32(record.key.encode()), _LESIONS]
         chosen = choose_lesions(
@@ -191,6 +195,10 @@ class PatientStream(torch.utils.data.IterableDataset):
         )
         keep = {record.lesions[j]["image"] for j in chosen}
         record.images = {k: v for k, v in record.images.items() if k in keep}  # memory
+        if self.per_image:  # SimCLR: the same <= N images, one unit each
+            for j in chosen:
+                yield record, (j,)
+            return
         yield record, chosen
 
     def _collate(self, group: list[tuple], step: int, worker: int) -> dict:
@@ -301,16 +309,19 @@ def stream_batches(
     if getattr(model.inputs, "unit", "patient") == "case":
         raise SlimpError(SM3_STREAM_MESSAGE)
     entries = source.patient_entries()
-    per_image = bool(model.inputs.two_views)  # SimCLR: B x N single images a step
-    batch = train.patients_per_batch * (train.lesions_per_patient if per_image else 1)
-    units = sum(entries[i].images for i in patients.use) if per_image else len(patients.use)
+    per_image = bool(model.inputs.two_views)  # SimCLR: single images (<= N per patient)
+    batch = image_batch(train, True) if per_image else train.patients_per_batch
+    n_max = train.lesions_per_patient
+    units = (
+        sum(min(entries[i].images, n_max) for i in patients.use) if per_image else len(patients.use)
+    )
     world = info.world_size
     procs = f" x {world} processes" if world > 1 else ""
     if units < batch * world:
         what = "images" if per_image else "patients"
         raise SlimpError(
             f"data has {units} training {what} but a batch needs {batch}{procs}; lower "
-            "--patients-per-batch" + (" or --lesions-per-patient" if per_image else "")
+            + ("--images-per-batch" if per_image else "--patients-per-batch")
         )
     if len(source.names) < world:
         raise SlimpError(

@@ -61,6 +61,13 @@ class TrainConfig(DictConfig):
     # N_max: at most this many lesions (images) per patient per step, re-sampled every epoch.
     # Paper: 100 with ViT-S/T, 50 with ViT-B.
     lesions_per_patient: int = 100
+    # Image-only baseline (`--variant image`, SimCLR) only: images per optimiser step (per
+    # process), drawn at random across patients from each epoch's images (every training
+    # patient's <= N lesions: the images a nested run sees per epoch). `pretrain` given options
+    # (CLI, dict) sets 256 (at most a quarter of an epoch's images) and lr 1.5e-4 x batch / 256;
+    # None in a TrainConfig means B x N (train/budget.py).
+    # NOTE[DIFF]: the paper gives no SimCLR recipe; see docs/method.md "image-only baseline".
+    images_per_batch: int | None = None
     # Passes over the patients. The learning-rate schedule spans all of them (paper: 150 for
     # pre-training, 100 for continual pre-training).
     epochs: int = 150
@@ -151,6 +158,10 @@ class TrainConfig(DictConfig):
             positive_int(name, getattr(self, name))
         if self.max_steps is not None:
             positive_int("max_steps", self.max_steps)
+        if self.images_per_batch is not None:
+            positive_int("images_per_batch", self.images_per_batch)
+            if self.images_per_batch < 2:
+                raise SlimpError("images_per_batch must be at least 2 (a contrastive batch)")
         if self.warmup_steps is not None:
             _non_negative_int("warmup_steps", self.warmup_steps)
         if self.workers is not None:
