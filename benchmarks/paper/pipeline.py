@@ -25,7 +25,16 @@ import numpy as np
 from slimp_cli.paths import read_json, write_json
 
 from .recipes import IMAGE_STAGE, PRESETS, stage_recipe
-from .spec import METADATA, MODELS, MULTILABEL, RETRIEVAL, SECTIONS, Model, model_features
+from .spec import (
+    IMAGES_ADD,
+    METADATA,
+    MODELS,
+    MULTILABEL,
+    RETRIEVAL,
+    SECTIONS,
+    Model,
+    model_features,
+)
 from .stages import Stages
 
 DATASETS = {"pad": "pad-ufes-20", "derm7pt": "derm7pt"}
@@ -189,6 +198,7 @@ def run_benchmark(
 ) -> dict:
     """Run (or resume) every stage under `out`; returns the report (also written as JSON/MD)."""
     from slimp_cli.eval.extrapolate import extrapolate
+    from slimp_cli.eval.images_add import what_images_add
     from slimp_cli.eval.multilabel import run_multilabel
     from slimp_cli.eval.probe import run_probe
     from slimp_cli.eval.retrieval import run_retrieval
@@ -233,8 +243,10 @@ def run_benchmark(
         "features": {},  # (ds, model key) -> features its stores hold
         "has_patient": {},
         "sm3": None,
+        "images_add": {},
     }
-    probe_kw = dict(preset["probe"])  # the paper preset: classifier="linear"
+    # the paper preset: classifier="linear"; every probe's intervals: preset["bootstrap"]
+    probe_kw = {"bootstrap": preset["bootstrap"], **preset["probe"]}
 
     def budget_stage(tag: str, run: Path, shards: Path, dep: str) -> None:
         path = out / "results" / f"budget-{tag}.json"
@@ -301,7 +313,10 @@ def run_benchmark(
         models = [
             MODELS[k]
             for k in MODELS
-            if k in keys and (has_patient or MODELS[k].key != "scratch-nested")
+            if k in keys
+            and (
+                has_patient or not (MODELS[k].stage == "scratch" and MODELS[k].variant == "nested")
+            )
         ]
         mark = None
         stores: dict[tuple[str, int], tuple[Path, str]] = {}
@@ -500,11 +515,34 @@ def run_benchmark(
                         baseline=True,
                         split="holdout",
                         seeds=tuple(seeds),
+                        bootstrap=preset["bootstrap"],
                     ),
                 ),
                 deps=[emb],
             )
             res["baseline"][ds] = {"file": str(path.relative_to(out)), **read_json(path)}
+        # ---- what the images add: paired against the metadata-only model, first seed ------
+        for key in IMAGES_ADD:
+            if (key, seeds[0]) not in stores:
+                continue
+            store, emb = stores[(key, seeds[0])]
+            tag = f"{ds}-{key}-s{seeds[0]}"
+            path = out / "results" / f"images-add-{tag}.json"
+            stages.run(
+                f"images-add:{tag}",
+                path,
+                _save(
+                    path,
+                    lambda store=store: what_images_add(
+                        store,
+                        split="holdout",
+                        seeds=(seeds[0],),
+                        bootstrap=preset["bootstrap"],
+                    ),
+                ),
+                deps=[emb],
+            )
+            res["images_add"][(ds, key)] = read_json(path)
         if ds == "derm7pt":  # SM3 (the second method): stage 1, then Table I's multi-label probe
             res["sm3"] = _sm3_section(out, shards, preset, seeds[0], stages, run_multilabel)
         fingerprints = {v["fingerprint"] for v in res["holdout"][ds].values()}

@@ -84,6 +84,8 @@ PRESETS: dict[str, dict] = {
             ),
         },
         "embed_batch": 128,
+        # patient-bootstrap resamples of every interval (probe --bootstrap; 1000 = its default)
+        "bootstrap": 200,
         "device": "cpu",
         "torch_threads": 1,
         "ingest_workers": 2,
@@ -166,6 +168,7 @@ PRESETS: dict[str, dict] = {
             ),
         },
         "embed_batch": 256,
+        "bootstrap": 1000,
         "device": "auto",
         "torch_threads": None,
         "ingest_workers": 8,

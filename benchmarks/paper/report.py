@@ -24,7 +24,8 @@ from .spec import METADATA, MODELS, MULTILABEL, PAPER, RETRIEVAL, SECTIONS
 
 REPO = Path(__file__).resolve().parent.parent.parent
 DATASET_NAMES = {"pad": "PAD-UFES-20", "derm7pt": "Derm7pt", "slice3d": "SLICE-3D"}
-METRICS = ("accuracy", "balanced_accuracy", "f1", "auc")
+METRICS = ("accuracy", "balanced_accuracy", "f1", "auc", "ap", "pauc_80")
+PAPER_METRICS = METRICS[:4]  # the paper prints these four; AP and pAUC (ISIC 2024) are slimp's
 RETRIEVAL_METRICS = ("R@1", "R@5", "R@10", "mAP")
 DATASET_ORDER = ("pad", "derm7pt")
 
@@ -195,7 +196,39 @@ def build_report(res: dict, *, sources: dict, seeds: Sequence[int], experiments)
         },
         "warnings": warnings,
         "sm3": res["sm3"]["table"] if res["sm3"] else None,
+        "images_add": images_add_records(res, datasets),
     }
+
+
+def images_add_records(res: dict, datasets: Sequence[str]) -> list[dict]:
+    """One record per dataset, model and comparison ("model": its features alone;
+    "metadata+model": the raw metadata and its features) against the metadata-only logistic
+    regression, on the same held-out rows (eval/images_add.py)."""
+    out = []
+    for ds in datasets:
+        for (d, key), rep in res.get("images_add", {}).items():
+            if d != ds:
+                continue
+            for row in rep["rows"]:
+                out.append(
+                    {
+                        "dataset": ds,
+                        "model": MODELS[key].name,
+                        "comparison": row["name"],
+                        "features": rep["features"],
+                        "a": row["a"],
+                        "b": row["b"],
+                        "n": row["n"],
+                        "n_positive": row["n_positive"],
+                        "n_patients": row["n_patients"],
+                        "metrics": row["metrics"],
+                        "metrics_ci": row.get("metrics_ci"),
+                        **{k: row[k] for k in row if k.startswith("delta_")},
+                        "ci": row.get("ci"),
+                        "p_delong": row.get("p_delong"),
+                    }
+                )
+    return out
 
 
 def training_records(res: dict, datasets: Sequence[str], seeds: Sequence[int]) -> list[dict]:
@@ -283,16 +316,61 @@ def classification_table(
     head = ["dataset", "table", "model", "features", "method"]
     for m in ("Acc", "BA", "F1", "AUC"):
         head += [m, f"{m} paper"]
-    head.append("paper source")
+    head += ["AP", "pAUC80", "paper source"]
     body = []
     for r in rows:
         if section is not None and r["section"] != section:
             continue
         cells = [DATASET_NAMES[r["dataset"]], r["section"], r["model"], r["features"], r["method"]]
-        for m in METRICS:
+        for m in PAPER_METRICS:
             cells += [fmt_metric(m, r["metrics"].get(m)), fmt_paper(m, r["paper"])]
+        cells += [fmt_metric(m, r["metrics"].get(m)) for m in ("ap", "pauc_80")]
         cells.append((r["paper"] or {}).get("source", "—"))
         body.append(cells)
+    return head, body
+
+
+def _with_ci(value: float | None, ci: Sequence[float] | None, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    text = f"{value:+.{digits}f}" if ci is not None and value is not None else f"{value:.{digits}f}"
+    if ci is not None and None not in ci:
+        text += f" [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
+    return text
+
+
+def images_add_table(records: list[dict]) -> tuple[list[str], list[list[str]]]:
+    head = [
+        "dataset",
+        "model",
+        "features vs metadata-only",
+        "n (malignant, patients)",
+        "AUC",
+        "AUC metadata",
+        "ΔAUC [95% CI]",
+        "ΔpAUC80 [95% CI]",
+        "ΔBA [95% CI]",
+        "DeLong p",
+    ]
+    body = []
+    for r in records:
+        ci = r.get("ci") or {}
+        a, b = r["metrics"]["a"], r["metrics"]["b"]
+        p = r.get("p_delong")
+        body.append(
+            [
+                DATASET_NAMES[r["dataset"]],
+                r["model"],
+                r["a"],
+                f"{r['n']} ({r['n_positive']}, {r['n_patients']})",
+                "—" if a.get("auc") is None else f"{a['auc']:.3f}",
+                "—" if b.get("auc") is None else f"{b['auc']:.3f}",
+                _with_ci(r.get("delta_auc"), ci.get("delta_auc")),
+                _with_ci(r.get("delta_pauc_80"), ci.get("delta_pauc_80")),
+                _with_ci(r.get("delta_balanced_accuracy"), ci.get("delta_balanced_accuracy")),
+                "—" if p is None else f"{p:.3g}",
+            ]
+        )
     return head, body
 
 
@@ -412,6 +490,16 @@ def to_markdown(report: dict) -> str:
         "",
         md_table(*retrieval_table(report["retrieval"])),
     ]
+    if report.get("images_add"):
+        parts += [
+            "",
+            "What the images add: each model's features, alone and beside the raw metadata, "
+            "against the metadata-only logistic regression on the same held-out rows (first "
+            "seed; Δ = model − metadata; patient-bootstrap 95% intervals; DeLong treats rows as "
+            "independent, the interval is the figure to trust with several lesions per patient):",
+            "",
+            md_table(*images_add_table(report["images_add"])),
+        ]
     if report["multilabel"]:
         parts += [
             "",
@@ -471,6 +559,11 @@ def print_tables(report: dict) -> None:
                 "Acc/BA %, F1/AUC fractions",
             )
     show("training: steps, images seen, lr", *training_table(report["training"]))
+    if report.get("images_add"):
+        show(
+            "what the images add (Δ vs metadata-only logistic regression, 95% CI)",
+            *images_add_table(report["images_add"]),
+        )
     show("image <-> metadata retrieval (%)", *retrieval_table(report["retrieval"]))
     if report["multilabel"]:
         show(

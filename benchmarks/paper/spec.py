@@ -47,6 +47,14 @@ MODELS: dict[str, Model] = {
         Model("scratch-nested", "SLIMP nested", "nested", "scratch"),
         Model("scratch-flat", "SLIMP flat", "flat", "scratch"),
         Model("scratch-image", "image-only SimCLR", "image", "scratch"),
+        # issue 18: SLIP-style image SSL beside the nested loss (not in the paper)
+        Model(
+            "scratch-nested-ssl",
+            "SLIMP nested + image SSL",
+            "nested",
+            "scratch",
+            train={"image_ssl_weight": 1.0},
+        ),
         Model("pre-image", "SimCLR (SLICE-3D)", "image", "pretrained"),
         Model("pre-nested", "Pre-SLIMP", "nested", "pretrained"),
         Model("adapted-nested", "SLIMP_B=4", "nested", "adapted"),
@@ -108,6 +116,7 @@ SECTIONS: tuple[Section, ...] = (
             Row("scratch-nested", paper="T3 nested"),
             Row("scratch-flat", paper="T3 flat"),
             Row("scratch-image"),
+            Row("scratch-nested-ssl"),
             *_baselines(),
         ),
     ),
@@ -119,9 +128,10 @@ SECTIONS: tuple[Section, ...] = (
     ),
     Section(
         "T3-ablation",
-        "From scratch, encoder outputs of the nested model (Table 6's layout)",
+        "From scratch, encoder outputs of the nested model (Table 6's layout), with and without "
+        "the image SSL term",
         "scratch",
-        _ablation("scratch-nested", None),
+        _ablation("scratch-nested", None) + _ablation("scratch-nested-ssl", None),
     ),
     Section(
         "T2",
@@ -153,6 +163,17 @@ SECTIONS: tuple[Section, ...] = (
         "slice3d",
         _ablation("adapted-nested", "T6"),
     ),
+)
+
+# "What the images add" (issue 18): each model's full features, and the raw metadata + them,
+# against the metadata-only logistic regression on the same held-out rows (first seed).
+IMAGES_ADD = (
+    "scratch-nested",
+    "scratch-flat",
+    "scratch-image",
+    "scratch-nested-ssl",
+    "adapted-nested",
+    "adapted-flat",
 )
 
 # Image <-> metadata retrieval (Tables 20/21 on the continual model), per model.
