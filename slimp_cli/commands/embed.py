@@ -9,6 +9,7 @@ from rich.console import Console
 
 from .choices import DEVICE_HELP, SHARD_URL_HELP, WORKERS_HELP, device_name
 from .choices import shard_url as shard_url_template
+from .ingest import MAX_IMAGE_PIXELS_HELP, apply_max_image_pixels
 
 console = Console(stderr=True)
 
@@ -61,6 +62,9 @@ def embed_cmd(
         "each worker streams every Nth shard.",
         callback=shard_url_template,
     ),
+    max_image_pixels: int | None = typer.Option(
+        None, "--max-image-pixels", min=0, help=MAX_IMAGE_PIXELS_HELP
+    ),
 ) -> None:
     """Cache frozen-encoder embeddings (image, lesion, patient) of every lesion in an HDF5 store.
 
@@ -81,6 +85,7 @@ def embed_cmd(
     check_store_destination(out, overwrite=overwrite)  # in a second, before torch is imported
     from ..embed import embed, store_summary
 
+    apply_max_image_pixels(max_image_pixels)
     foreign = _foreign_args(checkpoint, data, image_model, image_weights, img_size)
     if foreign is not None and shard_url is not None:
         raise typer.BadParameter(
@@ -108,6 +113,7 @@ def embed_cmd(
                 device=device,
                 workers=workers,
                 progress=update,
+                overwrite=overwrite,
             )
         else:
             path = embed(
