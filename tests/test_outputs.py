@@ -82,6 +82,31 @@ def test_a_second_process_is_refused_naming_the_holder(tmp_path):
         write_json(out, {"a": 3})
 
 
+def test_every_writer_takes_the_lock_of_its_output(tmp_path):
+    """Store writers (embed, extrapolate) and export: refused while another process holds the
+    output, before anything is written."""
+    from slimp_cli.export import export_run
+    from slimp_cli.store import PseudoWriter
+
+    store = _store(tmp_path / "s.h5")
+    before = store.read_bytes()
+    for out, write in [
+        (tmp_path / "f.h5", lambda out: FeatureStoreWriter(
+            out, n=1, dims={"image": 2}, config={}, schema=None, classes=["a"])),
+        (store, lambda out: PseudoWriter(
+            out, "il", n=40, widths={"lesion": 4}, attrs={}).__enter__()),
+        (tmp_path / "DIR", lambda out: export_run(tmp_path / "no-run", out)),
+    ]:  # fmt: skip
+        holder = Holder(out)
+        try:
+            with pytest.raises(SlimpError, match=rf"\(pid {holder.proc.pid}\)"):
+                write(out)
+        finally:
+            holder.stop()
+    assert store.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]
+
+
 def test_the_refusal_of_an_existing_output_is_repeated_at_the_rename(tmp_path):
     """Two writers that both passed the early check: the one that renames last is refused and
     the first one's output is kept (renameat2 NOREPLACE / link), never silently replaced."""
