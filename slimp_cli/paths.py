@@ -146,6 +146,7 @@ def output_lock(
     fd = acquire_lock(
         lock,
         fcntl,
+        output=path,
         busy=busy
         or (
             lambda pid: SlimpError(
@@ -175,14 +176,15 @@ def release_outputs() -> None:
     _HOLDS.close()
 
 
-def acquire_lock(path: Path, fcntl, *, busy) -> int:
+def acquire_lock(path: Path, fcntl, *, busy, output: Path | None = None) -> int:
     """Open and flock `path` (never through a symlink), write this pid into it; the descriptor.
-    `busy(pid)` is the exception raised when another process holds it."""
+    `busy(pid)` is the exception raised when another process holds it; a lock file that
+    cannot be created is reported as `output` (the file or folder it guards) not written."""
     for _ in range(10):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
-            raise write_error(exc, path) from None
+            raise write_error(exc, output if output is not None else path) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
