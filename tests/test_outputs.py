@@ -269,12 +269,18 @@ def test_nothing_is_published_after_a_swallowed_ctrl_c(tmp_path):
 
 
 def test_main_exits_130_after_a_swallowed_ctrl_c(run_cli, tmp_path):
+    """A command that would succeed: 130 and nothing written."""
+    (tmp_path / "t.csv").write_text("patient_id,age\np1,3\n")
+    out = tmp_path / "schema.json"
+    assert run_cli("schema", "infer", tmp_path / "t.csv", "--out", out).exit_code == 0
+    out.unlink()
     errors._INTERRUPT["signal"] = "SIGINT"
     try:
-        res = run_cli("schema", "infer", tmp_path / "none.csv")
+        res = run_cli("schema", "infer", tmp_path / "t.csv", "--out", out)
     finally:
         errors._INTERRUPT["signal"] = None
     assert res.exit_code == 130 and res.stderr.strip() == "interrupted", res
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------------------ stores
