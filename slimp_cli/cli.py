@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _exit_interrupted()
     except OSError as exc:
+        if interrupted():  # e.g. a worker process that the same Ctrl-C stopped first
+            _exit_interrupted()
         # A file the user named cannot be read or written (permissions, a file where a
         # folder should be, a full disk): the library names most of these itself; this is
         # the last line of defence, so the user still reads one line, never a traceback.
@@ -181,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if _is_exit(exc):
             sys.exit(exc.exit_code)
+        if interrupted():  # "DataLoader worker exited unexpectedly" after the same Ctrl-C
+            _exit_interrupted()
         if _is_abort(exc):
             _exit_interrupted()
         if _is_usage_error(exc):

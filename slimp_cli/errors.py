@@ -1,5 +1,7 @@
 """User-facing errors: the CLI prints them as one line and exits 1, never a traceback."""
 
+import sys
+
 
 class SlimpError(Exception):
     """A problem the user can fix (bad file, option, column...). Message names the culprit."""
@@ -35,8 +37,19 @@ def _on_sigint(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _unraisable(info) -> None:
+    """sys.unraisablehook: a KeyboardInterrupt that landed in a finaliser is recorded (the main
+    thread raises it again), and what a Ctrl-C leaves half-built fails in its finaliser (a
+    DataLoader iterator interrupted in its __init__): neither is printed, so an interrupted
+    command says one line. Everything else goes to Python's hook."""
+    if isinstance(info.exc_value, KeyboardInterrupt) or interrupted():
+        return
+    sys.__unraisablehook__(info)
+
+
 def install_interrupt_handler() -> None:
-    """SIGINT -> record it, then raise KeyboardInterrupt (as Python's own handler does).
+    """SIGINT -> record it, then raise KeyboardInterrupt (as Python's own handler does); a
+    KeyboardInterrupt swallowed by a finaliser is not printed (`_unraisable`).
 
     Only from the main thread and over Python's default handler (never over one a caller
     installed, e.g. training's stop-at-a-step-boundary handler)."""
@@ -47,6 +60,8 @@ def install_interrupt_handler() -> None:
         return
     if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _on_sigint):
         signal.signal(signal.SIGINT, _on_sigint)
+    if sys.unraisablehook is sys.__unraisablehook__:
+        sys.unraisablehook = _unraisable
 
 
 def interrupted() -> bool:

@@ -309,7 +309,8 @@ def temp_file(path: str | os.PathLike) -> tuple[int, Path]:
     a plain `open()` gives. Returns (open descriptor, its path)."""
     path = Path(path)
     fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private
     return fd, Path(name)
 
 
