@@ -261,6 +261,10 @@ def clean_stale(
     except OSError:
         return removed
     for entry in entries:
+        if entry.name.endswith(LOCK_SUFFIX) and not scratch_only:
+            if _remove_stale_lock(Path(entry.path)):
+                removed.append(entry.name)
+            continue
         m = None if scratch_only else _TEMP.match(entry.name)
         if m is not None and name is not None and m["name"] != name[:_NAME_MAX]:
             continue
@@ -286,6 +290,31 @@ def clean_stale(
             file=sys.stderr,
         )
     return removed
+
+
+def _remove_stale_lock(path: Path) -> bool:
+    """Remove a lock file left by a killed writer (its pid is gone and nobody holds it)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return False
+    if not text.isdigit() or pid_alive(int(text)):
+        return False  # being written right now, or its writer still runs
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    release_lock(path, fd)  # unlinked while held: a process that opened it starts over
+    return True
 
 
 _UMASK: list[int] = []

@@ -105,9 +105,20 @@ def test_sigint_during_embed_is_never_swallowed(pad_run, pad_shards, tmp_path):
     """The issue: 2 of 12 Ctrl-C in embed were swallowed by a finaliser and the store was
     written anyway. Interrupted at several points of the writing: always 130, never a store."""
     out = tmp_path / "f.h5"
-    for wait in (0.0, 0.3, 0.8):
+    for wait, workers in ((0.0, 0), (0.3, 2), (0.8, 0)):  # 2: DataLoader workers get it too
         proc = subprocess.Popen(
-            [slimp_executable(), "embed", pad_run, pad_shards, "--out", out, "--batch-size", "4"],
+            [
+                slimp_executable(),
+                "embed",
+                pad_run,
+                pad_shards,
+                "--out",
+                out,
+                "--batch-size",
+                "4",
+                "--workers",
+                str(workers),
+            ],  # fmt: skip
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -201,11 +201,15 @@ def test_stale_temporaries_of_dead_processes_are_removed_once(tmp_path, capsys):
     kept = [f".f.h5.tmp-{alive}-zzzzzzzz", f".g.h5.tmp-{dead}-q1q1q1q1", "notes.txt"]
     for name in stale + kept:
         (tmp_path / name).write_text("x")
+    (tmp_path / ".h.h5.slimp-lock").write_text(f"{dead}\n")  # a killed embed's lock file
+    (tmp_path / ".i.h5.slimp-lock").write_text(f"{alive}\n")  # a running one's
+    kept.append(".i.h5.slimp-lock")
+    stale.append(".h.h5.slimp-lock")
     (tmp_path / f".DIR.tmp-{dead}-abcdefgh").mkdir()  # an export's temporary folder
     (tmp_path / f".DIR.tmp-{dead}-abcdefgh" / "model.safetensors").write_text("x")
-    assert sorted(clean_stale(tmp_path, name="f.h5")) == sorted(stale[:2])
+    assert sorted(clean_stale(tmp_path, name="f.h5")) == sorted([*stale[:2], stale[3]])
     note = capsys.readouterr().err
-    assert note.count("\n") == 1 and "removed 2 temporary file(s)" in note and str(dead) in note
+    assert note.count("\n") == 1 and "removed 3 temporary file(s)" in note and str(dead) in note
     assert sorted(clean_stale(tmp_path, name="DIR")) == [f".DIR.tmp-{dead}-abcdefgh"]
     assert capsys.readouterr().err == ""  # said once per folder
     assert clean_stale(tmp_path, scratch_only=True) == [stale[2]]
