@@ -73,8 +73,10 @@ def file_system_of(path: str | os.PathLike) -> str:
         with open("/proc/self/mounts", encoding="utf-8", errors="replace") as fh:
             for line in fh:  # the last mount on a mount point is the visible one
                 parts = line.split()
+                if len(parts) < 2:
+                    continue
                 point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), parts[1])
-                if len(parts) > 1 and point == mount:
+                if point == mount:
                     source = parts[0]
     return f"{source} ({mount})" if source and source != mount else mount
 
@@ -106,7 +108,7 @@ def _key(path: Path) -> str:
 def lock_file_of(path: str | os.PathLike) -> Path:
     """The lock file of the output `path`: `.NAME.slimp-lock` beside it."""
     path = Path(path)
-    return path.with_name(f".{path.name}{LOCK_SUFFIX}")
+    return path.with_name(f".{path.name[:_NAME_MAX]}{LOCK_SUFFIX}")
 
 
 @contextlib.contextmanager
