@@ -8,11 +8,31 @@ type or outside its choices); 130 when interrupted. Never a traceback for any of
 
 from __future__ import annotations
 
+import os
 import sys
 
-import typer
+from .errors import (
+    SlimpError,
+    TrainingInterrupted,
+    install_interrupt_handler,
+    interrupted,
+    raise_if_interrupted,
+)
 
-from .errors import SlimpError, TrainingInterrupted
+
+def _exit_interrupted() -> None:
+    """One line and status 130, from anywhere (start-up and shutdown included)."""
+    print("interrupted", file=sys.stderr, flush=True)
+    sys.exit(130)
+
+
+# Before the imports below (typer, rich, the command modules: up to a second): a Ctrl-C that
+# lands in one of them is recorded, and still ends as one line and 130, never a traceback.
+install_interrupt_handler()
+try:
+    import typer
+except KeyboardInterrupt:
+    _exit_interrupted()
 
 app = typer.Typer(
     name="slimp",
@@ -81,7 +101,10 @@ def _register_all() -> None:
     report_cmds.register(app)
 
 
-_register_all()
+try:
+    _register_all()
+except KeyboardInterrupt:
+    _exit_interrupted()
 
 
 def _class_names(exc: BaseException) -> set[str]:
@@ -106,7 +129,12 @@ def _is_exit(exc: BaseException) -> bool:
 
 
 def _os_error(exc: OSError) -> str:
-    """'PATH: reason' of an OSError (both paths of a failed rename)."""
+    """'PATH: reason' of an OSError (both paths of a failed rename); a full disk as
+    `no space left on DEVICE writing PATH`."""
+    from .paths import NO_SPACE, write_error
+
+    if exc.errno in NO_SPACE and exc.filename is not None:
+        return str(write_error(exc, os.fsdecode(exc.filename)))
     reason = exc.strerror or str(exc) or type(exc).__name__
     if exc.filename is not None and exc.filename2 is not None:
         return f"{exc.filename} -> {exc.filename2}: {reason}"
@@ -115,22 +143,40 @@ def _os_error(exc: OSError) -> str:
     return reason
 
 
+def _one_line(exc: SlimpError) -> str:
+    """The message of a SlimpError; one raised in a DataLoader worker comes back wrapped in
+    torch's "Caught SlimpError in DataLoader worker process 0. Original Traceback ...": its
+    own last line is the message."""
+    text = str(exc)
+    if "\n" in text and text.startswith("Caught "):
+        last = text.strip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: exit 0 on success, 1 with one line for a user error, 2 with the
-    usage message for bad usage, 130 when interrupted; never a traceback for those."""
+    usage message for bad usage, 130 when interrupted (at any moment: a Ctrl-C that a
+    finaliser swallowed still ends the command as interrupted); never a traceback for those."""
+    install_interrupt_handler()
     try:
+        raise_if_interrupted()  # a Ctrl-C during the imports, swallowed there
         # Non-standalone mode returns (not raises) the code of typer.Exit / ctx.exit.
         rc = app(args=argv, prog_name="slimp", standalone_mode=False)
+        raise_if_interrupted()
     except TrainingInterrupted as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         sys.exit(130)
     except SlimpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if interrupted():
+            _exit_interrupted()
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        _exit_interrupted()
     except OSError as exc:
+        if interrupted():  # e.g. a worker process that the same Ctrl-C stopped first
+            _exit_interrupted()
         # A file the user named cannot be read or written (permissions, a file where a
         # folder should be, a full disk): the library names most of these itself; this is
         # the last line of defence, so the user still reads one line, never a traceback.
@@ -139,14 +185,35 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if _is_exit(exc):
             sys.exit(exc.exit_code)
+        if interrupted():  # "DataLoader worker exited unexpectedly" after the same Ctrl-C
+            _exit_interrupted()
         if _is_abort(exc):
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
+            _exit_interrupted()
         if _is_usage_error(exc):
             exc.show()
             sys.exit(2 if exc.exit_code == 2 else exc.exit_code)
         raise
+    finally:
+        from .paths import release_outputs
+
+        release_outputs()
+        if argv is None:  # the `slimp` process itself: a Ctrl-C while it shuts down is 130 too
+            _late_interrupts()
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _late_interrupts() -> None:
+    """From here on a SIGINT ends the process at once with one line and 130: during Python's
+    shutdown (atexit, finalisers) a KeyboardInterrupt would be printed with a traceback."""
+    import signal
+    import threading
+
+    def now(signum, frame) -> None:
+        os.write(2, b"interrupted\n")
+        os._exit(130)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, now)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,7 @@ def embed(
             device=dev,
             workers=workers,
             progress=progress,
+            overwrite=overwrite,
         )
     index = ShardIndex.open(data_dir, verify=verify)
     if getattr(run.model.inputs, "unit", "patient") == "case":  # SM3: one row per case
@@ -111,6 +112,7 @@ def embed(
             device=dev,
             workers=workers,
             progress=progress,
+            overwrite=overwrite,
         )
     plan = store_plan(run, index.schema, data_dir, image_only)
     pairs = [(p, j) for p in range(len(index)) for j in range(len(index.patient(p).lesions))]
@@ -126,7 +128,8 @@ def embed(
         persistent_workers=False,
     )
     model = run.model
-    with FeatureStoreWriter(out, n=len(pairs), **plan.writer(config)) as writer, torch.no_grad():
+    writer = FeatureStoreWriter(out, n=len(pairs), overwrite=overwrite, **plan.writer(config))
+    with writer, torch.no_grad():
         start = 0
         for images in loader:
             chunk = pairs[start : start + len(images)]
@@ -361,6 +364,7 @@ def embed_cases(
     device: torch.device,
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """An SM3 model's store: one row per case (lesion) with its modalities side by side.
 
@@ -414,6 +418,7 @@ def embed_cases(
             raw_columns={k: raw_columns(v) for k, v in raw_levels.items()},
             modalities=modalities,
             official_split=official,
+            overwrite=overwrite,
         ) as writer,
         torch.no_grad(),
     ):

@@ -84,6 +84,7 @@ def embed_streamed(
     device: torch.device,
     workers: int,
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """`embed` of `run` on the streamed shards of `source` into the store `out`."""
     model = run.model
@@ -107,7 +108,8 @@ def embed_streamed(
     )
     patient_ids: list[str | None] = [None] * n
     done = 0
-    with FeatureStoreWriter(out, n=n, **plan.writer(config)) as writer, torch.no_grad():
+    writer = FeatureStoreWriter(out, n=n, overwrite=overwrite, **plan.writer(config))
+    with writer, torch.no_grad():
         for chunk in chunks:
             if "error" in chunk:
                 raise SlimpError(chunk["error"])

@@ -17,14 +17,14 @@ DIR receives:
 - `README.md`: the model card (data and schema, recipe, measured metrics with their split,
   intended use and limits).
 
-The folder is written under a temporary name and renamed when complete.
+The folder is written under a temporary name beside DIR and renamed when complete; with
+`--overwrite` it is swapped with the existing DIR, which stays whole until then. One export per
+DIR at a time; a full disk is one line (`paths.AtomicOutput`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,7 @@ import torch
 from . import __version__
 from .errors import SlimpError
 from .models.image import LOCAL_MODELS
-from .paths import json_safe, read_json, tmp_name
+from .paths import AtomicOutput, json_safe, output_lock, read_json
 from .runs import METRICS, Run, load_run, read_metrics
 
 IMAGE_WEIGHTS = "model.safetensors"
@@ -117,46 +117,59 @@ def export_run(
     `metrics_files`: `slimp probe --json` reports of this model's features, quoted with their
     split in the model card. `out` must not exist (or be empty) unless `overwrite`.
     """
-    from safetensors.torch import save_file
-
     out = Path(out)
+    # One export per DIR at a time; the checks are repeated under its lock. The export is
+    # written beside DIR and swapped in when complete (paths.AtomicOutput, folder=True): over
+    # an existing export, the old one stays whole until the new one is.
+    _check_out(out, overwrite)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)  # the lock and the temporary go there
+    except OSError as exc:
+        raise SlimpError(f"{out}: cannot create its folder ({exc.strerror})") from None
+    with output_lock(out):
+        _check_out(out, overwrite)
+        if not isinstance(run, Run):
+            run = load_run(run, device="cpu")
+        reports = [_read_report(Path(p)) for p in metrics_files]
+        with AtomicOutput(
+            out, overwrite=overwrite, folder=True, check=lambda: _check_out(out, overwrite)
+        ) as tmp:
+            image_state = _tensors(run.model.image_encoder.state_dict())
+            _write_safetensors(tmp / IMAGE_WEIGHTS, image_state, {"format": "pt"})
+            heads = {
+                k: v
+                for k, v in run.model.state_dict().items()
+                if not k.startswith("image_encoder.")
+            }
+            _write_safetensors(
+                tmp / HEADS,
+                _tensors(heads),
+                {"format": "pt", "slimp_variant": run.model.variant},
+            )
+            config = timm_config(run)
+            (tmp / TIMM_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+            (tmp / SLIMP_CONFIG).write_text(
+                json.dumps(json_safe(run.config), indent=2, sort_keys=True) + "\n"
+            )
+            (tmp / MODEL_CARD).write_text(model_card(run, config, reports))
+    files = sorted(p.name for p in out.iterdir())
+    return Exported(out, config["architecture"], config["model_args"], files)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise SlimpError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise SlimpError(f"{out} is not empty; choose a new folder or add --overwrite")
-    if not isinstance(run, Run):
-        run = load_run(run, device="cpu")
-    reports = [_read_report(Path(p)) for p in metrics_files]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(out)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        image_state = _tensors(run.model.image_encoder.state_dict())
-        save_file(image_state, str(tmp / IMAGE_WEIGHTS), metadata={"format": "pt"})
-        heads = {
-            k: v for k, v in run.model.state_dict().items() if not k.startswith("image_encoder.")
-        }
-        save_file(
-            _tensors(heads),
-            str(tmp / HEADS),
-            metadata={"format": "pt", "slimp_variant": run.model.variant},
-        )
-        config = timm_config(run)
-        (tmp / TIMM_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / SLIMP_CONFIG).write_text(
-            json.dumps(json_safe(run.config), indent=2, sort_keys=True) + "\n"
-        )
-        (tmp / MODEL_CARD).write_text(model_card(run, config, reports))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    files = sorted(p.name for p in out.iterdir())
-    return Exported(out, config["architecture"], config["model_args"], files)
+
+
+def _write_safetensors(path: Path, tensors: dict, metadata: dict) -> None:
+    """safetensors bytes written by Python: a full disk is an OSError naming its errno (the
+    library's own file writer raises a SafetensorError with the reason in its text)."""
+    from safetensors.torch import save
+
+    with open(path, "wb") as fh:
+        fh.write(save(tensors, metadata=metadata))
 
 
 def _read_report(path: Path) -> dict:

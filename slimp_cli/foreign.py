@@ -96,6 +96,7 @@ def embed_foreign(
     device: str = "auto",
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Embed every lesion image of `data_dir` with a timm model + local weights; write `out`.
 
@@ -172,6 +173,7 @@ def embed_foreign(
                         variant="image",
                         raw_columns={k: raw_columns(v) for k, v in raw_levels.items()},
                         official_split=official,
+                        overwrite=overwrite,
                     )
                 recs = [index.patient(p) for p, _ in chunk]
                 lesions = [rec.lesions[j] for rec, (_, j) in zip(recs, chunk)]

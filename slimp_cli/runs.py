@@ -15,8 +15,8 @@ parameter counts, versions), `holdout.json` (patients kept out of training),
 from __future__ import annotations
 
 import contextlib
+import io
 import json
-import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +29,7 @@ import torch
 from .errors import SlimpError
 from .model_config import ModelConfig
 from .models import build_model
-from .paths import atomic_path, prepare_output_dir, read_json, sha256_file
+from .paths import AtomicOutput, output_lock, prepare_output_dir, read_json, sha256_file
 from .schema import ResolvedSchema
 from .transforms import Preprocess
 
@@ -109,9 +109,36 @@ def save_checkpoint(
         "config": config,
         "extra": extra or {},
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # the run dir's lock covers the file (run_dir_lock); a full disk is one line
+    with AtomicOutput(path) as tmp, open(tmp, "wb") as fh:
+        recorder = _WriteRecorder(fh)
+        try:
+            torch.save(state, recorder)
+        except RuntimeError:
+            # torch reports a failed write as "[enforce fail at inline_container.cc] unexpected
+            # pos": the OSError that caused it (ENOSPC...) says what happened
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
     return path
+
+
+class _WriteRecorder(io.RawIOBase):
+    """A binary file that keeps the first OSError of its writes (torch.save hides it)."""
+
+    def __init__(self, fh) -> None:
+        super().__init__()
+        self.fh, self.error = fh, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
@@ -311,62 +338,17 @@ def run_dir_lock(run_dir: str | Path, *, enabled: bool = True) -> Iterator[Path]
     only creates the folder.
     """
     run_dir = prepare_output_dir(run_dir, "--out")
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks on this platform (Windows): nothing to hold
-        enabled = False
     if not enabled:
         yield run_dir
         return
-    path = run_dir / LOCK
-    fd = _lock_file(path, fcntl)
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    # the lock covers the run dir's files: their own writes take no lock of theirs
+    with output_lock(
+        run_dir,
+        contents=True,
+        lock_file=run_dir / LOCK,
+        busy=lambda pid: SlimpError(
+            f"--out {run_dir} is in use by another slimp process (pid {pid}); wait for it to "
+            "finish or choose another --out"
+        ),
+    ):
         yield run_dir
-    finally:
-        # unlink while still holding the lock: a waiter that opened this file sees it is gone
-        # (inode check in _lock_file) and starts over on a new one
-        with contextlib.suppress(OSError):
-            path.unlink()
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-def _lock_file(path: Path, fcntl) -> int:
-    """Open and flock `path`; the descriptor, or SlimpError naming the holder's pid."""
-    for _ in range(10):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise SlimpError(
-                f"--out {path.parent}: cannot write in the run dir ({exc.strerror})"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = _read_holder(fd)
-            os.close(fd)
-            raise SlimpError(
-                f"--out {path.parent} is in use by another slimp process (pid {holder}); wait "
-                "for it to finish or choose another --out"
-            ) from None
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return fd
-        os.close(fd)  # the previous holder removed the file we locked: take the new one
-    raise SlimpError(f"--out {path.parent}: cannot take the run-dir lock {path}")
-
-
-def _read_holder(fd: int) -> str:
-    """The pid the holder wrote (it writes right after locking: wait briefly for it)."""
-    import time
-
-    for _ in range(20):
-        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
-        if text:
-            return text
-        time.sleep(0.01)
-    return "unknown"

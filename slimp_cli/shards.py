@@ -8,6 +8,7 @@ members `<key>.patient.json`, `<key>.lesions.json`, `<key>.0000.jpg`, ... Plain
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SlimpError
-from .paths import read_json, sha256_file
+from .paths import publish, read_json, sha256_file, temp_file
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 SHARD_GLOB = "shard-*.tar"
@@ -105,15 +106,15 @@ class ShardWriter:
         self.max_bytes = max_bytes
         self.max_patients = max_patients
         self.done: list[tuple[Path, ShardInfo]] = []
+        self.published: list[Path] = []  # renamed into place by commit()
         self._tar: tarfile.TarFile | None = None
         self._tmp: Path | None = None
         self._bytes = self._patients = self._images = 0
 
-    def _tmp_path(self, index: int) -> Path:
-        return self.out_dir / f".{SHARD_PATTERN.format(index)}.tmp-{os.getpid()}"
-
     def _open(self) -> None:
-        self._tmp = self._tmp_path(len(self.done))
+        # an unpredictable name, created O_EXCL (paths.temp_file): a planted symlink is no risk
+        fd, self._tmp = temp_file(self.out_dir / SHARD_PATTERN.format(len(self.done)))
+        os.close(fd)
         self._tar = tarfile.open(self._tmp, "w", format=tarfile.GNU_FORMAT)
         self._bytes = self._patients = self._images = 0
 
@@ -157,23 +158,25 @@ class ShardWriter:
         self._images += len(images)
         return SHARD_PATTERN.format(len(self.done))
 
-    def commit(self) -> list[ShardInfo]:
-        """Close the last shard and rename all of them to their final names."""
+    def commit(self, *, overwrite: bool = True) -> list[ShardInfo]:
+        """Close the last shard and rename all of them to their final names (without
+        `overwrite`, FileExistsError when a name appeared meanwhile: nothing replaced)."""
         self._close()
         for tmp, info in self.done:
-            os.replace(tmp, self.out_dir / info.name)
+            publish(tmp, self.out_dir / info.name, overwrite=overwrite)
+            self.published.append(self.out_dir / info.name)
         return [info for _, info in self.done]
 
     def abort(self) -> None:
-        """Remove every file this writer created (temporary or not yet renamed)."""
+        """Remove every file this writer created (temporary, or renamed by `commit`)."""
         if self._tar is not None:
-            self._tar.close()
+            with contextlib.suppress(OSError):  # a full disk: the archive's end is not written
+                self._tar.close()
             self._tar = None
         paths = [tmp for tmp, _ in self.done] + ([self._tmp] if self._tmp else [])
-        for path in paths:
-            if path.exists():
-                path.unlink()
-        self.done = []
+        for path in paths + self.published:
+            path.unlink(missing_ok=True)
+        self.done, self.published = [], []
 
 
 # ---------------------------------------------------------------------------- reading

@@ -21,23 +21,28 @@ Layout (DESIGN.md "Feature store", docs/internals.md), N lesions (images), D dim
                                    fixed split (Derm7pt's index files, lesions.json
                                    `official_split`); absent when the data has none
 
-A store is written under a temporary name and renamed when complete; `complete=True` is the last
-attribute written, so a reader can tell an interrupted write from a finished one. Readable with
-h5py alone.
+A store is written under a temporary name and renamed when complete (`paths.AtomicOutput`: one
+writer per store, an existing store replaced only with `overwrite`, checked again at the
+rename); `complete=True` is the last attribute written, so a reader can tell an interrupted
+write from a finished one. The attribute `widths` (JSON: dataset -> row width) records every
+per-row dataset's width; `FeatureStore.open` checks every per-row dataset against it and against
+the row count of `lesion_id` (the index). Readable with h5py alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .errors import SlimpError
-from .paths import tmp_name
+from .errors import SlimpError, raise_if_interrupted
+from .paths import AtomicOutput, write_error
 
 FORMAT = "slimp-feature-store"
 VERSION = 1
@@ -71,6 +76,8 @@ class FeatureStoreWriter:
         # an exception deletes the temporary file.
 
     `n` is the exact number of rows (checked on close) or None when unknown (datasets grow).
+    `overwrite`: replace an existing store at `path` (else it is refused, when the writer is
+    created and again at the final rename). A full disk is one line (`paths.write_error`).
     """
 
     def __init__(
@@ -87,6 +94,7 @@ class FeatureStoreWriter:
         chunk_rows: int = 4096,
         modalities: Sequence[str] | None = None,
         official_split: bool = False,
+        overwrite: bool = False,
     ) -> None:
         unknown = set(dims) - set(LEVELS)
         if unknown:
@@ -99,16 +107,49 @@ class FeatureStoreWriter:
                 f"feature store: unknown raw level(s) {sorted(bad_raw)}; use {RAW_LEVELS}"
             )
         self.path = Path(path)
-        self.tmp = tmp_name(self.path)
         self.n = n
         self.dims = {k: int(v) for k, v in dims.items()}
         self.rows = 0
         self._closed = False
-        check_store_destination(self.path, overwrite=True)
+        self._ds: dict[str, h5py.Dataset] = {}  # the per-row datasets, open while writing
+        check_store_destination(self.path, overwrite=overwrite)
+        self._out = AtomicOutput(
+            self.path,
+            overwrite=overwrite,
+            check=lambda: check_store_destination(self.path, overwrite=overwrite),
+        )
+        self.tmp = self._out.start()  # the store's lock, held until close() or abort()
         try:
             self.f = h5py.File(self.tmp, "w", libver=_LIBVER)
-        except OSError as exc:  # unwritable folder, full disk...
-            raise SlimpError(f"{self.path}: cannot write the feature store ({exc})") from None
+            self._create(
+                n,
+                config,
+                schema,
+                classes,
+                variant,
+                raw_columns,
+                chunk_rows,
+                modalities,
+                official_split,
+            )
+        except BaseException as exc:
+            self.abort()
+            if (err := h5_write_failure(exc)) is not None:  # unwritable folder, full disk...
+                raise write_error(err, self.path) from None
+            raise
+
+    def _create(
+        self,
+        n,
+        config,
+        schema,
+        classes,
+        variant,
+        raw_columns,
+        chunk_rows,
+        modalities,
+        official_split,
+    ):
         f = self.f
         f.attrs["format"] = FORMAT
         f.attrs["version"] = VERSION
@@ -128,9 +169,13 @@ class FeatureStoreWriter:
                 if width is None
                 else (max(1, min(chunk, (1 << 18) // max(1, width))), width)
             )
-            return f.create_dataset(
+            # held open until close: a Dataset dropped after each append would be closed by
+            # h5py's destructor, which writes its chunk cache out there and, on a full disk,
+            # can only print the failure (the store would go on as if written)
+            ds = self._ds[name] = f.create_dataset(
                 name, shape=shape, maxshape=maxshape, dtype=dtype, chunks=chunks
             )
+            return ds
 
         make("lesion_id", _STR)
         make("patient_id", _STR)
@@ -157,6 +202,10 @@ class FeatureStoreWriter:
             ds.attrs["columns"] = json.dumps(columns)
             ds.attrs["source_columns"] = json.dumps(sources)
             self.raw_levels.append(level)
+        f.attrs["widths"] = json.dumps(
+            {name: int(ds.shape[1]) for name, ds in self._ds.items() if ds.ndim == 2},
+            sort_keys=True,
+        )
 
     def append(
         self,
@@ -179,6 +228,7 @@ class FeatureStoreWriter:
         the rows at rows [at, at + b) instead (a writer with a declared n, filled out of order,
         each row once: close() checks the count), e.g. shards embedded by parallel readers.
         """
+        raise_if_interrupted()  # a Ctrl-C swallowed by a finaliser stops the writing here
         b = len(lesion_id)
         raw = dict(raw or {})
         if set(features) != set(self.dims):
@@ -213,7 +263,7 @@ class FeatureStoreWriter:
                 )
             columns["official_split"] = np.asarray(official_split, dtype=object)
         for name, arr in columns.items():
-            width = self.f[name].shape[1:]
+            width = self._ds[name].shape[1:]
             if arr.shape != (b, *width):
                 raise SlimpError(
                     f"feature store: {name} chunk has shape {arr.shape}, expected {(b, *width)}"
@@ -224,11 +274,17 @@ class FeatureStoreWriter:
         end = start + b
         if self.n is not None and end > self.n:
             raise SlimpError(f"feature store: appending {b} rows exceeds the declared n={self.n}")
-        for name, arr in columns.items():
-            ds = self.f[name]
-            if ds.shape[0] < end:  # only when n is unknown: grow geometrically
-                ds.resize(max(end, 2 * ds.shape[0]), axis=0)
-            ds[start:end] = arr
+        try:
+            for name, arr in columns.items():
+                ds = self._ds[name]
+                if ds.shape[0] < end:  # only when n is unknown: grow geometrically
+                    ds.resize(max(end, 2 * ds.shape[0]), axis=0)
+                ds[start:end] = arr
+        except (OSError, RuntimeError) as exc:  # a full disk: one line, whoever catches it
+            if (err := h5_write_failure(exc)) is None:
+                raise
+            self.abort()
+            raise write_error(err, self.path) from None
         self.rows += b
 
     def set_phenotype(self, weight: np.ndarray, bias: np.ndarray) -> None:
@@ -261,20 +317,20 @@ class FeatureStoreWriter:
             raise SlimpError(
                 f"{self.path}: wrote {self.rows} rows but n={self.n} was declared; store not written"
             )
-        if self.n is None:
-            for name in _row_datasets(self.f):
-                self.f[name].resize(self.rows, axis=0)
-        self.f.attrs["complete"] = True
-        self.f.close()
-        self._closed = True
         try:
-            os.replace(self.tmp, self.path)
-        except OSError as exc:
-            # the finished temp file says complete=True: never leave it behind
-            self.tmp.unlink(missing_ok=True)
-            raise SlimpError(
-                f"{self.path}: cannot rename the finished store into place ({exc})"
-            ) from None
+            if self.n is None:
+                for ds in self._ds.values():
+                    ds.resize(self.rows, axis=0)
+            self.f.attrs["complete"] = True
+            self.f.flush()  # a full disk fails here, with the file still open
+            self.f.close()
+        except (OSError, RuntimeError) as exc:
+            self.abort()
+            if (err := h5_write_failure(exc)) is None:
+                raise
+            raise write_error(err, self.path) from None
+        self._closed = True
+        self._out.commit()  # the finished temp file says complete=True: removed on failure
         return self.path
 
     def abort(self) -> None:
@@ -283,10 +339,10 @@ class FeatureStoreWriter:
             return
         self._closed = True
         try:
-            self.f.close()
+            if getattr(self, "f", None) is not None:
+                discard_h5(self.f)
         finally:
-            if self.tmp.exists():
-                self.tmp.unlink()
+            self._out.abort()
 
     def __enter__(self) -> FeatureStoreWriter:
         return self
@@ -294,8 +350,39 @@ class FeatureStoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        else:
-            self.abort()
+            return
+        self.abort()
+        if (err := h5_write_failure(exc, self._out)) is not None:  # h5py: a full disk...
+            raise write_error(err, self.path) from None
+
+
+def h5_write_failure(exc: BaseException, out: AtomicOutput | None = None) -> OSError | None:
+    """The OSError behind a failed HDF5 write, or None when `exc` is something else. h5py
+    raises OSError, or RuntimeError (flush, close) whose text holds HDF5's "errno = 28"; with
+    `out`, an OSError about another file (an input) is not a failure of this output."""
+    if isinstance(exc, OSError):
+        return exc if out is None or out.owns(exc) else None
+    if isinstance(exc, RuntimeError) and (m := re.search(r"errno = (\d+)", str(exc))):
+        code = int(m[1])
+        return OSError(code, os.strerror(code))
+    return None
+
+
+def discard_h5(f: h5py.File) -> None:
+    """Close an h5py file that is being thrown away, whatever the disk says.
+
+    Its descriptor is first pointed at /dev/null: HDF5 writes its caches out on close, and on a
+    full disk (or past a file-size limit, which binds an in-memory file too) that write fails
+    and leaves the file half-closed, which h5py's destructor meets again at exit and crashes
+    the process (a segmentation fault)."""
+    with contextlib.suppress(Exception):
+        if f.id.valid:
+            fd = f.id.get_vfd_handle()
+            sink = os.open(os.devnull, os.O_RDWR)
+            os.dup2(sink, fd)
+            os.close(sink)
+    with contextlib.suppress(Exception):
+        f.close()
 
 
 def _write_split(f, n, sides, *, fingerprint: str, fraction: float) -> None:
@@ -346,6 +433,52 @@ def check_store_destination(path: str | os.PathLike, *, overwrite: bool) -> None
         raise SlimpError(f"{path}: output folder {parent} is not writable")
 
 
+def validate_layout(f: h5py.File, path: Path) -> None:
+    """SlimpError naming the first dataset of a damaged store: every per-row dataset (ids,
+    labels, features, raw, modalities, split, pseudo) must have one row per entry of
+    `lesion_id` (the index) and the width the store records (`widths`, the raw columns, the
+    modality names); pseudo features the width of the image features they stand beside."""
+    damaged = "the store is damaged; re-run slimp embed"
+    if not isinstance(f.get("lesion_id"), h5py.Dataset):
+        raise SlimpError(f"{path}: no lesion_id dataset; {damaged}")
+    n = int(f["lesion_id"].shape[0]) if f["lesion_id"].ndim == 1 else -1
+    if n < 0:
+        raise SlimpError(f"{path}: lesion_id is not one value per row; {damaged}")
+    recorded = json.loads(f.attrs.get("widths", "{}"))
+    widths: dict[str, int] = {name: int(w) for name, w in recorded.items()}
+    for level in RAW_LEVELS:
+        if isinstance(f.get(f"raw/{level}"), h5py.Dataset):
+            widths[f"raw/{level}"] = len(json.loads(f[f"raw/{level}"].attrs.get("columns", "[]")))
+    if isinstance(f.get("modalities"), h5py.Dataset):
+        widths["modalities"] = len(json.loads(f["modalities"].attrs.get("names", "[]")))
+    rows = _row_datasets(f) + (["split"] if "split" in f else [])
+    if isinstance(f.get("pseudo"), h5py.Group):
+        for strategy in f["pseudo"]:
+            group = f[f"pseudo/{strategy}"]
+            names = list(group) if isinstance(group, h5py.Group) else []
+            rows += [f"pseudo/{strategy}/{k}" for k in names]
+            if "image" in f.get("features", {}):
+                image = int(f["features/image"].shape[-1])
+                widths.update({f"pseudo/{strategy}/{k}": image for k in ("lesion", "patient")})
+    for name in rows:
+        ds = f.get(name)
+        if not isinstance(ds, h5py.Dataset):
+            raise SlimpError(f"{path}: {name} is not a dataset; {damaged}")
+        if ds.ndim == 0 or ds.shape[0] != n:
+            got = ds.shape[0] if ds.ndim else "no"
+            raise SlimpError(
+                f"{path}: {name} has {got} rows but the store's index (lesion_id) has {n}; "
+                + damaged
+            )
+        want = widths.get(name)
+        two_d = name.startswith(("features/", "raw/")) or name == "modalities"
+        if (two_d and ds.ndim != 2) or (want is not None and ds.shape[1:] != (want,)):
+            raise SlimpError(
+                f"{path}: {name} has shape {tuple(ds.shape)}, expected "
+                f"({n}, {want if want is not None else 'D'}); {damaged}"
+            )
+
+
 def _row_datasets(f: h5py.File) -> list[str]:
     names = ["lesion_id", "patient_id", "label", "malignant"]
     for name in ("modalities", "official_split"):
@@ -391,6 +524,11 @@ class FeatureStore:
         if not bool(f.attrs.get("complete", False)):
             f.close()
             raise SlimpError(f"{path} is incomplete (interrupted embed?); re-run slimp embed")
+        try:
+            validate_layout(f, path)
+        except BaseException:
+            f.close()
+            raise
         return cls(f, path)
 
     def close(self) -> None:
@@ -610,50 +748,81 @@ class PseudoWriter:
             )
         FeatureStore.open(path).close()  # a complete store, or a one-line error
         self.path = Path(path)
-        self.tmp = tmp_name(self.path)
+        self._identity = _identity(self.path)
         self.strategy = strategy
         self._n, self._widths, self._attrs = n, dict(widths), dict(attrs)
         self.f: h5py.File | None = None
+        # the store itself is the output: one writer (a second extrapolate, an embed
+        # --overwrite) at a time; it exists, so the rename replaces it
+        self._out = AtomicOutput(self.path, overwrite=True, check=self._unchanged)
+
+    def _unchanged(self) -> None:
+        """Under the store's lock: SlimpError when another process replaced the store since
+        it was read (its pseudo features would be computed from rows no longer there)."""
+        if _identity(self.path) != self._identity:
+            raise SlimpError(
+                f"{self.path} was replaced by another process while this command read it; "
+                "run the command again"
+            )
 
     def __enter__(self) -> dict[str, h5py.Dataset]:
         name = f"pseudo/{self.strategy}"
+        self.tmp = self._out.start()
         try:
             self.f = h5py.File(self.tmp, "w", libver=_LIBVER)
-        except OSError as exc:  # the store's folder is read-only, the disk is full...
-            raise SlimpError(f"{self.path}: cannot write the updated store ({exc})") from None
-        with h5py.File(self.path, "r") as src:
-            for key, value in src.attrs.items():
-                self.f.attrs[key] = value
-            self.f.attrs["complete"] = False  # set True last, in __exit__
-            for key in src:
-                if key != "pseudo":
-                    src.copy(src[key], self.f, name=key)
-            if "pseudo" in src:
-                group = self.f.create_group("pseudo")
-                for key in src["pseudo"]:
-                    if key != self.strategy and not key.startswith("."):
-                        src.copy(src["pseudo"][key], group, name=key)
-        g = self.f.create_group(name)
-        out = {}
-        for key, width in self._widths.items():
-            if width is None:
-                dtype = np.int64 if key in self.INDEX_NAMES else np.float32
-                out[key] = g.create_dataset(key, (self._n,), dtype)
-            else:
-                out[key] = g.create_dataset(key, (self._n, int(width)), np.float32)
-        g.attrs.update(self._attrs)
+            with h5py.File(self.path, "r") as src:
+                for key, value in src.attrs.items():
+                    self.f.attrs[key] = value
+                self.f.attrs["complete"] = False  # set True last, in __exit__
+                for key in src:
+                    if key != "pseudo":
+                        src.copy(src[key], self.f, name=key)
+                if "pseudo" in src:
+                    group = self.f.create_group("pseudo")
+                    for key in src["pseudo"]:
+                        if key != self.strategy and not key.startswith("."):
+                            src.copy(src["pseudo"][key], group, name=key)
+            g = self.f.create_group(name)
+            out = {}
+            for key, width in self._widths.items():
+                if width is None:
+                    dtype = np.int64 if key in self.INDEX_NAMES else np.float32
+                    out[key] = g.create_dataset(key, (self._n,), dtype)
+                else:
+                    out[key] = g.create_dataset(key, (self._n, int(width)), np.float32)
+            g.attrs.update(self._attrs)
+        except BaseException as exc:
+            self._discard()
+            if (err := h5_write_failure(exc, self._out)) is not None:  # the disk is full...
+                raise write_error(err, self.path) from None
+            raise
         return out
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def _discard(self) -> None:
         try:
-            if exc_type is None:
-                self.f.attrs["complete"] = True
-            self.f.close()
-            if exc_type is None:
-                try:
-                    os.replace(self.tmp, self.path)
-                except OSError as e:
-                    raise SlimpError(f"{self.path}: cannot replace the store ({e})") from None
+            if self.f is not None:
+                discard_h5(self.f)
         finally:
-            if self.tmp.exists():
-                self.tmp.unlink()
+            self._out.abort()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._discard()
+            if (err := h5_write_failure(exc, self._out)) is not None:
+                raise write_error(err, self.path) from None
+            return
+        try:
+            self.f.attrs["complete"] = True
+            self.f.flush()  # a full disk fails here, with the file still open
+            self.f.close()
+        except (OSError, RuntimeError) as e:
+            self._discard()
+            if (err := h5_write_failure(e)) is None:
+                raise
+            raise write_error(err, self.path) from None
+        self._out.commit()
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns

@@ -24,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import SlimpError
-from .resize import resize_center
+from .resize import open_image, resize_center
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -110,7 +110,7 @@ def decode_image(data: bytes, *, where: str = "image", size: int | None = None) 
     at a reduced scale (DCT scaling: much less work, never below `size`).
     """
     try:
-        img = Image.open(io.BytesIO(data))
+        img = open_image(data, where=where)  # ImageTooLarge: one line naming W x H
         if size is not None and img.format == "JPEG":
             img.draft("RGB", (size, size))
         img.load()

@@ -14,6 +14,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
+import h5py
 import numpy as np
 import pytest
 from conftest import _run_slimp
@@ -63,6 +64,16 @@ CASES = [
      "--knn-temperature must be a finite number > 0 (got 0.0)"),
     ("probe-nan-features", lambda c: ["probe", c.nan, "--device", "cpu"],
      "nan.h5: features/image holds NaN or infinite values in 1 row(s), first row 7 (lesion L7)"),
+    # issue 21: a store whose datasets are shorter than its index; a decompression bomb
+    ("probe-short-dataset", lambda c: ["probe", c.short, "--device", "cpu"],
+     "short.h5: features/image has 39 rows but the store's index (lesion_id) has 40; the store "
+     "is damaged"),
+    ("encode-decompression-bomb", lambda c: ["encode", c.run, "--image", c.bomb],
+     "bomb.png: image too large: 100000 x 100000 pixels (limit 89,478,485; raise it with "
+     "--max-image-pixels"),
+    ("encode-max-image-pixels", lambda c: ["encode", c.run, "--image", c.small,
+                                           "--max-image-pixels", "100"],
+     "small.png: image too large: 32 x 32 pixels (limit 100;"),
 ]  # fmt: skip
 
 
@@ -92,7 +103,25 @@ def results(tmp_path_factory, synth_dir, synth_shards):
             label=np.arange(n) % 2,
         )
 
+    short = store("short.h5", 40)
+    with h5py.File(short, "a") as f:
+        f["features/image"].resize(39, axis=0)
+    from test_outputs import _png_header
+
+    bomb = base / "bomb.png"
+    bomb.write_bytes(_png_header(100_000, 100_000))
+    small = base / "small.png"
+    small.write_bytes(next((synth_dir / "images").iterdir()).read_bytes())
+    from conftest import TINY_MODEL, _tiny_train
+
+    from slimp_cli.train import pretrain
+
+    run = pretrain(synth_shards, base / "tiny-run", model=TINY_MODEL, train=_tiny_train(1))
     ctx = SimpleNamespace(
+        short=short,
+        bomb=bomb,
+        small=small,
+        run=run,
         base=base,
         afile=afile,
         latin1=latin1,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 from conftest import slimp_executable
@@ -23,16 +24,35 @@ def _pretrain(data, out, steps: int) -> list[str]:
             "--max-steps", str(steps)]  # fmt: skip
 
 
+def _lock_in_another_process(run) -> str:
+    """Whether another process can take the run dir's lock file: "free" or the holder's pid
+    (paths.acquire_lock, what run_dir_lock takes; without importing torch)."""
+    code = (
+        "import fcntl, sys\n"
+        "from pathlib import Path\n"
+        "from slimp_cli.paths import acquire_lock, release_lock\n"
+        "lock = Path(sys.argv[1]) / '.slimp-run.lock'\n"
+        "try:\n"
+        "    release_lock(lock, acquire_lock(lock, fcntl, busy=RuntimeError))\n"
+        "    print('free')\n"
+        "except RuntimeError as exc:\n"
+        "    print(exc)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
 def test_lock_is_exclusive_names_the_holder_and_is_released(tmp_path):
     run = tmp_path / "run"
     with run_dir_lock(run):
         assert (run / LOCK).read_text().strip() == str(os.getpid())
-        with pytest.raises(
-            SlimpError, match=rf"in use by another slimp process \(pid {os.getpid()}\)"
-        ):
-            with run_dir_lock(run):
-                pass
+        assert _lock_in_another_process(run) == str(os.getpid())
+        with run_dir_lock(run):  # re-entrant in the holding process
+            assert (run / LOCK).is_file()
+        assert (run / LOCK).is_file()  # the inner block did not release it
     assert list(run.iterdir()) == []  # released and removed on exit
+    assert _lock_in_another_process(run) == "free"
     with run_dir_lock(run):  # free again
         pass
     (tmp_path / "file").write_text("x")

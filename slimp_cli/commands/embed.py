@@ -9,6 +9,7 @@ from rich.console import Console
 
 from .choices import DEVICE_HELP, SHARD_URL_HELP, WORKERS_HELP, device_name
 from .choices import shard_url as shard_url_template
+from .ingest import MAX_IMAGE_PIXELS_HELP, apply_max_image_pixels
 
 console = Console(stderr=True)
 
@@ -70,6 +71,9 @@ def embed_cmd(
         "each worker streams every Nth shard.",
         callback=shard_url_template,
     ),
+    max_image_pixels: int | None = typer.Option(
+        None, "--max-image-pixels", min=0, help=MAX_IMAGE_PIXELS_HELP
+    ),
 ) -> None:
     """Cache frozen-encoder embeddings (image, lesion, patient) of every lesion in an HDF5 store.
 
@@ -98,6 +102,7 @@ def embed_cmd(
             )
         console.print("notice: --img-size is deprecated; use --input-size", highlight=False)
         input_size = img_size
+    apply_max_image_pixels(max_image_pixels)
     foreign = _foreign_args(checkpoint, data, image_model, image_weights, input_size)
     if foreign is not None and shard_url is not None:
         raise typer.BadParameter(
@@ -125,6 +130,7 @@ def embed_cmd(
                 device=device,
                 workers=workers,
                 progress=update,
+                overwrite=overwrite,
             )
         else:
             path = embed(

@@ -59,13 +59,16 @@ def _warn(messages: list[str]) -> None:
 
 
 def _outputs(json_path: Path | None, plots: Path | None) -> None:
-    """Create (or check) the output folders before any computing."""
-    from ..paths import prepare_output_dir, prepare_output_file
+    """Create (or check) the output folders before any computing, and hold their one-writer
+    locks until the command exits (a second probe writing the same files exits 1)."""
+    from ..paths import hold_output, prepare_output_dir, prepare_output_file
 
     if json_path is not None:
         prepare_output_file(json_path, "--json")
+        hold_output(json_path)
     if plots is not None:
         prepare_output_dir(plots, "--plots")
+        hold_output(plots, contents=True)
 
 
 def _write_json(path: Path | None, report: dict) -> None:

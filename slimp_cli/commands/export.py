@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from .choices import DEVICE_HELP, device_name
+from .ingest import MAX_IMAGE_PIXELS_HELP, apply_max_image_pixels
 
 console = Console(stderr=True, highlight=False)
 
@@ -58,12 +59,16 @@ def encode_cmd(
         None, "--out", help="Write the vectors as JSON here instead of printing them."
     ),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP, callback=device_name),
+    max_image_pixels: int | None = typer.Option(
+        None, "--max-image-pixels", min=0, help=MAX_IMAGE_PIXELS_HELP
+    ),
 ) -> None:
     """Embed one lesion (image, and metadata with --meta) without ingesting it: the same
     vectors as its row in a `slimp embed` store."""
     from ..encode import encode_lesion, read_meta
     from ..paths import prepare_output_file, write_json
 
+    apply_max_image_pixels(max_image_pixels)
     if out is not None:
         prepare_output_file(out, "--out")
     row = read_meta(meta) if meta is not None else None

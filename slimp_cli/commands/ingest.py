@@ -12,6 +12,21 @@ from rich.table import Table
 
 schema_app = typer.Typer(help="Dataset schemas: draft one for a new table.", no_args_is_help=True)
 
+# PIL's decompression-bomb limit (slimp_cli.resize.open_image), shared by every command that
+# opens images (ingest, embed, encode).
+MAX_IMAGE_PIXELS_HELP = (
+    "Refuse images of more pixels (width x height) than this: 'image too large: W x H pixels' "
+    "instead of decoding a decompression bomb (default: PIL's 89,478,485; 0 = no limit)."
+)
+
+
+def apply_max_image_pixels(value: int | None) -> None:
+    """Set `--max-image-pixels` for this process (and the workers it forks)."""
+    if value is not None:
+        from ..resize import set_max_image_pixels
+
+        set_max_image_pixels(value)
+
 
 def _formats_help() -> str:
     from ..ingest import FORMATS
@@ -84,7 +99,7 @@ def ingest_command(
         10**9, "--max-shard-size", help="Maximum bytes per shard (a patient is never split)."
     ),
     max_patients_per_shard: int | None = typer.Option(
-        None, "--max-patients-per-shard", help="Also cap the patients per shard."
+        None, "--max-patients-per-shard", min=1, help="Also cap the patients per shard (>= 1)."
     ),
     strict: bool = typer.Option(
         False,
@@ -105,9 +120,17 @@ def ingest_command(
         help="Read image paths that are absolute or climb out of SOURCE with ../ "
         "(by default such rows are skipped, with the reason in manifest.json).",
     ),
+    max_image_pixels: int | None = typer.Option(
+        None,
+        "--max-image-pixels",
+        min=0,
+        help=MAX_IMAGE_PIXELS_HELP + " Larger images are skipped.",
+    ),
 ) -> None:
     """Turn a skin-lesion dataset into patient-grouped WebDataset shards + schema.json + manifest.json."""
     from ..ingest import ingest
+
+    apply_max_image_pixels(max_image_pixels)
 
     result = ingest(
         fmt,

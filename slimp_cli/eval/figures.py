@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..errors import SlimpError
+from ..paths import atomic_path
 from .plots import ensure_dir
 
 __all__ = ["ensure_dir", "tsne_panels", "importance_bars", "attention_grid", "retrieval_panel"]
@@ -23,10 +23,8 @@ def _save(fig: Figure, path: Path, rect: tuple[float, float, float, float] | Non
     FigureCanvasAgg(fig)
     if fig.get_layout_engine() is None:
         fig.tight_layout(rect=rect)
-    try:
-        fig.savefig(path, dpi=120)
-    except OSError as e:
-        raise SlimpError(f"{path}: cannot write figure ({e.strerror})") from None
+    with atomic_path(path) as tmp:  # never a half-written PNG; a full disk is one line
+        fig.savefig(tmp, dpi=120, format="png")
 
 
 CLASS_COLORS = {"benign": "tab:blue", "malignant": "tab:red"}

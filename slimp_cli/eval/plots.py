@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 from ..errors import SlimpError
+from ..paths import atomic_path
 
 
 def ensure_dir(path: str | Path) -> Path:
@@ -30,10 +31,8 @@ def ensure_dir(path: str | Path) -> Path:
 def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
     fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=120)
-    except OSError as e:
-        raise SlimpError(f"{path}: cannot write figure ({e.strerror})") from None
+    with atomic_path(path) as tmp:  # never a half-written PNG; a full disk is one line
+        fig.savefig(tmp, dpi=120, format="png")
 
 
 def roc_curves(

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from PIL import Image, ImageOps
 
-from ..resize import resize_center
+from ..resize import CURRENT_LIMIT, ImageTooLarge, open_image, resize_center
 
 # Extensions considered images when searching a folder (lower case, with the dot).
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -116,15 +116,19 @@ def read_bytes(ref: ImageRef) -> bytes:
     )
 
 
-def normalise_image(data: bytes, size: int) -> tuple[bytes, tuple[int, int]]:
+def normalise_image(
+    data: bytes, size: int, *, max_pixels=CURRENT_LIMIT
+) -> tuple[bytes, tuple[int, int]]:
     """Decode fully, orient, convert to RGB, square-resize and re-encode as JPEG q95.
 
     Returns the JPEG bytes and the original (width, height). Raises on any unreadable,
-    truncated or non-image input (PIL's errors, or ValueError for an empty file).
+    truncated or non-image input (PIL's errors, or ValueError for an empty file), and
+    ImageTooLarge when the image has more than `max_pixels` pixels (default: the current
+    limit, `resize.set_max_image_pixels`; None: no limit).
     """
     if not data:
         raise ValueError("empty file")
-    img = Image.open(io.BytesIO(data))
+    img = open_image(data, limit=max_pixels)
     original = img.size
     if img.format == "JPEG":
         img.draft("RGB", (size, size))  # DCT-domain downscale: same result every run, much faster
@@ -207,9 +211,9 @@ def _reason(prefix: str, exc: BaseException) -> str:
     )
 
 
-def process_image(job: tuple[ImageRef, int]) -> tuple[bytes | None, str | None]:
-    """Pool worker: (ref, size) -> (jpeg, None) or (None, reason). Never raises."""
-    ref, size = job
+def process_image(job: tuple[ImageRef, int, int | None]) -> tuple[bytes | None, str | None]:
+    """Pool worker: (ref, size, max pixels) -> (jpeg, None) or (None, reason). Never raises."""
+    ref, size, max_pixels = job
     try:
         data = read_bytes(ref)
     except FileNotFoundError:
@@ -217,7 +221,9 @@ def process_image(job: tuple[ImageRef, int]) -> tuple[bytes | None, str | None]:
     except Exception as exc:  # unreadable file, bad HDF5 key...
         return None, _reason("image not readable", exc)
     try:
-        jpeg, _ = normalise_image(data, size)
+        jpeg, _ = normalise_image(data, size, max_pixels=max_pixels)
+    except ImageTooLarge as exc:  # a decompression bomb: "image too large: W x H pixels ..."
+        return None, str(exc)
     except UnsupportedImage as exc:
         return None, f"image not converted: {exc}"
     except Exception as exc:  # PIL raises many types for broken files

@@ -3,7 +3,9 @@
 adapter (read the release) -> rows (type, dedupe, locate) -> image pool (decode, verify,
 resize, encode; ordered) -> ShardWriter (temporary names) -> commit: shards renamed, then
 schema.json, then manifest.json with `complete: true` last, so an interrupted ingest never
-leaves a folder that looks complete.
+leaves a folder that looks complete. One ingest per OUT at a time (`paths.output_lock`); without
+`overwrite` every rename into OUT fails if the name appeared meanwhile; a full disk (shards, the
+SQLite row store, scratch files) is one line and every temporary is removed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,7 +21,9 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import SlimpError
-from ..paths import atomic_text, write_json
+from ..paths import NO_SPACE, atomic_text, clean_stale, output_lock, write_error, write_json
+from ..resize import CURRENT_LIMIT
+from ..resize import max_image_pixels as current_pixel_limit
 from ..schema import load_dataset_schema, validate_dataset_schema
 from ..shards import SHARD_GLOB, ShardWriter, image_entry_name, unique_keys, verify_shards
 from .formats import get_adapter
@@ -182,12 +187,14 @@ def ingest(
     progress: bool = False,
     check: bool = False,
     allow_outside: bool = False,
+    max_image_pixels=CURRENT_LIMIT,
 ) -> IngestResult:
     """Ingest one dataset (`fmt` is a key of slimp_cli.datasets.FORMATS) into shards under `out`.
 
     `check` reads the written shards back and verifies counts and sha256 against the manifest.
     `allow_outside` reads image paths that are absolute or climb out of `source` (else those
-    rows are skipped with the reason).
+    rows are skipped with the reason). `max_image_pixels`: images with more pixels are skipped
+    ("image too large: W x H pixels"; default the current limit, None no limit).
 
     Raises SlimpError for user errors (unknown format, bad schema, missing required column,
     empty table, output already ingested without `overwrite`, `strict` and any skip or value
@@ -202,13 +209,95 @@ def ingest(
         raise SlimpError(f"--image-size must be between {lo} and {hi} pixels (got {image_size})")
     if max_shard_size < 1:
         raise SlimpError(f"--max-shard-size must be positive (got {max_shard_size})")
+    if max_patients_per_shard is not None and max_patients_per_shard < 1:
+        raise SlimpError(f"--max-patients-per-shard must be >= 1 (got {max_patients_per_shard})")
     if out.exists() and not out.is_dir():
         raise SlimpError(f"{out}: exists and is not a folder")
-    previous = _existing_output(out) if out.is_dir() else []
-    if previous and not overwrite:
-        raise SlimpError(
-            f"{out}: already holds an ingested dataset ({previous[0].name}); use --overwrite or another folder"
-        )
+    limit = current_pixel_limit() if max_image_pixels is CURRENT_LIMIT else max_image_pixels or None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)  # the lock file goes beside OUT
+    except OSError as exc:  # a parent is a file, no permission...
+        raise SlimpError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    with output_lock(out, contents=True):  # one ingest per OUT; its files take no lock of theirs
+        previous = _existing_output(out) if out.is_dir() else []
+        if previous and not overwrite:
+            raise SlimpError(
+                f"{out}: already holds an ingested dataset ({previous[0].name}); use --overwrite or another folder"
+            )
+        if out.is_dir():
+            clean_stale(out)  # shards and files of an ingest that was killed
+        clean_stale(_scratch_folder(out), scratch_only=True)
+        created = not out.exists()
+        try:
+            return _ingest(
+                adapter,
+                source,
+                out,
+                schema=schema,
+                previous=previous,
+                image_size=image_size,
+                workers=workers,
+                max_shard_size=max_shard_size,
+                max_patients_per_shard=max_patients_per_shard,
+                strict=strict,
+                overwrite=overwrite,
+                progress=progress,
+                check=check,
+                allow_outside=allow_outside,
+                limit=limit,
+                fmt=fmt,
+            )
+        except sqlite3.Error as exc:  # the row store: a full disk...
+            raise _scratch_error(exc, _scratch_folder(out)) from None
+        except OSError as exc:
+            if exc.errno in NO_SPACE or exc.filename is None:
+                raise write_error(exc, exc.filename or out) from None
+            raise
+        finally:
+            if created:  # a failed ingest leaves no empty OUT behind
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+
+
+def _scratch_error(exc: sqlite3.Error, folder: Path) -> SlimpError:
+    """One line for a failure of the SQLite scratch files; SQLite reports a file-size limit
+    (EFBIG) as a plain write error, told apart here by the limit itself."""
+    import errno
+    import resource
+
+    name = getattr(exc, "sqlite_errorname", "")
+    full = name == "SQLITE_FULL"
+    if name.startswith("SQLITE_IOERR"):
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        with contextlib.suppress(OSError):
+            st = os.statvfs(folder)
+            full = st.f_bavail * st.f_frsize < (1 << 20)
+        full = full or limit != resource.RLIM_INFINITY
+    if full:
+        return write_error(OSError(errno.ENOSPC, "No space left on device"), folder)
+    return SlimpError(f"{folder}: cannot write ingest's scratch files ({exc})")
+
+
+def _ingest(
+    adapter,
+    source: Path,
+    out: Path,
+    *,
+    schema,
+    previous: list[Path],
+    image_size: int,
+    workers: int,
+    max_shard_size: int,
+    max_patients_per_shard: int | None,
+    strict: bool,
+    overwrite: bool,
+    progress: bool,
+    check: bool,
+    allow_outside: bool,
+    limit: int | None,
+    fmt: str,
+) -> IngestResult:
+    """`ingest` under OUT's lock."""
     dataset_schema = load_schema_for(adapter, source, schema)
     table = adapter.read(source, dataset_schema)
     log = Log(notes=list(table.notes))
@@ -247,6 +336,8 @@ def ingest(
             max_patients_per_shard=max_patients_per_shard,
             about=(fmt, source, table.path),
             row_splits=table.row_splits,
+            limit=limit,
+            overwrite=overwrite,
         )
     finally:
         table.close()
@@ -281,6 +372,8 @@ def _write(
     max_patients_per_shard: int | None,
     about: tuple,
     row_splits: dict[int, str] | None = None,
+    limit: int | None,
+    overwrite: bool,
 ) -> tuple[dict, dict]:
     """Decode, write and commit the located entries, patient by patient; (manifest, schema).
 
@@ -311,7 +404,7 @@ def _write(
     official: dict[str, str] = {}  # lesion id -> its official split (datasets that have one)
     bar, task = _progress(progress, total)
     # Two streams of the same order: the pool's task thread reads one, the writer the other.
-    jobs = ((e.ref, image_size) for e in store.grouped())
+    jobs = ((e.ref, image_size, limit) for e in store.grouped())
     entries = store.grouped()
     try:
         with (
@@ -366,7 +459,7 @@ def _write(
             manifest["counts"]["official_split"] = {
                 s: sum(v == s for v in official.values()) for s in ("train", "valid", "test")
             }
-        _commit(out, writer, resolved, manifest, previous, summary.write_index)
+        _commit(out, writer, resolved, manifest, previous, summary.write_index, overwrite)
     except BaseException:
         writer.abort()
         raise
@@ -432,22 +525,33 @@ def _commit(
     manifest: dict,
     previous: list[Path],
     write_index,
+    overwrite: bool,
 ) -> None:
     """Replace any previous dataset: old manifest first (never complete-looking), then rename;
-    manifest.json (`complete: true`) is written last."""
+    manifest.json (`complete: true`) is written last. Without `overwrite` every rename fails
+    if its name appeared meanwhile; on any failure this ingest's files are removed again
+    (`writer.abort()` removes the shards)."""
     old_manifest = out / "manifest.json"
     if old_manifest.exists():
         old_manifest.unlink()
     for path in previous:
         if path.exists() and path.name != "manifest.json":
             path.unlink()
-    shards = writer.commit()
+    shards = writer.commit(overwrite=overwrite)
     manifest["shards"] = [s.__dict__ for s in shards]
-    write_json(out / "schema.json", resolved)
-    with atomic_text(out / INDEX) as handle:
-        write_index(handle)
-    manifest["complete"] = True
-    write_json(out / "manifest.json", manifest)
+    written = []
+    try:
+        write_json(out / "schema.json", resolved, overwrite=overwrite)
+        written.append(out / "schema.json")
+        with atomic_text(out / INDEX, overwrite=overwrite) as handle:
+            write_index(handle)
+        written.append(out / INDEX)
+        manifest["complete"] = True
+        write_json(out / "manifest.json", manifest, overwrite=overwrite)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _manifest(

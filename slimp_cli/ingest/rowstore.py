@@ -15,9 +15,10 @@ import contextlib
 import os
 import pickle
 import sqlite3
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from ..paths import scratch_file
 
 CACHE_KIB = 1024  # SQLite page cache per connection (the rest of the store stays on disk)
 BATCH = 2000  # entries read or updated per statement
@@ -27,17 +28,22 @@ class RowStore:
     """A temporary SQLite file (deleted on close) holding entries and named key -> value maps."""
 
     def __init__(self, folder: str | Path | None = None) -> None:
-        handle, self.path = tempfile.mkstemp(prefix=".slimp-ingest-", suffix=".db", dir=folder)
+        handle, self.path = scratch_file(folder, "ingest", ".db")  # named with this pid
         os.close(handle)
-        self.db = self._connect()
-        self.db.executescript(
-            """
-            CREATE TABLE entries (seq INTEGER PRIMARY KEY, state INTEGER, patient_id TEXT,
-                                  lesion_id TEXT, data BLOB);
-            CREATE TABLE seen (name TEXT, key TEXT, value, PRIMARY KEY (name, key))
-                WITHOUT ROWID;
-            """
-        )
+        self.db = None
+        try:
+            self.db = self._connect()
+            self.db.executescript(
+                """
+                CREATE TABLE entries (seq INTEGER PRIMARY KEY, state INTEGER, patient_id TEXT,
+                                      lesion_id TEXT, data BLOB);
+                CREATE TABLE seen (name TEXT, key TEXT, value, PRIMARY KEY (name, key))
+                    WITHOUT ROWID;
+                """
+            )
+        except BaseException:  # a full disk already: the file goes with the error
+            self.close()
+            raise
         self._seq = 0
 
     def _connect(self) -> sqlite3.Connection:
@@ -53,7 +59,7 @@ class RowStore:
         return db
 
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(sqlite3.Error, AttributeError):
             self.db.close()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
@@ -169,13 +175,22 @@ class DiskSet:
     must never wait on its writes)."""
 
     def __init__(self, folder: str | Path | None = None) -> None:
-        handle, self.path = tempfile.mkstemp(prefix=".slimp-set-", suffix=".db", dir=folder)
+        handle, self.path = scratch_file(folder, "set", ".db")
         os.close(handle)
-        self.db = sqlite3.connect(self.path, isolation_level=None)
-        for pragma in ("journal_mode = OFF", "synchronous = OFF", f"cache_size = -{CACHE_KIB}"):
-            self.db.execute(f"PRAGMA {pragma}")
-        self.db.execute("CREATE TABLE s (key TEXT PRIMARY KEY) WITHOUT ROWID")
-        self.db.execute("BEGIN")  # one transaction: nothing here must survive the process
+        self.db = None
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None)
+            for pragma in (
+                "journal_mode = OFF",
+                "synchronous = OFF",
+                f"cache_size = -{CACHE_KIB}",
+            ):
+                self.db.execute(f"PRAGMA {pragma}")
+            self.db.execute("CREATE TABLE s (key TEXT PRIMARY KEY) WITHOUT ROWID")
+            self.db.execute("BEGIN")  # one transaction: nothing here must survive the process
+        except BaseException:  # a full disk already: the file goes with the error
+            self.close()
+            raise
         self.size = 0
 
     def add(self, key: str) -> bool:
@@ -185,7 +200,7 @@ class DiskSet:
         return new
 
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(sqlite3.Error, AttributeError):
             self.db.close()
         with contextlib.suppress(OSError):
             os.unlink(self.path)

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from ..devices import default_workers
-from ..errors import SlimpError, TrainingInterrupted
-from ..paths import write_json
+from ..errors import SlimpError, TrainingInterrupted, raise_if_interrupted
+from ..paths import write_error, write_json, write_text
 from ..runs import CONFIG, LAST, METRICS, epoch_name, save_checkpoint, set_rng_state
 from ..schema import ResolvedSchema
 from ..stream import ShardSource
@@ -65,6 +65,7 @@ def stop_requests(enabled: bool):
     A second Ctrl-C raises KeyboardInterrupt at once. Off under torchrun (the ranks would not
     stop at the same step) and outside the main thread (signals cannot be handled there).
     """
+    raise_if_interrupted()  # a Ctrl-C during start-up that a finaliser swallowed
     request = {"signal": None}
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield request
@@ -213,15 +214,19 @@ class _Metrics:
                 for line in path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= resume_step
             ]
-            path.write_text("".join(line + "\n" for line in keep))
+            write_text(path, "".join(line + "\n" for line in keep))
         elif path.exists():
             path.unlink()
+        self.path = path
         self.fh = open(path, "a")
 
     def write(self, row: dict) -> None:
         if self.fh is not None:
-            self.fh.write(json.dumps(row) + "\n")
-            self.fh.flush()
+            try:
+                self.fh.write(json.dumps(row) + "\n")
+                self.fh.flush()
+            except OSError as exc:  # a full disk: one line
+                raise write_error(exc, self.path) from None
         if self.mirror is not None:
             self.mirror.write(row)
 
@@ -359,6 +364,9 @@ def run_training(
     logged: list[dict] = []
     interval: dict[str, float] = {}
     n_interval, images_interval, t_interval = 0, 0, time.perf_counter()
+    if resume_state is not None:  # the log interval the run stopped inside goes on: same rows
+        carried = resume_state.get("extra", {}).get("log_interval") or {}
+        interval, n_interval = dict(carried.get("sums", {})), int(carried.get("n", 0))
     t_step, speed = t_interval, None  # progress bar: moving average of images per second
 
     def checkpoint(next_epoch: int, next_in_epoch: int, *, epoch_file: bool = False) -> None:
@@ -380,6 +388,7 @@ def run_training(
                     **(hooks.state_dict() if hooks is not None else {}),
                     **({"grad_scaler": scaler.state_dict()} if scaler is not None else {}),
                     **({HEAD_STATE: module.head.state_dict()} if module is not model else {}),
+                    "log_interval": {"sums": dict(interval), "n": n_interval},
                 },
             )
             save_checkpoint(run_dir / LAST, **kw)
@@ -479,8 +488,11 @@ def run_training(
                     metrics.write(row)
                     bar.log(row)
                     logged.append(row)
-                    interval, n_interval, images_interval = {}, 0, 0
-                    t_interval = time.perf_counter()
+                    if step % train.log_every == 0 or s == steps_per_epoch:
+                        # a row at a --max-steps stop is extra: the interval runs on, so a
+                        # resumed run logs the rows an uninterrupted one does
+                        interval, n_interval = {}, 0
+                    images_interval, t_interval = 0, time.perf_counter()
                 if step >= stop_at or stop["signal"]:
                     break
             if s >= steps_per_epoch:

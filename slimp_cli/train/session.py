@@ -26,7 +26,9 @@ from ..model_config import ModelConfig
 from ..models import patient_record
 from ..paths import json_safe, prepare_output_dir
 from ..runs import (
+    CONFIG,
     LAST,
+    METRICS,
     RUN_FORMAT,
     RUN_VERSION,
     check_schema_compatible,
@@ -39,6 +41,7 @@ from ..shards import ShardIndex, verify_shards
 from ..stream import VERIFY_MESSAGE, ShardSource, check_template
 from . import distributed as D
 from .loop import notice, parameter_counts, trainable_names
+from .report import TENSORBOARD_DIR
 from .stream import STATISTICS_NOTE
 from .train_config import RESUMABLE_CHANGES, TrainConfig
 
@@ -143,10 +146,56 @@ def single_writer(
         check_template(shard_url)
         if verify:
             raise SlimpError(VERIFY_MESSAGE)
-    with run_dir_lock(out, enabled=D.env_info().is_main):
-        if verify:
-            verify_shards(data)
-        yield
+    out = Path(out)
+    main = D.env_info().is_main
+    created = not out.exists()
+    try:
+        with run_dir_lock(out, enabled=main):
+            before = _run_files(out)
+            try:
+                if verify:
+                    verify_shards(data)
+                yield
+            except BaseException:
+                if main and not (out / LAST).exists():
+                    _remove_unfinished(out, before)
+                raise
+    finally:
+        if created and main:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when empty: the run failed before it wrote anything
+
+
+# What a run writes before its first checkpoint (config.json, holdout.json, metrics.jsonl).
+RUN_FILES = (CONFIG, HOLDOUT, METRICS)
+
+
+def _run_files(out: Path) -> dict[str, tuple[int, int] | None]:
+    """(inode, mtime) of each of RUN_FILES (and the tensorboard folder) in `out`, None when
+    absent."""
+    found: dict[str, tuple[int, int] | None] = {}
+    for name in (*RUN_FILES, TENSORBOARD_DIR):
+        try:
+            st = (out / name).stat()
+            found[name] = (st.st_ino, st.st_mtime_ns)
+        except OSError:
+            found[name] = None
+    return found
+
+
+def _remove_unfinished(out: Path, before: dict) -> None:
+    """A run that failed or was stopped before its first checkpoint leaves nothing behind
+    that looks like a run: the files it wrote (new or rewritten since it started) go, and a
+    tensorboard folder it created."""
+    import shutil
+
+    now = _run_files(out)
+    for name, state in now.items():
+        if state is not None and state != before.get(name):
+            with contextlib.suppress(OSError):
+                (out / name).unlink()
+    if before.get(TENSORBOARD_DIR) is None and (out / TENSORBOARD_DIR).is_dir():
+        shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
 
 
 def prepare_out(out: Path, resume: bool) -> dict | None:
@@ -154,7 +203,14 @@ def prepare_out(out: Path, resume: bool) -> dict | None:
     ckpt = out / LAST
     if resume:
         if not ckpt.is_file():
-            raise SlimpError(f"--resume but {out} has no {LAST}; start without --resume")
+            why = (
+                " (it never completed a step: stopped or failed before its first checkpoint)"
+                if (out / CONFIG).is_file()
+                else ""
+            )
+            raise SlimpError(
+                f"--resume but {out} has no {LAST}{why}; start it again without --resume"
+            )
         return read_config(out)
     if ckpt.exists():
         raise SlimpError(
