@@ -197,7 +197,8 @@ def _run_demo(out, *, patients: int, steps: int, seed: int, console: Console) ->
     stdout.print(
         f"image->lesion-metadata retrieval on the held-out patients: R@1 {_fmt(i2l.get('R@1'))}, "
         f"R@10 {_fmt(i2l.get('R@10'))}, mAP {_fmt(i2l.get('mAP'))} "
-        f"({retrieval['n_queries']} held-out lesions; chance R@1 = {1 / retrieval['n_queries']:.4f})"
+        f"({retrieval['n_queries']} held-out images of {retrieval['n_lesions']} lesions; "
+        f"chance R@1 = {1 / retrieval['n_lesions']:.4f})"
     )
     env = reproducibility()
     stdout.print(
