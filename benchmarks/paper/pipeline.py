@@ -99,10 +99,10 @@ def _embed(run: Path, shards: Path, store: Path, preset: dict, *, mark=None) -> 
     """Embed (image-only when `mark`: a model that never trained on this data, whose rows are
     then marked with the target's held-out patients `mark`, a Holdout)."""
     from slimp_cli.embed import embed
-    from slimp_cli.paths import tmp_name
     from slimp_cli.store import FeatureStore, mark_split
 
-    tmp = tmp_name(store) if mark is not None else store
+    # marked under a name of its own, then renamed: a store at `store` is always complete
+    tmp = store.with_name(f".{store.stem}.unmarked.h5") if mark is not None else store
     embed(
         run,
         shards,
