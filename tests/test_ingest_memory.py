@@ -117,7 +117,7 @@ def test_decode_ahead_is_bounded(tmp_path, monkeypatch):
         for _ in range(3000):
             with lock:
                 pulled[0] = next(taken) + 1
-            yield ImageRef(str(path)), 16
+            yield ImageRef(str(path)), 16, None  # (ref, size, max pixels)
 
     results = pipeline._results(jobs(), 2, 3000)
     consumed = 0
