@@ -111,7 +111,7 @@ def test_low_shot_and_patient_split(write_store, tmp_path):
     }
     assert all(r["split"] == "patient" for r in report["results"])
     with pytest.raises(SlimpError, match="--low-shot"):
-        run_probe(synthetic(write_store, tmp_path), low_shot_fractions=[1.5])
+        run_probe(synthetic(write_store, tmp_path, seed=1), low_shot_fractions=[1.5])
 
 
 def test_cv_chooses_c(write_store, tmp_path):
