@@ -47,6 +47,8 @@ from .train_config import TrainConfig
 SM3_MODEL_DEFAULTS = {"variant": "sm3", "image_model": "resnet50", "img_size": 224}
 # The training recipes (docs/method.md "SM3": each value and why). Stage 1 picks "imagenet"
 # when the branches start from `--image-weights`, else "scratch"; stage 2 is "multilabel".
+# NOTE[DIFF]: every recipe runs slimp's schedule (5% linear warm-up, then cosine to 0); the
+# official code keeps the learning rate constant and the paper states no schedule.
 RECIPES = {
     # Sec. IV-A-1 and the official run.sh: fine-tuning ImageNet ResNet-50 weights.
     "imagenet": {
@@ -58,13 +60,13 @@ RECIPES = {
         "augment": True,
         "augment_recipe": "simclr",
     },
-    # Random weights: SimCLR-style training from scratch (AdamW; 5% warm-up = 20 epochs, then
-    # cosine to 0), the paper's batch, epochs, tau and augmentation.
+    # Random weights: the paper's recipe but for the learning rate, AdamW's usual 1e-3 for
+    # contrastive training from scratch (5% warm-up = 20 epochs, then cosine to 0).
     "scratch": {
         "patients_per_batch": 96,
         "lr": 1e-3,
         "epochs": 400,
-        "weight_decay": 1e-4,
+        "weight_decay": 0.01,
         "temperature": 0.1,
         "augment": True,
         "augment_recipe": "simclr",
@@ -84,8 +86,8 @@ RECIPES = {
 RECIPE_NOTES = {
     "imagenet": "the paper's (Sec. IV-A-1), for branches started from ImageNet weights",
     "scratch": (
-        "slimp's from-scratch recipe (no --image-weights: the paper's lr 1e-6 fine-tunes "
-        "ImageNet weights and leaves random ones where they are; docs/method.md)"
+        "slimp's for random weights (no --image-weights; the paper's lr 1e-6 only fine-tunes "
+        "ImageNet weights; docs/method.md)"
     ),
     "multilabel": "the paper's stage 2 (Sec. IV-A-1), tau 1.0 as the official code",
 }
@@ -207,7 +209,7 @@ def prepare_sm3(
     Returns (training hooks or None, what config.json records about SM3). A fresh run (not
     `resumed`) announces its recipe in one stderr line.
     """
-    if train.stage == "multimodal" and not train.augment:
+    if train.stage == "multimodal" and not train.augment and not resumed:
         raise SlimpError(
             "SM3 stage 1 contrasts two augmented views of each image: drop --no-augment "
             "(augment: false); --augment-recipe chooses the augmentation"
