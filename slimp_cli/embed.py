@@ -370,7 +370,11 @@ def embed_cases(
 
     Levels (`model.inputs.levels`): `derm`, `clinic` (branch features; zeros where the case lacks
     that modality), `image` (their concatenation), `derm_mm`/`clinic_mm` (cross-modal embeddings)
-    and, after stage 2, `labels`. The per-row `modalities` dataset says which images exist.
+    and, after stage 2, `labels` (the relation-refined label embeddings). The store's config
+    `sm3` names the stage and `probe_features`, the level the paper's Table II probes for it:
+    `image` after stage 1 (MMSSL rows), `labels` after stage 2 (MLSSL rows: the classifier the
+    paper initialises from the SM3 weights reads them, Sec. III-F). The per-row `modalities`
+    dataset says which images exist.
     Label, malignancy and raw metadata come from the case's first image entry (a lesion's
     images share them).
     """
@@ -398,6 +402,12 @@ def embed_cases(
         "manifest_sha256": manifest_sha,
         "seen_in_training": sides is not None,
         "train_schema_fingerprint": None,
+        # NOTE[DIFF]: the official MLSSL evaluation fine-tunes p_k and W with the classifier
+        # (mlc_eval.py --finetune projector); a store-based probe reads them frozen.
+        "sm3": {
+            "stage": "multilabel" if inputs.multilabel else "multimodal",
+            "probe_features": "labels" if inputs.multilabel else "image",
+        },
     }
     loader = torch.utils.data.DataLoader(
         CaseImages(data_dir, cases, modalities, run.preprocess),

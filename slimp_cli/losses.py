@@ -314,8 +314,8 @@ def compute_loss(
         return flat_loss(outputs["image"], outputs["tabular"], groups=outputs.get("groups"), **kw)
     if variant == "image":
         return nt_xent(outputs["view1"], outputs["view2"], **kw)
-    if variant == "sm3":  # SM3 (papers/sm3_paper.txt): its own module, one process only
+    if variant == "sm3":  # SM3 (papers/sm3_paper.txt): its own module (global-batch loss)
         from .losses_sm3 import sm3_loss
 
-        return sm3_loss(outputs, temperature=temperature)
+        return sm3_loss(outputs, temperature=temperature, gather=gather)
     raise SlimpError(f"unknown variant '{variant}'; choose one of nested, flat, image")

@@ -6,10 +6,16 @@ dermoscopic and of the clinical images, and L_mm (eq. 4, `cross_modal_loss`) mak
 dermoscopic image find the same case's clinical image. Stage 2, multi-label SSL (Sec. III-E):
 eq. 6, a cross-entropy per label to the k-means pseudo-labels (`multilabel_loss`).
 
-Like `losses`, every function L2-normalises (cosine similarity), divides by a fixed temperature
-and runs in float32 with autocast off. A term with no case to compute it on (a batch without
-any clinical image, or without any case that has both images) is exactly 0, keeps the graph
-(so backward works) and is reported as such.
+Like `losses`, every function divides by a fixed temperature and runs in float32 with autocast
+off; the contrastive ones L2-normalise (cosine similarity). A term with no case to compute it on
+(a batch without any clinical image, or without any case that has both images) is exactly 0,
+keeps the graph (so backward works) and is reported as such.
+
+Several processes (torchrun): `sm3_loss(..., gather=...)` all-gathers every input of the loss
+with gradient (`losses.Gather`, rows in rank order) and computes the *global batch's* loss on
+every rank. The gather's backward sums each rank's gradient onto the local rows and DDP
+averages the ranks, so the update is the one-process update on the global batch, whatever the
+number of cases (or of cases with both images) each rank holds.
 """
 
 from __future__ import annotations
@@ -20,7 +26,19 @@ import torch
 import torch.nn.functional as F
 
 from .errors import SlimpError
-from .losses import DEFAULT_TEMPERATURE, _check_temperature, _no_autocast, _normalize, nt_xent
+from .losses import (
+    DEFAULT_TEMPERATURE,
+    Gather,
+    _check_temperature,
+    _no_autocast,
+    _normalize,
+    nt_xent,
+)
+
+# The inputs of each stage's loss (what `gather_outputs` collects from every rank).
+MULTIMODAL_KEYS = ("derm1", "derm2", "clinic1", "clinic2")
+CROSS_KEYS = ("cross_anchor", "cross_key1", "cross_key2", "cross1", "cross2")
+MULTILABEL_KEYS = ("logits", "targets")
 
 
 def _zero(*tensors: torch.Tensor) -> torch.Tensor:
@@ -119,9 +137,10 @@ def multilabel_loss(
 ) -> torch.Tensor:
     """Eq. 6: the sum over the L labels of the cross-entropy of label k's scores to its pseudo-label.
 
-    `logits[:, k, :K_k]` are label k's cosine scores to its K_k cluster centroids; columns past
-    K_k are -inf (padding for labels with fewer clusters). Scores are divided by tau. With
-    uniform scores the loss is sum_k log K_k.
+    `logits[:, k, :K_k]` are label k's scores to its K_k classification-head rows (the cluster
+    centroids: `Sm3Model.label_logits`); columns past K_k are -inf (padding for labels with
+    fewer clusters). Scores are divided by tau (stage 2's default is the official run's 1.0,
+    see `train.sm3`). With uniform scores the loss is sum_k log K_k.
 
     Shape:
         logits [B, L, K_max] float; targets [B, L] long in 0..K_k-1. Returns a float32 scalar.
@@ -145,14 +164,42 @@ def multilabel_loss(
         return torch.stack(per_label).sum()
 
 
+def gather_outputs(outputs: Mapping[str, torch.Tensor], gather: Gather) -> dict:
+    """Every rank's rows of each loss input, in rank order (`unpaired`: summed over the ranks).
+
+    Shape: each [n_r, ...] input -> [sum_r n_r, ...]; rows of one case stay aligned across the
+    inputs, because every input is gathered in the same rank order.
+    """
+    out: dict = {}
+    for key in (*MULTIMODAL_KEYS, *CROSS_KEYS, *MULTILABEL_KEYS):
+        if key not in outputs:
+            continue
+        value = outputs[key]
+        if key == "targets":  # integer ids through the float all-gather (exact below 2**53)
+            out[key] = gather(value.to(torch.float64)).long()
+        else:
+            out[key] = gather(value)
+    if "unpaired" in outputs:
+        ref = next(iter(out.values()))
+        count = torch.as_tensor(outputs["unpaired"], dtype=torch.float32, device=ref.device)
+        out["unpaired"] = gather(count.reshape(1)).sum()
+    return out
+
+
 def sm3_loss(
-    outputs: Mapping[str, torch.Tensor], *, temperature: float = DEFAULT_TEMPERATURE
+    outputs: Mapping[str, torch.Tensor],
+    *,
+    temperature: float = DEFAULT_TEMPERATURE,
+    gather: Gather | None = None,
 ) -> dict[str, torch.Tensor]:
     """The loss of an SM3 model's outputs: stage 1 (multi-modality) or stage 2 (multi-label,
-    recognised by its `logits`/`targets` keys)."""
+    recognised by its `logits`/`targets` keys). `gather` (torchrun): the global batch's loss,
+    computed on every rank from every rank's rows (`gather_outputs`)."""
+    if "logits" in outputs and "targets" not in outputs:
+        raise SlimpError("SM3 multi-label outputs lack the pseudo-label targets")
+    if gather is not None:
+        outputs = gather_outputs(outputs, gather)
     if "logits" in outputs:
-        if "targets" not in outputs:
-            raise SlimpError("SM3 multi-label outputs lack the pseudo-label targets")
         return {
             "loss": multilabel_loss(outputs["logits"], outputs["targets"], temperature=temperature)
         }

@@ -81,12 +81,16 @@ def test_branches_have_separate_weights_and_stages_train_their_modules():
     out = model(batch([True, True, False], [False, True, True], views=1))
     logits, emb = out["logits"], out["embeddings"]
     assert logits.shape == (3, len(LABELS), 5) and emb.shape == (3, 8, 16)
-    assert torch.allclose(emb.norm(dim=-1), torch.ones(3, 8), atol=1e-5)
-    for k, size in enumerate(LABEL_SIZES):
-        assert torch.isfinite(logits[:, k, :size]).all() and torch.isinf(logits[:, k, size:]).all()
+    # the relation layer's output as the official run keeps it (no L2 norm): LayerNorm'd,
+    # so about sqrt(16) long, not 1
+    assert (emb.norm(dim=-1) > 2).all()
     centroids = [torch.nn.functional.normalize(torch.randn(s, 16), dim=1) for s in LABEL_SIZES]
     model.set_prototypes(centroids)
     assert torch.equal(model.prototypes[3].weight, centroids[3])
+    logits = model.label_logits(emb)
+    for k, size in enumerate(LABEL_SIZES):  # score = embedding . unit centroid
+        assert torch.allclose(logits[:, k, :size], emb[:, k] @ centroids[k].T)
+        assert torch.isinf(logits[:, k, size:]).all()
     with pytest.raises(Exception, match="adapt"):
         model.set_trainable("all")
 
@@ -147,7 +151,12 @@ def test_cli_options_and_the_two_stages(paired_shards, tmp_path, run_cli):
     assert "sm3" in res.output and "step 1" in res.output
     cfg = read_config(run1)
     assert cfg["model"]["fusion"] == "sep_shared" and cfg["model"]["proj_dim"] == 8
-    assert cfg["train"]["lr"] == 1e-6 and cfg["train"]["epochs"] == 400  # the paper's stage 1
+    # no --image-weights: the from-scratch recipe, announced once and recorded
+    assert res.stderr.count("recipe 'scratch'") == 1
+    assert cfg["train"]["lr"] == 1e-3 and cfg["train"]["epochs"] == 400
+    assert cfg["train"]["augment_recipe"] == "simclr" and cfg["train"]["augment"]
+    assert cfg["sm3"]["recipe"]["name"] == "scratch"
+    assert cfg["sm3"]["recipe"]["overridden"] == {"patients_per_batch": 16}
     run2 = tmp_path / "run2"
     res = run_cli(
         "pretrain",
@@ -165,6 +174,8 @@ def test_cli_options_and_the_two_stages(paired_shards, tmp_path, run_cli):
     assert res.exit_code == 0, res.output
     cfg = read_config(run2)
     assert cfg["train"]["lr"] == 1e-4 and cfg["train"]["epochs"] == 150  # the paper's stage 2
+    assert cfg["train"]["temperature"] == 1.0  # the official run's stage-2 tau
+    assert cfg["sm3"]["recipe"]["name"] == "multilabel" and "recipe 'multilabel'" in res.stderr
     assert cfg["model"]["fusion"] == "sep_shared" and cfg["train"]["init"] == str(run1)
     res = run_cli(
         "pretrain",

@@ -38,8 +38,9 @@ Method = Annotated[
     _opt(
         "--method",
         help="slimp (default) or sm3 (dermoscopic + clinical image branches, papers/sm3_paper.txt; "
-        "paper defaults: resnet50, 224 px, stage 1 B 96 lr 1e-6 400 epochs, stage 2 B 256 lr "
-        "1e-4 150 epochs, weight decay 0.01; options given override them).",
+        "resnet50, 224 px; stage 1 B 96, 400 epochs, SimCLR views, lr 1e-6 from --image-weights "
+        "(the paper's) or 1e-3 from random weights; stage 2 B 256 lr 1e-4 150 epochs tau 1; "
+        "weight decay 0.01; options given override them; docs/cli.md).",
         panel=_M,
     ),
 ]

@@ -20,7 +20,9 @@ The model reads *cases*: a lesion's dermoscopic and clinical image (either may b
 `derm`, `clinic` (pooled branch features; zeros where the case has no image of that modality),
 `image` (their concatenation: the paper's inference features, Fig. 4), `derm_mm`/`clinic_mm`
 (the cross-modal embeddings, for pair matching; not with `concat`) and, after stage 2, `labels`
-(the 8 relation-refined label embeddings, concatenated).
+(the 8 relation-refined label embeddings W(p_k(image)), concatenated: what the paper's
+inference classifier, initialised from the SM3 weights (Sec. III-F), reads; Table II's MLSSL
+rows are probed on this level).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SlimpError
@@ -97,8 +98,8 @@ class Sm3Model(nn.Module):
     cross-modal embeddings of the n_p cases with both images (`cross_anchor`, `cross_key1`,
     `cross_key2` [n_p, P]; concat: `cross1`, `cross2` [n_p, P]) and `unpaired` (B - n_p).
     Stage "multilabel": batch `derm` [n_d, 3, S, S], `clinic` [n_c, ...], `has_derm`,
-    `has_clinic` -> `logits` [B, 8, 5] (cosine to each label's centroids; -inf past K_k) and
-    `embeddings` [B, 8, label_dim] (unit norm: what the memory bank keeps).
+    `has_clinic` -> `logits` [B, 8, 5] (each label embedding times its head's rows, the unit
+    centroids; -inf past K_k) and `embeddings` [B, 8, label_dim] (what the memory bank keeps).
 
     Examples:
         >>> cfg = ModelConfig(variant="sm3", image_model="resnet_test", img_size=32, proj_dim=8,
@@ -232,12 +233,16 @@ class Sm3Model(nn.Module):
         raise SlimpError("the concat fusion has no per-modality cross-modal embedding")
 
     def label_embeddings(self, features: torch.Tensor) -> torch.Tensor:
-        """Relation-refined label embeddings of concatenated branch features, unit norm.
+        """Relation-refined label embeddings of concatenated branch features: W(p_1, ..., p_8).
+
+        Not L2-normalised, as in the official run (mlc_train.py without `--l2-norm`): the
+        scores are embedding . unit centroid / tau with tau 1.0, so the embedding's norm (the
+        relation layer's LayerNorm output, about sqrt(label_dim)) sets their sharpness.
 
         Shape: features [B, 2F] -> [B, 8, label_dim]
         """
         tokens = torch.stack([proj(features) for proj in self.label_proj], dim=1)
-        return F.normalize(self.relation(tokens), dim=-1)
+        return self.relation(tokens)
 
     def label_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Each label token's scores to its own classification head. [B, 8, D] -> [B, 8, 5]."""
@@ -290,10 +295,12 @@ class Sm3Model(nn.Module):
         ):
             v1, v2 = batch[f"{name}1"], batch[f"{name}2"]
             n = v1.shape[0]
-            f = encoder(torch.cat([v1, v2])) if n else v1.new_zeros(0, self.image_dim)
-            feats[name] = f.split(n) if n else (f, f)
-            z = head(f) if n else f.new_zeros(0, self.config.proj_dim)
-            out[f"{name}1"], out[f"{name}2"] = z.split(n) if n else (z, z)
+            # run even on an empty batch: under torchrun this rank still takes part in the
+            # global batch norm and DDP's gradient reduction of the branch and its head
+            f = encoder(torch.cat([v1, v2]))
+            feats[name] = (f[:n], f[n:])
+            z = head(f)
+            out[f"{name}1"], out[f"{name}2"] = z[:n], z[n:]
         both = has_d & has_c
         di, ci = _rows(has_d)[both], _rows(has_c)[both]
         d1, d2 = (x[di.to(x.device)] for x in feats["derm"])

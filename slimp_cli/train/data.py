@@ -522,7 +522,8 @@ class CaseDataset(torch.utils.data.Dataset):
 
     A sample: `<short>` [views, 3, S, S] per modality the case has (`derm`, `clinic` for
     dermoscopic, clinical; absent when missing), `case` (its index). `views` = 2 gives two
-    augmented views (SimCLR, stage 1), 1 one view (stage 2), augmented or not.
+    augmented views (SimCLR, stage 1), 1 one view (stage 2), augmented or not. `recipe`:
+    `transforms.RECIPES` ("simclr": the standard SimCLR recipe of SM3 Sec. IV-A-1).
     """
 
     SHORT = {"dermoscopic": "derm", "clinical": "clinic"}
@@ -535,12 +536,16 @@ class CaseDataset(torch.utils.data.Dataset):
         preprocess: Preprocess,
         views: int = 2,
         augment: bool = True,
+        recipe: str = "light",
     ) -> None:
+        if recipe not in RECIPES:
+            raise SlimpError(f"unknown augmentation recipe {recipe!r}; choose {', '.join(RECIPES)}")
         self.index = index
         self.cases = list(cases)
         self.preprocess = preprocess
         self.views = views
         self.augment = augment
+        self.recipe = recipe
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -557,7 +562,9 @@ class CaseDataset(torch.utils.data.Dataset):
             img = decode_image(rec.read_image(j), where=where)
             pre = self.preprocess
             views = [
-                pre.normalize(pre.eval_uint8(img)) if rng is None else pre.augment(img, rng)
+                pre.normalize(pre.eval_uint8(img))
+                if rng is None
+                else pre.augment(img, rng, self.recipe)
                 for _ in range(self.views)
             ]
             out[self.SHORT[modality]] = torch.stack(views)
@@ -592,16 +599,28 @@ def case_training_data(
 ) -> tuple[CaseDataset, PatientBatchSampler, object]:
     """(dataset, sampler, collate) of an SM3 model's training cases.
 
-    Stage 1 (`model.stage == "multimodal"`): two augmented views per image (SimCLR); stage 2:
-    one augmented view. `--patients-per-batch` is the number of cases per step. `use`: the
-    training patients (held-out patients' cases are never drawn); None = all.
+    Stage 1 (`model.stage == "multimodal"`): two augmented views per image, always augmented
+    (SimCLR), by default with the standard SimCLR recipe (SM3 Sec. IV-A-1); stage 2: one view,
+    augmented with `--augment` (the light recipe by default). `--augment-recipe` overrides the
+    recipe. `--patients-per-batch` is the number of cases per step. `use`: the training
+    patients (held-out patients' cases are never drawn); None = all.
     """
     cases = case_index(index, model.inputs.modalities)
     if use is not None:
         allowed = set(use)
         cases = [c for c in cases if c.patient in allowed]
-    views = 2 if getattr(model, "stage", "multimodal") == "multimodal" else 1
-    dataset = CaseDataset(index, cases, preprocess=model.preprocess, views=views, augment=True)
+    stage1 = getattr(model, "stage", "multimodal") == "multimodal"
+    recipe = train.augment_recipe
+    if recipe == "auto":
+        recipe = "simclr" if stage1 else "light"
+    dataset = CaseDataset(
+        index,
+        cases,
+        preprocess=model.preprocess,
+        views=2 if stage1 else 1,
+        augment=stage1 or train.augment,
+        recipe=recipe,
+    )
     sampler = PatientBatchSampler(
         case_infos(cases),
         patients_per_batch=train.patients_per_batch,

@@ -8,6 +8,11 @@ see the rows of every rank as negatives through `gather_with_grad` (differentiab
 
 `tests/ddp_check.py` computes the loss of one fixed global batch, so a test can compare K
 processes against one (tests/test_distributed.py).
+
+Batch normalisation (SM3's ResNet branches) sees the global batch too (`sync_batch_norm`):
+torch's SyncBatchNorm on CUDA, `GlobalBatchNorm` (the same statistics through gloo) elsewhere,
+so K processes train as one process on the K-times larger batch (tests/test_sm3_distributed.py)
+and no rank normalises with statistics of its own slice (SimCLR's "global BN").
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from ..devices import resolve_device
 from ..errors import SlimpError
@@ -125,6 +131,8 @@ def loss_kwargs(info: DistInfo, outputs: dict) -> dict:
     """
     if not info.enabled:
         return {}
+    if "derm1" in outputs or "logits" in outputs:  # SM3: the global batch's loss on every rank
+        return {"gather": gather_with_grad}
     key = next(k for k in ("phenotype", "image", "view1") if k in outputs)
     ref = outputs[key]
     n = torch.tensor([ref.shape[0]], device=ref.device, dtype=torch.long)
@@ -145,3 +153,104 @@ def all_finite(value: torch.Tensor, info: DistInfo) -> bool:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch normalisation over every rank's rows (any backend: torch's SyncBatchNorm is CUDA only).
+
+    In training under torchrun the per-channel mean and (biased) variance are those of the
+    global batch, summed over the ranks with a differentiable all-reduce (two passes: the mean,
+    then the centred squares, as one process computes them); the running statistics take the
+    unbiased variance, as `nn.BatchNorm*` does. Otherwise it is plain batch normalisation. A
+    rank with no rows still joins the reductions (SM3 calls its branches on empty batches).
+
+    Shape: [N, C, ...] -> [N, C, ...].
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {input.dim()}-D")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(input)
+        if dist.get_world_size() == 1:
+            return super().forward(input)
+        from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
+
+        self._check_input_dim(input)
+        dims = [0, *range(2, input.dim())]
+        shape = [1, -1] + [1] * (input.dim() - 2)
+        x = input.float()
+        local = x.new_tensor([x.numel() / max(1, x.shape[1])])
+        sums = differentiable_all_reduce(torch.cat([x.sum(dims), local]))
+        total = sums[-1]
+        if float(total) == 0:  # no rank has a row: nothing to normalise, statistics kept
+            if self.track_running_stats:
+                self.num_batches_tracked.add_(1)  # as nn.BatchNorm does on an empty batch
+            y = x if not self.affine else x * self.weight.view(shape) + self.bias.view(shape)
+            return y.to(input.dtype)
+        mean = sums[:-1] / total
+        centred = x - mean.view(shape)
+        var = differentiable_all_reduce((centred * centred).sum(dims)) / total
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = (
+                    1.0 / float(self.num_batches_tracked)
+                    if self.momentum is None
+                    else self.momentum
+                )
+                unbiased = var * (total / max(float(total) - 1.0, 1.0))
+                self.running_mean.mul_(1 - m).add_(mean.detach().to(self.running_mean), alpha=m)
+                self.running_var.mul_(1 - m).add_(unbiased.detach().to(self.running_var), alpha=m)
+        return y.to(input.dtype)
+
+
+def sync_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Make every BatchNorm of `model` normalise over the global batch (in place; returns it).
+
+    The new layers hold the same Parameter and buffer objects (optimiser state and state-dict
+    keys are unchanged). CUDA: timm's `convert_sync_batchnorm` (torch's SyncBatchNorm, and
+    timm's fused norm + activation layers kept whole); other devices: `GlobalBatchNorm` for
+    plain BatchNorm1d/2d/3d (another kind of batch norm is refused rather than left per rank).
+    """
+    if device.type == "cuda":
+        from timm.layers import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(model)
+    plain = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+    def convert(module: nn.Module) -> nn.Module:
+        if isinstance(module, GlobalBatchNorm):
+            return module
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if type(module) not in plain:
+                raise SlimpError(
+                    f"torchrun on {device.type}: the image model's {type(module).__name__} "
+                    "layers cannot be synchronised across processes here; use CUDA or one "
+                    "process"
+                )
+            new = GlobalBatchNorm(
+                module.num_features,
+                eps=module.eps,
+                momentum=module.momentum,
+                affine=module.affine,
+                track_running_stats=module.track_running_stats,
+            )
+            if module.affine:
+                new.weight, new.bias = module.weight, module.bias
+            if module.track_running_stats:
+                new.running_mean = module.running_mean
+                new.running_var = module.running_var
+                new.num_batches_tracked = module.num_batches_tracked
+            new.train(module.training)
+            return new
+        for name, child in module.named_children():
+            module._modules[name] = convert(child)
+        return module
+
+    return convert(model)

@@ -347,6 +347,8 @@ def run_training(
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        D.sync_batch_norm(model, device)  # BatchNorm (SM3's CNNs) over the global batch
+
         net = DDP(
             module,
             device_ids=[device.index] if device.type == "cuda" else None,

@@ -53,7 +53,7 @@ def pretrain_run(
     with single_writer(out, data, verify=verify, shard_url=shard_url):  # one writer per run dir
         data, out = Path(data), Path(out)
         saved = prepare_out(out, resume)
-        model_defaults, train_defaults = sm3_defaults(train, saved)
+        model_defaults, train_defaults = sm3_defaults(train, saved, model)
         model_cfg, train_cfg = resolve_configs(
             model, train, saved=saved, train_defaults=train_defaults, model_defaults=model_defaults
         )

@@ -1,21 +1,31 @@
-"""SM3 behind `pretrain --method sm3`: its defaults, its two stages and stage 2's pseudo-labels.
+"""SM3 behind `pretrain --method sm3`: its recipes, its two stages and stage 2's pseudo-labels.
 
 SM3 (papers/sm3_paper.txt) uses the same run dir, checkpoints, training loop, sampler and store
 as SLIMP; this module holds only what differs:
-- defaults (the paper's, Sec. IV-A): ResNet-50 branches at 224 px; stage 1 batch 96, lr 1e-6,
-  400 epochs; stage 2 batch 256, lr 1e-4, 150 epochs; AdamW weight decay 0.01; tau 0.1. Options
-  given on the command line override them.
+- recipes (`RECIPES`; docs/method.md "SM3"): ResNet-50 branches at 224 px; stage 1 from
+  ImageNet weights (`--image-weights`) follows the paper (Sec. IV-A-1: batch 96, lr 1e-6, 400
+  epochs, AdamW weight decay 0.01, tau 0.1); stage 1 from random weights gets slimp's
+  from-scratch recipe (the paper's lr 1e-6 only fine-tunes, it does not move random weights);
+  stage 2 the paper's (batch 256, lr 1e-4, 150 epochs) with the official code's tau 1.0. Both
+  stage-1 recipes augment each view with the standard SimCLR recipe (`transforms.simclr_view`,
+  Sec. IV-A-1). Options given on the command line override any value; the recipe is announced
+  in one line at the start and recorded in config.json (`sm3.recipe`).
 - the two-stage schedule: stage 1 (`--stage multimodal`, the default) trains the branches, the
   SimCLR heads and the fusion heads into its run dir; stage 2 (`--stage multilabel --init RUN1`)
   starts a second run dir from RUN1's weights, with RUN1's architecture, and trains the label
   projections, the label-relation layer and the classification heads on pseudo-labels, the
-  branches frozen (the official code's default). Each stage resumes exactly on its own.
+  branches frozen (the official code's default, `mlc_train.py` without
+  `--finetune-backbone`). Its `embed` writes the `labels` level: the features Table II's MLSSL
+  rows are probed on (Sec. III-F). Each stage resumes exactly on its own.
 - stage 2's memory bank (`PseudoLabels`): every case's 8 label embeddings, filled by one pass
   before training (eval mode) and updated with each step's embeddings; at the start of every
   epoch each label's embeddings are clustered by spherical k-means (K per label: DIAG 5, PN 3,
   BWV 2, VS 3, PIG 3, STR 3, DaG 3, RS 2), seeded by (seed, epoch, label), the pseudo-labels
   are the cluster ids and label k's classification head is set to its centroids. The bank and
   the epoch's pseudo-labels are saved in every checkpoint, so `--resume` is exact.
+- torchrun: the loss is the global batch's (`losses_sm3.sm3_loss(gather=...)`), batch norm
+  runs over the global batch (`distributed.sync_batch_norm`) and stage 2's bank is filled and
+  updated from every rank's cases, so K processes train as one process on K times the batch.
 """
 
 from __future__ import annotations
@@ -29,14 +39,57 @@ from ..model_config import ModelConfig
 from ..models.kmeans import pseudo_labels
 from ..models.sm3 import LABEL_SIZES, MODALITIES
 from ..runs import load_checkpoint, read_config, resolve_checkpoint, sha256_file
+from . import distributed as D
 from .data import CaseDataset, batch_to, case_index, collate_cases
 from .loop import notice
 from .train_config import TrainConfig
 
 SM3_MODEL_DEFAULTS = {"variant": "sm3", "image_model": "resnet50", "img_size": 224}
-SM3_TRAIN_DEFAULTS = {
-    "multimodal": {"patients_per_batch": 96, "lr": 1e-6, "epochs": 400, "weight_decay": 0.01},
-    "multilabel": {"patients_per_batch": 256, "lr": 1e-4, "epochs": 150, "weight_decay": 0.01},
+# The training recipes (docs/method.md "SM3": each value and why). Stage 1 picks "imagenet"
+# when the branches start from `--image-weights`, else "scratch"; stage 2 is "multilabel".
+# NOTE[DIFF]: every recipe runs slimp's schedule (5% linear warm-up, then cosine to 0); the
+# official code keeps the learning rate constant and the paper states no schedule.
+RECIPES = {
+    # Sec. IV-A-1 and the official run.sh: fine-tuning ImageNet ResNet-50 weights.
+    "imagenet": {
+        "patients_per_batch": 96,
+        "lr": 1e-6,
+        "epochs": 400,
+        "weight_decay": 0.01,
+        "temperature": 0.1,
+        "augment": True,
+        "augment_recipe": "simclr",
+    },
+    # Random weights: the paper's recipe but for the learning rate, AdamW's usual 1e-3 for
+    # contrastive training from scratch (5% warm-up = 20 epochs, then cosine to 0).
+    "scratch": {
+        "patients_per_batch": 96,
+        "lr": 1e-3,
+        "epochs": 400,
+        "weight_decay": 0.01,
+        "temperature": 0.1,
+        "augment": True,
+        "augment_recipe": "simclr",
+    },
+    # Sec. IV-A-1 (batch 256, lr 1e-4, 150 epochs); tau 1.0 is the official run's
+    # (run.sh: mlc_train.py --temperature 1), with its un-normalised label embeddings.
+    "multilabel": {
+        "patients_per_batch": 256,
+        "lr": 1e-4,
+        "epochs": 150,
+        "weight_decay": 0.01,
+        "temperature": 1.0,
+        "augment": True,
+        "augment_recipe": "light",
+    },
+}
+RECIPE_NOTES = {
+    "imagenet": "the paper's (Sec. IV-A-1), for branches started from ImageNet weights",
+    "scratch": (
+        "slimp's for random weights (no --image-weights; the paper's lr 1e-6 only fine-tunes "
+        "ImageNet weights; docs/method.md)"
+    ),
+    "multilabel": "the paper's stage 2 (Sec. IV-A-1), tau 1.0 as the official code",
 }
 
 
@@ -48,14 +101,52 @@ def _given(cfg, name: str, saved: dict | None, section: str):
     return saved[section].get(name) if saved else None
 
 
-def sm3_defaults(train, saved: dict | None) -> tuple[dict | None, dict | None]:
-    """(model defaults, train defaults) when the run is SM3, else (None, None)."""
+def recipe_name(stage: str, image_weights: str | None) -> str:
+    """The recipe of an SM3 stage: "multilabel", "imagenet" (stage 1 from --image-weights) or
+    "scratch" (stage 1 from random weights)."""
+    if stage == "multilabel":
+        return "multilabel"
+    return "imagenet" if image_weights else "scratch"
+
+
+def sm3_defaults(train, saved: dict | None, model=None) -> tuple[dict | None, dict | None]:
+    """(model defaults, train defaults) when the run is SM3, else (None, None).
+
+    `train` / `model`: the given options (dicts or configs); the stage-1 recipe depends on
+    whether `model` names `image_weights`.
+    """
     if (_given(train, "method", saved, "train") or "slimp") != "sm3":
         return None, None
     stage = _given(train, "stage", saved, "train") or "multimodal"
-    if stage not in SM3_TRAIN_DEFAULTS:
+    if stage not in ("multimodal", "multilabel"):
         return SM3_MODEL_DEFAULTS, None  # TrainConfig names the bad stage
-    return dict(SM3_MODEL_DEFAULTS), dict(SM3_TRAIN_DEFAULTS[stage])
+    weights = _given(model, "image_weights", saved, "model")
+    return dict(SM3_MODEL_DEFAULTS), dict(RECIPES[recipe_name(stage, weights)])
+
+
+def recipe_record(model, train: TrainConfig) -> dict:
+    """config.json's `sm3.recipe`: its name, its values and the ones options changed."""
+    name = recipe_name(train.stage, model.config.image_weights)
+    values = RECIPES[name]
+    given = {k: getattr(train, k) for k in values if getattr(train, k) != values[k]}
+    return {"name": name, "values": dict(values), "overridden": given}
+
+
+def recipe_notice(record: dict, train: TrainConfig, info) -> None:
+    """One stderr line: which recipe this SM3 stage trains with, and its effective values."""
+    name = record["name"]
+    changed = f"; given options override {', '.join(record['overridden'])}" * bool(
+        record["overridden"]
+    )
+    aug = train.augment_recipe if (train.augment or train.stage == "multimodal") else "none"
+    notice(
+        f"SM3 {train.stage}: recipe '{name}', {RECIPE_NOTES[name]}: batch "
+        f"{train.patients_per_batch}, lr {train.lr:g}, {train.epochs} epochs, warm-up "
+        f"{'5%' if train.warmup_steps is None else f'{train.warmup_steps} steps'} then cosine, "
+        f"weight decay {train.weight_decay:g}, tau {train.temperature:g}, augmentation "
+        f"{aug}{changed}",
+        info,
+    )
 
 
 def sm3_model_config(
@@ -115,10 +206,14 @@ def prepare_sm3(
 
     `use`: the training patients (held-out patients' cases are left out, as in
     `data.case_training_data`, so the memory bank's rows are the sampler's cases).
-    Returns (training hooks or None, what config.json records about SM3).
+    Returns (training hooks or None, what config.json records about SM3). A fresh run (not
+    `resumed`) announces its recipe in one stderr line.
     """
-    if info.enabled:
-        raise SlimpError("SM3 trains in one process; run it without torchrun")
+    if train.stage == "multimodal" and not train.augment and not resumed:
+        raise SlimpError(
+            "SM3 stage 1 contrasts two augmented views of each image: drop --no-augment "
+            "(augment: false); --augment-recipe chooses the augmentation"
+        )
     cases = case_index(index, MODALITIES)
     if use is not None:
         allowed = set(use)
@@ -133,7 +228,10 @@ def prepare_sm3(
         "cases_with": {"dermoscopic": n_derm, "clinical": n_clinic},
         "paired_cases": paired,
         "unpaired_cases": len(cases) - paired,
+        "recipe": recipe_record(model, train),
     }
+    if not resumed:
+        recipe_notice(record["recipe"], train, info)
     model.set_stage(train.stage)
     if train.stage == "multimodal":
         if paired < len(cases):
@@ -159,17 +257,31 @@ def prepare_sm3(
         extra["init"] = {"checkpoint": str(Path(ckpt).resolve()), "sha256": sha256_file(ckpt)}
     model.multilabel_trained.fill_(True)
     dataset = CaseDataset(index, cases, preprocess=model.preprocess, views=1, augment=False)
-    return PseudoLabels(model, dataset, seed=train.seed, device=device), extra
+    return PseudoLabels(model, dataset, seed=train.seed, device=device, info=info), extra
 
 
 class PseudoLabels:
-    """Stage 2's memory bank and per-epoch k-means pseudo-labels (hooks of `run_training`)."""
+    """Stage 2's memory bank and per-epoch k-means pseudo-labels (hooks of `run_training`).
 
-    def __init__(self, model, dataset: CaseDataset, *, seed: int, device: torch.device) -> None:
+    Under torchrun every rank holds the whole bank: the first pass splits the cases over the
+    ranks and gathers them, each step's embeddings are gathered from every rank, so the banks,
+    hence the k-means labels, are the same everywhere.
+    """
+
+    def __init__(
+        self,
+        model,
+        dataset: CaseDataset,
+        *,
+        seed: int,
+        device: torch.device,
+        info: D.DistInfo | None = None,
+    ) -> None:
         self.model = model
         self.dataset = dataset
         self.seed = seed
         self.device = device
+        self.info = info or D.DistInfo()
         self.bank: torch.Tensor | None = None  # [cases, 8, label_dim] float32, CPU
         self.labels: torch.Tensor | None = None  # [cases, 8] long: the current epoch's
         self.labels_epoch = -1
@@ -185,15 +297,22 @@ class PseudoLabels:
 
     @torch.no_grad()
     def embed_all(self, chunk: int = 64) -> torch.Tensor:
+        """Every case's label embeddings in eval mode: [cases, 8, label_dim] float32, CPU
+        (under torchrun each rank embeds a contiguous share, then all are gathered)."""
         was_training = self.model.training
         self.model.eval()
-        rows = []
-        for start in range(0, len(self.dataset), chunk):
-            items = range(start, min(start + chunk, len(self.dataset)))
+        n, rank, world = len(self.dataset), self.info.rank, self.info.world_size
+        lo, hi = n * rank // world, n * (rank + 1) // world
+        rows = [torch.zeros(0, len(LABEL_SIZES), self.model.config.label_dim)]
+        for start in range(lo, hi, chunk):
+            items = range(start, min(start + chunk, hi))
             batch = batch_to(collate_cases([self.dataset[i] for i in items]), self.device)
             rows.append(self.model(batch)["embeddings"].float().cpu())
         self.model.train(was_training)
-        return torch.cat(rows)
+        mine = torch.cat(rows)
+        if not self.info.enabled:
+            return mine
+        return D.gather_with_grad(mine.to(self.device)).cpu()
 
     def epoch_start(self, epoch: int, step_in_epoch: int) -> None:
         """Cluster the bank (unless resuming inside an epoch whose labels were saved)."""
@@ -208,7 +327,11 @@ class PseudoLabels:
         return {**outputs, "targets": targets}
 
     def after_step(self, batch: dict, outputs: dict) -> None:
-        self.bank[batch["case"].cpu()] = outputs["embeddings"].detach().float().cpu()
+        cases, emb = batch["case"], outputs["embeddings"].detach().float()
+        if self.info.enabled:  # every rank's cases, so the banks stay equal
+            cases = D.gather_with_grad(cases.to(emb.device, torch.float64)).long()
+            emb = D.gather_with_grad(emb)
+        self.bank[cases.cpu()] = emb.cpu()
 
     def state_dict(self) -> dict:
         return {
