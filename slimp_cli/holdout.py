@@ -39,14 +39,17 @@ class Holdout:
     fraction: float  # asked fraction of patients
     seed: int
     n_patients: int  # patients in the data the split was drawn from
+    # "fraction" (drawn at random, stratified) or "official" (the patients of the dataset's
+    # official test split: `--holdout official`)
+    rule: str = "fraction"
 
     @property
     def fingerprint(self) -> str:
         """Short sha256 of the ids (and how they were drawn): names a split in every output."""
-        blob = json.dumps(
-            {"ids": list(self.patient_ids), "fraction": self.fraction, "seed": self.seed},
-            sort_keys=True,
-        ).encode()
+        d = {"ids": list(self.patient_ids), "fraction": self.fraction, "seed": self.seed}
+        if self.rule != "fraction":  # older holdout files keep their fingerprints
+            d["rule"] = self.rule
+        blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def __contains__(self, patient_id: object) -> bool:
@@ -62,7 +65,8 @@ class Holdout:
             "fraction": self.fraction,
             "seed": self.seed,
             "n_patients": self.n_patients,
-            "stratified_on": STRATIFIED_ON,
+            "rule": self.rule,
+            "stratified_on": STRATIFIED_ON if self.rule == "fraction" else None,
             "fingerprint": self.fingerprint,
         }
 
@@ -74,6 +78,7 @@ class Holdout:
                 fraction=float(d["fraction"]),
                 seed=int(d["seed"]),
                 n_patients=int(d["n_patients"]),
+                rule=str(d.get("rule", "fraction")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SlimpError(f"{where}: not a slimp holdout file ({exc})") from None
@@ -119,6 +124,42 @@ def choose_holdout(
             chosen += rng.choice(members, size=min(k, len(members)), replace=False).tolist()
     held = tuple(sorted(str(ids[i]) for i in chosen))
     return Holdout(patient_ids=held, fraction=float(fraction), seed=int(seed), n_patients=n)
+
+
+def official_holdout(
+    patient_ids: Sequence[str], official: Sequence[set[str]], *, seed: int, where: str = "DATA"
+) -> Holdout:
+    """`--holdout official`: hold out every patient with a lesion in the dataset's official
+    test split (`official[i]`: the official splits of patient i's lesions, e.g. Derm7pt's
+    Kawahara index files), so that pre-training never sees the cases `--split official` scores.
+    """
+    n = len(patient_ids)
+    if not any(official):
+        raise SlimpError(
+            f"--holdout official: {where} has no official split (ingest Derm7pt with its "
+            "meta/*_indexes.csv files, or give --holdout a fraction)"
+        )
+    held = tuple(sorted(str(p) for p, splits in zip(patient_ids, official) if "test" in splits))
+    if not held or len(held) == n:
+        raise SlimpError(
+            f"--holdout official: {len(held)} of {n} patients are in the official test split; "
+            "it needs at least one patient on each side"
+        )
+    return Holdout(
+        patient_ids=held, fraction=len(held) / n, seed=int(seed), n_patients=n, rule="official"
+    )
+
+
+def patient_official_splits(index) -> list[set[str]]:
+    """The official splits of each patient's lesions (a ShardIndex; JSON only)."""
+    return [
+        {
+            str(les["official_split"])
+            for les in index.patient(i).lesions
+            if les.get("official_split")
+        }
+        for i in range(len(index))
+    ]
 
 
 def patient_positives(index) -> tuple[list[str], list[bool]]:

@@ -38,7 +38,13 @@ JITTER = dict(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02)  # small c
 # Gaussian blur (p 0.5, sigma 0.1-2, kernel ~10% of the side).
 SIMCLR_CROP_SCALE = (0.08, 1.0)
 SIMCLR_JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
-RECIPES = ("light", "simclr")
+# SM3's SimCLR recipe as its official code writes it (tools/backbone_train.py): crop of 50-100%
+# of the area (a clinical photograph's small lesion stays in the view), colour jitter of
+# strength 1 (0.8, 0.8, 0.8, 0.2; p 0.8), greyscale (p 0.2), flip, 3 x 3 Gaussian blur (p 0.5,
+# sigma 0.1-2).
+SM3_CROP_SCALE = (0.5, 1.0)
+SM3_JITTER = dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)
+RECIPES = ("light", "simclr", "sm3")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,9 +96,12 @@ class Preprocess:
         self, img: Image.Image, rng: np.random.Generator, recipe: str = "light"
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A random view: (uint8 [3, S, S], jitter [5]) for `to_model_input`. `recipe` "light"
-        (SLIMP's `--augment`) or "simclr" (the standard SimCLR recipe)."""
+        (SLIMP's `--augment`), "simclr" (the standard SimCLR recipe) or "sm3" (SM3's official
+        SimCLR parameters)."""
         if recipe == "simclr":
             return simclr_view(img, self.img_size, rng)
+        if recipe == "sm3":
+            return simclr_view(img, self.img_size, rng, sm3=True)
         return light_view(img, self.img_size, rng)
 
     def augment(
@@ -165,9 +174,10 @@ def light_view(
 
 
 def simclr_view(
-    img: Image.Image, img_size: int, rng: np.random.Generator
+    img: Image.Image, img_size: int, rng: np.random.Generator, *, sm3: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The standard SimCLR augmentation (see SIMCLR_*), reproducible from `rng`.
+    """The standard SimCLR augmentation (see SIMCLR_*), reproducible from `rng`; `sm3`: with
+    SM3's official parameters instead (see SM3_*).
 
     NOTE[DIFF]: the Gaussian blur runs here, on the crop, before the colour jitter and
     greyscale that run batched later; SimCLR blurs last. Blur is linear and the colour ops are
@@ -178,22 +188,27 @@ def simclr_view(
     """
     from PIL import ImageFilter
 
-    out = _crop_resize(img, img_size, crop_params(*img.size, rng, scale=SIMCLR_CROP_SCALE))
+    scale, j = (SM3_CROP_SCALE, SM3_JITTER) if sm3 else (SIMCLR_CROP_SCALE, SIMCLR_JITTER)
+    out = _crop_resize(img, img_size, crop_params(*img.size, rng, scale=scale))
     flip = rng.random() < 0.5
     jitter = list(IDENTITY_JITTER)
     if rng.random() < 0.8:
-        j = SIMCLR_JITTER
         jitter[:4] = [
-            float(rng.uniform(1 - j["brightness"], 1 + j["brightness"])),
-            float(rng.uniform(1 - j["contrast"], 1 + j["contrast"])),
-            float(rng.uniform(1 - j["saturation"], 1 + j["saturation"])),
+            float(rng.uniform(max(0.0, 1 - j["brightness"]), 1 + j["brightness"])),
+            float(rng.uniform(max(0.0, 1 - j["contrast"]), 1 + j["contrast"])),
+            float(rng.uniform(max(0.0, 1 - j["saturation"]), 1 + j["saturation"])),
             float(rng.uniform(-j["hue"], j["hue"])),
         ]
     if rng.random() < 0.2:
         jitter[4] = 1.0
     if rng.random() < 0.5:
-        # sigma 0.1-2 for a 224 px view (SimCLR's kernel is 10% of the side): scale to S
-        out = out.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.1, 2.0)) * img_size / 224))
+        sigma = float(rng.uniform(0.1, 2.0))
+        if sm3:  # torchvision GaussianBlur((3, 3), sigma): a 3 x 3 kernel at any image size
+            g = np.exp(-0.5 * (np.arange(-1, 2) / sigma) ** 2)
+            k = np.outer(g, g) / np.outer(g, g).sum()
+            out = out.filter(ImageFilter.Kernel((3, 3), k.ravel().tolist(), scale=1.0))
+        else:  # sigma 0.1-2 for a 224 px view (SimCLR's kernel is 10% of the side): scale to S
+            out = out.filter(ImageFilter.GaussianBlur(sigma * img_size / 224))
     arr = np.asarray(out, dtype=np.uint8)
     if flip:
         arr = arr[:, ::-1]

@@ -428,3 +428,55 @@ def test_sm3_store_carries_the_official_split(official_shards, tmp_path, run_cli
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "ml.json").read_text())
     assert report["split"]["kind"] == "official" and report["split"]["official_from"] == "store"
+
+
+def test_holdout_official_keeps_the_official_test_cases_out_of_pretraining(
+    official_shards, tmp_path, one_torch_thread
+):
+    """`--holdout official`: pre-training holds out exactly the patients of the official test
+    split, so `--split official` scores cases no training stage saw (SM3's Table I rows)."""
+    from slimp_cli.embed import embed
+    from slimp_cli.holdout import read_holdout
+    from slimp_cli.train import pretrain
+
+    run = pretrain(
+        official_shards,
+        tmp_path / "run",
+        model=dict(image_model="resnet_test", img_size=32, proj_dim=16, label_dim=32),
+        train=dict(
+            method="sm3", holdout="official", patients_per_batch=16, max_steps=1, device="cpu",
+            workers=0,
+        ),
+    )  # fmt: skip
+    index = ShardIndex.open(official_shards)
+    test_patients = {
+        str(index.patient(i).patient_id)
+        for i in range(len(index))
+        if any(les["official_split"] == "test" for les in index.patient(i).lesions)
+    }
+    holdout = read_holdout(run)
+    assert holdout.rule == "official" and set(holdout.patient_ids) == test_patients
+    assert 0 < len(test_patients) < len(index)
+    store = embed(run, official_shards, tmp_path / "sm3.h5", device="cpu")
+    report = run_probe(store, split="official", methods=["linear"], seeds=[0], features=["image"])
+    assert report["split"]["test_rows_seen_in_pretraining"] == 0
+    # the default random holdout leaves most official test cases in pre-training
+    run2 = pretrain(
+        official_shards,
+        tmp_path / "run2",
+        model=dict(image_model="resnet_test", img_size=32, proj_dim=16, label_dim=32),
+        train=dict(method="sm3", patients_per_batch=16, max_steps=1, device="cpu", workers=0),
+    )
+    store2 = embed(run2, official_shards, tmp_path / "sm3-2.h5", device="cpu")
+    report2 = run_probe(store2, split="official", methods=["linear"], seeds=[0], features=["image"])
+    assert report2["split"]["test_rows_seen_in_pretraining"] > 0
+
+
+def test_holdout_official_contract(synth_shards, tmp_path, run_slimp):
+    common = ("--out", tmp_path / "r", "--max-steps", "1", "--device", "cpu")
+    res = run_slimp("pretrain", synth_shards, *common, "--holdout", "official")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1, res.stderr
+    assert "no official split" in lines[0] and "Traceback" not in res.stderr
+    res = run_slimp("pretrain", synth_shards, *common, "--holdout", "sometimes")
+    assert res.returncode == 2 and "fraction" in res.stderr and "Traceback" not in res.stderr

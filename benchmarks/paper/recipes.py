@@ -178,7 +178,10 @@ PRESETS: dict[str, dict] = {
         "synth_image_size": 64,
         # SM3's own paper settings (stage 1: resnet50, batch 96, lr 1e-6, 400 epochs; sm3_paper)
         "sm3_model": dict(image_model="resnet50", img_size=224),
-        "sm3_train": dict(method="sm3", holdout=0.1, holdout_seed=0, device="auto", workers=8),
+        # pre-trained without the official test cases (`--holdout official`), which it scores
+        "sm3_train": dict(
+            method="sm3", holdout="official", holdout_seed=0, device="auto", workers=8
+        ),
         # SM3 Tables I-III: Kawahara's fixed Derm7pt split (`--split official`)
         "sm3_probe": dict(split="official"),
     },
@@ -248,6 +251,11 @@ def recipe_markdown(name: str = "paper") -> str:
         + ("(Sec. 4.2: BCE + AdamW). " if probe == "linear" else "(sklearn logistic regression). ")
         + f"Held out: {held:.0%} of each dataset's patients (seed "
         f"{preset['holdout']['holdout_seed']}), the same patients for every model. SM3: "
-        f"`{preset['sm3_probe']['split']}` split.",
+        f"`{preset['sm3_probe']['split']}` split"
+        + (
+            ", its test cases held out of pre-training (`--holdout official`)."
+            if preset["sm3_train"].get("holdout") == "official"
+            else "."
+        ),
     ]
     return "\n".join(lines)

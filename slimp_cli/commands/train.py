@@ -133,7 +133,8 @@ AugmentRecipe = Annotated[
     _opt(
         "--augment-recipe",
         help="auto (default: the standard SimCLR recipe for --variant image, the light one "
-        "for SLIMP), light or simclr.",
+        "for SLIMP), light, simclr or sm3 (SM3's official SimCLR parameters: crop 50-100%, "
+        "jitter 0.8; the default of --method sm3's stage 1).",
     ),
 ]
 PositiveSampling = Annotated[
@@ -199,15 +200,34 @@ ImageSslWeight = Annotated[
         rich_help_panel=_T,
     ),
 ]
+
+
+def parse_holdout(text: str) -> float | str:
+    """--holdout: a fraction, or "official"."""
+    if text.strip().lower() == "official":
+        return "official"
+    try:
+        return float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: give a fraction in [0, 1) or 'official'") from None
+
+
 Holdout = Annotated[
-    float | None,
-    _opt(
+    str | None,
+    typer.Option(
         "--holdout",
+        metavar="FRACTION|official",
+        parser=parse_holdout,
+        rich_help_panel=_T,
         help="Fraction of patients held out of training (default 0.1; stratified, patient-"
         "grouped, written to holdout.json): never trained on, they give the per-epoch "
-        "validation loss and the rows probe/retrieve report on. 0 = none (warned).",
+        "validation loss and the rows probe/retrieve report on. 0 = none (warned). 'official': "
+        "the patients of the dataset's official test split (Derm7pt), the cases probe/retrieve "
+        "--split official score.",
     ),
 ]
+
+
 HoldoutSeed = Annotated[
     int | None, _opt("--holdout-seed", help="Seed of the held-out draw (default 0).")
 ]

@@ -18,6 +18,8 @@ from ..holdout import (
     HOLDOUT,
     Holdout,
     choose_holdout,
+    official_holdout,
+    patient_official_splits,
     patient_positives,
     read_holdout,
     write_holdout,
@@ -248,6 +250,18 @@ def split_patients(
         ids, positive = patient_positives(index)
     if saved is not None and (run_dir / HOLDOUT).is_file():
         holdout = read_holdout(run_dir)
+    elif train.holdout == "official":
+        if streamed:
+            raise SlimpError(
+                "--holdout official reads each lesion's official split from local shards; "
+                "give the shard folder instead of --shard-url"
+            )
+        holdout = official_holdout(
+            ids, patient_official_splits(index), seed=train.holdout_seed, where=str(index.data_dir)
+        )
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_holdout(run_dir, holdout)
     else:
         holdout = choose_holdout(ids, positive, fraction=train.holdout, seed=train.holdout_seed)
         if info.is_main:

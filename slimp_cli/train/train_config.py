@@ -108,7 +108,8 @@ class TrainConfig(DictConfig):
     # always augments: its two views must differ.
     augment: bool = False
     # Augmentation recipe: "auto" (the standard SimCLR recipe for the image-only baseline, the
-    # light one above for SLIMP), "light" or "simclr".
+    # light one above for SLIMP), "light", "simclr" or "sm3" (SM3's official SimCLR parameters,
+    # the default of SM3's stage 1).
     augment_recipe: str = "auto"
     # Positive sampling (paper App. D): a patient's malignant lesions are always among its N.
     # On for pretrain; `adapt` turns it off by default (the target stage is class-agnostic).
@@ -116,7 +117,8 @@ class TrainConfig(DictConfig):
     # Fraction of patients held out of training (patient-grouped, stratified on having a
     # malignant lesion; holdout.json): never sampled, they give the per-epoch validation loss
     # and the rows `probe`/`retrieve` report on. 0 trains on every patient (with a warning).
-    holdout: float = 0.1
+    # "official": the patients of the dataset's official test split (Derm7pt's fixed split).
+    holdout: float | str = 0.1
     # Seed of the held-out draw (its own stream: changing --seed keeps the same patients out).
     holdout_seed: int = 0
     # "auto" (bf16 on GPUs with fast bf16, fp16 with a gradient scaler on the others, fp32 on
@@ -168,8 +170,14 @@ class TrainConfig(DictConfig):
             _non_negative_int("workers", self.workers)
         check_seed(self.seed, "seed")
         check_seed(self.holdout_seed, "holdout_seed")
-        _number("holdout", self.holdout)
-        if not 0.0 <= self.holdout < 1.0:
+        if isinstance(self.holdout, str):
+            if self.holdout != "official":
+                raise SlimpError(
+                    f"holdout must be a fraction in [0, 1) or 'official', got {self.holdout!r}"
+                )
+        else:
+            _number("holdout", self.holdout)
+        if not isinstance(self.holdout, str) and not 0.0 <= self.holdout < 1.0:
             raise SlimpError(f"holdout must be a fraction in [0, 1), got {self.holdout}")
         _positive_float("lr", self.lr)
         _positive_float("temperature", self.temperature)
@@ -182,9 +190,9 @@ class TrainConfig(DictConfig):
         if self.grad_clip is not None:
             _positive_float("grad_clip", self.grad_clip)
         check_device_name(self.device)
-        if self.augment_recipe not in ("auto", "light", "simclr"):
+        if self.augment_recipe not in ("auto", "light", "simclr", "sm3"):
             raise SlimpError(
-                f"unknown augment_recipe {self.augment_recipe!r}; choose auto, light or simclr"
+                f"unknown augment_recipe {self.augment_recipe!r}; choose auto, light, simclr or sm3"
             )
         parse_report_to(self.report_to)  # a comma list of tensorboard, wandb; or none
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
