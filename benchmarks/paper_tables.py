@@ -1,7 +1,8 @@
 """The papers' tables from raw dataset folders, in one resumable command.
 
     python benchmarks/paper_tables.py --pad DIR --derm7pt DIR --preset cpu|paper --out DIR
-        [--slice3d DIR | --slice3d-synth PATIENTS] [--seeds 0,1,2]
+        [--slice3d DIR | --slice3d-synth PATIENTS] [--seeds 0,1,2] [--report FILE.html]
+    python benchmarks/paper_tables.py --out DIR --report FILE.html   # the page of DIR's tables
 
 Without SLICE-3D: each target's nested, flat and image-only (SimCLR) models pre-trained on the
 target from scratch (Table 3's rows, at the paper's pre-training recipe), kNN and the encoder
@@ -17,7 +18,9 @@ Every recipe is in benchmarks/paper/recipes.py (its docs table: `--recipe-table`
 reported in benchmarks/paper/spec.py. Seeds are pre-training seeds; the held-out patients are
 the same for every model. Prints the tables with the paper's figures beside the rows of the same
 pipeline, and the steps, images seen and lr of every model; writes `paper_tables.json` +
-`paper_tables.md` (machine, versions, git commit, wall time). Resumes: every stage writes its
+`paper_tables.md` (machine, versions, git commit, wall time), and with `--report FILE.html` one
+self-contained HTML page of the same tables (no external request; without --pad/--derm7pt it
+renders the `paper_tables.json` already in --out). Resumes: every stage writes its
 output atomically and then a record under `stages/`; a second invocation skips each stage whose
 record and output exist (and whose inputs were not recomputed in this invocation), and an
 interrupted training continues from its last checkpoint. `stages.jsonl` logs each stage of each
@@ -46,7 +49,10 @@ from benchmarks.paper.report import (  # noqa: E402
     fmt_metric,
     fmt_paper,
     print_tables,
+    report_tables,
+    to_html,
     to_markdown,
+    write_html,
 )
 from benchmarks.paper.spec import MODELS, PAPER, SECTIONS  # noqa: E402
 from benchmarks.paper.stages import Stages  # noqa: E402
@@ -63,11 +69,14 @@ __all__ = [
     "fmt_paper",
     "main",
     "recipe_markdown",
+    "report_tables",
     "row_features",
     "run_benchmark",
     "stage_recipe",
     "target_holdout",
+    "to_html",
     "to_markdown",
+    "write_html",
 ]
 
 
@@ -98,13 +107,33 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="print the preset's recipe table (docs/method.md) and exit",
     )
+    ap.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE.html",
+        help="also write the tables as one self-contained HTML page; without --pad/--derm7pt, "
+        "the page of the paper_tables.json already in --out",
+    )
     args = ap.parse_args(argv)
     if args.recipe_table:
         print(recipe_markdown(args.preset))
         return 0
     if args.out is None:
         ap.error("--out is required")
+    if args.report is not None and args.report.suffix.lower() not in (".html", ".htm"):
+        ap.error(f"--report {args.report}: give an .html file name")
+    if args.report is not None:  # its folder before hours of computing, not after
+        from slimp_cli.errors import SlimpError
+        from slimp_cli.paths import prepare_output_file
+
+        try:
+            prepare_output_file(args.report, "--report")
+        except SlimpError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     sources = {k: getattr(args, k) for k in DATASETS if getattr(args, k) is not None}
+    if not sources and args.report is not None:
+        return _render_only(args.out, args.report)
     if not sources:
         ap.error("give --pad and/or --derm7pt")
     if args.slice3d_synth is not None and args.slice3d_synth < 10:
@@ -139,6 +168,33 @@ def main(argv: list[str] | None = None) -> int:
         f"({report['run']['wall_seconds_this_invocation']:.0f} s this invocation)",
         file=sys.stderr,
     )
+    if args.report is not None:
+        try:
+            write_html(report, args.report)
+        except SlimpError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {args.report}", file=sys.stderr)
+    return 0
+
+
+def _render_only(out: Path, report_path: Path) -> int:
+    """`--out DIR --report FILE.html` alone: the page of DIR's paper_tables.json."""
+    from slimp_cli.errors import SlimpError
+    from slimp_cli.paths import read_json
+
+    source = out / "paper_tables.json"
+    try:
+        if not source.is_file():
+            raise SlimpError(f"{source}: no such file (run the benchmark into --out first)")
+        report = read_json(source)
+        if not isinstance(report, dict) or report.get("format") != "slimp-paper-tables":
+            raise SlimpError(f"{source}: not a paper_tables.json (format 'slimp-paper-tables')")
+        write_html(report, report_path)
+    except SlimpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {report_path}", file=sys.stderr)
     return 0
 
 

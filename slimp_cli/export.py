@@ -14,8 +14,10 @@ DIR receives:
   layer (image variant: the SimCLR projection head). Keys are the model's own parameter names.
 - `slimp_config.json`: the run's config.json (model, resolved schema with vocabularies and
   statistics, preprocessing, recipe, environment): what rebuilds the tabular encoders.
-- `README.md`: the model card (data and schema, recipe, measured metrics with their split,
-  intended use and limits).
+- `README.md`: the model card in the hub's format: YAML front matter (license, library_name,
+  pipeline_tag, tags, datasets, metrics) between `---` lines, then data and schema, recipe,
+  measured metrics with their split (the training loss and the per-epoch held-out validation
+  loss of metrics.jsonl, the `--metrics` probe reports), intended use and limits.
 
 The folder is written under a temporary name beside DIR and renamed when complete; with
 `--overwrite` it is swapped with the existing DIR, which stays whole until then. One export per
@@ -206,10 +208,14 @@ def _features_table(schema: dict) -> list[str]:
     return rows if len(rows) > 2 else ["(no metadata features: an image-only model)"]
 
 
+MAX_VALIDATION_ROWS = 20  # per-epoch held-out rows listed in the card (the last ones)
+
+
 def _training_metrics(run: Run) -> list[str]:
-    rows = read_metrics(run.run_dir) if (run.run_dir / METRICS).is_file() else []
-    train_rows = [r for r in rows if "loss" in r]
-    val_rows = [r for r in rows if any(k.startswith("val") for k in r)]
+    """The training loss of the last logging interval and the held-out validation rows."""
+    found = (run.run_dir / METRICS).is_file()
+    train_rows = [r for r in read_metrics(run.run_dir) if "loss" in r] if found else []
+    val_rows = read_metrics(run.run_dir, kind="validation") if found else []
     out = []
     if train_rows:
         last = train_rows[-1]
@@ -223,16 +229,28 @@ def _training_metrics(run: Run) -> list[str]:
             f"split: the training patients, mean over the last logging interval): {parts}."
         )
     if val_rows:
-        last = val_rows[-1]
-        parts = ", ".join(
-            f"{k} {v:.4f}"
-            for k, v in last.items()
-            if k.startswith("val") and isinstance(v, (int, float))
-        )
-        out.append(
-            f"- Held-out validation at step {last.get('step')} (split: the patients of the "
-            f"run's holdout.json, never trained on): {parts}."
-        )
+        out += _validation_table(val_rows)
+    return out
+
+
+def _validation_table(rows: list[dict]) -> list[str]:
+    """The per-epoch held-out validation rows of metrics.jsonl as a Markdown table."""
+    keys = [k for k in rows[-1] if k.startswith("val") and isinstance(rows[-1][k], (int, float))]
+    best = min(rows, key=lambda r: r.get("val_loss", float("inf")))
+    shown = rows[-MAX_VALIDATION_ROWS:]
+    out = [
+        f"- Held-out validation loss after each epoch (split: the patients of the run's "
+        f"holdout.json, never trained on; {len(rows)} epoch(s)"
+        + (f", the last {len(shown)} shown" if len(shown) < len(rows) else "")
+        + f"); lowest val_loss {best.get('val_loss', float('nan')):.4f} after epoch "
+        f"{best.get('epoch')}:",
+        "",
+        "| epoch | step | " + " | ".join(keys) + " |",
+        "|---:|---:|" + "---:|" * len(keys),
+    ]
+    for r in shown:
+        cells = [f"{r[k]:.4f}" if isinstance(r.get(k), (int, float)) else "-" for k in keys]
+        out.append(f"| {r.get('epoch')} | {r.get('step')} | " + " | ".join(cells) + " |")
     return out
 
 
@@ -262,6 +280,47 @@ def _probe_tables(reports: list[dict]) -> list[str]:
     return out
 
 
+# `slimp probe --json` metric -> the hub's metric id (the `evaluate` library's names)
+HUB_METRICS = {"accuracy": "accuracy", "balanced_accuracy": "balanced_accuracy", "auc": "roc_auc"}
+
+
+def front_matter(run: Run, reports: list[dict]) -> list[str]:
+    """The model card's YAML front matter (the hub's model-card metadata), between `---`
+    lines: license, library_name, pipeline_tag, tags, datasets, metrics (those the card quotes
+    from `--metrics` reports; none without). Scalars are written as JSON strings, which YAML
+    reads as the same strings."""
+    cfg = run.config
+    name = (cfg.get("schema") or {}).get("name") or "unknown"
+    variant = cfg.get("variant", run.model.variant)
+    quoted = {k for rep in reports for r in rep["results"] for k in (r.get("metrics") or {})}
+    fields = {
+        # the weights are learned from the training data, whose terms apply (slimp is MIT)
+        "license": "other",
+        "license_name": "training-data-terms",
+        "library_name": "timm",
+        "pipeline_tag": "image-feature-extraction",
+        "tags": [
+            "image-feature-extraction",
+            "timm",
+            "slimp",
+            f"slimp-{variant}",
+            "dermatology",
+            "skin-lesion",
+            "contrastive-learning",
+        ],
+        "datasets": [name],
+        "metrics": [hub for key, hub in HUB_METRICS.items() if key in quoted],
+    }
+    lines = ["---"]
+    for key, value in fields.items():
+        if isinstance(value, list):
+            lines.append(f"{key}:" + ("" if value else " []"))
+            lines += [f"- {json.dumps(v)}" for v in value]
+        else:
+            lines.append(f"{key}: {json.dumps(value)}")
+    return [*lines, "---", ""]
+
+
 def model_card(run: Run, timm_cfg: dict, reports: list[dict]) -> str:
     """The model card (README.md) of an export: what it is, how it was made, what it measured,
     what it is for and what it is not for."""
@@ -277,6 +336,7 @@ def model_card(run: Run, timm_cfg: dict, reports: list[dict]) -> str:
     classes = ", ".join(schema.get("classes") or []) or "-"
     malignant = ", ".join(schema.get("malignant") or []) or "-"
     lines = [
+        *front_matter(run, reports),
         f"# SLIMP {variant} model: {model.get('image_model')} on {name}",
         "",
         f"Exported by slimp {__version__} from `{run.checkpoint.name}` of the run "
@@ -405,6 +465,12 @@ def model_card(run: Run, timm_cfg: dict, reports: list[dict]) -> str:
         "metadata-only baselines (`slimp probe --baseline`).",
         "- Numbers measured on patients seen during pre-training overstate what the model "
         "does on new patients; prefer patient-disjoint or held-out splits.",
+        "",
+        "## License",
+        "",
+        f"The weights were learned from `{name}`: its terms of use apply to them (front "
+        "matter: `license: other`). slimp, the software that trained and exported them, is "
+        "MIT-licensed.",
         "",
         "## Citation",
         "",

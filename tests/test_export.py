@@ -176,3 +176,73 @@ def test_encode_bad_meta_is_one_line(pad_run, tmp_path, run_cli):
     meta.write_text("{}")
     res = run_cli("encode", pad_run, "--image", image, "--meta", meta)
     assert res.exit_code == 1 and "cannot decode image" in res.stderr
+
+
+@pytest.fixture(scope="module")
+def validated_run(synth_shards, tmp_path_factory):
+    """Two whole epochs of a tiny model with held-out patients: validation rows per epoch."""
+    from conftest import TINY_MODEL
+
+    from slimp_cli.model_config import ModelConfig
+    from slimp_cli.train import TrainConfig, pretrain
+
+    out = tmp_path_factory.mktemp("validated") / "run"
+    train = TrainConfig(
+        patients_per_batch=27, lesions_per_patient=2, epochs=2, device="cpu", workers=0
+    )
+    return pretrain(synth_shards, out, model=ModelConfig(**TINY_MODEL), train=train)
+
+
+def test_card_has_hub_front_matter_validation_rows_and_outputs_are_0644(
+    validated_run, tmp_path, run_slimp
+):
+    import os
+    import stat
+
+    import yaml
+
+    from slimp_cli.runs import read_config, read_metrics
+
+    out = tmp_path / "card"
+    res = run_slimp("export", validated_run, out)
+    assert res.returncode == 0, res.stderr
+    card = (out / "README.md").read_text()
+    # the hub's model-card format: YAML between the first two `---` lines
+    assert card.startswith("---\n")
+    head, body = card[4:].split("\n---\n", 1)
+    meta = yaml.safe_load(head)
+    assert meta["license"] == "other" and meta["library_name"] == "timm"
+    assert meta["datasets"] == [read_config(validated_run)["schema"]["name"]]
+    assert {"timm", "slimp", "slimp-nested"} <= set(meta["tags"])
+    assert meta["metrics"] == []  # nothing measured at export: no metric claimed
+    assert body.lstrip().startswith("# SLIMP ")
+    # every held-out validation row of metrics.jsonl, per epoch
+    val = read_metrics(validated_run, kind="validation")
+    assert [r["epoch"] for r in val] == [1, 2]
+    for r in val:
+        assert f"| {r['epoch']} | {r['step']} | {r['val_loss']:.4f} |" in card
+    best = min(val, key=lambda r: r["val_loss"])
+    assert f"lowest val_loss {best['val_loss']:.4f} after epoch {best['epoch']}" in card
+    # every output readable by others as a plain `open()` makes it: 0644 under umask 022
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == {name: 0o666 & ~umask for name in modes} and len(modes) == 5
+
+
+def test_front_matter_lists_the_metrics_the_card_quotes(pad_run):
+    import yaml
+
+    from slimp_cli.export import model_card, timm_config
+    from slimp_cli.runs import load_run
+
+    run = load_run(pad_run, device="cpu")
+    report = {
+        "path": pad_run / "probe.json",
+        "results": [{"method": "knn", "metrics": {"auc": {"mean": 0.8}, "f1": {"mean": 0.5}}}],
+    }
+    card = model_card(run, timm_config(run), [report])
+    meta = yaml.safe_load(card[4:].split("\n---\n", 1)[0])
+    assert meta["metrics"] == ["roc_auc"]
+    assert meta["datasets"] == ["pad-ufes-20"]

@@ -6,6 +6,7 @@ probe): every table row checked against the files it came from; resuming without
 from __future__ import annotations
 
 import hashlib
+import html
 import importlib.util
 import json
 import os
@@ -528,3 +529,99 @@ def test_an_interrupted_pretraining_stage_resumes_from_its_checkpoint(tmp_path, 
     (run / "holdout.json").write_text("{}")
     mod._pretrain(tmp_path / "shards", run, {"variant": "flat"}, opts)
     assert calls[-1][1]["resume"] is False and not run.exists()
+
+
+# ------------------------------------------------------------------------------------------
+# --report FILE.html: the page of a report's tables (rendered from a small report JSON)
+# ------------------------------------------------------------------------------------------
+def _small_report(mod) -> dict:
+    metric = {"mean": 0.8123, "std": 0.0211, "n": 2}
+    return {
+        "format": "slimp-paper-tables",
+        "version": 2,
+        "sections": {"T3": "from scratch on the target"},
+        "classification": [
+            {
+                "dataset": "pad",
+                "section": "T3",
+                "model": "SLIMP nested",
+                "features": "image+lesion+patient",
+                "method": "linear",
+                "metrics": {m: metric for m in ("accuracy", "balanced_accuracy", "f1", "auc")},
+                "paper": mod.PAPER["T3 nested"],
+            }
+        ],
+        "training": [
+            {
+                "dataset": "pad",
+                "model": "SLIMP nested",
+                "stages": [
+                    {
+                        "stage": "pretrain",
+                        "tune": "all",
+                        "images_per_step": "4 patients",
+                        "epochs": 3,
+                        "steps_done": [30, 30],
+                        "images_seen": [900, 912],
+                        "lr": 1e-4,
+                    }
+                ],
+            }
+        ],
+        "retrieval": [
+            {
+                "dataset": "pad",
+                "model": "SLIMP nested",
+                "task": "image_to_lesion",
+                "queries": 52,
+                "metrics": {m: metric for m in ("R@1", "R@5", "R@10", "mAP")},
+                "paper": None,
+            }
+        ],
+        "multilabel": [],
+        "holdout": {"pad": {"rows": 52, "patients": 42, "malignant": 20, "fingerprint": "ab12"}},
+        "run": {"preset": "cpu", "seeds": [0, 1]},
+        "warnings": ["pad: a <script>alert(1)</script> in a warning stays text"],
+        "sm3": None,
+        "images_add": [],
+    }
+
+
+def test_report_html_is_the_tables_on_one_page_without_external_requests(tmp_path):
+    mod = _module()
+    from slimp_cli.report.html import external_references
+
+    out = tmp_path / "out"
+    out.mkdir()
+    report = _small_report(mod)
+    (out / "paper_tables.json").write_text(json.dumps(report))
+    page_path = tmp_path / "pages" / "tables.html"
+    r = _run("--out", out, "--report", page_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    page = page_path.read_text()
+    assert page.startswith("<!DOCTYPE html>") and external_references(page) == []
+    assert "default-src 'none'" in page  # the browser would refuse any request anyway
+    # every table of paper_tables.md, cell for cell (the same formatting functions)
+    tables = mod.report_tables(report)
+    assert [t.split(":")[0].split(" ")[0] for t, _, _ in tables] == ["T3", "Training", "Image"]
+    assert ">image_to_lesion<" in page and ">Acc paper<" in page and ">R@1 paper<" in page
+    for title, head, body in tables:
+        assert f"<h3>{html.escape(title, quote=True)}</h3>" in page
+        for cell in [*head, *body[0]]:
+            assert f">{html.escape(cell, quote=True)}<" in page, cell
+    assert ">81.2 ± 2.1<" in page and ">87.4<" in page  # Acc beside the paper's 87.4
+    assert ">900-912<" in page and ">52<" in page
+    assert "<script>" not in page and "&lt;script&gt;alert(1)" in page
+    assert "preset cpu" in page
+
+
+def test_report_html_refuses_other_names_and_a_folder_without_tables(tmp_path):
+    r = _run("--out", tmp_path, "--report", tmp_path / "tables.pdf", timeout=300)
+    assert r.returncode == 2 and "give an .html file name" in r.stderr
+    r = _run("--out", tmp_path, "--report", tmp_path / "tables.html", timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'paper_tables.json'}: no such file (run the benchmark into --out "
+        "first)"
+    ]
+    assert not (tmp_path / "tables.html").exists()

@@ -652,3 +652,67 @@ def finish_report(
     with atomic_path(out / "paper_tables.md") as tmp:
         tmp.write_text(to_markdown(report))
     return report
+
+
+# ------------------------------------------------------------------------------------------
+# the HTML page (`paper_tables.py --report FILE.html`)
+# ------------------------------------------------------------------------------------------
+def report_tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """[(title, head, body)] of the report: the tables of paper_tables.md, in its order."""
+    out = []
+    for key, title in (report.get("sections") or {}).items():
+        head, body = classification_table(report.get("classification") or [], key)
+        if body:
+            out.append((f"{key}: {title}", head, body))
+    if report.get("training"):
+        out.append(("Training: steps, images seen, lr", *training_table(report["training"])))
+    if report.get("retrieval"):
+        out.append(
+            (
+                "Image <-> metadata retrieval on the held-out images (%, ties count half)",
+                *retrieval_table(report["retrieval"]),
+            )
+        )
+    if report.get("images_add"):
+        out.append(
+            (
+                "What the images add (Δ vs the metadata-only logistic regression, 95% CI)",
+                *images_add_table(report["images_add"]),
+            )
+        )
+    if report.get("multilabel"):
+        out.append(
+            (
+                "Derm7pt seven-point criteria from image features (mean over the criteria)",
+                *multilabel_table(report["multilabel"]),
+            )
+        )
+    if report.get("sm3"):
+        out.append(("SM3 stage 1 on Derm7pt (SM3 paper Table I layout)", *sm3_table(report["sm3"])))
+    return out
+
+
+def to_html(report: dict) -> str:
+    """One self-contained HTML page of the report's tables (slimp_cli.report.html): the same
+    tables as paper_tables.md, the held-out patients, the run record and the warnings; no
+    external request (SlimpError if the page would make one)."""
+    from slimp_cli.errors import SlimpError
+    from slimp_cli.report.html import external_references, render_tables_page
+
+    run = report.get("run") or {}
+    title = "slimp: the papers' tables" + (
+        f" (preset {run['preset']})" if run.get("preset") else ""
+    )
+    text = render_tables_page(report, title=title, tables=report_tables(report))
+    refs = external_references(text)
+    if refs:
+        raise SlimpError(f"the page would fetch {refs[0]}: not written")
+    return text
+
+
+def write_html(report: dict, path: Path) -> Path:
+    """`to_html(report)` written to `path` atomically."""
+    from slimp_cli.paths import write_text
+
+    write_text(path, to_html(report))
+    return path

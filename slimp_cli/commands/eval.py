@@ -58,17 +58,45 @@ def _warn(messages: list[str]) -> None:
         err_console.print(f"warning: {m}", markup=False, soft_wrap=True)
 
 
-def _outputs(json_path: Path | None, plots: Path | None) -> None:
+def _outputs(json_path: Path | None, plots: Path | None, table: Path | None = None) -> None:
     """Create (or check) the output folders before any computing, and hold their one-writer
     locks until the command exits (a second probe writing the same files exits 1)."""
     from ..paths import hold_output, prepare_output_dir, prepare_output_file
 
-    if json_path is not None:
-        prepare_output_file(json_path, "--json")
-        hold_output(json_path)
+    for path, option in ((json_path, "--json"), (table, "--table")):
+        if path is not None:
+            prepare_output_file(path, option)
+            hold_output(path)
     if plots is not None:
         prepare_output_dir(plots, "--plots")
         hold_output(plots, contents=True)
+
+
+TABLE_HELP = (
+    "Also write the table to FILE: .csv or .md by the extension, with the sizes measured on "
+    "({}) beside the numbers."
+)
+
+
+def _table_path(path: Path | None) -> Path | None:
+    """A Typer callback: --table must end in .csv or .md (exit 2 otherwise)."""
+    if path is not None:
+        from ..eval.tables import table_format
+
+        try:
+            table_format(path)
+        except SlimpError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return path
+
+
+def _write_table(path: Path | None, table) -> None:
+    if path is None:
+        return
+    from ..eval.tables import write_table
+
+    write_table(path, table)
+    err_console.print(f"wrote {path}", markup=False)
 
 
 def _write_json(path: Path | None, report: dict) -> None:
@@ -254,6 +282,13 @@ def probe_cmd(
         "(default: Fitzpatrick skin type, sex, age band, body site where the store has them; "
         "none = off).",
     ),
+    table_path: Path | None = typer.Option(
+        None,
+        "--table",
+        metavar="FILE",
+        help=TABLE_HELP.format("n test rows, n_positive malignant, n_patients"),
+        callback=_table_path,
+    ),
 ) -> None:
     """Linear probe and kNN classification on frozen features (mean±std over seeds)."""
     label, split, pseudo, task = value(label), value(split), value(pseudo), value(task)
@@ -272,7 +307,12 @@ def probe_cmd(
     from ..eval.probe import run_probe
 
     _check_split_file(split, split_file)
-    _outputs(json_path, plots)
+    if task == "derm7pt-multilabel" and table_path is not None:
+        raise typer.BadParameter(
+            "not with --task derm7pt-multilabel (its per-criterion results are in --json)",
+            param_hint="--table",
+        )
+    _outputs(json_path, plots, table_path)
     if task == "derm7pt-multilabel":
         return _multilabel(
             store,
@@ -310,23 +350,16 @@ def probe_cmd(
         **_clinical_options(bootstrap, compare, subgroups),
     )
     _warn(report["warnings"])
-    names = (
-        {"accuracy": "Acc", "balanced_accuracy": "BA", "f1": "F1", "auc": "AUC"}
-        if label != "multiclass"
-        else {
-            "accuracy": "Acc",
-            "balanced_accuracy": "BA",
-            "f1_macro": "F1-macro",
-            "f1_weighted": "F1-weighted",
-            "auc": "AUC",
-        }
-    )
+    from ..eval.tables import probe_metrics, probe_table
+
+    names = probe_metrics(label)
     table = Table(
         title=f"{escape(store.name)}: {label} classification (mean±std over seeds {seeds})",
         caption=_split_caption(report["split"]),
     )
-    for col in ["method", "split", "features", "low-shot", *names.values()]:
-        table.add_column(col, justify="right" if col in names.values() else "left")
+    counts = ["n", "n_positive"]
+    for col in ["method", "split", "features", "low-shot", *counts, *names.values()]:
+        table.add_column(col, justify="right" if col in (*names.values(), *counts) else "left")
     for r in report["results"]:
         feats = "+".join(r["features"]) + (f" ({r['pseudo']})" if r.get("pseudo") else "")
         table.add_row(
@@ -334,6 +367,7 @@ def probe_cmd(
             r["split"],
             feats,
             "-" if r["low_shot"] is None else f"{r['low_shot']:g}",
+            *["-" if r.get(c) is None else str(r[c]) for c in counts],
             *[_fmt(r["metrics"].get(m, {})) for m in names],
         )
     _out().print(table)
@@ -341,6 +375,7 @@ def probe_cmd(
 
     print_clinical(_out(), report, bootstrap=bootstrap)
     _write_json(json_path, report)
+    _write_table(table_path, probe_table(report, label=label))
 
 
 def _check_linear_probe_usage(options: dict, *, cv: bool, task: str) -> None:
@@ -477,6 +512,13 @@ def retrieve_cmd(
         help="SM3 stores: dermoscopic -> clinical pair matching (Acc@1, Acc@5, average rank; "
         "SM3 paper Table III) instead of image <-> metadata retrieval.",
     ),
+    table_path: Path | None = typer.Option(
+        None,
+        "--table",
+        metavar="FILE",
+        help=TABLE_HELP.format("n_queries and n_gallery of each task"),
+        callback=_table_path,
+    ),
 ) -> None:
     """Image <-> metadata retrieval: R@k, NDCG@k, mAP and similarity percentiles."""
     from ..eval.retrieval import run_retrieval
@@ -485,13 +527,14 @@ def retrieve_cmd(
     _check_split_file(split, split_file)
     if chunk_size < 1 or negatives < 1:
         raise SlimpError("--chunk-size and --negatives must be at least 1")
-    _outputs(json_path, plots)
+    _outputs(json_path, plots, table_path)
     if pair_matching:
         return _pair_matching(
             store,
             device=device,
             chunk_size=chunk_size,
             json_path=json_path,
+            table_path=table_path,
             split=split,
             split_file=split_file,
             seed=seed,
@@ -524,11 +567,14 @@ def retrieve_cmd(
         f"{report['n_lesions']} lesions",
         caption=_split_caption(report["split"]),
     )
+    from ..eval.tables import retrieve_table, task_queries
+
     table.add_column("task")
+    table.add_column("n_queries", justify="right")
     for m in metrics:
         table.add_column(m, justify="right")
     for t in tasks:
-        table.add_row(t, *[f"{report[t][m]:.3f}" for m in metrics])
+        table.add_row(t, str(task_queries(report, t)), *[f"{report[t][m]:.3f}" for m in metrics])
     _out().print(table)
     pct = Table(title="cosine similarity percentiles (image vs lesion metadata)")
     pct.add_column("pairs")
@@ -539,10 +585,19 @@ def retrieve_cmd(
         pct.add_row(name, *[f"{vals[q]:.3f}" for q in qs])
     _out().print(pct)
     _write_json(json_path, report)
+    _write_table(table_path, retrieve_table(report))
 
 
 def _pair_matching(
-    store: Path, *, device: str, chunk_size: int, json_path: Path | None, split, split_file, seed
+    store: Path,
+    *,
+    device: str,
+    chunk_size: int,
+    json_path: Path | None,
+    table_path: Path | None,
+    split,
+    split_file,
+    seed,
 ) -> None:
     from ..eval.pair_matching import run_pair_matching
 
@@ -568,6 +623,9 @@ def _pair_matching(
         table.add_row(name, f"{row['mean_rank']:.2f}", f"{row['Acc@1']:.3f}", f"{row['Acc@5']:.3f}")
     _out().print(table)
     _write_json(json_path, report)
+    from ..eval.tables import retrieve_table
+
+    _write_table(table_path, retrieve_table(report))
 
 
 def extrapolate_cmd(

@@ -260,6 +260,13 @@ RESUME_HELP = (
 )
 
 
+CONFIG_HELP = (
+    "A .json/.yaml file of options by their own names (patients_per_batch: 8, or "
+    "patients-per-batch), or a saved run's config.json (or its run dir). Options given here "
+    "override it."
+)
+
+
 def _train_options(options: dict) -> dict:
     """The TrainConfig fields the user gave, from a command's arguments (its locals())."""
     from ..train import TrainConfig
@@ -299,8 +306,7 @@ def pretrain_cmd(
     config: Path | None = typer.Option(
         None,
         "--config",
-        help="A saved run's config.json (or its run dir): start from its model and training "
-        "options; options given here override them.",
+        help=CONFIG_HELP,
     ),
     method: Method = None,
     variant: C.Variant | None = typer.Option(
@@ -443,10 +449,10 @@ def pretrain_cmd(
                 "--config with --resume: a resumed run continues with its own config.json; "
                 "leave out --config"
             )
-        from ..train.records import recipe_from_config
+        from ..train.config_file import read_config_file
 
-        saved_model, saved_train = recipe_from_config(config)
-        model, train = {**saved_model, **model}, {**saved_train, **train}
+        given = read_config_file(config, command="pretrain")
+        model, train = {**given.model, **model}, {**given.train, **train}
     run_dir = pretrain(
         data,
         out,
@@ -476,6 +482,7 @@ def adapt_cmd(
         help="embeddings (default: ViT patch embedding + tabular input "
         "embeddings trainable, the rest frozen) or all.",
     ),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
     method: Method = None,
     holdout: Holdout = None,
     holdout_seed: HoldoutSeed = None,
@@ -517,12 +524,23 @@ def adapt_cmd(
     """
     from ..train import adapt
 
+    train, tune = _train_options(locals()), C.value(tune)
+    if config is not None:
+        if resume:
+            raise SlimpError(
+                "--config with --resume: a resumed run continues with its own config.json; "
+                "leave out --config"
+            )
+        from ..train.config_file import read_config_file
+
+        given = read_config_file(config, command="adapt")
+        train, tune = {**given.train, **train}, tune if tune is not None else given.tune
     run_dir = adapt(
         checkpoint,
         data,
         out,
-        train=_train_options(locals()),
-        tune=C.value(tune),
+        train=train,
+        tune=tune,
         resume=resume,
         progress=progress,
         verify=verify,
