@@ -145,3 +145,17 @@ def test_the_library_reads_sections_aliases_and_refuses_what_does_not_apply(tmp_
         read_config_file(lists, command="pretrain")
     with pytest.raises(SlimpError, match="no such file"):
         read_config_file(tmp_path / "missing.yaml", command="adapt")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("holdout: official\n", "official"), ("holdout: 0.3\n", 0.3), ("holdout: '0.3'\n", 0.3)],
+)
+def test_a_number_or_string_option_takes_either(text, expected, tmp_path):
+    """`holdout` is a fraction or "official" (TrainConfig: float | str)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert read_config_file(path, command="pretrain").train == {"holdout": expected}
+    path.write_text("holdout: [0.3]\n")
+    with pytest.raises(SlimpError, match="'holdout' must be a number or a string"):
+        read_config_file(path, command="pretrain")

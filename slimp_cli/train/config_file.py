@@ -194,36 +194,45 @@ def _hand_written(data: dict, *, path: Path, where: str, command: str) -> Config
 
 
 def _typed(value, hint, *, raw: str, where: str):
-    """`value` checked against the field's type `hint` (int, float, bool, str, `X | None`);
-    report_to also takes a list. SlimpError naming the key otherwise."""
+    """`value` checked against the field's type `hint` (int, float, bool, str, their unions,
+    `X | None`); report_to also takes a list. SlimpError naming the key otherwise."""
     args = typing.get_args(hint)
     optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    bases = [a for a in args if a is not type(None)] or [hint]
     if value is None:
         if optional:
             return None
-        raise SlimpError(f"{where}: '{raw}' needs a value ({_kind(base)}), got null")
+        raise SlimpError(f"{where}: '{raw}' needs a value ({_kinds(bases)}), got null")
     if _key(raw).endswith("report_to") and isinstance(value, list):
         if all(isinstance(v, str) for v in value):
             return ",".join(value) or "none"
+    for base in bases:  # `float | str` (holdout): a number first, else the string
+        ok, checked = _check(value, base)
+        if ok:
+            return checked
+    raise SlimpError(f"{where}: '{raw}' must be {_kinds(bases)}, got {value!r}")
+
+
+def _check(value, base) -> tuple[bool, Any]:
+    """(whether `value` is of type `base`, the value converted)."""
     if base is bool:
-        ok = isinstance(value, bool)
-    elif base is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif base is float:
+        return isinstance(value, bool), value
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if base is float:
         if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
             try:
                 value = float(value)
             except ValueError:
-                pass
+                return False, value
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         ok = ok and math.isfinite(value)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise SlimpError(f"{where}: '{raw}' must be {_kind(base)}, got {value!r}")
-    return value
+        return ok, float(value) if ok else value
+    return isinstance(value, str), value
+
+
+def _kinds(bases) -> str:
+    return " or ".join(_kind(b) for b in bases)
 
 
 def _kind(base) -> str:
