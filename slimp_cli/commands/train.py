@@ -291,7 +291,7 @@ def _train_options(options: dict) -> dict:
 def _summary(run_dir: Path) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    from ..runs import BEST, read_config, read_metrics, read_summary
+    from ..runs import BEST, SUMMARY, read_config, read_metrics, read_summary
 
     metrics = read_metrics(run_dir)
     val = read_metrics(run_dir, kind="validation")
@@ -307,7 +307,8 @@ def _summary(run_dir: Path) -> None:
         files += f", {BEST} (epoch {best['epoch']}, held-out loss {best['val_loss']:.4f})"
     console.print(
         f"wrote [bold]{run_dir}[/]: {cfg['variant']} model, step {last.get('step', 0)}"
-        f"{loss}; {files}, config.json, metrics.jsonl, summary.csv"
+        f"{loss}; {files}, config.json, metrics.jsonl"
+        + (f", {SUMMARY}" if (run_dir / SUMMARY).is_file() else "")
     )
 
 
