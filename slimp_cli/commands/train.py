@@ -216,7 +216,8 @@ Progress = Annotated[
     bool,
     typer.Option(
         "--progress/--no-progress",
-        help="Show a progress bar (plain log lines when stderr is not a terminal).",
+        help="Show a progress bar and one line per epoch (plain log lines when stderr is not "
+        "a terminal).",
     ),
 ]
 Verify = Annotated[
