@@ -272,6 +272,10 @@ def prepare_out(out: Path, resume: bool | str | Path | None, *, kind: str | None
             )
         saved = read_config(source)
         _check_kind(saved, kind, source)
+        if not D.env_info().is_main:
+            # under torchrun rank 0 copies; the others read the same config from the source
+            # (and, if holdout.json is not there yet, draw the same split from the same data)
+            return saved
         prepare_output_dir(out, "--out")
         for name in CONTINUED_FILES:
             if (source / name).is_file():
