@@ -501,9 +501,9 @@ def run_training(
                     **({BEST_KEY: dict(best)} if best is not None else {}),
                 },
             )
-            save_checkpoint(run_dir / LAST, **kw)
-            if best_file:
+            if best_file:  # first: a run stopped between the two resumes at the record before
                 save_checkpoint(run_dir / BEST, **kw)
+            save_checkpoint(run_dir / LAST, **kw)
             if epoch_file and train.keep_epoch_checkpoints:
                 save_checkpoint(run_dir / epoch_name(next_epoch), **kw)
         D.barrier(info)
