@@ -280,3 +280,25 @@ def test_cli_resume_refusals_are_one_line(synth_shards, tmp_path, run_slimp):
     assert torch.load(tmp_path / "b" / LAST, weights_only=True)["step"] == 3
     res = run_slimp(*adapt, tmp_path / "b", "--max-steps", "4", "--resume")
     assert res.returncode == 0 and "resumed from step 3" in res.stderr, res.stderr
+
+
+def test_reconcile_best_keeps_copies_or_removes_the_best_checkpoint(tmp_path):
+    from slimp_cli.runs import save_checkpoint
+    from slimp_cli.train.loop import reconcile_best
+
+    source, fork, rewound = tmp_path / "source", tmp_path / "fork", tmp_path / "rewound"
+    for d in (source, fork, rewound):
+        d.mkdir()
+    record = {"epoch": 2, "step": 12, "val_loss": 0.3}
+    kw = dict(optimizer=None, scheduler=None, epoch=2, step_in_epoch=0, step=12, config={})
+    save_checkpoint(source / BEST, model=torch.nn.Linear(2, 2), extra={"best": record}, **kw)
+    reconcile_best(source, record, source)  # the record's own file: kept
+    assert (source / BEST).is_file()
+    reconcile_best(fork, record, source)  # another run dir's matching file: copied
+    assert (fork / BEST).read_bytes() == (source / BEST).read_bytes()
+    earlier = {"epoch": 1, "step": 6, "val_loss": 0.5}
+    reconcile_best(rewound, earlier, source)  # the source's is of a later epoch: not copied
+    assert not (rewound / BEST).exists()
+    reconcile_best(fork, earlier, fork)  # rewound before that epoch: removed
+    assert not (fork / BEST).exists()
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [BEST]
