@@ -237,44 +237,42 @@ def test_cli_epoch_lines_and_resume_latest_path_and_checkpoint(synth_shards, tmp
 
 
 def _one_error_line(res, *fragments):
-    assert res.returncode == 1, res.stderr
+    code = res.returncode if hasattr(res, "returncode") else res.exit_code
+    assert code == 1, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     for f in fragments:
         assert f in lines[0], lines[0]
 
 
-def test_cli_resume_refusals_are_one_line(synth_shards, tmp_path, run_slimp):
-    run = tmp_path / "run"
-    res = run_slimp("pretrain", synth_shards, "--out", run, *CLI, "--max-steps", "2")
-    assert res.returncode == 0, res.stderr
+def test_cli_resume_refusals_are_one_line(synth_shards, tmp_path, run_slimp, run_cli):
+    from slimp_cli.train import adapt as adapt_run
+
+    run, a = tmp_path / "run", tmp_path / "a"
+    pretrain(synth_shards, run, model=MODEL, train=dict(TRAIN, max_steps=2))
+    tiny = dict(TRAIN, patients_per_batch=8, epochs=1, max_steps=2)
+    adapt_run(run, synth_shards, a, train=tiny)
     args = ("pretrain", synth_shards, "--out")
+    adapt = ("adapt", run, synth_shards, "--out")
+    # the installed executable: a bad path for each command
     _one_error_line(
         run_slimp(*args, tmp_path / "new", "--resume", tmp_path / "nothere"),
         "no such run dir or checkpoint file",
     )
+    _one_error_line(run_slimp(*adapt, tmp_path / "b", "--resume", tmp_path / "x.pt"), "no such")
+    # the same parser in-process (no interpreter start-up): the other refusals
+    _one_error_line(run_cli(*args, tmp_path / "new", "--resume", tmp_path), "no checkpoint-last")
     _one_error_line(
-        run_slimp(*args, tmp_path / "new", "--resume", tmp_path), "no checkpoint-last.pt"
+        run_cli(*args, run, "--resume", run / "config.json"), "not a readable slimp checkpoint"
     )
-    _one_error_line(
-        run_slimp(*args, run, "--resume", run / "config.json"), "not a readable slimp checkpoint"
-    )
-    _one_error_line(run_slimp(*args, tmp_path / "empty", "--resume"), "no checkpoint-last.pt")
-    _one_error_line(run_slimp(*args, run, "--resume", run, "--config", run), "--config with")
-    other = tmp_path / "other"
-    assert run_slimp(*args, other, *CLI, "--max-steps", "1").returncode == 0
-    _one_error_line(run_slimp(*args, other, "--resume", run), "already holds a run")
-    assert not (tmp_path / "new").exists() and not (tmp_path / "empty").exists()
-    # adapt: the same option; a pretrain run is not an adapt run to resume
-    adapt = ("adapt", run, synth_shards, "--out")
-    _one_error_line(run_slimp(*adapt, tmp_path / "a", "--resume", run), "is a pretrain run")
-    _one_error_line(
-        run_slimp(*adapt, tmp_path / "a", "--resume", tmp_path / "x.pt"), "no such run dir"
-    )
-    tiny = ["-B", "8", "-N", "2", "--epochs", "1", "--device", "cpu", "--workers", "0"]
-    res = run_slimp(*adapt, tmp_path / "a", *tiny, "--max-steps", "2")
-    assert res.returncode == 0, res.stderr
-    res = run_slimp(*adapt, tmp_path / "b", *tiny, "--resume", tmp_path / "a", "--max-steps", "3")
+    _one_error_line(run_cli(*args, tmp_path / "empty", "--resume"), "no checkpoint-last.pt")
+    _one_error_line(run_cli(*args, run, "--resume", run, "--config", run), "--config with")
+    _one_error_line(run_cli(*args, run, "--resume", a), "already holds a run")
+    _one_error_line(run_cli(*args, tmp_path / "new", "--resume", a), "written by `slimp adapt`")
+    _one_error_line(run_cli(*adapt, tmp_path / "b", "--resume", run), "written by `slimp pretrain`")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "run"]  # nothing left behind
+    # adapt through the executable: from another adapt run dir, then --resume alone
+    res = run_slimp(*adapt, tmp_path / "b", "--resume", a, "--max-steps", "3")
     assert res.returncode == 0, res.stderr
     assert "resumed from step 2 (epoch 1/1)" in res.stderr
     assert torch.load(tmp_path / "b" / LAST, weights_only=True)["step"] == 3

@@ -288,7 +288,7 @@ def prepare_out(out: Path, resume: bool | str | Path | None, *, kind: str | None
 def _check_kind(saved: dict, kind: str | None, where: Path) -> None:
     if kind is not None and saved.get("kind", kind) != kind:
         raise SlimpError(
-            f"--resume: {where} is a {saved.get('kind')} run; resume it with "
+            f"--resume: {where} was written by `slimp {saved.get('kind')}`; resume it with "
             f"`slimp {saved.get('kind')}`"
         )
 
