@@ -2,7 +2,9 @@
 
 A run dir holds `config.json` (model config, train config, resolved schema, preprocessing,
 parameter counts, versions), `holdout.json` (patients kept out of training),
-`checkpoint-last.pt` (+ optional `checkpoint-epoch-XXXX.pt`) and `metrics.jsonl`.
+`checkpoint-last.pt` (+ optional `checkpoint-epoch-XXXX.pt`, and `checkpoint-best.pt`, the
+epoch of lowest held-out validation loss, when patients are held out), `metrics.jsonl` and
+`summary.csv` (one row per finished epoch: `read_summary`).
 
 - `load_run(path) -> Run`: the model rebuilt from the config, its weights, schema, checkpoint
   path and sha256, and its image preprocessing. `embed`, `adapt`, `export` load through it.
@@ -36,6 +38,10 @@ from .transforms import Preprocess
 FORMAT = "slimp-checkpoint"
 VERSION = 1
 LAST = "checkpoint-last.pt"
+# The checkpoint of the epoch with the lowest held-out validation loss; its `extra["best"]`
+# (and every later checkpoint's) is {"epoch", "step", "val_loss"} of that epoch.
+BEST = "checkpoint-best.pt"
+BEST_KEY = "best"
 
 
 def epoch_name(epoch: int) -> str:
@@ -165,6 +171,10 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+SUMMARY = "summary.csv"
+# summary.csv's columns (timm's summary.csv): one row per finished epoch; val_loss is empty
+# without held-out patients.
+SUMMARY_FIELDS = ("epoch", "step", "train_loss", "val_loss", "lr", "images_per_s", "elapsed_s")
 LOCK = ".slimp-run.lock"  # advisory lock of the process writing the run dir (holds its pid)
 RUN_FORMAT = "slimp-run"
 RUN_VERSION = 1
@@ -324,6 +334,29 @@ def read_metrics(run_dir: str | Path, *, kind: str = "train") -> list[dict]:
         raise SlimpError(f"unknown metrics kind {kind!r}; choose train, validation or all")
     want_val = kind == "validation"
     return [r for r in rows if ("val_loss" in r) == want_val]
+
+
+def read_summary(run_dir: str | Path) -> list[dict]:
+    """The run's summary.csv rows ([] when none): `epoch` and `step` as int, the other columns
+    as float, None where empty (no held-out patients: `val_loss`)."""
+    import csv
+
+    path = Path(run_dir) / SUMMARY
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    out = []
+    for row in rows:
+        rec: dict[str, Any] = {}
+        for key in SUMMARY_FIELDS:
+            value = row.get(key) or ""
+            if key in ("epoch", "step"):
+                rec[key] = int(value)
+            else:
+                rec[key] = float(value) if value != "" else None
+        out.append(rec)
+    return out
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from slimp_cli.runs import load_run, read_config, read_metrics
+from slimp_cli.runs import load_run, read_config, read_metrics, read_summary
 
 DDP_CHECK = str(Path(__file__).with_name("ddp_check.py"))
 
@@ -108,8 +108,16 @@ def test_torchrun_pretrain_completes(synth_shards, tmp_path):
     model, _, _ = _run.model, _run.config, _run.schema
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint-best.pt",
         "checkpoint-last.pt",
         "config.json",
         "holdout.json",
         "metrics.jsonl",
+        "summary.csv",
     ]
+    # summary.csv: rank 0's row per epoch, the train loss averaged over both ranks' steps
+    rows = read_summary(out)
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 6), (2, 12)]
+    for r in rows:
+        losses = [m["loss"] for m in metrics if m["epoch"] == r["epoch"] - 1]
+        assert r["train_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-9)

@@ -105,8 +105,10 @@ def test_two_concurrent_pretrains_exactly_one_runs(synth_shards, tmp_path):
     steps = [m["step"] for m in read_metrics(run) if "loss" in m]
     assert steps == sorted(set(steps)) and steps[-1] == 6
     assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint-best.pt",
         "checkpoint-last.pt",
         "config.json",
         "holdout.json",
         "metrics.jsonl",
+        "summary.csv",
     ]

@@ -15,10 +15,12 @@ from slimp_cli.transforms import IMAGENET_MEAN, IMAGENET_STD
 def test_run_dir_contract(trained_pad, pad_shards):
     run = trained_pad.run_dir
     assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint-best.pt",  # an epoch of lowest held-out loss finished within 100 steps
         "checkpoint-last.pt",
         "config.json",
         "holdout.json",
         "metrics.jsonl",
+        "summary.csv",
     ]
     state = torch.load(run / "checkpoint-last.pt", weights_only=True)
     assert state["step"] == 100 and state["format"] == "slimp-checkpoint"

@@ -47,6 +47,46 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert all(a >= b for a, b in zip(f[5:], f[6:])) and f[-1] < 0.01
 
 
+def test_scheduler_rates_equal_the_closed_form_and_resume_exactly():
+    """The optimiser's lr at each step: (s+1)/W * lr in warm-up (the peak at its last step),
+    then lr/2 (1 + cos(pi (s - W) / (T - W))), 0 after T; a reloaded state continues them."""
+    import math
+
+    from slimp_cli.train.loop import make_scheduler
+
+    base, warmup, total = 1e-3, 4, 20
+
+    def fresh():
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=base)
+        return opt, make_scheduler(opt, warmup=warmup, total=total)
+
+    opt, sched = fresh()
+    rates = []
+    for _ in range(total + 2):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[0] == pytest.approx(base / 4) and rates[1] == pytest.approx(base / 2)
+    assert rates[3] == pytest.approx(base) and rates[4] == pytest.approx(base)  # warm-up end
+    assert rates[12] == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * 8 / 16)))
+    assert rates[19] == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * 15 / 16)))
+    assert rates[20] == 0.0 and rates[21] == 0.0  # the end
+    # resume: a new scheduler loading the state at step 7 gives the same later rates
+    state_opt, state_sched = fresh()
+    for _ in range(7):
+        state_opt.step()
+        state_sched.step()
+    opt2, sched2 = fresh()
+    opt2.load_state_dict(state_opt.state_dict())
+    sched2.load_state_dict(state_sched.state_dict())
+    later = []
+    for _ in range(7, total):
+        later.append(opt2.param_groups[0]["lr"])
+        opt2.step()
+        sched2.step()
+    assert later == rates[7:total]
+
+
 def test_loss_falls_on_pad(trained_pad):
     metrics = read_metrics(trained_pad.run_dir)
     assert [m["step"] for m in metrics] == list(range(1, 101))

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 from ..errors import SlimpError
 from . import choices as C
@@ -235,7 +236,8 @@ Progress = Annotated[
     bool,
     typer.Option(
         "--progress/--no-progress",
-        help="Show a progress bar (plain log lines when stderr is not a terminal).",
+        help="Show a progress bar and one line per epoch (plain log lines when stderr is not "
+        "a terminal).",
     ),
 ]
 Verify = Annotated[
@@ -253,7 +255,9 @@ ShardUrl = Annotated[
     ),
 ]
 RESUME_HELP = (
-    "Continue the run in --out from checkpoint-last.pt (same result as an uninterrupted run). "
+    "Continue the run in --out from checkpoint-last.pt (same result as an uninterrupted run); "
+    "--resume PATH: from a run dir or a checkpoint file (e.g. RUN/checkpoint-best.pt); one in "
+    "another run dir continues that run in a new --out. "
     "With --shard-url the run resumes streamed (same template or another one for the same "
     "data): exactly at an epoch boundary; a checkpoint inside an epoch re-reads (without "
     "decoding) the epoch's stream up to its step and needs the same --workers."
@@ -267,6 +271,43 @@ CONFIG_HELP = (
 )
 
 
+def _resume_option(help: str):
+    return typer.Option(None, "--resume", metavar="[PATH]", help=help)
+
+
+class OptionalValueCommand(TyperCommand):
+    """A command whose `--resume` may stand alone: Typer's options always take their value,
+    so `--resume` at the end of the line or before another option gets the value "latest"
+    (the run dir's checkpoint-last.pt); `--resume PATH` and `--resume=PATH` take PATH."""
+
+    optional_values = {"--resume": "latest"}
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, fill_optional_values(args, self.optional_values))
+
+
+def fill_optional_values(args: list[str], optional: dict[str, str]) -> list[str]:
+    """`args` with each option of `optional` that lacks a value (last, or followed by an option
+    or `--`) given its default value: ["--resume", "--seed", "1"] -> ["--resume", "latest",
+    "--seed", "1"]. Words after `--` are left alone."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + list(args[i:])
+        out.append(arg)
+        following = args[i + 1] if i + 1 < len(args) else None
+        if arg in optional and (following is None or following.startswith("-")):
+            out.append(optional[arg])
+    return out
+
+
+def _resume_value(resume: str | None):
+    """The library's `resume`: False, True (the run dir's own checkpoint) or a path."""
+    if resume is None:
+        return False
+    return True if resume == "latest" else Path(resume)
+
+
 def _train_options(options: dict) -> dict:
     """The TrainConfig fields the user gave, from a command's arguments (its locals())."""
     from ..train import TrainConfig
@@ -278,7 +319,7 @@ def _train_options(options: dict) -> dict:
 def _summary(run_dir: Path) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    from ..runs import read_config, read_metrics
+    from ..runs import BEST, SUMMARY, read_config, read_metrics, read_summary
 
     metrics = read_metrics(run_dir)
     val = read_metrics(run_dir, kind="validation")
@@ -287,9 +328,15 @@ def _summary(run_dir: Path) -> None:
     loss = f", last loss {last['loss']:.4f}" if "loss" in last else ""
     if val:
         loss += f", held-out loss {val[-1]['val_loss']:.4f} (epoch {val[-1]['epoch']})"
+    files = "checkpoint-last.pt"
+    held_out = [r for r in read_summary(run_dir) if r["val_loss"] is not None]
+    if (run_dir / BEST).is_file() and held_out:
+        best = min(held_out, key=lambda r: r["val_loss"])
+        files += f", {BEST} (epoch {best['epoch']}, held-out loss {best['val_loss']:.4f})"
     console.print(
         f"wrote [bold]{run_dir}[/]: {cfg['variant']} model, step {last.get('step', 0)}"
-        f"{loss}; checkpoint-last.pt, config.json, metrics.jsonl"
+        f"{loss}; {files}, config.json, metrics.jsonl"
+        + (f", {SUMMARY}" if (run_dir / SUMMARY).is_file() else "")
     )
 
 
@@ -407,7 +454,7 @@ def pretrain_cmd(
     report_to: ReportTo = None,
     keep_epoch_checkpoints: KeepEpochCheckpoints = None,
     image_ssl_weight: ImageSslWeight = None,
-    resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
+    resume: str | None = _resume_option(RESUME_HELP),
     progress: Progress = True,
     verify: Verify = False,
     shard_url: ShardUrl = None,
@@ -458,7 +505,7 @@ def pretrain_cmd(
         out,
         model=model,
         train=train,
-        resume=resume,
+        resume=_resume_value(resume),
         progress=progress,
         verify=verify,
         shard_url=shard_url,
@@ -509,8 +556,9 @@ def adapt_cmd(
     report_to: ReportTo = None,
     keep_epoch_checkpoints: KeepEpochCheckpoints = None,
     image_ssl_weight: ImageSslWeight = None,
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue the adapt run in --out (--shard-url: as pretrain's)."
+    resume: str | None = _resume_option(
+        "Continue the adapt run in --out; --resume PATH: from a run dir or a checkpoint file "
+        "(as pretrain's, --shard-url too)."
     ),
     progress: Progress = True,
     verify: Verify = False,
@@ -541,7 +589,7 @@ def adapt_cmd(
         out,
         train=train,
         tune=tune,
-        resume=resume,
+        resume=_resume_value(resume),
         progress=progress,
         verify=verify,
         shard_url=shard_url,
@@ -550,5 +598,5 @@ def adapt_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("pretrain")(pretrain_cmd)
-    app.command("adapt")(adapt_cmd)
+    app.command("pretrain", cls=OptionalValueCommand)(pretrain_cmd)
+    app.command("adapt", cls=OptionalValueCommand)(adapt_cmd)

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import SlimpError
 from ..model_config import ModelConfig
 from ..models import build_model, replace_tabular_inputs
-from ..runs import LAST, load_checkpoint, load_run, resolve_checkpoint
+from ..runs import load_run, resolve_checkpoint
 from ..schema import ResolvedSchema
 from . import distributed as D
 from .loop import TrainResult, notice, run_training
@@ -27,6 +27,7 @@ from .session import (
     check_resume_train,
     data_record,
     holdout_record,
+    load_resume_state,
     open_training_data,
     prepare_out,
     resolve_configs,
@@ -52,7 +53,7 @@ def adapt_run(
     *,
     train: TrainConfig | dict | None = None,
     tune: str | None = None,
-    resume: bool = False,
+    resume: bool | str | Path = False,
     progress: bool = False,
     verify: bool = False,
     shard_url: str | None = None,
@@ -60,7 +61,7 @@ def adapt_run(
     """`adapt` returning the `TrainResult` (with the adapted model) instead of the path."""
     with single_writer(out, data, verify=verify, shard_url=shard_url):  # one writer per run dir
         data, out = Path(data), Path(out)
-        saved = prepare_out(out, resume)
+        saved = prepare_out(out, resume, kind="adapt")
         if tune is None:
             tune = saved.get("tune", "embeddings") if saved else "embeddings"
         if tune not in TUNES:
@@ -92,7 +93,7 @@ def adapt_run(
                     load_image_weights=False,
                 )
                 model.set_trainable(tune)
-                state = load_checkpoint(out / LAST)
+                state = load_resume_state(out, resume)
                 source = saved["source"]
             else:
                 model, source = prepare_model(
@@ -165,7 +166,7 @@ def adapt(
     *,
     train: TrainConfig | dict | None = None,
     tune: str | None = None,
-    resume: bool = False,
+    resume: bool | str | Path = False,
     progress: bool = False,
     verify: bool = False,
     shard_url: str | None = None,
@@ -180,7 +181,8 @@ def adapt(
             100 epochs; over the saved run's config with `resume`).
         tune: "embeddings" (default: ViT patch embedding + tabular input embeddings trainable,
             all else frozen) or "all".
-        resume: continue an interrupted adapt run in `out`.
+        resume: continue an interrupted adapt run in `out` (True or "latest"), or from a run
+            dir or checkpoint file (as `pretrain`).
         progress: show a progress bar on stderr.
         verify: check every shard's sha256 against the data's manifest.json first.
         shard_url: stream the target's shards through this URL template (as `pretrain`).

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 from torch import nn
 
 from ..devices import resolve_device
@@ -101,26 +102,11 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if x.shape[0] < longest:
         pad = x.new_zeros((longest - x.shape[0],) + tuple(x.shape[1:]))
         x = torch.cat([x, pad])
-    parts = _AllGather.apply(x)
-    out = torch.cat([p[:s] for p, s in zip(parts, sizes)])
-    return out
-
-
-class _AllGather(torch.autograd.Function):
-    """all_gather whose backward sums every rank's gradient of each slice (any backend)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor):
-        ctx.rank = dist.get_rank()
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        return tuple(parts)
-
-    @staticmethod
-    def backward(ctx, *grads: torch.Tensor):
-        grad = torch.stack(grads).contiguous()
-        dist.all_reduce(grad)  # sum over ranks of d loss_r / d x_rank
-        return grad[ctx.rank]
+    # torch's differentiable all_gather (as open_clip uses): its backward sums every rank's
+    # gradient of each slice onto the local rows (reduce-scatter on NCCL, all-to-all + sum on
+    # gloo), so with DDP's gradient averaging the result is the global batch's loss gradient.
+    parts = dist_nn.all_gather(x)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
 
 def loss_kwargs(info: DistInfo, outputs: dict) -> dict:

@@ -5,8 +5,10 @@ decay to 0 over `epochs * steps_per_epoch` steps (LambdaLR), `--precision` (bf16
 CUDA, fp16 + gradient scaler on GPUs without fast bf16, fp32 on CPU; train/precision.py),
 fused AdamW on CUDA, optional gradient checkpointing and torch.compile, gradient clipping,
 DistributedDataParallel under torchrun.
-Rank 0 writes `metrics.jsonl` (one line per `log_every` steps: means over the interval), shows
-a rich progress bar and saves `checkpoint-last.pt` after every epoch and when it stops. A
+Rank 0 writes `metrics.jsonl` (one line per `log_every` steps: means over the interval) and
+`summary.csv` (one row per epoch: train loss, held-out loss, lr, images/s, elapsed time), shows
+a rich progress bar and one line per epoch, saves `checkpoint-last.pt` after every epoch and
+when it stops, and `checkpoint-best.pt` after an epoch of lower held-out loss than any before. A
 non-finite loss stops the run with a SlimpError before the optimiser step, so the last
 checkpoint on disk stays the last good one. Ctrl-C or SIGTERM (a cluster's pre-emption) in a
 single-process run finishes the current step, saves `checkpoint-last.pt` there and raises
@@ -30,8 +32,18 @@ from torch import nn
 
 from ..devices import default_workers
 from ..errors import SlimpError, TrainingInterrupted, raise_if_interrupted
-from ..paths import write_error, write_json, write_text
-from ..runs import CONFIG, LAST, METRICS, epoch_name, save_checkpoint, set_rng_state
+from ..paths import atomic_path, write_error, write_json, write_text
+from ..runs import (
+    BEST,
+    BEST_KEY,
+    CONFIG,
+    LAST,
+    METRICS,
+    SUMMARY,
+    epoch_name,
+    save_checkpoint,
+    set_rng_state,
+)
 from ..schema import ResolvedSchema
 from ..stream import ShardSource
 from . import distributed as D
@@ -49,7 +61,7 @@ from .data import (
 )
 from .precision import autocast as autocast_for
 from .precision import grad_scaler, resolve_precision
-from .records import check_world_size, environment
+from .records import EpochSummary, check_world_size, environment, epoch_line
 from .report import log_line, open_mirror
 from .ssl import HEAD_STATE, build_ssl_net, check_ssl_variant
 from .stream import stream_batches
@@ -145,41 +157,69 @@ def lr_factor(step: int, *, warmup: int, total: int) -> float:
 
 
 def make_scheduler(optimizer, *, warmup: int, total: int):
+    """LambdaLR over `lr_factor`, stepped once per optimiser update.
+
+    Hand-written on purpose, not timm's CosineLRScheduler: timm's linear warm-up starts at
+    `warmup_lr_init` on update 0 and first reaches the peak on the first cosine update, while
+    this one uses lr/W on the first step and the peak on the last warm-up step (the cosine part
+    is equal). No timm setting reproduces these rates (measured, W=5 of 100: step 0 2e-05 here,
+    0 in timm), and runs saved with this LambdaLR state would resume on other rates.
+    """
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, warmup=warmup, total=total)
+    )
+
+
+def progress_bar(console, *, get_time=None):
+    """The rich bar: description, bar, step/total and ETA first, then the loss text, which is
+    cut with an ellipsis when the terminal is narrow, so step/total and the ETA stay visible
+    at 80 columns. `get_time`: rich's clock (tests pass a fake one)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Column
+    from rich.text import Text
+
+    class _Info(ProgressColumn):
+        # a wrapable table column (rich shrinks those first) holding an unwrapped text
+        def render(self, task):
+            return Text(task.fields.get("info", ""), no_wrap=True, overflow="ellipsis")
+
+    fixed = Column(no_wrap=True)
+    return Progress(
+        TextColumn("[bold]{task.description}", table_column=fixed),
+        BarColumn(bar_width=12),
+        MofNCompleteColumn(table_column=Column(no_wrap=True)),
+        TextColumn("ETA", table_column=Column(no_wrap=True)),
+        TimeRemainingColumn(table_column=Column(no_wrap=True)),
+        _Info(table_column=Column(no_wrap=False)),
+        console=console,
+        transient=False,
+        **({"get_time": get_time} if get_time is not None else {}),
     )
 
 
 class _Progress:
     """A rich progress bar on rank 0 (a silent stand-in elsewhere). When stderr is not a
     terminal (SLURM, nohup, a pipe) a bar would only be drawn at the end: plain log lines
-    every `--log-every` steps instead (`log`)."""
+    every `--log-every` steps instead (`log`). `line` prints a line (the epoch lines) in
+    both modes, above the bar on a terminal."""
 
     def __init__(self, enabled: bool, total: int, done: int, description: str) -> None:
         self.bar = None
+        self.enabled = enabled
         self.total, self.description = total, description
         self.plain = enabled and not sys.stderr.isatty()
         if not enabled or self.plain:
             return
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
 
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
+        self.bar = progress_bar(Console(stderr=True))
         self.task = self.bar.add_task(description, total=total, completed=done, info="")
         self.bar.start()
 
@@ -190,6 +230,12 @@ class _Progress:
     def log(self, row: dict) -> None:
         if self.plain:
             print(log_line(self.description, row, self.total), file=sys.stderr, flush=True)
+
+    def line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(text, highlight=False, markup=False)
+        elif self.enabled:
+            print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -235,6 +281,41 @@ class _Metrics:
             self.fh.close()
         if self.mirror is not None:
             self.mirror.close()
+
+
+def reconcile_best(run_dir: Path, best: dict | None, source_dir: Path) -> None:
+    """On resume (rank 0): make `run_dir/checkpoint-best.pt` the checkpoint of the resumed
+    checkpoint's best-so-far record `best` ({"epoch", "step", "val_loss"} or None).
+
+    Kept when it is that one; else copied from `source_dir` (the run resumed from) when that
+    holds it; else removed (it came from epochs after the checkpoint resumed from, which the
+    run trains again), and the next epoch of lower held-out loss than `best` writes it.
+    """
+    target = run_dir / BEST
+    want = best["step"] if best is not None else None
+    if want is not None and _best_step(target) == want:
+        return
+    source = Path(source_dir) / BEST
+    if want is not None and source.resolve() != target.resolve() and _best_step(source) == want:
+        import shutil
+
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+        return
+    if target.is_file():
+        target.unlink()
+        notice(f"removed {target}: it was of a later epoch than the checkpoint resumed from")
+
+
+def _best_step(path: Path) -> int | None:
+    """The step of a best checkpoint (None when absent or unreadable)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - an unreadable file is replaced like a stale one
+        return None
+    return ((state.get("extra") or {}).get(BEST_KEY) or {}).get("step")
 
 
 def notice(message: str, info: D.DistInfo | None = None) -> None:
@@ -342,6 +423,8 @@ def run_training(
         set_rng_state(resume_state["rng"])
         if scaler is not None and resume_state.get("extra", {}).get("grad_scaler"):
             scaler.load_state_dict(resume_state["extra"]["grad_scaler"])
+        where = resume_state.get("resumed_from") or run_dir / LAST
+        notice(f"resumed from step {step} (epoch {epoch + 1}/{train.epochs}) of {where}", info)
 
     net: nn.Module = module
     if info.enabled:
@@ -370,8 +453,27 @@ def run_training(
         carried = resume_state.get("extra", {}).get("log_interval") or {}
         interval, n_interval = dict(carried.get("sums", {})), int(carried.get("n", 0))
     t_step, speed = t_interval, None  # progress bar: moving average of images per second
+    summary = EpochSummary(
+        run_dir / SUMMARY,
+        enabled=info.is_main,
+        resume_epoch=epoch if resume_state is not None else None,
+    )
+    carried = resume_state.get("extra", {}) if resume_state is not None else {}
+    best = carried.get(BEST_KEY)  # {"epoch", "step", "val_loss"} of checkpoint-best.pt
+    if resume_state is not None and info.is_main:
+        where = Path(resume_state.get("resumed_from") or run_dir / LAST)
+        reconcile_best(run_dir, best, where.parent)
+    # The epoch's running sums and the run's time so far go into every checkpoint, so a run
+    # resumed inside an epoch writes that epoch's summary row over all of its steps.
+    fresh_epoch = {"loss": 0.0, "n": 0, "images": 0, "seconds": 0.0}
+    ep = dict(carried.get("epoch_interval") or fresh_epoch)
+    elapsed_before = float(carried.get("elapsed_s", 0.0))
+    t_session = t_epoch = time.perf_counter()
+    lr = optimizer.param_groups[0]["lr"]
 
-    def checkpoint(next_epoch: int, next_in_epoch: int, *, epoch_file: bool = False) -> None:
+    def checkpoint(
+        next_epoch: int, next_in_epoch: int, *, epoch_file: bool = False, best_file: bool = False
+    ) -> None:
         if not all(bool(torch.isfinite(p).all()) for p in trainable):
             raise SlimpError(
                 f"weights became non-finite at step {step}; the last good "
@@ -391,8 +493,16 @@ def run_training(
                     **({"grad_scaler": scaler.state_dict()} if scaler is not None else {}),
                     **({HEAD_STATE: module.head.state_dict()} if module is not model else {}),
                     "log_interval": {"sums": dict(interval), "n": n_interval},
+                    "epoch_interval": {
+                        **ep,
+                        "seconds": ep["seconds"] + (time.perf_counter() - t_epoch),
+                    },
+                    "elapsed_s": elapsed_before + (time.perf_counter() - t_session),
+                    **({BEST_KEY: dict(best)} if best is not None else {}),
                 },
             )
+            if best_file:  # first: a run stopped between the two resumes at the record before
+                save_checkpoint(run_dir / BEST, **kw)
             save_checkpoint(run_dir / LAST, **kw)
             if epoch_file and train.keep_epoch_checkpoints:
                 save_checkpoint(run_dir / epoch_name(next_epoch), **kw)
@@ -463,17 +573,18 @@ def run_training(
                     interval[k] = interval.get(k, 0.0) + float(v.detach())
                 n_interval += 1
                 images_interval += n_images
+                ep["loss"] += float(losses["loss"].detach())
+                ep["n"] += 1
+                ep["images"] += n_images
                 now = time.perf_counter()
                 rate = n_images / max(now - t_step, 1e-9)
                 speed = rate if speed is None else 0.9 * speed + 0.1 * rate
                 t_step = now
+                parts = [
+                    f"{k.replace('loss_', '')} {float(v.detach()):.3f}" for k, v in losses.items()
+                ]
                 bar.update(
-                    1,
-                    "  ".join(
-                        f"{k.replace('loss_', '')} {float(v.detach()):.3f}"
-                        for k, v in losses.items()
-                    )
-                    + f"  lr {lr:.1e}  {speed:.0f} img/s",
+                    1, "  ".join([parts[0], f"{speed:.0f} img/s", *parts[1:], f"lr {lr:.1e}"])
                 )
                 if step % train.log_every == 0 or step == stop_at or s == steps_per_epoch:
                     elapsed = max(time.perf_counter() - t_interval, 1e-9)
@@ -499,12 +610,42 @@ def run_training(
                     break
             if s >= steps_per_epoch:
                 epoch, start_in_epoch = epoch + 1, 0
+                now = time.perf_counter()
+                seconds = ep["seconds"] + (now - t_epoch)
+                train_loss = _mean_over_ranks({"loss": ep["loss"] / max(ep["n"], 1)}, info, device)[
+                    "loss"
+                ]
+                summary_row = {
+                    "epoch": epoch,
+                    "step": step,
+                    "train_loss": train_loss,
+                    "val_loss": None,
+                    "lr": lr,
+                    "images_per_s": ep["images"] / max(seconds, 1e-9),
+                    "elapsed_s": elapsed_before + (now - t_session),
+                }
+                new_best = False
                 if val_plan and info.is_main:
                     row = {"step": step, "epoch": epoch}
                     row.update(validation_loss(module, dataset, val_plan, train, device, autocast))
                     metrics.write(row)
                     logged.append(row)
-                checkpoint(epoch, 0, epoch_file=True)
+                    val = float(row["val_loss"])
+                    summary_row["val_loss"] = val
+                    if math.isfinite(val) and (best is None or val < best["val_loss"]):
+                        best, new_best = {"epoch": epoch, "step": step, "val_loss": val}, True
+                ep, t_epoch = dict(fresh_epoch), time.perf_counter()
+                summary.add(summary_row)
+                bar.line(
+                    epoch_line(
+                        description,
+                        summary_row,
+                        epochs=train.epochs,
+                        total_steps=stop_at,
+                        best=new_best,
+                    )
+                )
+                checkpoint(epoch, 0, epoch_file=True, best_file=new_best)
             else:  # stopped inside the epoch (--max-steps or a signal)
                 start_in_epoch = s
                 checkpoint(epoch, s)

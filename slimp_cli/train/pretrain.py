@@ -12,7 +12,6 @@ from pathlib import Path
 from ..errors import SlimpError
 from ..model_config import ModelConfig
 from ..models import build_model
-from ..runs import LAST, load_checkpoint
 from ..stream import ShardSource
 from . import distributed as D
 from .budget import announce, image_recipe
@@ -24,6 +23,7 @@ from .session import (
     check_resume_train,
     data_record,
     holdout_record,
+    load_resume_state,
     open_training_data,
     prepare_out,
     resolve_configs,
@@ -44,7 +44,7 @@ def pretrain_run(
     *,
     model: ModelConfig | dict | None = None,
     train: TrainConfig | dict | None = None,
-    resume: bool = False,
+    resume: bool | str | Path = False,
     progress: bool = False,
     verify: bool = False,
     shard_url: str | None = None,
@@ -52,7 +52,7 @@ def pretrain_run(
     """`pretrain` returning the `TrainResult` (with the trained model) instead of the path."""
     with single_writer(out, data, verify=verify, shard_url=shard_url):  # one writer per run dir
         data, out = Path(data), Path(out)
-        saved = prepare_out(out, resume)
+        saved = prepare_out(out, resume, kind="pretrain")
         model_defaults, train_defaults = sm3_defaults(train, saved, model)
         model_cfg, train_cfg = resolve_configs(
             model, train, saved=saved, train_defaults=train_defaults, model_defaults=model_defaults
@@ -99,7 +99,7 @@ def pretrain_run(
                         f"--resume with model options that differ from the run in {out}; "
                         "give the same options (or none) to resume"
                     )
-                state = load_checkpoint(out / LAST)
+                state = load_resume_state(out, resume)
             hooks, extra = None, None
             if sm3:  # SM3's stage, its --init weights and stage 2's pseudo-labels
                 hooks, extra = prepare_sm3(
@@ -168,7 +168,7 @@ def pretrain(
     *,
     model: ModelConfig | dict | None = None,
     train: TrainConfig | dict | None = None,
-    resume: bool = False,
+    resume: bool | str | Path = False,
     progress: bool = False,
     verify: bool = False,
     shard_url: str | None = None,
@@ -182,8 +182,9 @@ def pretrain(
             run's config with `resume`). None = defaults. The `nested` variant becomes `flat`
             (with a notice) when the data has no patient-level features.
         train: a TrainConfig, or a dict of its fields (same rules as `model`).
-        resume: continue from `out/checkpoint-last.pt` (model, optimiser, scheduler, RNG and
-            sampler state); on CPU the result equals an uninterrupted run's, bit for bit.
+        resume: continue from `out/checkpoint-last.pt` (True or "latest"; model, optimiser,
+            scheduler, RNG and sampler state; on CPU the result equals an uninterrupted run's,
+            bit for bit), or from a path: a run dir or a checkpoint file (`session.prepare_out`).
         progress: show a progress bar on stderr.
         verify: check every shard's sha256 against the data's manifest.json first.
         shard_url: stream the shards through this URL template (`{name}` = each shard's file

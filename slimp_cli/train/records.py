@@ -6,12 +6,17 @@
   the resolved device and the world size (number of processes).
 - `check_world_size(saved, world_size, run_dir)`: `--resume` with another number of processes
   would silently change the global batch and the schedule: refused with a one-line reason.
+- `EpochSummary`: the run dir's `summary.csv` (timm's per-epoch table), rewritten whole and
+  atomically after each epoch; a resumed run keeps the rows up to its checkpoint's epoch, so
+  no epoch appears twice. `epoch_line(...)`: the one stderr line printed after each epoch.
 - `recipe_from_config(path)`: the model and training options of a saved `config.json` (or of
   the run dir holding it), the base that `pretrain --config FILE` applies its options over.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import platform
 import subprocess
@@ -110,3 +115,72 @@ def recipe_from_config(path: str | Path) -> tuple[dict, dict]:
     if not isinstance(model, dict) or not isinstance(train, dict):
         raise SlimpError(f"--config {path}: lacks the 'model' and 'train' sections")
     return dict(model), dict(train)
+
+
+class EpochSummary:
+    """summary.csv writer (rank 0): one row per finished epoch (`runs.SUMMARY_FIELDS`).
+
+    The file is small (a row per epoch), so each `add` rewrites it whole under a temporary name
+    (`paths.write_text`): a reader never sees a half-written row. `resume_epoch` (the
+    checkpoint's finished epochs) keeps the rows up to it, dropping those of epochs the
+    resumed run will train again; a row for an epoch already present replaces it.
+    """
+
+    def __init__(self, path: Path, *, enabled: bool, resume_epoch: int | None) -> None:
+        from ..runs import read_summary
+
+        self.path, self.enabled, self.rows = Path(path), enabled, []
+        if not enabled:
+            return
+        if resume_epoch is not None:
+            self.rows = [r for r in read_summary(self.path.parent) if r["epoch"] <= resume_epoch]
+            if self.path.is_file():
+                self._write()
+        elif self.path.exists():
+            self.path.unlink()  # a folder without a checkpoint is started afresh
+
+    def add(self, row: dict) -> None:
+        """Record one epoch's row (keys of `runs.SUMMARY_FIELDS`; missing ones stay empty)."""
+        if not self.enabled:
+            return
+        self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [dict(row)]
+        self._write()
+
+    def _write(self) -> None:
+        from ..paths import write_text
+        from ..runs import SUMMARY_FIELDS
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: _cell(row.get(k)) for k in SUMMARY_FIELDS})
+        write_text(self.path, buf.getvalue())
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # shortest exact form: read back equal
+    return str(value)
+
+
+def duration(seconds: float) -> str:
+    """H:MM:SS (e.g. 0:02:13)."""
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def epoch_line(description: str, row: dict, *, epochs: int, total_steps: int, best: bool) -> str:
+    """The line printed after each epoch, e.g. `pretrain epoch 2/10 step 40/200 train loss
+    0.8123 val loss 0.9010 (best) 58 img/s elapsed 0:02:13`."""
+    parts = [
+        f"{description} epoch {row['epoch']}/{epochs}",
+        f"step {row['step']}/{total_steps}",
+        f"train loss {row['train_loss']:.4f}",
+    ]
+    if row.get("val_loss") is not None:
+        parts.append(f"val loss {row['val_loss']:.4f}" + (" (best)" if best else ""))
+    parts += [f"{row['images_per_s']:.0f} img/s", f"elapsed {duration(row['elapsed_s'])}"]
+    return "  ".join(parts)

@@ -26,14 +26,17 @@ from ..holdout import (
 )
 from ..model_config import ModelConfig
 from ..models import patient_record
-from ..paths import json_safe, prepare_output_dir
+from ..paths import json_safe, prepare_output_dir, write_text
 from ..runs import (
+    BEST,
     CONFIG,
     LAST,
     METRICS,
     RUN_FORMAT,
     RUN_VERSION,
+    SUMMARY,
     check_schema_compatible,
+    load_checkpoint,
     read_config,
     run_dir_lock,
     sha256_file,
@@ -168,8 +171,11 @@ def single_writer(
                 out.rmdir()  # only when empty: the run failed before it wrote anything
 
 
-# What a run writes before its first checkpoint (config.json, holdout.json, metrics.jsonl).
-RUN_FILES = (CONFIG, HOLDOUT, METRICS)
+# What a run resumed into a new --out copies there first (`prepare_out`).
+CONTINUED_FILES = (CONFIG, HOLDOUT, METRICS, SUMMARY)
+# What a run writes before its first checkpoint (those, and the best checkpoint a continued
+# run copies: `loop.reconcile_best`).
+RUN_FILES = (*CONTINUED_FILES, BEST)
 
 
 def _run_files(out: Path) -> dict[str, tuple[int, int] | None]:
@@ -200,27 +206,104 @@ def _remove_unfinished(out: Path, before: dict) -> None:
         shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
 
 
-def prepare_out(out: Path, resume: bool) -> dict | None:
-    """Check the output folder; on resume return its saved config."""
-    ckpt = out / LAST
-    if resume:
-        if not ckpt.is_file():
-            why = (
-                " (it never completed a step: stopped or failed before its first checkpoint)"
-                if (out / CONFIG).is_file()
-                else ""
-            )
+# `--resume` alone: the run dir's own checkpoint-last.pt.
+LATEST = "latest"
+
+
+def resume_checkpoint(out: Path, resume: bool | str | Path | None) -> Path | None:
+    """The checkpoint file a run resumes from, None when it does not resume.
+
+    `resume`: False/None (no resume), True or "latest" (`out`'s checkpoint-last.pt), or a path:
+    a run dir (its checkpoint-last.pt) or a checkpoint file (e.g. checkpoint-best.pt or
+    checkpoint-epoch-0003.pt). SlimpError (one line) when the path holds no checkpoint.
+    """
+    if resume is None or resume is False:
+        return None
+    if resume is True or resume == LATEST:
+        return Path(out) / LAST
+    path = Path(resume)
+    if path.is_dir():
+        if not (path / LAST).is_file():
             raise SlimpError(
-                f"--resume but {out} has no {LAST}{why}; start it again without --resume"
+                f"--resume {path}: no {LAST} in this folder; give a run dir of pretrain/adapt "
+                "or a checkpoint file"
             )
-        return read_config(out)
-    if ckpt.exists():
+        return path / LAST
+    if not path.is_file():
+        raise SlimpError(f"--resume {path}: no such run dir or checkpoint file")
+    if not (path.parent / CONFIG).is_file():
         raise SlimpError(
-            f"{out} already holds a run ({LAST}); add --resume to continue it, or "
-            "choose another --out"
+            f"--resume {path}: no {CONFIG} beside it; give a checkpoint inside its run dir"
         )
-    prepare_output_dir(out, "--out")  # created (or found unwritable) before any computing
-    return None  # a folder without a checkpoint (e.g. a run stopped early) is started afresh
+    return path
+
+
+def prepare_out(out: Path, resume: bool | str | Path | None, *, kind: str | None = None):
+    """Check the output folder; on resume return the saved config (None otherwise).
+
+    `resume` as `resume_checkpoint`. A checkpoint in another run dir than `out` starts `out`
+    as that run's continuation: `out` must not hold a run, and the source's config.json,
+    holdout.json, metrics.jsonl and summary.csv are copied into it (the rows past the
+    checkpoint are dropped when training starts). `kind` ("pretrain"/"adapt"): the saved run
+    must be of that kind.
+    """
+    out = Path(out)
+    ckpt = resume_checkpoint(out, resume)
+    last = out / LAST
+    if ckpt is None:
+        if last.exists():
+            raise SlimpError(
+                f"{out} already holds a run ({LAST}); add --resume to continue it, or "
+                "choose another --out"
+            )
+        prepare_output_dir(out, "--out")  # created (or found unwritable) before any computing
+        return None  # a folder without a checkpoint (e.g. a run stopped early) starts afresh
+    if ckpt == last and not last.is_file():
+        why = (
+            " (it never completed a step: stopped or failed before its first checkpoint)"
+            if (out / CONFIG).is_file()
+            else ""
+        )
+        raise SlimpError(f"--resume but {out} has no {LAST}{why}; start it again without --resume")
+    source = ckpt.parent
+    if source.resolve() != out.resolve():
+        if last.exists():
+            raise SlimpError(
+                f"--resume {ckpt}: --out {out} already holds a run ({LAST}); give an empty "
+                f"--out to continue {source} there, or --out {source}"
+            )
+        saved = read_config(source)
+        _check_kind(saved, kind, source)
+        if not D.env_info().is_main:
+            # under torchrun rank 0 copies; the others read the same config from the source
+            # (and, if holdout.json is not there yet, draw the same split from the same data)
+            return saved
+        prepare_output_dir(out, "--out")
+        for name in CONTINUED_FILES:
+            if (source / name).is_file():
+                write_text(out / name, (source / name).read_text(encoding="utf-8"))
+    saved = read_config(out)
+    _check_kind(saved, kind, out)
+    return saved
+
+
+def _check_kind(saved: dict, kind: str | None, where: Path) -> None:
+    if kind is not None and saved.get("kind", kind) != kind:
+        raise SlimpError(
+            f"--resume: {where} was written by `slimp {saved.get('kind')}`; resume it with "
+            f"`slimp {saved.get('kind')}`"
+        )
+
+
+def load_resume_state(out: Path, resume: bool | str | Path | None) -> dict:
+    """The checkpoint a run resumes from (`resume_checkpoint`), loaded; its path is kept
+    under `resumed_from` (the "resumed from step N" notice)."""
+    path = resume_checkpoint(Path(out), resume)
+    if path is None:
+        raise SlimpError("internal: load_resume_state without --resume")
+    state = load_checkpoint(path)
+    state["resumed_from"] = str(path)
+    return state
 
 
 @dataclass
