@@ -3,7 +3,7 @@
 AdamW (weight decay on weight matrices and embedding tables only), linear warm-up then cosine
 decay to 0 over `epochs * steps_per_epoch` steps (LambdaLR), `--precision` (bf16 autocast on
 CUDA, fp16 + gradient scaler on GPUs without fast bf16, fp32 on CPU; train/precision.py),
-fused AdamW on CUDA, optional gradient checkpointing and torch.compile, gradient clipping,
+AdamW's implementation per device (train/optim.py), optional gradient checkpointing and torch.compile, gradient clipping,
 DistributedDataParallel under torchrun.
 Rank 0 writes `metrics.jsonl` (one line per `log_every` steps: means over the interval), shows
 a rich progress bar and saves `checkpoint-last.pt` after every epoch and when it stops. A
@@ -47,6 +47,7 @@ from .data import (
     training_sampler,
     validation_plan,
 )
+from .optim import make_optimizer, optimizer_impl
 from .precision import autocast as autocast_for
 from .precision import grad_scaler, resolve_precision
 from .records import check_world_size, environment
@@ -303,6 +304,7 @@ def run_training(
         batches.check_resume(resume_state)
     # versions, git commit, command line, resolved device and world size of this session
     config = {**config, "environment": environment(device, info.world_size)}
+    config["environment"]["optimizer_impl"] = optimizer_impl(device)
     if batches.record is not None:
         config["stream"] = batches.record
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -322,10 +324,9 @@ def run_training(
     total = train.epochs * steps_per_epoch
     warmup = train.schedule_warmup(total)
 
-    # fused AdamW on CUDA: one kernel for every parameter instead of a loop over tensors
-    fused = {"fused": True} if device.type == "cuda" else {}
-    optimizer = torch.optim.AdamW(
-        parameter_groups(module, train.weight_decay), lr=train.lr, **fused
+    # AdamW's implementation per device, chosen by measurement (train/optim.py)
+    optimizer = make_optimizer(
+        parameter_groups(module, train.weight_decay), lr=train.lr, device=device
     )
     precision = resolve_precision(train.precision, device)
     scaler = grad_scaler(precision, device)
