@@ -54,21 +54,22 @@ def encoded(data: bytes) -> torch.Tensor:
 def decode_all(datas: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """Decode a batch: JPEGs together on `device` (one batched call), anything else (PNG) on
     the CPU then moved. Shape: n x [n_bytes] -> n x uint8 [3, H, W] on `device`."""
-    with warnings.catch_warnings():  # torchvision 0.29 announces torchcodec on import
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
     device = torch.device(device)
     out: list[torch.Tensor | None] = [None] * len(datas)
     jpeg = [i for i, d in enumerate(datas) if len(d) > 2 and d[0] == 0xFF and d[1] == 0xD8]
-    if jpeg:
-        # decode_jpeg takes a list on CUDA (batched nvJPEG); on the CPU it loops the same way
-        decoded = decode_jpeg([datas[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
-        for i, img in zip(jpeg, decoded):
-            out[i] = img
-    for i, d in enumerate(datas):
-        if out[i] is None:
-            out[i] = decode_image(d, mode=ImageReadMode.RGB).to(device)
+    # torchvision 0.29 warns on every call that torchcodec will take over its decoders
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if jpeg:
+            # decode_jpeg takes a list: one batched nvJPEG call on CUDA, a loop on the CPU
+            decoded = decode_jpeg([datas[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
+            for i, img in zip(jpeg, decoded):
+                out[i] = img
+        for i, d in enumerate(datas):
+            if out[i] is None:
+                out[i] = decode_image(d, mode=ImageReadMode.RGB).to(device)
     return out
 
 

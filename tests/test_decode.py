@@ -110,3 +110,101 @@ def test_device_decode_matches_the_cpu_decoder(pad_shards):
     got = decode.eval_images(datas, img_size=size, device="cuda").cpu()
     want = decode.eval_images(datas, img_size=size, device="cpu")
     within("resized", got, want)
+
+
+# ------------------------------------------------------------------ the pipeline's hooks
+
+
+def _pad_dataset(pad_shards, decode_where: str, augment: bool):
+    from slimp_cli.model_config import ModelConfig
+    from slimp_cli.models import build_model
+    from slimp_cli.train.data import PatientDataset
+
+    index = ShardIndex.open(pad_shards)
+    model = build_model(ModelConfig(image_model="vit_test", img_size=32), index.schema)
+    return model, PatientDataset(
+        index,
+        inputs=model.inputs,
+        preprocess=model.preprocess,
+        augment=augment,
+        decode=decode_where,
+    )
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_training_batches_decoded_on_the_device_match_the_cpu_path(pad_shards, augment):
+    """PatientDataset(decode="gpu") -> collate -> batch_to: the device path, on CPU tensors."""
+    from slimp_cli.train.data import PatientItem, batch_to, collate
+
+    items = [PatientItem(p, (0,), (0, 0, 1, q)) for q, p in enumerate(range(6))]
+    batches = {}
+    for where in ("cpu", "gpu"):
+        model, ds = _pad_dataset(pad_shards, where, augment)
+        batches[where] = collate([ds[it] for it in items])
+        if where == "gpu":
+            assert "images" not in batches[where] and len(batches[where]["encoded"]) == 6
+    assert ("boxes" in batches["gpu"]) == augment
+    if augment:  # the same draws from the same per-item generator
+        torch.testing.assert_close(batches["gpu"]["jitter"], batches["cpu"]["jitter"])
+    # identity normalisation and no colour maths: the model input is the decoded pixels / 255
+    plain = Preprocess(img_size=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    got = batch_to({**batches["gpu"], "jitter": None}, torch.device("cpu"), plain)
+    assert "encoded" not in got and "boxes" not in got
+    pixels = (got["images"] * 255).round().to(torch.uint8)
+    within("augmented" if augment else "resized", pixels, batches["cpu"]["images"])
+    # and through the normalisation that training feeds the model
+    x = batch_to(batches["gpu"], torch.device("cpu"), model.preprocess)["images"]
+    assert x.dtype == torch.float32 and x.shape == (6, 3, 32, 32)
+
+
+def test_the_device_path_refuses_views_it_does_not_make(pad_shards):
+    from slimp_cli.train import TrainConfig
+    from slimp_cli.train.data import PatientDataset
+
+    model, _ = _pad_dataset(pad_shards, "cpu", False)
+    with pytest.raises(SlimpError, match="--decode gpu makes eval views"):
+        PatientDataset(
+            ShardIndex.open(pad_shards),
+            inputs=model.inputs,
+            preprocess=model.preprocess,
+            augment=True,
+            recipe="simclr",
+            decode="gpu",
+        )
+    with pytest.raises(SlimpError, match="--decode gpu"):
+        TrainConfig(decode="gpu", image_ssl_weight=0.5)
+    with pytest.raises(SlimpError, match="unknown decode"):
+        TrainConfig(decode="nvjpeg")
+
+
+def test_embed_items_decoded_on_the_device_match_the_cpu_path(pad_shards):
+    from slimp_cli.embed import LesionImages
+    from slimp_cli.transforms import Preprocess
+
+    pairs = [(p, 0) for p in range(5)]
+    pre = Preprocess(img_size=32)
+    cpu = torch.stack([LesionImages(pad_shards, pairs, pre)[i] for i in range(5)])
+    gpu_items = [LesionImages(pad_shards, pairs, pre, "gpu")[i] for i in range(5)]
+    assert all(t.dtype == torch.uint8 and t.ndim == 1 for t in gpu_items)  # the bytes
+    within("resized", decode.eval_images(gpu_items, img_size=32, device="cpu"), cpu)
+
+
+def test_cli_choices_are_the_librarys():
+    from slimp_cli.commands import choices
+
+    assert choices.DECODES == decode.DECODES
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_decode_gpu_without_cuda_is_one_line(run_slimp, pad_run, pad_shards, tmp_path):
+    for args in (
+        ("embed", pad_run, pad_shards, "-o", tmp_path / "s.h5"),
+        ("pretrain", pad_shards, "--out", tmp_path / "run", "--max-steps", "1"),
+    ):
+        res = run_slimp(*args, "--decode", "gpu", "--device", "cpu")
+        assert res.returncode == 1, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: --decode gpu"), res.stderr
+        assert "CUDA" in lines[0]
+    assert not (tmp_path / "s.h5").exists()
+    assert not (tmp_path / "run" / "checkpoint-last.pt").exists()

@@ -136,6 +136,7 @@ AugmentRecipe = Annotated[
         "for SLIMP), light or simclr.",
     ),
 ]
+DecodeOpt = Annotated[C.Decode | None, _opt("--decode", help=C.DECODE_HELP + " Default cpu.")]
 PositiveSampling = Annotated[
     bool | None,
     _opt(
@@ -381,6 +382,7 @@ def pretrain_cmd(
     report_to: ReportTo = None,
     keep_epoch_checkpoints: KeepEpochCheckpoints = None,
     image_ssl_weight: ImageSslWeight = None,
+    decode: DecodeOpt = None,
     resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
     progress: Progress = True,
     verify: Verify = False,

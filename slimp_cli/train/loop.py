@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..decode import check_decode
 from ..devices import default_workers
 from ..errors import SlimpError, TrainingInterrupted, raise_if_interrupted
 from ..paths import write_error, write_json, write_text
@@ -279,6 +280,9 @@ def run_training(
     variant = config["variant"]
     if train.image_ssl_weight > 0:
         check_ssl_variant(variant)  # before anything is written
+    check_decode(train.decode, device)
+    if train.decode == "gpu" and isinstance(index, ShardSource):
+        raise SlimpError("--decode gpu reads local shards; use --decode cpu with --shard-url")
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise SlimpError("no trainable parameters (check --tune)")
@@ -534,6 +538,7 @@ def local_batches(model, schema, index, patients, train: TrainConfig, info, *, p
             augment=train.augment,
             recipe=train.augment_recipe,
             ssl_views=train.image_ssl_weight > 0,
+            decode=train.decode,
         )
         infos = patient_infos(index)
         # SimCLR (two views) draws single images at random: see PatientBatchSampler.
