@@ -1,14 +1,15 @@
 """The AdamW implementation per device, chosen by measurement (`make_optimizer`).
 
 torch's AdamW has three implementations that compute the same update: `single-tensor` (a
-Python loop over the parameters), `foreach` (multi-tensor ops over lists of them; torch's
-default) and `fused` (one kernel over every parameter; CUDA, and CPU since torch 2.4). Which is
+Python loop over the parameters; torch's default on the CPU), `foreach` (multi-tensor ops over
+lists of them; torch's default on CUDA) and `fused` (one kernel over every parameter; CUDA, and
+CPU since torch 2.4). Which is
 fastest depends on the device: the issue measured foreach 4-10x slower than single-tensor on a
 2-core CPU over two ResNet-18s. `time_optimizers` times the candidates on a model's real
 parameters; `IMPL_BY_DEVICE` is the rule those timings gave (docs/internals.md "Optimiser
 implementation"), fixed per device type rather than re-timed in every run because the
-implementations round differently in the last bits: a run resumed on the same device type must
-step with the same implementation to stay exact, and a timing on a shared machine is noisy.
+implementations may round differently in the last bits: a run resumed on the same device type
+must step with the same implementation to stay exact, and a timing on a shared machine is noisy.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import torch
 from ..errors import SlimpError
 
 IMPLS = ("single-tensor", "foreach", "fused")
-# Measured with `python benchmarks/pretrain.py --optimizers` (ViT-S/16 SLIMP model, ~31M
-# parameters): see docs/internals.md. Devices not listed (mps, ...) keep torch's default.
+# Measured with `python benchmarks/pretrain.py --optimizers` (ViT-S/16 SLIMP model, ~27-31M
+# parameters): see docs/internals.md. Devices not listed (mps, ...), and a device whose torch
+# build lacks fused AdamW, use the single-tensor loop: it runs everywhere.
 IMPL_BY_DEVICE = {"cpu": "fused", "cuda": "fused"}
-DEFAULT_IMPL = "foreach"
+DEFAULT_IMPL = "single-tensor"
 
 
 def impl_kwargs(impl: str) -> dict:
