@@ -64,7 +64,11 @@ def decode_all(datas: Sequence[torch.Tensor], device: torch.device) -> list[torc
         warnings.simplefilter("ignore", DeprecationWarning)
         if jpeg:
             # decode_jpeg takes a list: one batched nvJPEG call on CUDA, a loop on the CPU
-            decoded = decode_jpeg([datas[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
+            batch = [datas[i] for i in jpeg]
+            try:
+                decoded = decode_jpeg(batch, mode=ImageReadMode.RGB, device=device)
+            except TypeError:  # torchvision < 0.19 takes one image a call
+                decoded = [decode_jpeg(d, mode=ImageReadMode.RGB, device=device) for d in batch]
             for i, img in zip(jpeg, decoded):
                 out[i] = img
         for i, d in enumerate(datas):
