@@ -42,6 +42,8 @@ def test_every_implementation_steps_like_the_written_out_adamw(impl):
 
 
 def test_the_rule_picks_per_device_and_falls_back_without_fused(monkeypatch):
+    assert optim.optimizer_impl("cpu") == optim.IMPL_BY_DEVICE["cpu"]
+    monkeypatch.setattr(optim, "IMPL_BY_DEVICE", {"cpu": "fused"})
     assert optim.optimizer_impl("cpu") == (
         "fused" if optim.fused_available("cpu") else optim.DEFAULT_IMPL
     )
