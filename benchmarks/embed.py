@@ -3,7 +3,10 @@
 Generates two cohorts (about N/2 and N images), ingests them at 32 px, trains a
 tiny nested model for one step (the weights do not matter for speed), then embeds each cohort in
 a fresh process and reports images/s and that process's peak resident memory. Streaming means
-the peak stays flat as the count doubles (`peak_ratio` close to 1). One JSON object on stdout:
+the peak stays flat as the count doubles (`peak_ratio` close to 1). The larger run's rate is
+set against two ceilings timed at the same batch size in this process (benchmarks/ceilings.py):
+the bare image encoder's inference and the whole model's (image, lesion and patient features),
+both on tensors already in place (`ceilings`, `ratios`). One JSON object on stdout:
 
     .venv/bin/python benchmarks/embed.py [--images 20000] [--batch-size 256] [--model vit_test]
 """
@@ -55,6 +58,26 @@ def embed_in_child(run: Path, data: Path, out: Path, batch_size: int) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def embed_ceilings(run: Path, shards: Path, batch_size: int, n: int) -> dict:
+    """Images/s of the bare image encoder's and the whole model's inference at embed's batch."""
+    import torch
+
+    from benchmarks import ceilings
+    from slimp_cli.runs import load_run
+
+    dev = torch.device("cpu")
+    model = load_run(run, device=dev).model
+    bs = min(batch_size, n)
+    steps = max(2, min(4, n // bs))
+    batches = ceilings.sample_batches(shards, model, b=8, n=4, count=2)
+    return {
+        "bare_encoder": round(ceilings.bare_encoder(model, bs, dev, train=False, steps=steps), 1),
+        "whole_model": round(
+            ceilings.whole_model_inference(model, batches, dev, batch_size=bs, steps=steps), 1
+        ),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=20000, help="images of the larger cohort")
@@ -103,10 +126,13 @@ def main() -> None:
                     "peak_rss_mb": round(stats["peak_rss_mb"], 1),
                 }
             )
+        ceiling = embed_ceilings(run, shards["full"], args.batch_size, rows[1]["lesions"])
     print(
         json.dumps(
             {
                 "benchmark": "embed",
+                "ceilings": ceiling,
+                "ratios": {k: round(rows[1]["images_per_s"] / v, 3) for k, v in ceiling.items()},
                 "model": args.model,
                 "img_size": args.img_size,
                 "batch_size": args.batch_size,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from . import decode as device_decode
+from .decode import check_decode
 from .devices import resolve_device
 from .errors import SlimpError
 from .holdout import Holdout, read_holdout
@@ -29,11 +31,16 @@ class LesionImages(torch.utils.data.Dataset):
     """Map-style dataset over (patient, lesion) pairs in shard order: item -> image tensor."""
 
     def __init__(
-        self, data_dir: Path, pairs: list[tuple[int, int]], preprocess: Preprocess
+        self,
+        data_dir: Path,
+        pairs: list[tuple[int, int]],
+        preprocess: Preprocess,
+        decode: str = "cpu",
     ) -> None:
         self.data_dir = data_dir
         self.pairs = pairs
         self.preprocess = preprocess
+        self.decode = decode  # "gpu": items are the encoded bytes (decode.eval_images)
         self._index: ShardIndex | None = None  # opened lazily: one per DataLoader worker
 
     def __len__(self) -> int:
@@ -45,6 +52,8 @@ class LesionImages(torch.utils.data.Dataset):
         p, j = self.pairs[i]
         rec = self._index.patient(p)
         where = f"{self.data_dir} patient {rec.patient_id} lesion {rec.lesions[j]['lesion_id']}"
+        if self.decode == "gpu":
+            return device_decode.encoded(rec.read_image(j))
         return self.preprocess.load_uint8(rec.read_image(j), where=where)  # normalised on device
 
 
@@ -61,6 +70,7 @@ def embed(
     overwrite: bool = False,
     verify: bool = False,
     shard_url: str | None = None,
+    decode: str = "cpu",
 ) -> Path:
     """Embed every lesion of `data_dir` with the model of `checkpoint`; write the store `out`.
 
@@ -71,7 +81,8 @@ def embed(
     An existing `out` is replaced only with `overwrite` (checked before any work); `verify`
     checks every shard's sha256 against the manifest first. `shard_url` streams the shards
     through a URL template (`{name}` = each shard's file name; `embed_stream.py`): the same
-    store, rows in the same order.
+    store, rows in the same order. `decode` "gpu": JPEGs decoded and resized on the CUDA
+    device (`decode.py`; local shards of SLIMP runs).
     """
     data_dir, out = Path(data_dir), Path(out)
     if batch_size < 1:
@@ -85,6 +96,9 @@ def embed(
     prepare_output_file(out, "--out")  # before any computing: the folder exists
     check_store_destination(out, overwrite=overwrite)  # and no store is replaced unasked
     dev = resolve_device(device)
+    check_decode(decode, dev)
+    if decode == "gpu" and shard_url is not None:
+        raise SlimpError("--decode gpu reads local shards; use --decode cpu with --shard-url")
     run = load_run(checkpoint, device=dev)
     if shard_url is not None:
         from .embed_stream import embed_streamed
@@ -103,6 +117,8 @@ def embed(
         )
     index = ShardIndex.open(data_dir, verify=verify)
     if getattr(run.model.inputs, "unit", "patient") == "case":  # SM3: one row per case
+        if decode == "gpu":
+            raise SlimpError("--decode gpu embeds SLIMP runs; use --decode cpu with SM3 runs")
         return embed_cases(
             run,
             index,
@@ -121,17 +137,23 @@ def embed(
     manifest_sha, sides, holdout = data_record(run, data_dir, index, [p for p, _ in pairs])
     config = plan.store_config(manifest_sha, sides)
     loader = torch.utils.data.DataLoader(
-        LesionImages(data_dir, pairs, run.preprocess),
+        LesionImages(data_dir, pairs, run.preprocess, decode),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
         persistent_workers=False,
+        # --decode gpu: a list of byte tensors per batch (their lengths differ)
+        **({"collate_fn": list} if decode == "gpu" else {}),
     )
     model = run.model
     writer = FeatureStoreWriter(out, n=len(pairs), overwrite=overwrite, **plan.writer(config))
     with writer, torch.no_grad():
         start = 0
         for images in loader:
+            if decode == "gpu":
+                images = device_decode.eval_images(
+                    images, img_size=run.preprocess.img_size, device=dev
+                )
             chunk = pairs[start : start + len(images)]
             start += len(images)
             recs = [index.patient(p) for p, _ in chunk]

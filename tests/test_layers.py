@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "slimp_cli.losses_sm3",
             "slimp_cli.transforms",
             "slimp_cli.resize",
+            "slimp_cli.decode",
             "slimp_cli.model_config",
         ),
     ),

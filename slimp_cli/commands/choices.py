@@ -31,6 +31,7 @@ PROBE_RECIPES = ("slimp", "sm3")  # eval.linear.RECIPES
 LEVELS = ("image", "lesion", "patient", "derm", "clinic", "derm_mm", "clinic_mm", "labels")
 # ^ store.LEVELS (a comma list; the last five are SM3 stores' branch features)
 REPORT_TO = ("none", "tensorboard", "wandb")  # train.report.REPORTERS (a comma list)
+DECODES = ("cpu", "gpu")  # decode.DECODES
 
 Variant = _choice("Variant", VARIANTS)
 Method = _choice("Method", METHODS)
@@ -42,6 +43,11 @@ Strategy = _choice("Strategy", STRATEGIES)
 Task = _choice("Task", TASKS)
 Classifier = _choice("Classifier", CLASSIFIERS)
 ProbeRecipe = _choice("ProbeRecipe", PROBE_RECIPES)
+Decode = _choice("Decode", DECODES)
+DECODE_HELP = (
+    "Where JPEGs are decoded: cpu (DataLoader workers, PIL) or gpu (the batch's bytes "
+    "decoded, resized and cropped on the CUDA device with nvJPEG; needs CUDA)."
+)
 
 
 def value(choice):

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from .choices import DEVICE_HELP, SHARD_URL_HELP, WORKERS_HELP, device_name
+from .choices import DECODE_HELP, DEVICE_HELP, SHARD_URL_HELP, WORKERS_HELP, Decode, device_name
 from .choices import shard_url as shard_url_template
 from .ingest import MAX_IMAGE_PIXELS_HELP, apply_max_image_pixels
 
@@ -74,6 +74,7 @@ def embed_cmd(
     max_image_pixels: int | None = typer.Option(
         None, "--max-image-pixels", min=0, help=MAX_IMAGE_PIXELS_HELP
     ),
+    decode: Decode = typer.Option(Decode.cpu, "--decode", help=DECODE_HELP),
 ) -> None:
     """Cache frozen-encoder embeddings (image, lesion, patient) of every lesion in an HDF5 store.
 
@@ -104,6 +105,11 @@ def embed_cmd(
         input_size = img_size
     apply_max_image_pixels(max_image_pixels)
     foreign = _foreign_args(checkpoint, data, image_model, image_weights, input_size)
+    if foreign is not None and decode.value != "cpu":
+        raise typer.BadParameter(
+            "decodes for a slimp run's store; --image-model decodes on the CPU",
+            param_hint="--decode",
+        )
     if foreign is not None and shard_url is not None:
         raise typer.BadParameter(
             "embeds a slimp run's store; --image-model reads local shards", param_hint="--shard-url"
@@ -145,6 +151,7 @@ def embed_cmd(
                 verify=verify,
                 progress=update,
                 shard_url=shard_url,
+                decode=decode.value,
             )
     info = store_summary(path)
     dims = ", ".join(f"{k} {v}" for k, v in info["features"].items())

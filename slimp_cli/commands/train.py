@@ -138,6 +138,7 @@ AugmentRecipe = Annotated[
         "jitter 0.8; the default of --method sm3's stage 1).",
     ),
 ]
+DecodeOpt = Annotated[C.Decode | None, _opt("--decode", help=C.DECODE_HELP + " Default cpu.")]
 PositiveSampling = Annotated[
     bool | None,
     _opt(
@@ -454,6 +455,7 @@ def pretrain_cmd(
     report_to: ReportTo = None,
     keep_epoch_checkpoints: KeepEpochCheckpoints = None,
     image_ssl_weight: ImageSslWeight = None,
+    decode: DecodeOpt = None,
     resume: str | None = _resume_option(RESUME_HELP),
     progress: Progress = True,
     verify: Verify = False,

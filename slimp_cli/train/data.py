@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .. import decode as device_decode
 from ..errors import SlimpError
 from ..models import MetadataInputs, patient_record
 from ..schema import TabularBatch
@@ -319,10 +320,13 @@ class PatientDataset(torch.utils.data.Dataset):
         augment: bool = False,
         recipe: str = "auto",
         ssl_views: bool = False,
+        decode: str = "cpu",
     ) -> None:
         self.index = index
         self.inputs = inputs
         self.ssl_views = ssl_views
+        # "gpu": encoded bytes (+ the light view's draws) go to `batch_to`, which decodes there
+        self.decode = decode
         self.preprocess = preprocess
         self.augment = augment or inputs.two_views
         # "auto": the standard SimCLR recipe for the SimCLR baseline (a fair opponent), the
@@ -334,6 +338,13 @@ class PatientDataset(torch.utils.data.Dataset):
                 f"unknown augmentation recipe {recipe!r}; choose auto, {', '.join(RECIPES)}"
             )
         self.recipe = recipe
+        if decode == "gpu" and (
+            ssl_views or inputs.two_views or (self.augment and recipe != "light")
+        ):
+            raise SlimpError(
+                "--decode gpu makes eval views and the light --augment recipe only; use "
+                "--decode cpu for the SimCLR recipe (--variant image, --augment-recipe simclr)"
+            )
         self.classes = {c: i for i, c in enumerate(classes)}
 
     def __len__(self) -> int:
@@ -349,8 +360,19 @@ class PatientDataset(torch.utils.data.Dataset):
         images, images2, jitter, jitter2 = [], [], [], []
         ssl: dict[str, list] = {k: [] for k in SSL_KEYS} if self.ssl_views else {}
         ssl_rng = np.random.default_rng([*item.aug_key, SSL_STREAM]) if self.ssl_views else None
+        encoded, boxes = [], []
         for j in item.lesions:
             where = f"patient {rec.patient_id} lesion {rec.lesions[j].get('lesion_id')}"
+            if self.decode == "gpu":  # the bytes and the view's draws; decoded in batch_to
+                data = rec.read_image(j)
+                encoded.append(device_decode.encoded(data))
+                if rng is not None:
+                    box, params = device_decode.light_view_params(
+                        data, pre.img_size, rng, where=where
+                    )
+                    boxes.append(box)
+                    jitter.append(params)
+                continue
             # decode at a reduced scale when the stored image is >= 2x the model's size
             img = decode_image(rec.read_image(j), where=where, size=pre.img_size)
             if rng is None:
@@ -370,7 +392,9 @@ class PatientDataset(torch.utils.data.Dataset):
                     ssl[f"ssl_jitter{v}"].append(params)
         lesions = [rec.lesions[j] for j in item.lesions]
         out = {
-            "images": torch.stack(images),
+            **({"encoded": encoded, "boxes": torch.stack(boxes)} if boxes else {}),
+            **({"encoded": encoded} if encoded and not boxes else {}),
+            **({"images": torch.stack(images)} if images else {}),
             "malignant": torch.tensor(
                 [int(les.get("malignant", -1)) for les in lesions], dtype=torch.long
             ),
@@ -416,9 +440,8 @@ def collate(samples: Sequence[dict]) -> dict:
     `patient_tab` (B rows, nested), `images2` (image variant), `malignant`, `label` [L],
     `max_lesions` (int: most lesions of one patient).
     """
-    counts = [s["images"].shape[0] for s in samples]
+    counts = [len(s["malignant"]) for s in samples]
     batch = {
-        "images": torch.cat([s["images"] for s in samples]),
         "patient_index": torch.repeat_interleave(
             torch.arange(len(samples)), torch.tensor(counts, dtype=torch.long)
         ),
@@ -428,9 +451,11 @@ def collate(samples: Sequence[dict]) -> dict:
         # known on the host: the model pads to it without a device sync (torch.compile-friendly)
         "max_lesions": max(counts),
     }
-    for key in ("images2", "jitter", "jitter2", *SSL_KEYS):
+    for key in ("images", "images2", "jitter", "jitter2", "boxes", *SSL_KEYS):
         if key in samples[0]:
             batch[key] = torch.cat([s[key] for s in samples])
+    if "encoded" in samples[0]:  # --decode gpu: one byte tensor per image
+        batch["encoded"] = [e for s in samples for e in s["encoded"]]
     for key in ("lesion_tab", "patient_tab"):
         if key in samples[0]:
             batch[key] = _cat_tab([s[key] for s in samples])
@@ -442,6 +467,15 @@ def batch_to(batch: dict, device: torch.device, preprocess: Preprocess | None = 
     finish the images there: uint8 -> normalised float, the augmentation's colour maths
     batched (the lean data path: only uint8 crosses from the workers)."""
     out = {}
+    if "encoded" in batch:  # --decode gpu: decode, crop and resize the batch on `device`
+        batch = dict(batch)
+        data, boxes = batch.pop("encoded"), batch.pop("boxes", None)
+        size = preprocess.img_size
+        batch["images"] = (
+            device_decode.eval_images(data, img_size=size, device=device)
+            if boxes is None
+            else device_decode.light_views(data, boxes, img_size=size, device=device)
+        )
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
             v = v.to(device, non_blocking=True)

@@ -3,7 +3,7 @@
 AdamW (weight decay on weight matrices and embedding tables only), linear warm-up then cosine
 decay to 0 over `epochs * steps_per_epoch` steps (LambdaLR), `--precision` (bf16 autocast on
 CUDA, fp16 + gradient scaler on GPUs without fast bf16, fp32 on CPU; train/precision.py),
-fused AdamW on CUDA, optional gradient checkpointing and torch.compile, gradient clipping,
+AdamW's implementation per device (train/optim.py), optional gradient checkpointing and torch.compile, gradient clipping,
 DistributedDataParallel under torchrun.
 Rank 0 writes `metrics.jsonl` (one line per `log_every` steps: means over the interval) and
 `summary.csv` (one row per epoch: train loss, held-out loss, lr, images/s, elapsed time), shows
@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..decode import check_decode
 from ..devices import default_workers
 from ..errors import SlimpError, TrainingInterrupted, raise_if_interrupted
 from ..paths import atomic_path, write_error, write_json, write_text
@@ -59,6 +60,7 @@ from .data import (
     training_sampler,
     validation_plan,
 )
+from .optim import make_optimizer, optimizer_impl
 from .precision import autocast as autocast_for
 from .precision import grad_scaler, resolve_precision
 from .records import EpochSummary, check_world_size, environment, epoch_line
@@ -359,6 +361,9 @@ def run_training(
     variant = config["variant"]
     if train.image_ssl_weight > 0:
         check_ssl_variant(variant)  # before anything is written
+    check_decode(train.decode, device)
+    if train.decode == "gpu" and isinstance(index, ShardSource):
+        raise SlimpError("--decode gpu reads local shards; use --decode cpu with --shard-url")
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise SlimpError("no trainable parameters (check --tune)")
@@ -384,6 +389,7 @@ def run_training(
         batches.check_resume(resume_state)
     # versions, git commit, command line, resolved device and world size of this session
     config = {**config, "environment": environment(device, info.world_size)}
+    config["environment"]["optimizer_impl"] = optimizer_impl(device)
     if batches.record is not None:
         config["stream"] = batches.record
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -403,10 +409,9 @@ def run_training(
     total = train.epochs * steps_per_epoch
     warmup = train.schedule_warmup(total)
 
-    # fused AdamW on CUDA: one kernel for every parameter instead of a loop over tensors
-    fused = {"fused": True} if device.type == "cuda" else {}
-    optimizer = torch.optim.AdamW(
-        parameter_groups(module, train.weight_decay), lr=train.lr, **fused
+    # AdamW's implementation per device, chosen by measurement (train/optim.py)
+    optimizer = make_optimizer(
+        parameter_groups(module, train.weight_decay), lr=train.lr, device=device
     )
     precision = resolve_precision(train.precision, device)
     scaler = grad_scaler(precision, device)
@@ -674,6 +679,7 @@ def local_batches(model, schema, index, patients, train: TrainConfig, info, *, p
             augment=train.augment,
             recipe=train.augment_recipe,
             ssl_views=train.image_ssl_weight > 0,
+            decode=train.decode,
         )
         infos = patient_infos(index)
         # SimCLR (two views) draws single images at random: see PatientBatchSampler.

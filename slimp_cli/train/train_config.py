@@ -140,6 +140,9 @@ class TrainConfig(DictConfig):
     # nested (or flat) + W * NT-Xent between two SimCLR views of every image (train/ssl.py).
     # NOTE[DIFF]: not in the paper; 0 (default) trains the paper's loss and draws no extra view.
     image_ssl_weight: float = 0.0
+    # Where JPEGs are decoded: "cpu" (DataLoader workers, PIL) or "gpu" (the batch's bytes on
+    # the CUDA device with nvJPEG, then resize/crop/flip there: slimp_cli/decode.py).
+    decode: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -208,6 +211,13 @@ class TrainConfig(DictConfig):
         ):
             if not isinstance(getattr(self, name), bool):
                 raise SlimpError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.decode not in ("cpu", "gpu"):
+            raise SlimpError(f"unknown decode {self.decode!r}; choose cpu or gpu")
+        if self.decode == "gpu" and (self.method != "slimp" or self.image_ssl_weight > 0):
+            raise SlimpError(
+                "--decode gpu makes SLIMP's own views (eval or --augment); use --decode cpu "
+                "with --method sm3 or --image-ssl-weight"
+            )
         _number("image_ssl_weight", self.image_ssl_weight)
         if self.image_ssl_weight < 0:
             raise SlimpError(f"image_ssl_weight must be >= 0, got {self.image_ssl_weight}")
