@@ -178,6 +178,7 @@ def test_unknown_malignancy_dropped_and_plots(write_store, tmp_path):
         "confusion-linear.png",
         "reliability-knn.png",
         "reliability-linear.png",
+        "roc-all.png",
         "roc-knn.png",
         "roc-linear.png",
         "tsne.png",
@@ -271,3 +272,30 @@ def test_columns_missing_together_give_one_missingness_warning():
     )
     assert len(warnings) == 1
     assert "'age', 'smoke' are missing" in warnings[0] and "'benign'" in warnings[0]
+
+
+def test_roc_overlay_puts_every_method_with_its_auc_and_n_on_one_plot(tmp_path):
+    """The SLIMP-vs-metadata overlay: one curve per method on the same rows, the legend's AUC
+    is sklearn's, the title gives n and the positives; a method whose rows have one class has
+    no curve."""
+    from sklearn.metrics import roc_auc_score
+
+    from slimp_cli.eval import plots
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 80)
+    good = np.clip(y * 0.6 + rng.random(80) * 0.5, 0, 1)
+    weak = rng.random(80)
+    curves = {
+        "linear": (y, np.stack([1 - good, good], 1)),
+        "baseline-logreg": (y, np.stack([1 - weak, weak], 1)),
+        "one-class": (np.zeros(80, int), np.stack([1 - weak, weak], 1)),
+    }
+    labels = plots.roc_overlay(
+        tmp_path / "roc.png", curves, positive="malignant vs benign", title="test"
+    )
+    assert labels == [
+        f"linear (AUC {roc_auc_score(y, good):.3f})",
+        f"baseline-logreg (AUC {roc_auc_score(y, weak):.3f})",
+    ]
+    assert (tmp_path / "roc.png").stat().st_size > 1000

@@ -60,6 +60,37 @@ def roc_curves(
     _save(fig, path)
 
 
+def roc_overlay(path: Path, curves: Mapping[str, tuple], *, positive: str, title: str) -> list[str]:
+    """Every method's ROC of a 2-class task on one plot (e.g. the model's features against the
+    metadata-only baseline, on the same test rows), n and the positives in the title, each
+    method's AUC in the legend. Returns the legend labels.
+
+    Shape: curves {method: (y_true [n] ints 0/1, proba [n, 2])}.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.add_subplot()
+    labels, n, n_pos = [], 0, 0
+    for i, (method, (y_true, proba)) in enumerate(curves.items()):
+        pos = np.asarray(y_true) == 1
+        if pos.all() or not pos.any():
+            continue
+        n, n_pos = len(pos), int(pos.sum())
+        label = f"{method} (AUC {roc_auc_score(pos, proba[:, 1]):.3f})"
+        RocCurveDisplay.from_predictions(
+            pos, proba[:, 1], name=method, ax=ax, plot_chance_level=i == 0
+        )
+        ax.get_lines()[-1].set_label(label)
+        labels.append(label)
+    ax.set_xlabel("False positive rate")
+    ax.set_ylabel("True positive rate")
+    ax.set_title(f"ROC, {positive}: n = {n} ({n_pos} positive)\n{title}", fontsize="medium")
+    ax.legend(loc="lower right", fontsize="small")
+    _save(fig, path)
+    return labels
+
+
 def confusion(
     path: Path, y_true: np.ndarray, y_pred: np.ndarray, *, class_names: Sequence[str], title: str
 ) -> None:

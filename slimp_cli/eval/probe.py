@@ -485,6 +485,13 @@ def _plots(out: Path, curves: dict, *, class_names: list[str], split: str, seed:
     from . import plots  # matplotlib only when figures are asked for
 
     plots.ensure_dir(out)
+    if len(class_names) == 2 and curves:  # every method on one plot, the same test rows
+        plots.roc_overlay(
+            out / "roc-all.png",
+            curves,
+            positive=f"{class_names[1]} vs {class_names[0]}",
+            title=f"{split} split, seed {seed}",
+        )
     for method, (y_true, proba) in curves.items():
         title = f"{method}, {split} split, seed {seed}"
         plots.roc_curves(
