@@ -16,7 +16,7 @@ from slimp_cli.schema import builtin_schema_names, load_dataset_schema
 ROOT = Path(slimp_cli.__file__).resolve().parent.parent
 PACKAGE = ROOT / "slimp_cli"
 # import name -> distribution name, where they differ
-DISTRIBUTIONS = {"PIL": "pillow", "sklearn": "scikit-learn"}
+DISTRIBUTIONS = {"PIL": "pillow", "sklearn": "scikit-learn", "yaml": "pyyaml"}
 
 
 def _pyproject() -> dict:
