@@ -20,7 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import TINY_MODEL, _tiny_train, slimp_executable
+from conftest import TINY_MODEL, _tiny_train, skip_unless_ci, slimp_executable
 
 TINY = [
     "--image-model", "vit_test", "--input-size", "32", "--tab-dim", "16", "--embed-dim", "16",
@@ -130,7 +130,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(ctx, results, case):
 def _mount_namespace() -> list[str]:
     """The `unshare` prefix under which this process may mount a tmpfs, or a skip."""
     if shutil.which("unshare") is None:
-        pytest.skip("no `unshare` on this system: cannot mount a small tmpfs")
+        skip_unless_ci("no `unshare` on this system: cannot mount a small tmpfs")
     for prefix in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
         probe = subprocess.run(
             [*prefix, "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null"],
@@ -138,7 +138,7 @@ def _mount_namespace() -> list[str]:
         )
         if probe.returncode == 0:
             return prefix
-    pytest.skip("mounting a tmpfs is not permitted here (no root, no user namespaces)")
+    skip_unless_ci("mounting a tmpfs is not permitted here (no root, no user namespaces)")
 
 
 def test_a_real_full_disk_on_a_small_tmpfs(ctx, tmp_path):

@@ -87,14 +87,25 @@ def test_sigint_during_start_up_is_130_and_one_line(pad_run, pad_shards, tmp_pat
     window the issue found a traceback in. (A SIGINT in the first ~0.1 s lands in Python's own
     start-up, before any slimp code exists: not ours to handle.)"""
     proc = subprocess.Popen(
-        [slimp_executable(), "embed", pad_run, pad_shards, "--out", tmp_path / "f.h5"],
+        # one image a batch, no workers: the embed outlasts the longest delay on a fast machine
+        [
+            slimp_executable(),
+            "embed",
+            pad_run,
+            pad_shards,
+            "--out",
+            tmp_path / "f.h5",
+            "--batch-size",
+            "1",
+            "--workers",
+            "0",
+        ],  # fmt: skip
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     time.sleep(delay)
-    if proc.poll() is not None:
-        pytest.skip(f"embed finished within {delay} s")
+    assert proc.poll() is None, f"embed finished within {delay} s: nothing was interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     _interrupted(proc, err)
@@ -115,7 +126,7 @@ def test_sigint_during_embed_is_never_swallowed(pad_run, pad_shards, tmp_path):
                 "--out",
                 out,
                 "--batch-size",
-                "4",
+                "1",  # many small writes: the embed outlasts the longest wait
                 "--workers",
                 str(workers),
             ],  # fmt: skip
@@ -128,8 +139,7 @@ def test_sigint_during_embed_is_never_swallowed(pad_run, pad_shards, tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.01)
         time.sleep(wait)
-        if proc.poll() is not None:
-            pytest.skip(f"embed finished before the interrupt ({wait} s)")
+        assert proc.poll() is None, f"embed finished before the interrupt ({wait} s)"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=300)
         _interrupted(proc, err)
