@@ -84,7 +84,7 @@ def bare_encoder(
 def sample_batches(shards: Path, model, *, b: int, n: int, count: int, seed: int = 0) -> list:
     """`count` collated training batches (B patients x up to N lesions, the sampler's plan of
     epoch 0) with random pixels: real shapes and metadata, no decoding to time."""
-    from slimp_cli.shards import ShardIndex
+    from slimp_cli.data.shards import ShardIndex
     from slimp_cli.train.data import PatientBatchSampler, PatientDataset, collate, patient_infos
 
     index = ShardIndex.open(shards)
@@ -163,7 +163,7 @@ def whole_model_inference(
 ) -> float:
     """Images/s of embed's per-batch work (image + lesion + patient features) on `batch_size`
     rows already on the device (rows of `batches`, repeated to fill the batch)."""
-    from slimp_cli.schema import TabularBatch
+    from slimp_cli.data.schema import TabularBatch
 
     model.to(device).eval()
     size = model.preprocess.img_size

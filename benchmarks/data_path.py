@@ -35,8 +35,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from slimp_cli.shards import ShardIndex  # noqa: E402
-from slimp_cli.transforms import Preprocess, decode_image, to_model_input  # noqa: E402
+from slimp_cli.data.shards import ShardIndex  # noqa: E402
+from slimp_cli.data.transforms import Preprocess, decode_image, to_model_input  # noqa: E402
 
 
 def load_bytes(data: str, n: int) -> list[bytes]:

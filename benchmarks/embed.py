@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from slimp_cli.ingest import ingest  # noqa: E402
 from slimp_cli.ingest.synth import generate_cohort  # noqa: E402
-from slimp_cli.model_config import ModelConfig  # noqa: E402
+from slimp_cli.models.config import ModelConfig  # noqa: E402
 from slimp_cli.train.pretrain import pretrain  # noqa: E402
 from slimp_cli.train.train_config import TrainConfig  # noqa: E402
 
@@ -35,7 +35,7 @@ IMAGES_PER_PATIENT = 2.7  # mean images per generated patient
 
 CHILD = """
 import json, resource, sys, time
-from slimp_cli.embed import embed
+from slimp_cli.features.embed import embed
 run, data, out, bs = sys.argv[1:5]
 t0 = time.perf_counter()
 embed(run, data, out, batch_size=int(bs), device="cpu")
@@ -63,7 +63,7 @@ def embed_ceilings(run: Path, shards: Path, batch_size: int, n: int) -> dict:
     import torch
 
     from benchmarks import ceilings
-    from slimp_cli.runs import load_run
+    from slimp_cli.models.runs import load_run
 
     dev = torch.device("cpu")
     model = load_run(run, device=dev).model
@@ -113,7 +113,7 @@ def main() -> None:
         )
         rows = []
         for name in sizes:
-            from slimp_cli.store import FeatureStore
+            from slimp_cli.features.store import FeatureStore
 
             stats = embed_in_child(run, shards[name], tmp / f"{name}.h5", args.batch_size)
             with FeatureStore.open(tmp / f"{name}.h5") as st:

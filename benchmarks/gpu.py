@@ -124,7 +124,7 @@ class _Holder:
     """What `ceilings.bare_encoder` reads of a model: its image encoder and preprocessing."""
 
     def __init__(self, enc, img_size: int) -> None:
-        from slimp_cli.transforms import Preprocess
+        from slimp_cli.data.transforms import Preprocess
 
         self.image_encoder = enc
         self.preprocess = Preprocess(img_size=img_size)

@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report is not None and args.report.suffix.lower() not in (".html", ".htm"):
         ap.error(f"--report {args.report}: give an .html file name")
     if args.report is not None:  # its folder before hours of computing, not after
-        from slimp_cli.errors import SlimpError
-        from slimp_cli.paths import prepare_output_file
+        from slimp_cli.core.errors import SlimpError
+        from slimp_cli.core.paths import prepare_output_file
 
         try:
             prepare_output_file(args.report, "--report")
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--seeds {args.seeds!r}: comma-separated integers")
     if not seeds:
         ap.error("--seeds: give at least one seed")
-    from slimp_cli.errors import SlimpError
+    from slimp_cli.core.errors import SlimpError
 
     try:
         report = run_benchmark(
@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _render_only(out: Path, report_path: Path) -> int:
     """`--out DIR --report FILE.html` alone: the page of DIR's paper_tables.json."""
-    from slimp_cli.errors import SlimpError
-    from slimp_cli.paths import read_json
+    from slimp_cli.core.errors import SlimpError
+    from slimp_cli.core.paths import read_json
 
     source = out / "paper_tables.json"
     try:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from slimp_cli.model_config import ModelConfig
+from slimp_cli.data.shards import ShardIndex
 from slimp_cli.models import build_model
-from slimp_cli.shards import ShardIndex
+from slimp_cli.models.config import ModelConfig
 from slimp_cli.train.loop import parameter_counts
 
 VITS = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")

@@ -12,7 +12,7 @@ One JSON line per figure: {"figure", "value", "ceilings": {...}, "ratios": {...}
   `whole_model`: the whole model's step (image and metadata encoders, loss, clipping,
   optimiser) on batches of the same shapes already on the device; `optimizer_share` is the
   optimiser's part of that step;
-- embed_images_per_s: `slimp_cli.embed.embed` of the same shards (whole, fixed costs
+- embed_images_per_s: `slimp_cli.features.embed.embed` of the same shards (whole, fixed costs
   included) against the bare image encoder's and the whole model's inference at embed's batch
   size (`--embed-batch`, or the image count when smaller);
 - with `--optimizers`: seconds per AdamW step of each implementation on the model's
@@ -36,13 +36,13 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks import ceilings  # noqa: E402
-from slimp_cli.devices import resolve_device  # noqa: E402
-from slimp_cli.embed import embed  # noqa: E402
+from slimp_cli.core.devices import resolve_device  # noqa: E402
+from slimp_cli.features.embed import embed  # noqa: E402
 from slimp_cli.ingest import ingest  # noqa: E402
 from slimp_cli.ingest.synth import generate_cohort  # noqa: E402
-from slimp_cli.model_config import ModelConfig  # noqa: E402
 from slimp_cli.models import build_model  # noqa: E402
-from slimp_cli.runs import read_metrics  # noqa: E402
+from slimp_cli.models.config import ModelConfig  # noqa: E402
+from slimp_cli.models.runs import read_metrics  # noqa: E402
 from slimp_cli.train import TrainConfig, pretrain  # noqa: E402
 from slimp_cli.train.optim import optimizer_impl, time_optimizers  # noqa: E402
 
@@ -182,13 +182,13 @@ def main(argv=None) -> None:
 
 
 def _schema(shards: Path):
-    from slimp_cli.shards import ShardIndex
+    from slimp_cli.data.shards import ShardIndex
 
     return ShardIndex.open(shards).schema
 
 
 def _n_images(shards: Path) -> int:
-    from slimp_cli.shards import ShardIndex
+    from slimp_cli.data.shards import ShardIndex
 
     index = ShardIndex.open(shards)
     return sum(len(index.patient(i).lesions) for i in range(len(index)))

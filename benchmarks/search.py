@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from slimp_cli.devices import resolve_device  # noqa: E402
+from slimp_cli.core.devices import resolve_device  # noqa: E402
 from slimp_cli.eval.search import rank_counts, topk_cosine  # noqa: E402
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .errors import (
+from .core.errors import (
     SlimpError,
     TrainingInterrupted,
     install_interrupt_handler,
@@ -131,7 +131,7 @@ def _is_exit(exc: BaseException) -> bool:
 def _os_error(exc: OSError) -> str:
     """'PATH: reason' of an OSError (both paths of a failed rename); a full disk as
     `no space left on DEVICE writing PATH`."""
-    from .paths import NO_SPACE, write_error
+    from .core.paths import NO_SPACE, write_error
 
     if exc.errno in NO_SPACE and exc.filename is not None:
         return str(write_error(exc, os.fsdecode(exc.filename)))
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2 if exc.exit_code == 2 else exc.exit_code)
         raise
     finally:
-        from .paths import release_outputs
+        from .core.paths import release_outputs
 
         release_outputs()
         if argv is None:  # the `slimp` process itself: a Ctrl-C while it shuts down is 130 too

@@ -21,8 +21,8 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from slimp_cli.paths import shared_data_dir
-from slimp_cli.store import FeatureStoreWriter
+from slimp_cli.core.paths import shared_data_dir
+from slimp_cli.features.store import FeatureStoreWriter
 
 TEST_IMAGE_SIZE = 64
 SYNTH_PATIENTS = 60
@@ -237,7 +237,7 @@ def tiny_train():
 @pytest.fixture(scope="session")
 def pad_run(tmp_path_factory, pad_shards) -> Path:
     """A tiny nested model pre-trained for 6 steps on the PAD subset (a run dir)."""
-    from slimp_cli.model_config import ModelConfig
+    from slimp_cli.models.config import ModelConfig
     from slimp_cli.train import pretrain
 
     out = tmp_path_factory.mktemp("pad_run") / "run"
@@ -249,7 +249,7 @@ def pad_run(tmp_path_factory, pad_shards) -> Path:
 @pytest.fixture(scope="session")
 def pad_store(tmp_path_factory, pad_run, pad_shards) -> Path:
     """`pad_run`'s feature store of the PAD subset."""
-    from slimp_cli.embed import embed
+    from slimp_cli.features.embed import embed
 
     out = tmp_path_factory.mktemp("stores") / "pad.h5"
     return embed(pad_run, pad_shards, out, batch_size=50)

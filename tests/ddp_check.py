@@ -15,11 +15,11 @@ import json
 import torch
 import torch.distributed as dist
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.shards import ShardIndex
 from slimp_cli.losses import compute_loss
-from slimp_cli.model_config import ModelConfig
 from slimp_cli.models import build_model
-from slimp_cli.shards import ShardIndex
+from slimp_cli.models.config import ModelConfig
 from slimp_cli.train.data import PatientDataset, PatientItem, collate
 from slimp_cli.train.distributed import init_from_env, loss_kwargs, shutdown
 

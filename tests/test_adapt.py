@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slimp_cli.errors import SlimpError
-from slimp_cli.runs import load_run, read_config, read_metrics
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.models.runs import load_run, read_config, read_metrics
 from slimp_cli.train import adapt, adapt_run, pretrain
 from slimp_cli.train.adapt import prepare_model
 from slimp_cli.train.loop import set_train_mode
@@ -43,7 +43,7 @@ def pad_checkpoint(pad_shards, tmp_path_factory):
 def test_adapt_to_derm7pt_freezes_all_but_the_embeddings(
     pad_checkpoint, derm7pt_shards, tmp_path, capsys
 ):
-    from slimp_cli.shards import ShardIndex
+    from slimp_cli.data.shards import ShardIndex
 
     # The adapted model before training (the same seed draws the same new input layers).
     seed_everything(0)
@@ -88,7 +88,7 @@ def test_adapt_to_derm7pt_freezes_all_but_the_embeddings(
 
 
 def test_frozen_modules_run_in_eval_mode(pad_checkpoint, derm7pt_shards):
-    from slimp_cli.shards import ShardIndex
+    from slimp_cli.data.shards import ShardIndex
 
     model, _ = prepare_model(
         pad_checkpoint, ShardIndex.open(derm7pt_shards).schema, tune="embeddings"

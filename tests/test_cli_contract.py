@@ -12,7 +12,7 @@ import pytest
 
 from slimp_cli import __version__
 from slimp_cli.commands import choices
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
 
 BAD_USAGE = [
     ("probe", "--bogus"),  # unknown option
@@ -65,8 +65,8 @@ def test_choices_equal_the_library_constants():
     """The CLI spells its choices itself (fast --help); they must be the library's."""
     from slimp_cli.eval.probe import LABELS, METHODS
     from slimp_cli.eval.splits import SPLITS
-    from slimp_cli.model_config import VARIANTS
-    from slimp_cli.store import LEVELS, PSEUDO_STRATEGIES
+    from slimp_cli.features.store import LEVELS, PSEUDO_STRATEGIES
+    from slimp_cli.models.config import VARIANTS
     from slimp_cli.train.adapt import TUNES
     from slimp_cli.train.report import REPORTERS
     from slimp_cli.train.train_config import METHODS as TRAIN_METHODS

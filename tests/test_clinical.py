@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
 from slimp_cli.eval.bootstrap import (
     CHUNK,
     PatientBootstrap,

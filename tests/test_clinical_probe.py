@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.schema import encode_raw, raw_columns
 from slimp_cli.eval import WarningLog
 from slimp_cli.eval.bootstrap import PatientBootstrap
 from slimp_cli.eval.clinical import MalignantTask
@@ -19,8 +20,7 @@ from slimp_cli.eval.images_add import what_images_add
 from slimp_cli.eval.probe import run_probe
 from slimp_cli.eval.subgroups import RawColumns, subgroup_report
 from slimp_cli.eval.weighted import TASK_METRICS
-from slimp_cli.schema import encode_raw, raw_columns
-from slimp_cli.store import FeatureStore, FeatureStoreWriter
+from slimp_cli.features.store import FeatureStore, FeatureStoreWriter
 
 # the data's schema as a store records it (numerical statistics, vocabularies)
 SCHEMA = {

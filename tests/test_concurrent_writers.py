@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import TINY_MODEL, _tiny_train, slimp_executable
 
-from slimp_cli.store import FeatureStore
+from slimp_cli.features.store import FeatureStore
 
 REFUSED = re.compile(
     r"^error: .*(being written by another slimp process \(pid (\d+)\)|already exists; add "
@@ -41,7 +41,7 @@ PAIRS = [
 
 @pytest.fixture(scope="module")
 def ctx(synth_dir, synth_shards, tmp_path_factory):
-    from slimp_cli.embed import embed
+    from slimp_cli.features.embed import embed
     from slimp_cli.ingest.synth import generate_cohort
     from slimp_cli.train import pretrain
 
@@ -115,7 +115,7 @@ def test_one_of_two_writers_wins_the_other_is_one_line(ctx, outcomes, kind):
             lesions = json.loads((ctx.shards / "manifest.json").read_text())["counts"]["lesions"]
             assert st.n == lesions
     elif kind == "ingest":
-        from slimp_cli.shards import verify_shards
+        from slimp_cli.data.shards import verify_shards
 
         assert sorted(p.name for p in folder.iterdir()) == ["out"]
         out = folder / "out"

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from slimp_cli.errors import SlimpError
-from slimp_cli.runs import read_config
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.models.runs import read_config
 from slimp_cli.train.config_file import read_config_file
 
 YAML = """\

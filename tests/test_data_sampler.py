@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.schema import TabularBatch
+from slimp_cli.data.transforms import Preprocess
 from slimp_cli.models import MetadataInputs
-from slimp_cli.schema import TabularBatch
 from slimp_cli.train.data import (
     PatientBatchSampler,
     PatientDataset,
@@ -18,7 +19,6 @@ from slimp_cli.train.data import (
     make_loader,
     patient_infos,
 )
-from slimp_cli.transforms import Preprocess
 
 
 def _infos(n=23, seed=0):
@@ -125,7 +125,7 @@ def _dataset(index, variant, *, augment=False):
 
 
 def test_dataset_and_collate_on_pad(pad_shards):
-    from slimp_cli.shards import ShardIndex
+    from slimp_cli.data.shards import ShardIndex
 
     index = ShardIndex.open(pad_shards)
     infos = patient_infos(index)
@@ -162,7 +162,7 @@ def test_dataset_and_collate_on_pad(pad_shards):
 
 
 def test_loader_with_workers_matches_main_process(pad_shards):
-    from slimp_cli.shards import ShardIndex
+    from slimp_cli.data.shards import ShardIndex
 
     index = ShardIndex.open(pad_shards)
     ds = _dataset(index, "nested", augment=True)

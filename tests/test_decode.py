@@ -1,4 +1,4 @@
-"""`--decode gpu` (slimp_cli/decode.py): the device-side decode/resize/crop path, run on CPU
+"""`--decode gpu` (slimp_cli/data/decode.py): the device-side decode/resize/crop path, run on CPU
 tensors against the PIL path on ingested PAD-UFES-20 JPEGs; the refusal without CUDA."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from slimp_cli import decode
-from slimp_cli.errors import SlimpError
-from slimp_cli.shards import ShardIndex
-from slimp_cli.transforms import Preprocess, decode_image, light_view
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data import decode
+from slimp_cli.data.shards import ShardIndex
+from slimp_cli.data.transforms import Preprocess, decode_image, light_view
 
 
 def stored_images(shards, n=12) -> list[bytes]:
@@ -116,8 +116,8 @@ def test_device_decode_matches_the_cpu_decoder(pad_shards):
 
 
 def _pad_dataset(pad_shards, decode_where: str, augment: bool):
-    from slimp_cli.model_config import ModelConfig
     from slimp_cli.models import build_model
+    from slimp_cli.models.config import ModelConfig
     from slimp_cli.train.data import PatientDataset
 
     index = ShardIndex.open(pad_shards)
@@ -178,8 +178,8 @@ def test_the_device_path_refuses_views_it_does_not_make(pad_shards):
 
 
 def test_embed_items_decoded_on_the_device_match_the_cpu_path(pad_shards):
-    from slimp_cli.embed import LesionImages
-    from slimp_cli.transforms import Preprocess
+    from slimp_cli.data.transforms import Preprocess
+    from slimp_cli.features.embed import LesionImages
 
     pairs = [(p, 0) for p in range(5)]
     pre = Preprocess(img_size=32)

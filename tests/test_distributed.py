@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from slimp_cli.runs import load_run, read_config, read_metrics, read_summary
+from slimp_cli.models.runs import load_run, read_config, read_metrics, read_summary
 
 DDP_CHECK = str(Path(__file__).with_name("ddp_check.py"))
 

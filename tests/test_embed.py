@@ -1,4 +1,4 @@
-"""`slimp embed` (slimp_cli.embed): the store layout, features equal to the model, errors."""
+"""`slimp embed` (slimp_cli.features.embed): the store layout, features equal to the model, errors."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from slimp_cli.embed import embed
-from slimp_cli.errors import SlimpError
-from slimp_cli.model_config import ModelConfig
-from slimp_cli.runs import load_run
-from slimp_cli.schema import encode_tabular
-from slimp_cli.shards import ShardIndex
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.schema import encode_tabular
+from slimp_cli.data.shards import ShardIndex
+from slimp_cli.features.embed import embed
+from slimp_cli.models.config import ModelConfig
+from slimp_cli.models.runs import load_run
 from slimp_cli.train.pretrain import pretrain
 
 TINY = dict(image_model="vit_test", img_size=32, tab_dim=32, embed_dim=32)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from slimp_cli.encode import encode_lesion
-from slimp_cli.shards import ShardIndex
-from slimp_cli.store import FeatureStore
+from slimp_cli.data.shards import ShardIndex
+from slimp_cli.features.encode import encode_lesion
+from slimp_cli.features.store import FeatureStore
 
 
 def test_encode_of_the_original_image_is_within_the_documented_tolerance(

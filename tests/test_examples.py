@@ -7,14 +7,14 @@ import json
 import numpy as np
 from PIL import Image
 
-from slimp_cli.shards import ShardIndex
-from slimp_cli.store import FeatureStore
+from slimp_cli.data.shards import ShardIndex
+from slimp_cli.features.store import FeatureStore
 
 
 def test_examples_panel_shows_the_retrieved_reference_lesions(
     pad_run, pad_store, pad_shards, derm7pt_shards, tmp_path, run_slimp
 ):
-    from slimp_cli.embed import embed
+    from slimp_cli.features.embed import embed
 
     target = embed(pad_run, derm7pt_shards, tmp_path / "d7.h5", image_only=True)
     out = tmp_path / "fig7"
@@ -60,7 +60,7 @@ def test_examples_panel_shows_the_retrieved_reference_lesions(
 
 
 def test_examples_errors(pad_store, derm7pt_shards, pad_run, tmp_path, run_slimp, run_cli):
-    from slimp_cli.embed import embed
+    from slimp_cli.features.embed import embed
 
     target = embed(pad_run, derm7pt_shards, tmp_path / "d7.h5", image_only=True)
     r = run_cli("extrapolate", pad_store, target, "--examples", 2)  # no --out

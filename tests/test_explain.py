@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from slimp_cli.data.shards import ShardIndex
 from slimp_cli.eval.explain import (
     capture_attention,
     feature_importance,
@@ -17,8 +18,7 @@ from slimp_cli.eval.explain import (
     trace_attention,
 )
 from slimp_cli.models import patient_record
-from slimp_cli.runs import load_run
-from slimp_cli.shards import ShardIndex
+from slimp_cli.models.runs import load_run
 
 
 def _batch(run, index, n_patients=12):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from slimp_cli.shards import ShardIndex
-from slimp_cli.store import FeatureStore
-from slimp_cli.transforms import Preprocess
+from slimp_cli.data.shards import ShardIndex
+from slimp_cli.data.transforms import Preprocess
+from slimp_cli.features.store import FeatureStore
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_encode_equals_the_stores_row(
 
 
 def test_encode_shard_values_and_image_alone(pad_run, pad_store, pad_shards, tmp_path, run_cli):
-    from slimp_cli.encode import encode_lesion
+    from slimp_cli.features.encode import encode_lesion
 
     index, pairs = _pairs(pad_shards)
     p = next(i for i in range(len(index)) if len(index.patient(i).lesions) > 1)
@@ -183,7 +183,7 @@ def validated_run(synth_shards, tmp_path_factory):
     """Two whole epochs of a tiny model with held-out patients: validation rows per epoch."""
     from conftest import TINY_MODEL
 
-    from slimp_cli.model_config import ModelConfig
+    from slimp_cli.models.config import ModelConfig
     from slimp_cli.train import TrainConfig, pretrain
 
     out = tmp_path_factory.mktemp("validated") / "run"
@@ -201,7 +201,7 @@ def test_card_has_hub_front_matter_validation_rows_and_outputs_are_0644(
 
     import yaml
 
-    from slimp_cli.runs import read_config, read_metrics
+    from slimp_cli.models.runs import read_config, read_metrics
 
     out = tmp_path / "card"
     res = run_slimp("export", validated_run, out)
@@ -234,8 +234,8 @@ def test_card_has_hub_front_matter_validation_rows_and_outputs_are_0644(
 def test_front_matter_lists_the_metrics_the_card_quotes(pad_run):
     import yaml
 
-    from slimp_cli.export import model_card, timm_config
-    from slimp_cli.runs import load_run
+    from slimp_cli.features.export import model_card, timm_config
+    from slimp_cli.models.runs import load_run
 
     run = load_run(pad_run, device="cpu")
     report = {

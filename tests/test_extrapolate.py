@@ -6,10 +6,10 @@ import h5py
 import numpy as np
 import pytest
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
 from slimp_cli.eval.extrapolate import extrapolate
 from slimp_cli.eval.probe import run_probe
-from slimp_cli.store import FeatureStore
+from slimp_cli.features.store import FeatureStore
 
 D = 6
 

@@ -10,9 +10,9 @@ import pytest
 import timm
 import torch
 
-from slimp_cli.foreign import build_foreign_encoder
-from slimp_cli.shards import ShardIndex
-from slimp_cli.store import FeatureStore
+from slimp_cli.data.shards import ShardIndex
+from slimp_cli.features.store import FeatureStore
+from slimp_cli.features.timm_encoder import build_foreign_encoder
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_foreign_features_are_the_timm_model_on_the_same_pixels(
 ):
     """The stored vectors are the weights' model (position embeddings resampled to 32 px) on
     images normalised with its own mean/std; the safetensors file gives the same vectors."""
-    from slimp_cli.foreign import embed_foreign
+    from slimp_cli.features.timm_encoder import embed_foreign
 
     pt, st = vit_tiny_weights
     a = embed_foreign(
@@ -132,8 +132,8 @@ def test_foreign_features_are_the_timm_model_on_the_same_pixels(
 
 
 def test_wrong_weights_give_one_line_errors(vit_tiny_weights, synth_shards, tmp_path, run_slimp):
-    from slimp_cli.errors import SlimpError
-    from slimp_cli.foreign import embed_foreign
+    from slimp_cli.core.errors import SlimpError
+    from slimp_cli.features.timm_encoder import embed_foreign
 
     not_weights = tmp_path / "notes.pth"
     not_weights.write_text("these are not weights\n")

@@ -67,7 +67,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def ctx(synth_dir, synth_shards, tmp_path_factory):
-    from slimp_cli.embed import embed
+    from slimp_cli.features.embed import embed
     from slimp_cli.train import pretrain
 
     base = tmp_path_factory.mktemp("full_disk")

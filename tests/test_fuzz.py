@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
 from slimp_cli.ingest import ingest
 
 COLUMNS = ["pid", "lid", "img", "dx", "age", "sex", "diam", "site"]

@@ -1,4 +1,4 @@
-"""Patients held out of every training stage (slimp_cli.holdout and its use in train/embed/probe)."""
+"""Patients held out of every training stage (slimp_cli.data.holdout and its use in train/embed/probe)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from slimp_cli.embed import embed
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.holdout import Holdout, choose_holdout, read_holdout
+from slimp_cli.data.shards import ShardIndex
 from slimp_cli.eval.probe import run_probe
 from slimp_cli.eval.retrieval import run_retrieval
-from slimp_cli.holdout import Holdout, choose_holdout, read_holdout
-from slimp_cli.runs import load_run, read_config, read_metrics
-from slimp_cli.shards import ShardIndex
-from slimp_cli.store import FeatureStore
+from slimp_cli.features.embed import embed
+from slimp_cli.features.store import FeatureStore
+from slimp_cli.models.runs import load_run, read_config, read_metrics
 from slimp_cli.train import TrainConfig, adapt, pretrain
 from slimp_cli.train import data as train_data
 from slimp_cli.train.distributed import DistInfo

@@ -18,18 +18,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.shards import ShardIndex
+from slimp_cli.data.transforms import Preprocess
 from slimp_cli.losses import nested_loss
-from slimp_cli.model_config import ModelConfig
 from slimp_cli.models import build_model
-from slimp_cli.runs import read_config, read_metrics
-from slimp_cli.shards import ShardIndex
+from slimp_cli.models.config import ModelConfig
+from slimp_cli.models.runs import read_config, read_metrics
 from slimp_cli.train import adapt, loop, pretrain
 from slimp_cli.train import data as train_data
 from slimp_cli.train.distributed import DistInfo
 from slimp_cli.train.ssl import HEAD_STATE, build_ssl_net
 from slimp_cli.train.train_config import TrainConfig
-from slimp_cli.transforms import Preprocess
 
 TINY = dict(image_model="vit_test", img_size=32, tab_dim=32, embed_dim=32)
 FAST = dict(workers=0, device="cpu", log_every=1, lr=1e-3, patients_per_batch=8)

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from derm7pt_release import LAYOUTS, SPLITS, default_splits, make_release
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.shards import ShardIndex
 from slimp_cli.ingest import ingest
-from slimp_cli.shards import ShardIndex
 
 
 def test_one_patient_per_case(derm7pt_shards, derm7pt_source):

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.shards import ShardIndex
 from slimp_cli.ingest import ingest
-from slimp_cli.shards import ShardIndex
 
 SLICE_LEAKS = [
     "iddx_full",
@@ -508,8 +508,8 @@ def test_schema_errors(tmp_path):
 
 
 def test_schema_infer_drafts_a_usable_schema(tmp_path, pad_source):
+    from slimp_cli.data.schema import validate_dataset_schema
     from slimp_cli.ingest.infer import infer_schema
-    from slimp_cli.schema import validate_dataset_schema
 
     draft = infer_schema(pad_source / "metadata.csv")
     validate_dataset_schema(draft)
@@ -533,7 +533,7 @@ def test_schema_infer_drafts_a_usable_schema(tmp_path, pad_source):
 
 
 def test_interrupted_ingest_leaves_nothing_complete(synth_dir, tmp_path, monkeypatch):
-    from slimp_cli import shards
+    from slimp_cli.data import shards
 
     calls = {"n": 0}
     original = shards.ShardWriter.write

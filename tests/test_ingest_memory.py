@@ -16,11 +16,11 @@ import time
 
 from PIL import Image
 
+from slimp_cli.data.shard_stream import entries_from_index, index_document
+from slimp_cli.data.shards import ShardIndex, ShardWriter
 from slimp_cli.ingest import ingest, pipeline
 from slimp_cli.ingest.formats import base
 from slimp_cli.ingest.images import ImageRef
-from slimp_cli.shards import ShardIndex, ShardWriter
-from slimp_cli.stream import entries_from_index, index_document
 
 
 def _files(folder):

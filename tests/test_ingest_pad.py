@@ -13,9 +13,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.shards import ShardIndex, iter_lesions
 from slimp_cli.ingest import ingest
-from slimp_cli.shards import ShardIndex, iter_lesions
 
 
 def slimp(*args: str) -> subprocess.CompletedProcess:

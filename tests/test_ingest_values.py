@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.schema import numeric_stats as mean_std
+from slimp_cli.data.shards import ShardIndex
 from slimp_cli.ingest import ingest
 from slimp_cli.ingest.images import normalise_image, to_rgb
-from slimp_cli.schema import numeric_stats as mean_std
-from slimp_cli.shards import ShardIndex
 
 COLUMNS = ["pid", "lid", "img", "dx", "age", "sex", "diam", "score", "site"]
 

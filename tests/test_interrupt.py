@@ -152,7 +152,7 @@ def test_metrics_rows_after_a_resume_equal_the_uninterrupted_runs(synth_shards, 
     stopped at step 5, resumed to 10, against 10 steps at once."""
     from conftest import TINY_MODEL
 
-    from slimp_cli.runs import read_metrics
+    from slimp_cli.models.runs import read_metrics
     from slimp_cli.train import pretrain
 
     torch.set_num_threads(1)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
 from slimp_cli.models.kmeans import pseudo_labels, spherical_kmeans
 from slimp_cli.models.sm3 import LABEL_SIZES, LABELS
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
 from slimp_cli.losses import compute_loss
-from slimp_cli.losses_sm3 import cross_modal_loss, multilabel_loss, sm3_loss, sm3_multimodal_loss
+from slimp_cli.losses.sm3 import cross_modal_loss, multilabel_loss, sm3_loss, sm3_multimodal_loss
 
 SIZES = (5, 3, 2, 3, 3, 3, 3, 2)  # K per label: DIAG, PN, BWV, VS, PIG, STR, DaG, RS
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.schema import ResolvedSchema, encode_tabular
 from slimp_cli.losses import compute_loss
-from slimp_cli.model_config import ModelConfig
 from slimp_cli.models import (
     TraceEncoder,
     build_model,
@@ -14,7 +14,7 @@ from slimp_cli.models import (
     replace_tabular_inputs,
     scatter_to_patients,
 )
-from slimp_cli.schema import ResolvedSchema, encode_tabular
+from slimp_cli.models.config import ModelConfig
 
 
 def num(name, mean=0.0, std=1.0):

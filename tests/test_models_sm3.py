@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slimp_cli.losses_sm3 import sm3_loss
-from slimp_cli.model_config import ModelConfig
+from slimp_cli.data.shards import ShardIndex, case_index
+from slimp_cli.losses.sm3 import sm3_loss
 from slimp_cli.models import build_model
+from slimp_cli.models.config import ModelConfig
+from slimp_cli.models.runs import read_config
 from slimp_cli.models.sm3 import LABEL_SIZES, LABELS
-from slimp_cli.runs import read_config
-from slimp_cli.shards import ShardIndex, case_index
 from slimp_cli.train.data import CaseDataset, PatientItem, collate_cases
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

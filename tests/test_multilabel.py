@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.schema import encode_raw, raw_columns
 from slimp_cli.eval.multilabel import CRITERIA, criterion_targets, run_multilabel
-from slimp_cli.schema import encode_raw, raw_columns
-from slimp_cli.store import FeatureStore, FeatureStoreWriter
+from slimp_cli.features.store import FeatureStore, FeatureStoreWriter
 
 VALUES = ["absent", "typical", "atypical"]
 

@@ -15,13 +15,13 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.shards import ShardIndex
 from slimp_cli.eval import WarningLog
 from slimp_cli.eval.pair_matching import run_pair_matching
 from slimp_cli.eval.probe import load_probe_data, run_probe
 from slimp_cli.eval.retrieval import run_retrieval
-from slimp_cli.shards import ShardIndex
-from slimp_cli.store import FeatureStore, FeatureStoreWriter
+from slimp_cli.features.store import FeatureStore, FeatureStoreWriter
 
 CLASSES = [
     "basal cell carcinoma",
@@ -377,7 +377,7 @@ def _store_splits(store) -> list[tuple[str, str]]:
 
 
 def test_embed_writes_each_rows_official_split(official_shards, tmp_path, one_torch_thread):
-    from slimp_cli.embed import embed
+    from slimp_cli.features.embed import embed
     from slimp_cli.train import pretrain
 
     run = pretrain(
@@ -408,7 +408,7 @@ def test_embed_writes_each_rows_official_split(official_shards, tmp_path, one_to
 
 
 def test_sm3_store_carries_the_official_split(official_shards, tmp_path, run_cli):
-    from slimp_cli.embed import embed
+    from slimp_cli.features.embed import embed
     from slimp_cli.train import pretrain
 
     run = pretrain(
@@ -435,8 +435,8 @@ def test_holdout_official_keeps_the_official_test_cases_out_of_pretraining(
 ):
     """`--holdout official`: pre-training holds out exactly the patients of the official test
     split, so `--split official` scores cases no training stage saw (SM3's Table I rows)."""
-    from slimp_cli.embed import embed
-    from slimp_cli.holdout import read_holdout
+    from slimp_cli.data.holdout import read_holdout
+    from slimp_cli.features.embed import embed
     from slimp_cli.train import pretrain
 
     run = pretrain(

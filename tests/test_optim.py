@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
 from slimp_cli.train import optim
 
 
@@ -76,7 +76,7 @@ def test_time_optimizers_times_each_candidate_and_leaves_the_parameters_alone():
 
 
 def test_a_run_records_the_implementation_in_its_environment(synth_shards, tmp_path):
-    from slimp_cli.model_config import ModelConfig
+    from slimp_cli.models.config import ModelConfig
     from slimp_cli.train import pretrain
 
     run = pretrain(

@@ -22,10 +22,10 @@ import h5py
 import numpy as np
 import pytest
 
-from slimp_cli import errors, paths
-from slimp_cli.errors import SlimpError
-from slimp_cli.paths import AtomicOutput, clean_stale, output_lock, publish, write_json
-from slimp_cli.store import FeatureStore, FeatureStoreWriter
+from slimp_cli.core import errors, paths
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.core.paths import AtomicOutput, clean_stale, output_lock, publish, write_json
+from slimp_cli.features.store import FeatureStore, FeatureStoreWriter
 
 
 def _dead_pid() -> int:
@@ -44,7 +44,7 @@ class Holder:
 
     CODE = (
         "import sys\n"
-        "from slimp_cli.paths import output_lock\n"
+        "from slimp_cli.core.paths import output_lock\n"
         "with output_lock(sys.argv[1]):\n"
         "    print('held', flush=True)\n"
         "    sys.stdin.read()\n"
@@ -85,8 +85,8 @@ def test_a_second_process_is_refused_naming_the_holder(tmp_path):
 def test_every_writer_takes_the_lock_of_its_output(tmp_path):
     """Store writers (embed, extrapolate) and export: refused while another process holds the
     output, before anything is written."""
-    from slimp_cli.export import export_run
-    from slimp_cli.store import PseudoWriter
+    from slimp_cli.features.export import export_run
+    from slimp_cli.features.store import PseudoWriter
 
     store = _store(tmp_path / "s.h5")
     before = store.read_bytes()
@@ -351,9 +351,9 @@ def test_the_pixel_limit_everywhere_an_image_is_opened(tmp_path):
 
     from PIL import Image
 
+    from slimp_cli.data.image_io import ImageTooLarge, max_image_pixels, set_max_image_pixels
+    from slimp_cli.data.transforms import Preprocess
     from slimp_cli.ingest.images import process_image
-    from slimp_cli.resize import ImageTooLarge, max_image_pixels, set_max_image_pixels
-    from slimp_cli.transforms import Preprocess
 
     bomb = _png_header(100_000, 100_000)
     pre = Preprocess(img_size=16, mean=(0.5,) * 3, std=(0.5,) * 3)

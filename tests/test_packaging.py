@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import slimp_cli
-from slimp_cli.schema import builtin_schema_names, load_dataset_schema
+from slimp_cli.data.schema import builtin_schema_names, load_dataset_schema
 
 ROOT = Path(slimp_cli.__file__).resolve().parent.parent
 PACKAGE = ROOT / "slimp_cli"

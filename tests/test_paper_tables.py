@@ -213,8 +213,8 @@ def _enumerate(sampler, epochs: int) -> tuple[int, int]:
 
 @pytest.mark.parametrize("preset", ["cpu", "paper"])
 def test_the_simclr_baseline_sees_the_nested_runs_images_at_its_own_batch(pad_shards, preset):
-    from slimp_cli.holdout import choose_holdout, patient_positives
-    from slimp_cli.shards import ShardIndex
+    from slimp_cli.data.holdout import choose_holdout, patient_positives
+    from slimp_cli.data.shards import ShardIndex
     from slimp_cli.train import TrainConfig
     from slimp_cli.train.budget import budget, image_recipe
     from slimp_cli.train.data import PatientBatchSampler, patient_infos
@@ -320,7 +320,7 @@ def test_every_row_is_the_mean_of_the_probe_files_it_names(cpu_run):
 
 
 def test_every_row_of_a_dataset_is_scored_on_the_same_held_out_patients(cpu_run):
-    from slimp_cli.store import FeatureStore
+    from slimp_cli.features.store import FeatureStore
 
     out, _, report = cpu_run
     for ds in ("pad", "derm7pt"):
@@ -342,7 +342,7 @@ def test_every_row_of_a_dataset_is_scored_on_the_same_held_out_patients(cpu_run)
 
 
 def test_the_adapt_stage_ran_on_each_target_from_the_slice3d_run(cpu_run):
-    from slimp_cli.runs import read_config, read_metrics
+    from slimp_cli.models.runs import read_config, read_metrics
 
     out, _, report = cpu_run
     slice_manifest = _sha256(out / "shards" / "slice3d" / "manifest.json")
@@ -375,9 +375,9 @@ def test_the_adapt_stage_ran_on_each_target_from_the_slice3d_run(cpu_run):
 
 def test_steps_and_images_seen_are_the_samplers_and_the_runs(cpu_run):
     """Each training record against its run (steps done) and the sampler rebuilt here."""
-    from slimp_cli.holdout import read_holdout
-    from slimp_cli.runs import read_config, read_metrics
-    from slimp_cli.shards import ShardIndex
+    from slimp_cli.data.holdout import read_holdout
+    from slimp_cli.data.shards import ShardIndex
+    from slimp_cli.models.runs import read_config, read_metrics
     from slimp_cli.train.data import PatientBatchSampler, patient_infos
 
     out, r, report = cpu_run
@@ -589,7 +589,7 @@ def _small_report(mod) -> dict:
 
 def test_report_html_is_the_tables_on_one_page_without_external_requests(tmp_path):
     mod = _module()
-    from slimp_cli.report.html import external_references
+    from slimp_cli.app.html import external_references
 
     out = tmp_path / "out"
     out.mkdir()

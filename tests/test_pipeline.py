@@ -7,8 +7,8 @@ import json
 
 import h5py
 
-from slimp_cli.embed import embed
-from slimp_cli.model_config import ModelConfig
+from slimp_cli.features.embed import embed
+from slimp_cli.models.config import ModelConfig
 from slimp_cli.train.pretrain import pretrain
 
 TINY = dict(image_model="vit_test", img_size=32, tab_dim=32, embed_dim=32)
@@ -44,8 +44,8 @@ def test_baseline_warns_about_a_leaking_column(
     tmp_path_factory, pad_source, pad_store, run_slimp, tiny_train
 ):
     """A schema that keeps `biopsed` makes the leakage audit name it."""
+    from slimp_cli.data.schema import load_dataset_schema
     from slimp_cli.ingest import ingest
-    from slimp_cli.schema import load_dataset_schema
 
     schema = load_dataset_schema("pad-ufes-20")
     schema["excluded"] = [e for e in schema["excluded"] if e["name"] != "biopsed"]

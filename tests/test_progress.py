@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 
 from slimp_cli.commands.train import fill_optional_values
-from slimp_cli.runs import BEST, LAST, SUMMARY, read_metrics, read_summary
+from slimp_cli.models.runs import BEST, LAST, SUMMARY, read_metrics, read_summary
 from slimp_cli.train import pretrain
 from slimp_cli.train.loop import progress_bar
 from slimp_cli.train.records import EpochSummary, epoch_line
@@ -281,7 +281,7 @@ def test_cli_resume_refusals_are_one_line(synth_shards, tmp_path, run_slimp, run
 
 
 def test_reconcile_best_keeps_copies_or_removes_the_best_checkpoint(tmp_path):
-    from slimp_cli.runs import save_checkpoint
+    from slimp_cli.models.runs import save_checkpoint
     from slimp_cli.train.loop import reconcile_best
 
     source, fork, rewound = tmp_path / "source", tmp_path / "fork", tmp_path / "rewound"

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from slimp_cli.errors import SlimpError
-from slimp_cli.report import external_references, render_tables_page
-from slimp_cli.report.run_report import holdout_predictions, loss_curves, roc_figure
-from slimp_cli.runs import read_metrics
-from slimp_cli.store import FeatureStore
+from slimp_cli.app.html import external_references, render_tables_page
+from slimp_cli.app.run_report import holdout_predictions, loss_curves, roc_figure
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.features.store import FeatureStore
+from slimp_cli.models.runs import read_metrics
 
 TINY_MODEL = dict(image_model="vit_test", img_size=32, tab_dim=32, embed_dim=32)
 
@@ -34,8 +34,8 @@ def run_and_store(synth_shards, tmp_path_factory):
     """A tiny nested run (2 epochs, 30% of the patients held out), its store, explain output."""
     import torch
 
-    from slimp_cli.embed import embed
     from slimp_cli.eval.explain import explain
+    from slimp_cli.features.embed import embed
     from slimp_cli.train import pretrain
 
     torch.set_num_threads(1)

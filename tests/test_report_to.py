@@ -10,8 +10,8 @@ import types
 
 import pytest
 
-from slimp_cli.errors import SlimpError
-from slimp_cli.runs import read_metrics
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.models.runs import read_metrics
 from slimp_cli.train import report
 from slimp_cli.train.report import WANDB_DIR, WANDB_ID_FILE, open_mirror, parse_report_to
 from slimp_cli.train.train_config import TrainConfig

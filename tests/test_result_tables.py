@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
 from slimp_cli.eval.tables import ResultTable, markdown, table_format, write_table
 
 
@@ -42,7 +42,7 @@ def test_probe_table_csv_is_the_json_report_with_its_sizes(pad_store, tmp_path, 
             assert _num(row[m]) == r["metrics"][m]["mean"]  # full precision, not rounded
             assert _num(row[f"{m}_std"]) == r["metrics"][m]["std"]
     # the held-out rows of this store, counted independently of the probe
-    from slimp_cli.store import FeatureStore
+    from slimp_cli.features.store import FeatureStore
 
     with FeatureStore.open(pad_store) as st:
         n_holdout = int((st.split == "holdout").sum())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
 from slimp_cli.eval.metrics import rank_metrics
 from slimp_cli.eval.retrieval import ranks_of_relevant, run_retrieval
 
@@ -207,7 +207,7 @@ def test_hand_made_ties_give_exact_mid_rank_metrics():
 
 def _lesion_store(path, *, lesion_id, features, modalities=None):
     """A store with given lesion ids (rows = images; one patient per lesion)."""
-    from slimp_cli.store import FeatureStoreWriter
+    from slimp_cli.features.store import FeatureStoreWriter
 
     n = len(lesion_id)
     names = ["dermoscopic", "clinical"] if modalities is not None else None

@@ -9,8 +9,8 @@ import sys
 import pytest
 from conftest import slimp_executable
 
-from slimp_cli.errors import SlimpError
-from slimp_cli.runs import LOCK, read_metrics, run_dir_lock
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.models.runs import LOCK, read_metrics, run_dir_lock
 
 TINY = [
     "--image-model", "vit_test", "--input-size", "32", "--tab-dim", "32", "--embed-dim", "32",
@@ -30,7 +30,7 @@ def _lock_in_another_process(run) -> str:
     code = (
         "import fcntl, sys\n"
         "from pathlib import Path\n"
-        "from slimp_cli.paths import acquire_lock, release_lock\n"
+        "from slimp_cli.core.paths import acquire_lock, release_lock\n"
         "lock = Path(sys.argv[1]) / '.slimp-run.lock'\n"
         "try:\n"
         "    release_lock(lock, acquire_lock(lock, fcntl, busy=RuntimeError))\n"

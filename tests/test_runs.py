@@ -1,4 +1,4 @@
-"""The run-dir contract (slimp_cli.runs): config.json, checkpoints, rebuild from config."""
+"""The run-dir contract (slimp_cli.models.runs): config.json, checkpoints, rebuild from config."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import shutil
 
 import torch
 
-from slimp_cli.holdout import read_holdout
-from slimp_cli.runs import load_run, read_config, sha256_file
-from slimp_cli.transforms import IMAGENET_MEAN, IMAGENET_STD
+from slimp_cli.data.holdout import read_holdout
+from slimp_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from slimp_cli.models.runs import load_run, read_config, sha256_file
 
 
 def test_run_dir_contract(trained_pad, pad_shards):
@@ -45,8 +45,8 @@ def test_run_dir_contract(trained_pad, pad_shards):
 
 
 def test_a_timm_model_records_its_own_mean_std(pad_shards, tmp_path):
-    from slimp_cli.model_config import ModelConfig
     from slimp_cli.models import build_model
+    from slimp_cli.models.config import ModelConfig
 
     model = build_model(
         ModelConfig(variant="image", image_model="vit_base_patch16_clip_224", img_size=32), None
@@ -57,7 +57,7 @@ def test_a_timm_model_records_its_own_mean_std(pad_shards, tmp_path):
 
 
 def test_model_rebuilt_from_config_gives_the_same_embeddings(trained_pad, pad_shards):
-    from slimp_cli.shards import ShardIndex
+    from slimp_cli.data.shards import ShardIndex
     from slimp_cli.train.data import PatientDataset, PatientItem, collate
 
     _run = load_run(trained_pad.run_dir)

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from slimp_cli.errors import SlimpError
-from slimp_cli.schema import (
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.schema import (
     ResolvedSchema,
     cardinalities,
     category_key,
@@ -81,7 +81,7 @@ def test_missing_schema_file_is_a_user_error(tmp_path):
 
 
 def test_encode_raw_one_hot_and_missing_indicators():
-    from slimp_cli.schema import encode_raw, raw_columns
+    from slimp_cli.data.schema import encode_raw, raw_columns
 
     cols, sources = raw_columns(FEATURES)
     assert cols == [
@@ -118,7 +118,7 @@ def test_invalid_json_names_the_file_and_line(tmp_path):
 
 
 def test_pooled_moments_equal_the_two_pass_statistics():
-    from slimp_cli.schema import numeric_stats, pooled_stats, value_moments
+    from slimp_cli.data.schema import numeric_stats, pooled_stats, value_moments
 
     groups = [[2.0, 4.0, 4.0], [4.0], [5.0, 5.0, 7.0, 9.0]]  # mean 5, population std 2 exactly
     parts = [value_moments(g) for g in groups]

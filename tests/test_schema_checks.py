@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from slimp_cli.errors import SlimpError
-from slimp_cli.schema import (
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.schema import (
     ResolvedSchema,
     builtin_schema_names,
     load_dataset_schema,

@@ -9,9 +9,9 @@ import tarfile
 
 import pytest
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.shards import ShardIndex, verify_shards
 from slimp_cli.ingest import ingest
-from slimp_cli.shards import ShardIndex, verify_shards
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from slimp_cli.errors import SlimpError
-from slimp_cli.paths import write_json
-from slimp_cli.shards import ShardIndex, ShardWriter, iter_lesions, sanitise_key, unique_keys
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.core.paths import write_json
+from slimp_cli.data.shards import ShardIndex, ShardWriter, iter_lesions, sanitise_key, unique_keys
 
 
 def _jpeg(colour: int) -> bytes:
@@ -147,7 +147,7 @@ def test_index_refuses_bad_folders(tmp_path):
 
 def test_patient_records_are_parsed_once_while_cached(synth_shards, monkeypatch):
     """Lesion-by-lesion readers (embed) must not re-parse a patient's JSON for every lesion."""
-    import slimp_cli.shards as shards_mod
+    import slimp_cli.data.shards as shards_mod
 
     index = shards_mod.ShardIndex.open(synth_shards)
     reads = []

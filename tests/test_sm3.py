@@ -19,12 +19,12 @@ import pandas as pd
 import pytest
 import torch
 
-from slimp_cli.embed import embed
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
 from slimp_cli.eval.multilabel import CRITERIA as CRITERIA_NAMES
 from slimp_cli.eval.pair_matching import run_pair_matching
-from slimp_cli.runs import load_run, read_config, read_metrics
-from slimp_cli.store import FeatureStore
+from slimp_cli.features.embed import embed
+from slimp_cli.features.store import FeatureStore
+from slimp_cli.models.runs import load_run, read_config, read_metrics
 from slimp_cli.train import pretrain
 from slimp_cli.train.session import resolve_configs
 from slimp_cli.train.sm3 import sm3_defaults
@@ -360,8 +360,8 @@ def test_held_out_cases_are_never_drawn_and_the_store_marks_them(
 ):
     """The held-out protocol reaches SM3: its case sampler skips held-out patients, and the
     store's rows carry the split."""
-    from slimp_cli.holdout import read_holdout
-    from slimp_cli.shards import ShardIndex
+    from slimp_cli.data.holdout import read_holdout
+    from slimp_cli.data.shards import ShardIndex
     from slimp_cli.train import data as train_data
 
     seen = []

@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from slimp_cli.runs import read_config, read_metrics
+from slimp_cli.models.runs import read_config, read_metrics
 from slimp_cli.train import pretrain
 
 pytestmark = [
@@ -122,8 +122,8 @@ def test_two_processes_share_the_stage2_memory_bank(paired_shards, tmp_path):
 
 
 def _first_bank(init, shards):
-    from slimp_cli.runs import load_run
-    from slimp_cli.shards import ShardIndex, case_index
+    from slimp_cli.data.shards import ShardIndex, case_index
+    from slimp_cli.models.runs import load_run
     from slimp_cli.train.data import CaseDataset
     from slimp_cli.train.sm3 import MODALITIES, PseudoLabels
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
 from slimp_cli.eval import WarningLog
 from slimp_cli.eval.splits import check_fractions, low_shot, make_split, patient_split, random_split
 

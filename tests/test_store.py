@@ -12,8 +12,8 @@ import h5py
 import numpy as np
 import pytest
 
-from slimp_cli.errors import SlimpError
-from slimp_cli.store import FORMAT, FeatureStore, FeatureStoreWriter
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.features.store import FORMAT, FeatureStore, FeatureStoreWriter
 
 
 def _example(write_store, tmp_path: Path, n: int = 100) -> tuple[Path, dict]:

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from conftest import TINY_MODEL, _tiny_train, slimp_executable
 
-from slimp_cli.embed import embed
-from slimp_cli.errors import SlimpError
-from slimp_cli.store import FeatureStore, FeatureStoreWriter
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.features.embed import embed
+from slimp_cli.features.store import FeatureStore, FeatureStoreWriter
 
 D = 8
 

@@ -1,5 +1,5 @@
-"""Shards streamed from URLs (`--shard-url`, slimp_cli/stream.py, train/stream.py,
-embed_stream.py): the patient index, the epoch's shard split over ranks and workers, held-out
+"""Shards streamed from URLs (`--shard-url`, slimp_cli/data/shard_stream.py, train/streamed.py,
+features/embed_streamed.py): the patient index, the epoch's shard split over ranks and workers, held-out
 patients, streamed pretrain and embed against the local path, errors.
 
 The PAD subset is ingested into 9 shards (50 patients each); "remote" folders hold only its
@@ -22,13 +22,9 @@ import pytest
 import torch
 from conftest import TINY_MODEL
 
-from slimp_cli.embed import embed
-from slimp_cli.errors import SlimpError
-from slimp_cli.holdout import choose_holdout, patient_positives
-from slimp_cli.model_config import ModelConfig
-from slimp_cli.models import build_model
-from slimp_cli.shards import ShardIndex
-from slimp_cli.stream import (
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.holdout import choose_holdout, patient_positives
+from slimp_cli.data.shard_stream import (
     INDEX,
     ShardSource,
     entries_from_index,
@@ -37,12 +33,16 @@ from slimp_cli.stream import (
     read_patient_index,
     stream_patient_index,
 )
+from slimp_cli.data.shards import ShardIndex
+from slimp_cli.features.embed import embed
+from slimp_cli.models import build_model
+from slimp_cli.models.config import ModelConfig
 from slimp_cli.train import TrainConfig
 from slimp_cli.train.data import GROUP_STRIDE, LocalBatches
 from slimp_cli.train.distributed import DistInfo
 from slimp_cli.train.loop import local_batches
 from slimp_cli.train.session import TrainingPatients
-from slimp_cli.train.stream import StreamBatches, stream_batches
+from slimp_cli.train.streamed import StreamBatches, stream_batches
 
 B = 8
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.shards import ShardIndex
 from slimp_cli.ingest.synth import COLOURS, generate_cohort
-from slimp_cli.shards import ShardIndex
 
 
 def _digest(folder) -> str:

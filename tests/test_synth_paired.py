@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from slimp_cli.data.shards import ShardIndex
 from slimp_cli.ingest.synth_paired import CRITERIA_VALUES, generate_paired_cohort
-from slimp_cli.shards import ShardIndex
 
 
 def _digest(folder) -> str:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from slimp_cli.errors import SlimpError
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.schema import load_dataset_schema
 from slimp_cli.ingest.synth import SLICE3D_COLUMNS, generate_slice3d_cohort
-from slimp_cli.schema import load_dataset_schema
 
 
 def _digest(folder) -> str:
@@ -56,8 +56,8 @@ def test_the_table_has_every_column_of_the_slice3d_schema(cohort):
 
 
 def test_ingested_by_the_slice3d_adapter_with_the_leaks_excluded(cohort, tmp_path):
+    from slimp_cli.data.shards import ShardIndex
     from slimp_cli.ingest import ingest
-    from slimp_cli.shards import ShardIndex
 
     out, result = cohort
     res = ingest("slice-3d", out, tmp_path / "shards", image_size=32, workers=1)

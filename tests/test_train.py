@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from slimp_cli.errors import SlimpError
-from slimp_cli.runs import load_run, read_config, read_metrics
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.models.runs import load_run, read_config, read_metrics
 from slimp_cli.train import TrainConfig, pretrain
 from slimp_cli.train.loop import lr_factor
 
@@ -321,7 +321,7 @@ def test_grad_checkpointing_gives_the_same_step(pad_shards, tmp_path):
 
 
 def test_default_workers_follow_the_usable_cores(monkeypatch):
-    from slimp_cli import devices
+    from slimp_cli.core import devices
 
     monkeypatch.setattr(
         devices.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False

@@ -10,8 +10,8 @@ import subprocess
 import pytest
 import torch
 
-from slimp_cli.errors import SlimpError
-from slimp_cli.runs import read_config, read_metrics
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.models.runs import read_config, read_metrics
 from slimp_cli.train import pretrain
 from slimp_cli.train.records import check_world_size, git_commit, recipe_from_config
 

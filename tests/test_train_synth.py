@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from slimp_cli.runs import load_run, read_metrics
+from slimp_cli.models.runs import load_run, read_metrics
 from slimp_cli.train import pretrain
 
 TINY = dict(image_model="vit_test", img_size=32, tab_dim=32, embed_dim=32)
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def permuted_copy(src: Path, dst: Path, seed: int = 0) -> Path:
     """A copy of ingested shards whose lesion metadata are permuted across all lesions."""
-    from slimp_cli.shards import ShardIndex, ShardWriter
+    from slimp_cli.data.shards import ShardIndex, ShardWriter
 
     index = ShardIndex.open(src)
     records = list(index)
@@ -74,8 +74,8 @@ def permuted_copy(src: Path, dst: Path, seed: int = 0) -> Path:
 @torch.no_grad()
 def image_to_lesion_ranks(run: Path, data: Path) -> np.ndarray:
     """Rank of each lesion's own metadata among all lesions' metadata, queried by its image."""
-    from slimp_cli.schema import encode_tabular
-    from slimp_cli.shards import ShardIndex
+    from slimp_cli.data.schema import encode_tabular
+    from slimp_cli.data.shards import ShardIndex
 
     _run = load_run(run)
 

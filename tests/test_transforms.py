@@ -1,4 +1,4 @@
-"""Image preprocessing (slimp_cli.transforms): decode, resize + centre-crop, normalise, augment."""
+"""Image preprocessing (slimp_cli.data.transforms): decode, resize + centre-crop, normalise, augment."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from slimp_cli.errors import SlimpError
-from slimp_cli.model_config import ModelConfig
+from slimp_cli.core.errors import SlimpError
+from slimp_cli.data.transforms import IMAGENET_MEAN, Preprocess, model_mean_std, resize_center
 from slimp_cli.models import build_model
-from slimp_cli.transforms import IMAGENET_MEAN, Preprocess, model_mean_std, resize_center
+from slimp_cli.models.config import ModelConfig
 
 
 def _jpeg(size=(40, 30), colour=(200, 100, 50)) -> bytes:
@@ -74,7 +74,7 @@ def test_mean_std_come_from_the_image_model():
 def test_batched_color_jitter_equals_torchvision_without_clipping_or_hue():
     import torchvision.transforms.v2.functional as TF
 
-    from slimp_cli.transforms import color_jitter
+    from slimp_cli.data.transforms import color_jitter
 
     g = torch.Generator().manual_seed(0)
     x = 0.35 + 0.3 * torch.rand(4, 3, 12, 12, generator=g)  # mid-range: no step clips
@@ -96,7 +96,7 @@ def test_batched_color_jitter_equals_torchvision_without_clipping_or_hue():
 
 
 def test_hue_shift_is_a_chroma_rotation_with_known_answers():
-    from slimp_cli.transforms import color_jitter
+    from slimp_cli.data.transforms import color_jitter
 
     x = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(1)) * 0.5 + 0.25
     full_turn = color_jitter(x, torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]] * 2))
@@ -111,7 +111,7 @@ def test_hue_shift_is_a_chroma_rotation_with_known_answers():
 
 
 def test_augmented_views_are_uint8_with_their_colour_parameters():
-    from slimp_cli.transforms import IDENTITY_JITTER, to_model_input
+    from slimp_cli.data.transforms import IDENTITY_JITTER, to_model_input
 
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8))
     pre = Preprocess(img_size=32)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimp_cli.paths import read_json, write_json
+from slimp_cli.core.paths import read_json, write_json
 
 from .recipes import IMAGE_STAGE, PRESETS, stage_recipe
 from .spec import (
@@ -98,8 +98,8 @@ def _adapt(source: Path, shards: Path, run: Path, train: dict, tune: str) -> Non
 def _embed(run: Path, shards: Path, store: Path, preset: dict, *, mark=None) -> None:
     """Embed (image-only when `mark`: a model that never trained on this data, whose rows are
     then marked with the target's held-out patients `mark`, a Holdout)."""
-    from slimp_cli.embed import embed
-    from slimp_cli.store import FeatureStore, mark_split
+    from slimp_cli.features.embed import embed
+    from slimp_cli.features.store import FeatureStore, mark_split
 
     # marked under a name of its own, then renamed: a store at `store` is always complete
     tmp = store.with_name(f".{store.stem}.unmarked.h5") if mark is not None else store
@@ -124,10 +124,10 @@ def _save(path: Path, fn: Callable[[], dict]) -> Callable[[], None]:
 
 
 def target_holdout(shards: Path, preset: dict):
-    """The held-out patients every run on this data draws (holdout.py, the preset's fraction
+    """The held-out patients every run on this data draws (data/holdout.py, the preset's fraction
     and seed): what stores of models that never trained on it are scored on."""
-    from slimp_cli.holdout import choose_holdout, patient_positives
-    from slimp_cli.shards import ShardIndex
+    from slimp_cli.data.holdout import choose_holdout, patient_positives
+    from slimp_cli.data.shards import ShardIndex
 
     ids, positive = patient_positives(ShardIndex.open(shards))
     h = preset["holdout"]
@@ -135,7 +135,7 @@ def target_holdout(shards: Path, preset: dict):
 
 
 def holdout_info(store: Path) -> dict:
-    from slimp_cli.store import FeatureStore
+    from slimp_cli.features.store import FeatureStore
 
     with FeatureStore.open(store) as st:
         split = st.split
@@ -151,7 +151,7 @@ def holdout_info(store: Path) -> dict:
 
 
 def _budget(run: Path, shards: Path) -> dict:
-    from slimp_cli.runs import read_config, read_metrics
+    from slimp_cli.models.runs import read_config, read_metrics
     from slimp_cli.train.budget import run_budget
 
     cfg = read_config(run)
@@ -197,12 +197,12 @@ def run_benchmark(
     say: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> dict:
     """Run (or resume) every stage under `out`; returns the report (also written as JSON/MD)."""
+    from slimp_cli.data.shards import ShardIndex
     from slimp_cli.eval.extrapolate import extrapolate
     from slimp_cli.eval.images_add import what_images_add
     from slimp_cli.eval.multilabel import run_multilabel
     from slimp_cli.eval.probe import run_probe
     from slimp_cli.eval.retrieval import run_retrieval
-    from slimp_cli.shards import ShardIndex
 
     from .report import build_report, finish_report
 
@@ -592,7 +592,7 @@ def _sm3_section(out: Path, shards: Path, preset: dict, seed: int, stages, run_m
     the SM3 paper's Table I layout (the cpu preset on the held-out cases, the paper preset on
     Kawahara's official test split). The shared Derm7pt subset has no clinical images, so only
     the dermoscopic branch learns (the run says so)."""
-    from slimp_cli.embed import embed
+    from slimp_cli.features.embed import embed
     from slimp_cli.train import pretrain
 
     tag = f"derm7pt-sm3-s{seed}"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimp_cli.paths import write_json
+from slimp_cli.core.paths import write_json
 
 from .spec import METADATA, MODELS, MULTILABEL, PAPER, RETRIEVAL, SECTIONS
 
@@ -631,7 +631,7 @@ def finish_report(
     report: dict, out: Path, *, preset_name, preset, seeds, stages, settings, t_start
 ) -> dict:
     """Add the run record; write paper_tables.json and paper_tables.md (atomically)."""
-    from slimp_cli.paths import atomic_path
+    from slimp_cli.core.paths import atomic_path
 
     report["run"] = {
         "preset": preset_name,
@@ -693,11 +693,11 @@ def report_tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
 
 
 def to_html(report: dict) -> str:
-    """One self-contained HTML page of the report's tables (slimp_cli.report.html): the same
+    """One self-contained HTML page of the report's tables (slimp_cli.app.html): the same
     tables as paper_tables.md, the held-out patients, the run record and the warnings; no
     external request (SlimpError if the page would make one)."""
-    from slimp_cli.errors import SlimpError
-    from slimp_cli.report.html import external_references, render_tables_page
+    from slimp_cli.app.html import external_references, render_tables_page
+    from slimp_cli.core.errors import SlimpError
 
     run = report.get("run") or {}
     title = "slimp: the papers' tables" + (
@@ -712,7 +712,7 @@ def to_html(report: dict) -> str:
 
 def write_html(report: dict, path: Path) -> Path:
     """`to_html(report)` written to `path` atomically."""
-    from slimp_cli.paths import write_text
+    from slimp_cli.core.paths import write_text
 
     write_text(path, to_html(report))
     return path

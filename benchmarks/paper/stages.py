@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slimp_cli.paths import read_json, write_json
+from slimp_cli.core.paths import read_json, write_json
 
 
 def _safe(name: str) -> str:

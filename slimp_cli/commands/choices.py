@@ -2,7 +2,7 @@
 
 The values are spelled here rather than imported, so that `slimp --help` does not import
 torch or scikit-learn; `tests/test_cli_contract.py` checks that each set equals the library's
-own constant (`model_config.VARIANTS`, `eval.probe.LABELS`, ...), so they cannot drift apart.
+own constant (`models.config.VARIANTS`, `eval.probe.LABELS`, ...), so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def _choice(name: str, values: tuple[str, ...]) -> type[Enum]:
     return Enum(name, {v.replace("-", "_"): v for v in values}, type=str)
 
 
-VARIANTS = ("nested", "flat", "image", "sm3")  # model_config.VARIANTS
+VARIANTS = ("nested", "flat", "image", "sm3")  # models.config.VARIANTS
 METHODS = ("slimp", "sm3")  # train.train_config.METHODS
 TUNES = ("embeddings", "all")  # train.adapt.TUNES
 LABELS = ("binary", "multiclass", "melanoma")  # eval.probe.LABELS
@@ -70,12 +70,12 @@ def comma_list(allowed: tuple[str, ...]):
 
 
 def device_name(name: str | None) -> str | None:
-    """A Typer callback: `--device` is free text checked by `slimp_cli.devices` (exit 2 when
+    """A Typer callback: `--device` is free text checked by `slimp_cli.core.devices` (exit 2 when
     it is no device name; whether the device exists here is checked when it is used)."""
     if name is None:
         return None
-    from ..devices import check_device_name
-    from ..errors import SlimpError
+    from ..core.devices import check_device_name
+    from ..core.errors import SlimpError
 
     try:
         check_device_name(name)

@@ -88,12 +88,12 @@ def embed_cmd(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from ..paths import prepare_output_file
-    from ..store import check_store_destination
+    from ..core.paths import prepare_output_file
+    from ..features.store import check_store_destination
 
     prepare_output_file(out, "--out")  # a missing folder is created
     check_store_destination(out, overwrite=overwrite)  # in a second, before torch is imported
-    from ..embed import embed, store_summary
+    from ..features.embed import embed, store_summary
 
     if img_size is not None:  # the deprecated name, as pretrain's
         if input_size is not None and input_size != img_size:
@@ -126,7 +126,7 @@ def embed_cmd(
         task = bar.add_task("embedding lesions", total=None)
         update = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
         if foreign is not None:
-            from ..foreign import embed_foreign
+            from ..features.timm_encoder import embed_foreign
 
             path = embed_foreign(
                 checkpoint,
@@ -205,7 +205,7 @@ def demo_cmd(
     synth -> ingest -> pretrain (tiny nested SLIMP and image-only SimCLR) -> embed -> probe both
     -> extrapolate onto an image-only copy -> probe with pseudo-metadata.
     """
-    from ..demo import run_demo
+    from ..app.demo import run_demo
 
     run_demo(out, patients=patients, steps=steps, seed=seed, threads=threads, console=console)
 

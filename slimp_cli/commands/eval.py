@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import SlimpError
+from ..core.errors import SlimpError
 from .choices import (
     DEVICE_HELP,
     LEVELS,
@@ -61,7 +61,7 @@ def _warn(messages: list[str]) -> None:
 def _outputs(json_path: Path | None, plots: Path | None, table: Path | None = None) -> None:
     """Create (or check) the output folders before any computing, and hold their one-writer
     locks until the command exits (a second probe writing the same files exits 1)."""
-    from ..paths import hold_output, prepare_output_dir, prepare_output_file
+    from ..core.paths import hold_output, prepare_output_dir, prepare_output_file
 
     for path, option in ((json_path, "--json"), (table, "--table")):
         if path is not None:
@@ -102,7 +102,7 @@ def _write_table(path: Path | None, table) -> None:
 def _write_json(path: Path | None, report: dict) -> None:
     if path is None:
         return
-    from ..paths import write_json
+    from ..core.paths import write_json
 
     try:
         write_json(path, report)

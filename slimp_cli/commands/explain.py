@@ -35,7 +35,7 @@ def explain_cmd(
     Writes importance.png/.json (importance sums to 1 per encoder) and attention.png/.json/.npz
     (maps on the patch grid sum to 1; the .npz holds them upsampled to the image size).
     """
-    from ..devices import resolve_device
+    from ..core.devices import resolve_device
     from ..eval.explain import explain
 
     if max_rows < 1:

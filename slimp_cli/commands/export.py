@@ -33,7 +33,7 @@ def export_cmd(
 
     Load it with plain timm: timm.create_model("local-dir:OUT", pretrained=True).
     """
-    from ..export import export_run
+    from ..features.export import export_run
 
     result = export_run(run, out, metrics_files=list(metrics or []), overwrite=overwrite)
     console.print(
@@ -65,8 +65,8 @@ def encode_cmd(
 ) -> None:
     """Embed one lesion (image, and metadata with --meta) without ingesting it: the same
     vectors as its row in a `slimp embed` store."""
-    from ..encode import encode_lesion, read_meta
-    from ..paths import prepare_output_file, write_json
+    from ..core.paths import prepare_output_file, write_json
+    from ..features.encode import encode_lesion, read_meta
 
     apply_max_image_pixels(max_image_pixels)
     if out is not None:

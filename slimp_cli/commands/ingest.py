@@ -12,7 +12,7 @@ from rich.table import Table
 
 schema_app = typer.Typer(help="Dataset schemas: draft one for a new table.", no_args_is_help=True)
 
-# PIL's decompression-bomb limit (slimp_cli.resize.open_image), shared by every command that
+# PIL's decompression-bomb limit (slimp_cli.data.image_io.open_image), shared by every command that
 # opens images (ingest, embed, encode).
 MAX_IMAGE_PIXELS_HELP = (
     "Refuse images of more pixels (width x height) than this: 'image too large: W x H pixels' "
@@ -23,7 +23,7 @@ MAX_IMAGE_PIXELS_HELP = (
 def apply_max_image_pixels(value: int | None) -> None:
     """Set `--max-image-pixels` for this process (and the workers it forks)."""
     if value is not None:
-        from ..resize import set_max_image_pixels
+        from ..data.image_io import set_max_image_pixels
 
         set_max_image_pixels(value)
 
@@ -158,7 +158,7 @@ def verify_command(
     """Check every shard of an ingested folder against manifest.json (counts, size, sha256).
 
     Exit status 1 with one line naming the first shard that differs."""
-    from ..shards import verify_shards
+    from ..data.shards import verify_shards
 
     r = verify_shards(data)
     typer.echo(
@@ -214,8 +214,8 @@ def infer_command(
     out: Path | None = typer.Option(None, "--out", help="Write the draft here instead of stdout."),
 ) -> None:
     """Draft a dataset schema for a new table: types and roles guessed, marked '_todo' to confirm."""
+    from ..core.paths import write_text
     from ..ingest.infer import infer_schema
-    from ..paths import write_text
 
     text = json.dumps(
         infer_schema(csv), indent=2, ensure_ascii=False

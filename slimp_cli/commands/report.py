@@ -52,9 +52,9 @@ def report_cmd(
     held-out loss per epoch, probe table with the metadata baseline beside it, ROC overlay,
     t-SNE, retrieval figures and examples, attention maps. Figures are inline: the page makes
     no network request."""
-    from ..devices import resolve_device
-    from ..errors import check_seed
-    from ..report import write_run_report
+    from ..app.run_report import write_run_report
+    from ..core.devices import resolve_device
+    from ..core.errors import check_seed
 
     check_seed(seed, "--seed")
     path = write_run_report(

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand
 
-from ..errors import SlimpError
+from ..core.errors import SlimpError
 from . import choices as C
 
 console = Console(stderr=True)
@@ -320,7 +320,7 @@ def _train_options(options: dict) -> dict:
 def _summary(run_dir: Path) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    from ..runs import BEST, SUMMARY, read_config, read_metrics, read_summary
+    from ..models.runs import BEST, SUMMARY, read_config, read_metrics, read_summary
 
     metrics = read_metrics(run_dir)
     val = read_metrics(run_dir, kind="validation")

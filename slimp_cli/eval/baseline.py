@@ -31,7 +31,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from ..store import RAW_LEVELS, FeatureStore
+from ..features.store import RAW_LEVELS, FeatureStore
 from . import WarningLog
 from .metrics import ovr_auc
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from ..errors import SlimpError
+from ..core.errors import SlimpError
 
 DEFAULT_RESAMPLES = 1000
 CHUNK = 25  # resamples per weight matrix: memory CHUNK x n floats

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from ..errors import SlimpError
+from ..core.errors import SlimpError
 
 MIN_TPR = 0.8  # ISIC 2024: partial AUC above 80% TPR
 OPERATING_POINTS = (0.90, 0.95)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import SlimpError
-from ..store import BRANCH_LEVELS, LEVELS, RAW_LEVELS, FeatureStore
+from ..core.errors import SlimpError
+from ..features.store import BRANCH_LEVELS, LEVELS, RAW_LEVELS, FeatureStore
 from .baseline import BASELINES, raw_metadata
 from .bootstrap import intervals
 from .clinical import MalignantTask, curve_metrics

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SlimpError
+from ..core.errors import SlimpError
+from ..core.paths import json_safe, write_json
+from ..data.shards import ShardIndex
+from ..data.transforms import decode_image, pil_to_uint8, resize_center
+from ..features.store import FeatureStore
 from ..models import patient_record
-from ..paths import json_safe, write_json
-from ..runs import sha256_file
-from ..shards import ShardIndex
-from ..store import FeatureStore
-from ..transforms import decode_image, pil_to_uint8, resize_center
+from ..models.runs import sha256_file
 from .search import topk_cosine
 
 DISPLAY = 160  # pixels per picture in the panel

@@ -34,12 +34,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import SlimpError
+from ..core.errors import SlimpError
+from ..core.paths import json_safe, write_json
+from ..data.shards import ShardIndex
+from ..data.transforms import decode_image, pil_to_uint8, resize_center
 from ..models import patient_record
-from ..paths import json_safe, write_json
-from ..runs import Run, check_schema_compatible, load_run
-from ..shards import ShardIndex
-from ..transforms import decode_image, pil_to_uint8, resize_center
+from ..models.runs import Run, check_schema_compatible, load_run
 
 MAX_ROWS = 5000  # rows (lesions) the importance is averaged over; patients are all of theirs
 DEFINITION = (
@@ -351,7 +351,7 @@ def explain(
     }
     files["attention"] = figures.attention_grid(out / "attention.png", pictures, full, lesions)
     write_json(out / "attention.json", json_safe(attention))
-    from ..paths import atomic_path
+    from ..core.paths import atomic_path
 
     with atomic_path(out / "attention.npz") as tmp:
         with open(tmp, "wb") as fh:

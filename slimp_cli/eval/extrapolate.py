@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SlimpError
-from ..paths import json_safe
-from ..store import PSEUDO_STRATEGIES, FeatureStore, PseudoWriter
+from ..core.errors import SlimpError
+from ..core.paths import json_safe
+from ..features.store import PSEUDO_STRATEGIES, FeatureStore, PseudoWriter
 from . import WarningLog
 from .metrics import percentiles
 from .search import iter_topk, topk_cosine

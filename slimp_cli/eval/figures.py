@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..paths import atomic_path
+from ..core.paths import atomic_path
 from .plots import ensure_dir
 
 __all__ = ["ensure_dir", "tsne_panels", "importance_bars", "attention_grid", "retrieval_panel"]

@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from ..errors import SlimpError
-from ..store import BRANCH_LEVELS, LEVELS, FeatureStore
+from ..core.errors import SlimpError
+from ..features.store import BRANCH_LEVELS, LEVELS, FeatureStore
 from . import WarningLog
 from .bootstrap import DEFAULT_RESAMPLES
 from .compare import RAW, available, has_raw

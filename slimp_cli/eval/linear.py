@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from sklearn.preprocessing import StandardScaler
 
-from ..errors import SlimpError
+from ..core.errors import SlimpError
 
 
 @dataclass(frozen=True, kw_only=True)

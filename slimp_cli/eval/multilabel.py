@@ -31,9 +31,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import SlimpError
-from ..paths import json_safe
-from ..store import PSEUDO_STRATEGIES, FeatureStore
+from ..core.errors import SlimpError
+from ..core.paths import json_safe
+from ..features.store import PSEUDO_STRATEGIES, FeatureStore
 from . import WarningLog
 from .knn import knn_proba
 from .metrics import class_metrics, classification_metrics, summarize

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ..errors import SlimpError, check_seed
+from ..core.errors import SlimpError, check_seed
 
 
 def check_seeds(seeds: Sequence[int], option: str = "--seeds") -> list[int]:

@@ -23,9 +23,9 @@ import os
 
 import numpy as np
 
-from ..errors import SlimpError
-from ..paths import json_safe
-from ..store import FeatureStore
+from ..core.errors import SlimpError
+from ..core.paths import json_safe
+from ..features.store import FeatureStore
 from . import WarningLog
 from .metrics import rank_metrics
 from .retrieval import lesion_codes, ranks_of_relevant

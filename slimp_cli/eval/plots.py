@@ -14,8 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
-from ..errors import SlimpError
-from ..paths import atomic_path
+from ..core.errors import SlimpError
+from ..core.paths import atomic_path
 
 
 def ensure_dir(path: str | Path) -> Path:

@@ -38,9 +38,9 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..errors import SlimpError
-from ..paths import json_safe
-from ..store import BRANCH_LEVELS, LEVELS, PSEUDO_STRATEGIES, FeatureStore
+from ..core.errors import SlimpError
+from ..core.paths import json_safe
+from ..features.store import BRANCH_LEVELS, LEVELS, PSEUDO_STRATEGIES, FeatureStore
 from . import WarningLog
 from .baseline import BASELINES, leakage_audit, make_baseline, openmp_threads_for, raw_metadata
 from .bootstrap import DEFAULT_RESAMPLES

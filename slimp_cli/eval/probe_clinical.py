@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..errors import SlimpError
-from ..store import FeatureStore
+from ..core.errors import SlimpError
+from ..features.store import FeatureStore
 from . import WarningLog
 from .bootstrap import DEFAULT_RESAMPLES, PatientBootstrap, check_resamples
 from .clinical import MalignantTask

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SlimpError, check_seed
-from ..paths import json_safe
-from ..store import FeatureStore
+from ..core.errors import SlimpError, check_seed
+from ..core.paths import json_safe
+from ..features.store import FeatureStore
 from . import WarningLog
 from .metrics import RETRIEVAL_KS, percentiles, rank_metrics
 from .search import GALLERY_CHUNK, normalize, rank_counts, topk_cosine

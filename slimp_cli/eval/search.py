@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from ..devices import resolve_device
-from ..errors import SlimpError
+from ..core.devices import resolve_device
+from ..core.errors import SlimpError
 
 QUERY_CHUNK = 4096
 GALLERY_CHUNK = 16384

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from ..errors import SlimpError
-from ..store import OFFICIAL_SPLITS
+from ..core.errors import SlimpError
+from ..features.store import OFFICIAL_SPLITS
 from . import WarningLog
 
 SPLITS = ("holdout", "random", "patient", "official")

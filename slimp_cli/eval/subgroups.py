@@ -24,8 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import SlimpError
-from ..store import RAW_LEVELS, FeatureStore
+from ..core.errors import SlimpError
+from ..features.store import RAW_LEVELS, FeatureStore
 from . import WarningLog
 from .bootstrap import intervals, percentile_interval
 from .clinical import MalignantTask, curve_metrics

@@ -20,8 +20,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import SlimpError
-from ..paths import atomic_text
+from ..core.errors import SlimpError
+from ..core.paths import atomic_text
 
 FORMATS = {".csv": "csv", ".md": "markdown"}
 # The metrics of a probe table (and of the terminal's), by label kind.

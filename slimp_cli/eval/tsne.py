@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SlimpError
-from ..paths import json_safe, write_json
-from ..store import LEVELS, FeatureStore
+from ..core.errors import SlimpError
+from ..core.paths import json_safe, write_json
+from ..features.store import LEVELS, FeatureStore
 from .search import normalize
 
 MAX_ROWS = 3000

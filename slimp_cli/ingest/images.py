@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from PIL import Image, ImageOps
 
-from ..resize import CURRENT_LIMIT, ImageTooLarge, open_image, resize_center
+from ..data.image_io import CURRENT_LIMIT, ImageTooLarge, open_image, resize_center
 
 # Extensions considered images when searching a folder (lower case, with the dot).
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -124,7 +124,7 @@ def normalise_image(
     Returns the JPEG bytes and the original (width, height). Raises on any unreadable,
     truncated or non-image input (PIL's errors, or ValueError for an empty file), and
     ImageTooLarge when the image has more than `max_pixels` pixels (default: the current
-    limit, `resize.set_max_image_pixels`; None: no limit).
+    limit, `image_io.set_max_image_pixels`; None: no limit).
     """
     if not data:
         raise ValueError("empty file")

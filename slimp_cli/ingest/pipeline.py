@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
-from ..errors import SlimpError
-from ..paths import NO_SPACE, atomic_text, clean_stale, output_lock, write_error, write_json
-from ..resize import CURRENT_LIMIT
-from ..resize import max_image_pixels as current_pixel_limit
-from ..schema import load_dataset_schema, validate_dataset_schema
-from ..shards import SHARD_GLOB, ShardWriter, image_entry_name, unique_keys, verify_shards
+from ..core.errors import SlimpError
+from ..core.paths import NO_SPACE, atomic_text, clean_stale, output_lock, write_error, write_json
+from ..data.image_io import CURRENT_LIMIT
+from ..data.image_io import max_image_pixels as current_pixel_limit
+from ..data.schema import load_dataset_schema, validate_dataset_schema
+from ..data.shards import SHARD_GLOB, ShardWriter, image_entry_name, unique_keys, verify_shards
 from .formats import get_adapter
 from .images import process_image
 from .rows import Entry, Log, build_entries, melanoma_classes

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..errors import SlimpError
+from ..core.errors import SlimpError
 from .formats.base import SourceTable
 from .images import ImageRef
 from .rowstore import RowStore

@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..paths import scratch_file
+from ..core.paths import scratch_file
 
 CACHE_KIB = 1024  # SQLite page cache per connection (the rest of the store stays on disk)
 BATCH = 2000  # entries read or updated per statement

@@ -14,7 +14,7 @@ import textwrap
 from array import array
 from collections.abc import Sequence
 
-from ..schema import category_key, numeric_stats, patient_moments
+from ..data.schema import category_key, numeric_stats, patient_moments
 from .rowstore import DiskSet
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import SlimpError, check_seed
+from ..core.errors import SlimpError, check_seed
 
 SITES = ("head_neck", "torso", "upper_limb", "lower_limb", "acral")
 SITE_P = (0.2, 0.35, 0.2, 0.2, 0.05)

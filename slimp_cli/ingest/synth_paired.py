@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ..errors import SlimpError
+from ..core.errors import SlimpError
 
 # Derm7pt's raw values (meta.csv), per criterion.
 CRITERIA_VALUES = {

@@ -1,6 +1,16 @@
-"""SLIMP models: timm image encoder, TRACE tabular encoders, the nested/flat/image model."""
+"""The networks, their configuration, and the run dir that stores a trained one.
 
-from ..model_config import ModelConfig
+- `config.py`: `ModelConfig` (the architecture, saved in config.json) and the `DictConfig` base.
+- `image.py`: timm image encoders (`create_image_encoder`, local weights only), `tabular.py`:
+  TRACE's metadata encoders, `inputs.py`: which metadata fields feed which encoder.
+- `slimp.py`: `SlimpModel` (nested / flat / image-only SimCLR) and `build_model`; `sm3.py`:
+  `Sm3Model` (two branches, SimCLR and cross-modal heads, label projections); `kmeans.py`:
+  spherical k-means for SM3's pseudo-labels.
+- `runs.py`: the run-dir contract every later stage loads through: `load_run(path) -> Run`
+  (model, weights, schema, preprocessing), checkpoints (`torch.load(weights_only=True)`).
+"""
+
+from .config import ModelConfig
 from .image import (
     LOCAL_MODELS,
     create_image_encoder,

@@ -15,7 +15,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
-from ..errors import SlimpError
+from ..core.errors import SlimpError
 
 # Local architectures for CI and the laptop demo (no timm registry entry needed).
 LOCAL_MODELS: dict[str, dict] = {

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import SlimpError
-from ..schema import ResolvedSchema, TabularBatch, encode_tabular
+from ..core.errors import SlimpError
+from ..data.schema import ResolvedSchema, TabularBatch, encode_tabular
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import SlimpError
+from ..core.errors import SlimpError
 
 KMEANS_ITERS = 10
 

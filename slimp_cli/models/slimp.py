@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import SlimpError
-from ..model_config import ModelConfig
-from ..schema import ResolvedSchema, TabularBatch, cardinalities, n_numerical
-from ..transforms import Preprocess, model_mean_std, to_model_input
+from ..core.errors import SlimpError
+from ..data.schema import ResolvedSchema, TabularBatch, cardinalities, n_numerical
+from ..data.transforms import Preprocess, model_mean_std, to_model_input
+from .config import ModelConfig
 from .image import create_image_encoder, patch_embedding_parameters
 from .inputs import MetadataInputs, tabular_feature_lists
 from .tabular import TraceEncoder

@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import SlimpError
-from ..model_config import ModelConfig
-from ..transforms import Preprocess, model_mean_std
+from ..core.errors import SlimpError
+from ..data.transforms import Preprocess, model_mean_std
+from .config import ModelConfig
 from .image import create_image_encoder
 
 # The 8 labels of the multi-label stage and their numbers of classes (Derm7pt's grouped

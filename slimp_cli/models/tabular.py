@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from ..errors import SlimpError
+from ..core.errors import SlimpError
 
 
 class TraceInputs(nn.Module):

@@ -4,7 +4,7 @@ Library entry points (the CLI only parses options):
 - `pretrain(data, out, *, model=None, train=None, resume=False, progress=False) -> Path`
 - `adapt(checkpoint, data, out, *, train=None, tune=None, resume=False, progress=False) -> Path`
 
-Loading a finished run is `slimp_cli.runs.load_run` (nothing outside `train/` and the CLI
+Loading a finished run is `slimp_cli.models.runs.load_run` (nothing outside `train/` and the CLI
 imports `train/`).
 """
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import SlimpError
-from ..model_config import ModelConfig
+from ..core.errors import SlimpError
+from ..data.schema import ResolvedSchema
 from ..models import build_model, replace_tabular_inputs
-from ..runs import load_run, resolve_checkpoint
-from ..schema import ResolvedSchema
+from ..models.config import ModelConfig
+from ..models.runs import load_run, resolve_checkpoint
 from . import distributed as D
 from .loop import TrainResult, notice, run_training
 from .session import (

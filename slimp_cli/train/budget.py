@@ -144,9 +144,9 @@ def announce(record: dict) -> str:
 def run_budget(run_dir: str | Path, data: str | Path) -> dict:
     """`budget` of a finished (or started) pretrain/adapt run on its data (its own held-out
     patients left out, its world size), for reports (benchmarks/paper_tables.py)."""
-    from ..holdout import read_holdout
-    from ..runs import read_config
-    from ..shards import ShardIndex
+    from ..data.holdout import read_holdout
+    from ..data.shards import ShardIndex
+    from ..models.runs import read_config
 
     cfg = read_config(run_dir)
     train = TrainConfig.from_dict(cfg["train"])

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import SlimpError
-from ..model_config import ModelConfig
+from ..core.errors import SlimpError
+from ..models.config import ModelConfig
 from .train_config import TrainConfig
 
 SUFFIXES = (".json", ".yaml", ".yml")
@@ -71,7 +71,7 @@ def read_config_file(path: str | Path, *, command: str) -> ConfigFile:
         raise ValueError(f"command must be one of {COMMANDS}, got {command!r}")
     path = Path(path)
     if path.is_dir():
-        from ..runs import CONFIG
+        from ..models.runs import CONFIG
 
         path = path / CONFIG
     where = f"--config {path}"
@@ -82,7 +82,7 @@ def read_config_file(path: str | Path, *, command: str) -> ConfigFile:
         raise SlimpError(
             f"{where}: holds a {type(data).__name__}; give a mapping of option names to values"
         )
-    from ..runs import RUN_FORMAT
+    from ..models.runs import RUN_FORMAT
 
     if "format" in data:  # a config.json written by slimp: take its recipe as saved
         if data["format"] != RUN_FORMAT:
@@ -102,7 +102,7 @@ def _load(path: Path, where: str):
     if suffix not in SUFFIXES:
         raise SlimpError(f"{where}: give a .json, .yaml or .yml file (got '{suffix or path.name}')")
     if suffix == ".json":
-        from ..paths import read_json
+        from ..core.paths import read_json
 
         try:
             return read_json(path)

@@ -23,12 +23,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .. import decode as device_decode
-from ..errors import SlimpError
+from ..core.errors import SlimpError
+from ..data import decode as device_decode
+from ..data.schema import TabularBatch
+from ..data.shards import Case, case_index
+from ..data.transforms import RECIPES, Preprocess, decode_image, to_model_input
 from ..models import MetadataInputs, patient_record
-from ..schema import TabularBatch
-from ..shards import Case, case_index
-from ..transforms import RECIPES, Preprocess, decode_image, to_model_input
 
 
 class PatientItem(NamedTuple):

@@ -26,8 +26,8 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 from torch import nn
 
-from ..devices import resolve_device
-from ..errors import SlimpError
+from ..core.devices import resolve_device
+from ..core.errors import SlimpError
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..decode import check_decode
-from ..devices import default_workers
-from ..errors import SlimpError, TrainingInterrupted, raise_if_interrupted
-from ..paths import atomic_path, write_error, write_json, write_text
-from ..runs import (
+from ..core.devices import default_workers
+from ..core.errors import SlimpError, TrainingInterrupted, raise_if_interrupted
+from ..core.paths import atomic_path, write_error, write_json, write_text
+from ..data.decode import check_decode
+from ..data.schema import ResolvedSchema
+from ..data.shard_stream import ShardSource
+from ..models.runs import (
     BEST,
     BEST_KEY,
     CONFIG,
@@ -45,8 +47,6 @@ from ..runs import (
     save_checkpoint,
     set_rng_state,
 )
-from ..schema import ResolvedSchema
-from ..stream import ShardSource
 from . import distributed as D
 from .data import (
     LocalBatches,
@@ -66,7 +66,7 @@ from .precision import grad_scaler, resolve_precision
 from .records import EpochSummary, check_world_size, environment, epoch_line
 from .report import log_line, open_mirror
 from .ssl import HEAD_STATE, build_ssl_net, check_ssl_variant
-from .stream import stream_batches
+from .streamed import stream_batches
 from .train_config import TrainConfig
 
 NO_DECAY_NAMES = ("cls_token", "pos_embed", "reg_token", "dist_token")
@@ -350,7 +350,7 @@ def run_training(
     (`session.TrainingPatients`) says which patients train; the held-out ones give a
     validation loss after every epoch (`val_loss` rows of metrics.jsonl). None = all train.
     `index` is a `ShardIndex` (random access, train/data.py) or, with `--shard-url`, a
-    `stream.ShardSource` (streamed at epoch granularity, train/stream.py: no validation loss;
+    `stream.ShardSource` (streamed at epoch granularity, train/streamed.py: no validation loss;
     config.json gains a `stream` block).
     `hooks` (SM3's
     multi-label stage: `train.sm3.PseudoLabels`) keeps state across steps: `start(extra)`
@@ -378,7 +378,7 @@ def run_training(
             info=info,
             pin_memory=pin_memory,
         )
-        dataset, val_plan = None, []  # no validation loss (see train/stream.py)
+        dataset, val_plan = None, []  # no validation loss (see train/streamed.py)
     else:
         batches, dataset, val_plan = local_batches(
             model, schema, index, patients, train, info, pin_memory=pin_memory

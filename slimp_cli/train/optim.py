@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import torch
 
-from ..errors import SlimpError
+from ..core.errors import SlimpError
 
 IMPLS = ("single-tensor", "foreach", "fused")
 # Measured with `python benchmarks/pretrain.py --optimizers` (ViT-S/16 SLIMP model, ~27-31M

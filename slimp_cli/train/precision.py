@@ -12,7 +12,7 @@ import contextlib
 
 import torch
 
-from ..errors import SlimpError
+from ..core.errors import SlimpError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import SlimpError
-from ..model_config import ModelConfig
+from ..core.errors import SlimpError
+from ..data.shard_stream import ShardSource
 from ..models import build_model
-from ..stream import ShardSource
+from ..models.config import ModelConfig
 from . import distributed as D
 from .budget import announce, image_recipe
 from .data import PatientInfo, patient_infos
@@ -34,7 +34,7 @@ from .session import (
     training_session,
 )
 from .sm3 import prepare_sm3, sm3_defaults, sm3_model_config
-from .stream import SM3_STREAM_MESSAGE
+from .streamed import SM3_STREAM_MESSAGE
 from .train_config import TrainConfig
 
 
@@ -189,7 +189,7 @@ def pretrain(
         verify: check every shard's sha256 against the data's manifest.json first.
         shard_url: stream the shards through this URL template (`{name}` = each shard's file
             name in manifest.json; `data` then needs only manifest.json, schema.json and,
-            ideally, index.json): batches at epoch granularity (train/stream.py).
+            ideally, index.json): batches at epoch granularity (train/streamed.py).
 
     Raises:
         SlimpError: bad options, unreadable data, fewer patients than a batch, a non-finite

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..errors import SlimpError
+from ..core.errors import SlimpError
 
 
 def git_commit(where: Path | None = None) -> str | None:
@@ -100,8 +100,8 @@ def recipe_from_config(path: str | Path) -> tuple[dict, dict]:
     """(model options, train options) of a saved run's config.json, or of the run dir holding
     it: what `pretrain --config FILE` starts from before the options given on the command line.
     """
-    from ..paths import read_json
-    from ..runs import CONFIG, RUN_FORMAT
+    from ..core.paths import read_json
+    from ..models.runs import CONFIG, RUN_FORMAT
 
     path = Path(path)
     if path.is_dir():
@@ -127,7 +127,7 @@ class EpochSummary:
     """
 
     def __init__(self, path: Path, *, enabled: bool, resume_epoch: int | None) -> None:
-        from ..runs import read_summary
+        from ..models.runs import read_summary
 
         self.path, self.enabled, self.rows = Path(path), enabled, []
         if not enabled:
@@ -147,8 +147,8 @@ class EpochSummary:
         self._write()
 
     def _write(self) -> None:
-        from ..paths import write_text
-        from ..runs import SUMMARY_FIELDS
+        from ..core.paths import write_text
+        from ..models.runs import SUMMARY_FIELDS
 
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, lineterminator="\n")

@@ -27,8 +27,8 @@ import os
 import uuid
 from pathlib import Path
 
-from ..errors import SlimpError
-from ..paths import write_text
+from ..core.errors import SlimpError
+from ..core.paths import write_text
 
 REPORTERS = ("none", "tensorboard", "wandb")
 TENSORBOARD_DIR = "tensorboard"

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import SlimpError
-from ..holdout import (
+from ..core.errors import SlimpError
+from ..core.paths import json_safe, prepare_output_dir, write_text
+from ..data.holdout import (
     HOLDOUT,
     Holdout,
     choose_holdout,
@@ -24,10 +25,12 @@ from ..holdout import (
     read_holdout,
     write_holdout,
 )
-from ..model_config import ModelConfig
+from ..data.schema import ResolvedSchema
+from ..data.shard_stream import VERIFY_MESSAGE, ShardSource, check_template
+from ..data.shards import ShardIndex, verify_shards
 from ..models import patient_record
-from ..paths import json_safe, prepare_output_dir, write_text
-from ..runs import (
+from ..models.config import ModelConfig
+from ..models.runs import (
     BEST,
     CONFIG,
     LAST,
@@ -41,13 +44,10 @@ from ..runs import (
     run_dir_lock,
     sha256_file,
 )
-from ..schema import ResolvedSchema
-from ..shards import ShardIndex, verify_shards
-from ..stream import VERIFY_MESSAGE, ShardSource, check_template
 from . import distributed as D
 from .loop import notice, parameter_counts, trainable_names
 from .report import TENSORBOARD_DIR
-from .stream import STATISTICS_NOTE
+from .streamed import STATISTICS_NOTE
 from .train_config import RESUMABLE_CHANGES, TrainConfig
 
 # `adapt` is SLIMP's continual pre-training (new tabular inputs); SM3 has no metadata encoder.

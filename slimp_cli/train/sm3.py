@@ -23,7 +23,7 @@ as SLIMP; this module holds only what differs:
   BWV 2, VS 3, PIG 3, STR 3, DaG 3, RS 2), seeded by (seed, epoch, label), the pseudo-labels
   are the cluster ids and label k's classification head is set to its centroids. The bank and
   the epoch's pseudo-labels are saved in every checkpoint, so `--resume` is exact.
-- torchrun: the loss is the global batch's (`losses_sm3.sm3_loss(gather=...)`), batch norm
+- torchrun: the loss is the global batch's (`losses.sm3.sm3_loss(gather=...)`), batch norm
   runs over the global batch (`distributed.sync_batch_norm`) and stage 2's bank is filled and
   updated from every rank's cases, so K processes train as one process on K times the batch.
 """
@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-from ..errors import SlimpError
-from ..model_config import ModelConfig
+from ..core.errors import SlimpError
+from ..models.config import ModelConfig
 from ..models.kmeans import pseudo_labels
+from ..models.runs import load_checkpoint, read_config, resolve_checkpoint, sha256_file
 from ..models.sm3 import LABEL_SIZES, MODALITIES
-from ..runs import load_checkpoint, read_config, resolve_checkpoint, sha256_file
 from . import distributed as D
 from .data import CaseDataset, batch_to, case_index, collate_cases
 from .loop import notice

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import SlimpError
-from ..transforms import to_model_input
+from ..core.errors import SlimpError
+from ..data.transforms import to_model_input
 
 HEAD_STATE = "image_ssl_head"  # its key in a checkpoint's `extra`
 # The head's own initialisation stream: drawing it leaves the global RNG (model init order,

@@ -1,6 +1,6 @@
 """The training recipe (`TrainConfig`): optimiser, schedule, batches, seed, device.
 
-The architecture lives in `slimp_cli.model_config.ModelConfig`; this is everything else that decides
+The architecture lives in `slimp_cli.models.config.ModelConfig`; this is everything else that decides
 a run's trajectory. `to_dict()` goes into `config.json` beside `model`; `from_dict()` rebuilds it.
 """
 
@@ -10,10 +10,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..devices import check_device_name
-from ..errors import SlimpError, check_seed
+from ..core.devices import check_device_name
+from ..core.errors import SlimpError, check_seed
 from ..losses import DEFAULT_LAM, DEFAULT_TEMPERATURE
-from ..model_config import DictConfig, positive_int
+from ..models.config import DictConfig, positive_int
 from .report import parse_report_to
 
 METHODS = ("slimp", "sm3")
@@ -141,7 +141,7 @@ class TrainConfig(DictConfig):
     # NOTE[DIFF]: not in the paper; 0 (default) trains the paper's loss and draws no extra view.
     image_ssl_weight: float = 0.0
     # Where JPEGs are decoded: "cpu" (DataLoader workers, PIL) or "gpu" (the batch's bytes on
-    # the CUDA device with nvJPEG, then resize/crop/flip there: slimp_cli/decode.py).
+    # the CUDA device with nvJPEG, then resize/crop/flip there: slimp_cli/data/decode.py).
     decode: str = "cpu"
 
     def __post_init__(self) -> None:

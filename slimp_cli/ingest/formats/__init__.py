@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from ...errors import SlimpError
+from ...core.errors import SlimpError
 from .base import Adapter, SourceTable
 from .csv_generic import CsvTable, SynthCohort
 from .derm7pt import Derm7pt

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ...errors import SlimpError
+from ...core.errors import SlimpError
 from ..images import ImageLocator, ImageRef
 
 # Rows read and typed at a time from a CSV: ingest holds the raw strings of one chunk, never of

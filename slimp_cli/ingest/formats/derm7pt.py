@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...errors import SlimpError
+from ...core.errors import SlimpError
 from .base import (
     Adapter,
     SourceTable,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ...errors import SlimpError
+from ...core.errors import SlimpError
 from .base import Adapter, SourceTable, find_table, folder_locator
 
 NAME = re.compile(r"^IMD\d+$", re.IGNORECASE)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...errors import SlimpError
+from ...core.errors import SlimpError
 from ..images import ImageRef
 from .base import (
     Adapter,

@@ -34,9 +34,15 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from ..devices import default_workers
-from ..errors import SlimpError
-from ..stream import ShardSource, StreamedPatient, assigned_shards, epoch_shards, worker_position
+from ..core.devices import default_workers
+from ..core.errors import SlimpError
+from ..data.shard_stream import (
+    ShardSource,
+    StreamedPatient,
+    assigned_shards,
+    epoch_shards,
+    worker_position,
+)
 from .data import (
     PatientDataset,
     PatientInfo,

@@ -41,8 +41,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import SlimpError, raise_if_interrupted
-from .paths import AtomicOutput, write_error
+from ..core.errors import SlimpError, raise_if_interrupted
+from ..core.paths import AtomicOutput, write_error
 
 FORMAT = "slimp-feature-store"
 VERSION = 1

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SlimpError
+from ..core.errors import SlimpError
 
 VARIANTS = ("nested", "flat", "image", "sm3")
 # SM3's multi-modality fusion strategies (paper Table II); sep_sep is the paper's method.

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .errors import SlimpError
-from .paths import builtin_schemas, read_json
+from ..core.errors import SlimpError
+from ..core.paths import builtin_schemas, read_json
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: ingest never loads it (~0.5 GB)
     import torch

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import SlimpError
-from .resize import open_image, resize_center
+from ..core.errors import SlimpError
+from .image_io import open_image, resize_center
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SlimpError
-from .paths import read_json, write_json
+from ..core.errors import SlimpError
+from ..core.paths import read_json, write_json
 
 HOLDOUT = "holdout.json"
 STRATIFIED_ON = "patient has a malignant lesion"

@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import SlimpError
-from .model_config import ModelConfig
-from .models import build_model
-from .paths import AtomicOutput, output_lock, prepare_output_dir, read_json, sha256_file
-from .schema import ResolvedSchema
-from .transforms import Preprocess
+from ..core.errors import SlimpError
+from ..core.paths import AtomicOutput, output_lock, prepare_output_dir, read_json, sha256_file
+from ..data.schema import ResolvedSchema
+from ..data.transforms import Preprocess
+from . import build_model
+from .config import ModelConfig
 
 FORMAT = "slimp-checkpoint"
 VERSION = 1

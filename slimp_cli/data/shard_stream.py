@@ -5,7 +5,7 @@ For data that sits in object storage. The ingested folder's small files stay loc
 fetched through a URL template in which `{name}` becomes each shard's file name from
 manifest.json (`pipe:aws s3 cp s3://bucket/pad/{name} -`, `https://host/pad/{name}`,
 `/mnt/other/pad/{name}`). Nothing here seeks: a shard is one sequential read, which is why
-training reads them at epoch granularity (train/stream.py) and the local `ShardIndex` stays
+training reads them at epoch granularity (train/streamed.py) and the local `ShardIndex` stays
 the default for exact random access.
 
 `index.json` (written by ingest) lists every patient without its images, so a run can draw
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SlimpError
-from .paths import read_json
+from ..core.errors import SlimpError
+from ..core.paths import read_json
 from .schema import STAT_LEVELS, patient_moments
 from .shards import read_ingest_files
 

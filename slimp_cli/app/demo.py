@@ -16,16 +16,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .embed import embed
-from .errors import SlimpError
-from .eval.extrapolate import extrapolate
-from .eval.probe import run_probe
-from .eval.retrieval import run_retrieval
-from .ingest import ingest
-from .ingest.synth import generate_cohort
-from .model_config import ModelConfig
-from .shards import ShardIndex
-from .train import TrainConfig, pretrain
+from ..core.errors import SlimpError
+from ..data.shards import ShardIndex
+from ..eval.extrapolate import extrapolate
+from ..eval.probe import run_probe
+from ..eval.retrieval import run_retrieval
+from ..features.embed import embed
+from ..ingest import ingest
+from ..ingest.synth import generate_cohort
+from ..models.config import ModelConfig
+from ..train import TrainConfig, pretrain
 
 # Tiny models so the demo runs on a 2-core laptop: a 4-block ViT of width 96 on 48 px images.
 DEMO_IMAGE_MODEL = "vit_demo"

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errors import SlimpError
-from ..paths import prepare_output_file, read_json, write_text
-from ..runs import CONFIG, read_metrics
-from ..store import FeatureStore
+from ..core.errors import SlimpError
+from ..core.paths import prepare_output_file, read_json, write_text
+from ..features.store import FeatureStore
+from ..models.runs import CONFIG, read_metrics
 from . import html as H
 
 EXAMPLES = 4  # held-out queries shown in the retrieval examples

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from .embed import finish_store, lesion_rows, store_plan, training_sides
-from .errors import SlimpError
-from .models import patient_record
-from .paths import sha256_file
+from ..core.errors import SlimpError
+from ..core.paths import sha256_file
+from ..data.shard_stream import ShardSource, StreamedPatient, assigned_shards, worker_position
+from ..data.transforms import Preprocess
+from ..models import patient_record
+from .plan import finish_store, lesion_rows, store_plan, training_sides
 from .store import FeatureStoreWriter
-from .stream import ShardSource, StreamedPatient, assigned_shards, worker_position
-from .transforms import Preprocess
 
 
 class LesionStream(torch.utils.data.IterableDataset):

@@ -20,8 +20,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import SlimpError
-from .paths import publish, read_json, sha256_file, temp_file
+from ..core.errors import SlimpError
+from ..core.paths import publish, read_json, sha256_file, temp_file
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 SHARD_GLOB = "shard-*.tar"

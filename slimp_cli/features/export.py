@@ -32,11 +32,11 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .errors import SlimpError
-from .models.image import LOCAL_MODELS
-from .paths import AtomicOutput, json_safe, output_lock, read_json
-from .runs import METRICS, Run, load_run, read_metrics
+from .. import __version__
+from ..core.errors import SlimpError
+from ..core.paths import AtomicOutput, json_safe, output_lock, read_json
+from ..models.image import LOCAL_MODELS
+from ..models.runs import METRICS, Run, load_run, read_metrics
 
 IMAGE_WEIGHTS = "model.safetensors"
 TIMM_CONFIG = "config.json"

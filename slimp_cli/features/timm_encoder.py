@@ -28,16 +28,17 @@ import timm
 import torch
 from torch import nn
 
-from .devices import resolve_device
-from .embed import LesionImages, has_official_split, raw_feature_levels
-from .errors import SlimpError
-from .models import patient_record
-from .models.image import LOCAL_MODELS, create_image_encoder, load_image_weights
-from .runs import sha256_file
-from .schema import encode_raw, raw_columns
-from .shards import ShardIndex
+from ..core.devices import resolve_device
+from ..core.errors import SlimpError
+from ..data.schema import encode_raw, raw_columns
+from ..data.shards import ShardIndex
+from ..data.transforms import Preprocess, model_mean_std, to_model_input
+from ..models import patient_record
+from ..models.image import LOCAL_MODELS, create_image_encoder, load_image_weights
+from ..models.runs import sha256_file
+from .embed import LesionImages
+from .plan import has_official_split, raw_feature_levels
 from .store import FeatureStoreWriter
-from .transforms import Preprocess, model_mean_std, to_model_input
 
 
 def build_foreign_encoder(

@@ -5,7 +5,7 @@ the DataLoader workers hand over the encoded bytes (and, when augmenting, the vi
 draws, taken from the same per-item generator in the same order as the CPU path) and the main
 process decodes the whole batch with `torchvision.io.decode_jpeg(device=...)` (nvJPEG on CUDA).
 Everything here also runs on CPU tensors, which is how the tests compare it with the PIL path
-(`transforms.py`): the same crops, flips and colour jitter, pixels within `TOLERANCE`.
+(`data/transforms.py`): the same crops, flips and colour jitter, pixels within `TOLERANCE`.
 
 NOTE[DIFF] (docs/method.md): the CPU path decodes a JPEG that is at least twice the model's
 side at a reduced DCT scale (PIL `draft`) and resamples with PIL's filters; this path decodes
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import UnidentifiedImageError
 
-from .errors import SlimpError
-from .resize import open_image
+from ..core.errors import SlimpError
+from .image_io import open_image
 from .transforms import JITTER, crop_params
 
 DECODES = ("cpu", "gpu")
@@ -78,7 +78,7 @@ def decode_all(datas: Sequence[torch.Tensor], device: torch.device) -> list[torc
 
 
 def resize_center(img: torch.Tensor, size: int) -> torch.Tensor:
-    """`resize.resize_center` on a tensor: shorter side -> `size` (antialiased bicubic, aspect
+    """`image_io.resize_center` on a tensor: shorter side -> `size` (antialiased bicubic, aspect
     kept), centre crop to `size` x `size`; a no-op at that size already.
 
     Shape:

@@ -12,7 +12,7 @@ import warnings
 
 from PIL import Image
 
-from .errors import SlimpError
+from ..core.errors import SlimpError
 
 
 def resize_center(img: Image.Image, size: int) -> Image.Image:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from .devices import resolve_device
-from .errors import SlimpError
-from .ingest.values import Unparseable, parse_cell
-from .paths import read_json
-from .runs import Run, load_run
-from .schema import category_key, is_categorical
+from ..core.devices import resolve_device
+from ..core.errors import SlimpError
+from ..core.paths import read_json
+from ..data.schema import category_key, is_categorical
+from ..ingest.values import Unparseable, parse_cell
+from ..models.runs import Run, load_run
 
 
 def read_meta(path: str | Path) -> dict:

@@ -1,7 +1,7 @@
 """SM3's losses (papers/sm3_paper.txt, Wang et al.), as pure functions beside SLIMP's `losses`.
 
 Stage 1, multi-modality SSL (Sec. III-D): L_ssl = L_derm + L_clinic + L_mm (eq. 5), where
-L_derm and L_clinic are SimCLR's NT-Xent (eq. 1, `losses.nt_xent`) on two augmented views of the
+L_derm and L_clinic are SimCLR's NT-Xent (eq. 1, `losses/nt_xent.py`) on two augmented views of the
 dermoscopic and of the clinical images, and L_mm (eq. 4, `cross_modal_loss`) makes a case's
 dermoscopic image find the same case's clinical image. Stage 2, multi-label SSL (Sec. III-E):
 eq. 6, a cross-entropy per label to the k-means pseudo-labels (`multilabel_loss`).
@@ -12,7 +12,7 @@ off; the contrastive ones L2-normalise (cosine similarity). A term with no case 
 keeps the graph (so backward works) and is reported as such.
 
 Several processes (torchrun): `sm3_loss(..., gather=...)` all-gathers every input of the loss
-with gradient (`losses.Gather`, rows in rank order) and computes the *global batch's* loss on
+with gradient (`losses.common.Gather`, rows in rank order) and computes the *global batch's* loss on
 every rank. The gather's backward sums each rank's gradient onto the local rows and DDP
 averages the ranks, so the update is the one-process update on the global batch, whatever the
 number of cases (or of cases with both images) each rank holds.
@@ -25,15 +25,9 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from .errors import SlimpError
-from .losses import (
-    DEFAULT_TEMPERATURE,
-    Gather,
-    _check_temperature,
-    _no_autocast,
-    _normalize,
-    nt_xent,
-)
+from ..core.errors import SlimpError
+from .common import DEFAULT_TEMPERATURE, Gather, check_temperature, no_autocast, normalize
+from .nt_xent import nt_xent
 
 # The inputs of each stage's loss (what `gather_outputs` collects from every rank).
 MULTIMODAL_KEYS = ("derm1", "derm2", "clinic1", "clinic2")
@@ -73,7 +67,7 @@ def cross_modal_loss(
         >>> float(cross_modal_loss(e, e, e, temperature=0.01)) < 1e-6
         True
     """
-    _check_temperature(temperature)
+    check_temperature(temperature)
     if not (anchor.shape == key1.shape == key2.shape) or anchor.dim() != 2:
         raise ValueError(
             f"cross_modal_loss needs three [n, P] tensors, got {tuple(anchor.shape)}, "
@@ -81,15 +75,15 @@ def cross_modal_loss(
         )
     if anchor.shape[0] == 0:
         return _zero(anchor, key1, key2)
-    with _no_autocast(anchor):
-        a = _normalize(anchor)
+    with no_autocast(anchor):
+        a = normalize(anchor)
         n = a.shape[0]
         self_mask = torch.eye(n, dtype=torch.bool, device=a.device)
         within = (a @ a.T / temperature).masked_fill(self_mask, float("-inf"))  # j != i
         target = torch.arange(n, device=a.device)
         total = torch.zeros((), device=a.device)
         for key in (key1, key2):
-            across = a @ _normalize(key).T / temperature  # [n, n]: column j = case j's view
+            across = a @ normalize(key).T / temperature  # [n, n]: column j = case j's view
             total = total + F.cross_entropy(torch.cat([across, within], dim=1), target)
         return total
 
@@ -150,13 +144,13 @@ def multilabel_loss(
         >>> round(float(multilabel_loss(x, torch.tensor([[1, 0]]), temperature=1.0)), 4)
         0.6931
     """
-    _check_temperature(temperature)
+    check_temperature(temperature)
     if logits.dim() != 3 or targets.shape != logits.shape[:2]:
         raise ValueError(
             f"multilabel_loss needs logits [B, L, K] and targets [B, L], got "
             f"{tuple(logits.shape)}, {tuple(targets.shape)}"
         )
-    with _no_autocast(logits):
+    with no_autocast(logits):
         scores = logits.float() / temperature
         per_label = [
             F.cross_entropy(scores[:, k], targets[:, k].long()) for k in range(logits.shape[1])
