@@ -186,7 +186,7 @@ def holdout_predictions(store_path, *, seed: int = 0, split: str | None = None) 
     from ..eval import WarningLog
     from ..eval.baseline import make_baseline, raw_metadata
     from ..eval.probe import DEFAULT_C, MAX_ITER, linear_proba, load_probe_data
-    from ..eval.splits import SplitInfo, make_split
+    from ..eval.splits import SplitInfo
 
     warnings = WarningLog()
     with FeatureStore.open(store_path) as store:
@@ -196,9 +196,7 @@ def holdout_predictions(store_path, *, seed: int = 0, split: str | None = None) 
         raw = raw_metadata(store)
         info = SplitInfo.of(store, rows)
     split = info.choose(split)
-    train, test = make_split(
-        split, y, groups, seed=seed, warnings=warnings, lesions=info.lesions, sides=info.sides
-    )
+    train, test = info.split(split, y, groups, seed=seed, warnings=warnings)
     x = np.concatenate([blocks[n] for n in blocks], axis=1)
     proba = {}
     if len(np.unique(y[train])) == 2:
@@ -366,7 +364,13 @@ def retrieval_section(store_path, *, seed: int, device: str) -> str:
 
 def examples_section(store_path, *, seed: int, device: str, k: int = EXAMPLES) -> str:
     """Held-out query images and the lesion-metadata rows most similar to them."""
-    from ..eval.examples import format_value, lesion_picture, lesion_row, store_shards
+    from ..eval.examples import (
+        format_value,
+        half_malignant,
+        lesion_picture,
+        lesion_row,
+        store_shards,
+    )
     from ..eval.search import topk_cosine
 
     with FeatureStore.open(store_path) as store:
@@ -376,20 +380,7 @@ def examples_section(store_path, *, seed: int, device: str, k: int = EXAMPLES) -
         pool = np.flatnonzero(split == "holdout") if split is not None else np.arange(store.n)
         if len(pool) < 2:
             pool = np.arange(store.n)
-        mal = store.malignant[pool]
-        rng = np.random.default_rng(seed)
-        pos, neg = pool[mal == 1], pool[mal != 1]
-        n_pos = min(len(pos), (k + 1) // 2)  # half malignant where the rows allow
-        n_neg = min(len(neg), k - n_pos)
-        n_pos = min(len(pos), k - n_neg)
-        queries = np.sort(
-            np.concatenate(
-                [
-                    rng.choice(pos, size=n_pos, replace=False),
-                    rng.choice(neg, size=n_neg, replace=False),
-                ]
-            ).astype(np.int64)
-        )
+        queries = half_malignant(pool, store.malignant[pool], k, seed=seed)
         q = np.asarray(store.dataset("image")[queries.tolist()], np.float32)
         gallery = np.asarray(store.block("lesion"), np.float32)[pool]
         sims, idx = topk_cosine(q, gallery, k=min(PER_EXAMPLE, len(pool)), device=device)

@@ -55,6 +55,22 @@ def format_value(name: str, value) -> str:
     return str(value)
 
 
+def half_malignant(pool: np.ndarray, malignant: np.ndarray, k: int, *, seed: int) -> np.ndarray:
+    """k rows of `pool` drawn without replacement, half of them malignant where the rows allow
+    (the rest benign or unknown), sorted. Shape: pool [n] row numbers, malignant [n] per pool
+    row; returns [min(k, n)] int64."""
+    rng = np.random.default_rng(seed)
+    pos, neg = pool[malignant == 1], pool[malignant != 1]
+    n_pos = min(len(pos), (k + 1) // 2)
+    n_neg = min(len(neg), k - n_pos)
+    n_pos = min(len(pos), k - n_neg)
+    picked = [
+        rng.choice(pos, size=n_pos, replace=False),
+        rng.choice(neg, size=n_neg, replace=False),
+    ]
+    return np.sort(np.concatenate(picked).astype(np.int64))
+
+
 def store_shards(store: FeatureStore, override: str | os.PathLike | None, what: str):
     """The ShardIndex `store` was embedded from, and the (patient, lesion) pair of each row."""
     config = store.config
@@ -154,20 +170,7 @@ def retrieval_examples(
             raise SlimpError(f"{ref.path} has no features/{gallery_level} to retrieve from")
         ref_index, ref_pairs = store_shards(ref, reference_data, "reference")
         tgt_index, tgt_pairs = store_shards(tgt, target_data, "target")
-        mal = tgt.malignant
-        rng = np.random.default_rng(seed)
-        pos, neg = np.flatnonzero(mal == 1), np.flatnonzero(mal != 1)
-        n_pos = min(len(pos), (k + 1) // 2)
-        n_neg = min(len(neg), k - n_pos)
-        n_pos = min(len(pos), k - n_neg)
-        rows = np.sort(
-            np.concatenate(
-                [
-                    rng.choice(pos, size=n_pos, replace=False),
-                    rng.choice(neg, size=n_neg, replace=False),
-                ]
-            ).astype(np.int64)
-        )
+        rows = half_malignant(np.arange(tgt.n), tgt.malignant, k, seed=seed)
         _check_rows(tgt, tgt_index, tgt_pairs, rows)
         queries = np.asarray(tgt.dataset("image")[rows.tolist()], dtype=np.float32)
         sims, idx = topk_cosine(queries, ref.dataset(gallery_level), k=per, device=device)

@@ -40,7 +40,7 @@ from .metrics import class_metrics, classification_metrics, summarize
 from .options import check_probe_options
 from .probe import DEFAULT_C, METHODS, linear_proba
 from .search import normalize
-from .splits import SplitInfo, make_split
+from .splits import SplitInfo
 
 CRITERIA = (
     "pigment_network",
@@ -240,18 +240,10 @@ def run_multilabel(
         runs = {m: [] for m in methods}
         rows_info = split_info.subset(rows)
         for seed in seeds:
-            train, test = make_split(
-                split,
-                y,
-                groups[rows],
-                seed=int(seed),
-                test_size=test_size,
-                warnings=warnings,
-                lesions=rows_info.lesions,
-                sides=rows_info.sides,
-                official=rows_info.official,
+            train, test = rows_info.split(
+                split, y, groups[rows], seed=int(seed), test_size=test_size, warnings=warnings
             )
-            split_info.seen = max(split_info.seen, rows_info.note_seen(split, test, warnings))
+            split_info.seen = max(split_info.seen, rows_info.seen)
             for method in methods:
                 if method == "linear":
                     proba, _ = linear_proba(

@@ -29,7 +29,7 @@ from ..features.store import FeatureStore
 from . import WarningLog
 from .metrics import rank_metrics
 from .retrieval import lesion_codes, ranks_of_relevant
-from .splits import SplitInfo, make_split
+from .splits import SplitInfo
 
 QUERY, GALLERY = "dermoscopic", "clinical"
 
@@ -107,17 +107,9 @@ def run_pair_matching(
     split = split_info.choose(split, otherwise="all", extra=("all",), prefer_holdout=False)
     evaluated = np.ones(len(mask), dtype=bool)
     if split != "all":  # rank within the evaluated cases only, not over every case
-        _, test = make_split(
-            split,
-            label,
-            np.unique(patients, return_inverse=True)[1],
-            seed=seed,
-            warnings=warnings,
-            lesions=split_info.lesions,
-            sides=split_info.sides,
-            official=split_info.official,
+        _, test = split_info.split(
+            split, label, np.unique(patients, return_inverse=True)[1], seed=seed, warnings=warnings
         )
-        split_info.note_seen(split, test, warnings)
         evaluated = np.isin(np.arange(len(mask)), test)
     both = mask[:, names.index(QUERY)] & mask[:, names.index(GALLERY)] & evaluated
     rows = np.flatnonzero(both)

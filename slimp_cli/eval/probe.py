@@ -51,7 +51,7 @@ from .metrics import classification_metrics, summarize
 from .options import check_probe_options
 from .probe_clinical import ClinicalProbe
 from .search import normalize
-from .splits import SplitInfo, check_fractions, low_shot, make_split
+from .splits import SplitInfo, check_fractions, low_shot
 
 METHODS = ("linear", "knn")
 CLASSIFIERS = ("logreg", "linear")  # of the "linear" method: scikit-learn's, or the papers'
@@ -307,18 +307,9 @@ def run_probe(
     used_c: list[float] = []
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # first seed, full data: for plots
     for seed in seeds:
-        train, test = make_split(
-            split,
-            y,
-            groups,
-            seed=int(seed),
-            test_size=test_size,
-            warnings=warnings,
-            lesions=split_info.lesions,
-            sides=split_info.sides,
-            official=split_info.official,
+        train, test = split_info.split(
+            split, y, groups, seed=int(seed), test_size=test_size, warnings=warnings
         )
-        split_info.note_seen(split, test, warnings)
         clinical.record_split(int(seed), train, test)
         for frac in fractions:
             tr = train if frac is None else low_shot(train, y, fraction=frac, seed=int(seed))

@@ -42,7 +42,7 @@ from ..features.store import FeatureStore
 from . import WarningLog
 from .metrics import RETRIEVAL_KS, percentiles, rank_metrics
 from .search import GALLERY_CHUNK, normalize, rank_counts, topk_cosine
-from .splits import SplitInfo, make_split
+from .splits import SplitInfo
 
 N_NEGATIVE = 100_000
 # Two rows of one lesion whose unit lesion vectors differ by at most this much (any coordinate)
@@ -207,18 +207,9 @@ def run_retrieval(
     if split == "all":
         split_info.note_seen("all", rows, warnings)
     else:
-        train, rows = make_split(
-            split,
-            label,
-            pcode,
-            seed=seed,
-            test_size=test_size,
-            warnings=warnings,
-            lesions=split_info.lesions,
-            sides=split_info.sides,
-            official=split_info.official,
+        train, rows = split_info.split(
+            split, label, pcode, seed=seed, test_size=test_size, warnings=warnings
         )
-        split_info.note_seen(split, rows, warnings)
     if len(rows) < 2:
         raise SlimpError(f"{store_path}: retrieval needs at least 2 lesions, got {len(rows)}")
     kw = dict(device=device, query_chunk=chunk_size)

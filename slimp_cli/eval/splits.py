@@ -418,6 +418,32 @@ class SplitInfo:
             )
         return split
 
+    def split(
+        self,
+        kind: str,
+        y: np.ndarray,
+        groups: np.ndarray,
+        *,
+        seed: int,
+        test_size: float = 0.1,
+        warnings: WarningLog | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`make_split` of these rows (their lesions, sides and official split); the test rows
+        pre-training saw are counted and warned about (`note_seen`)."""
+        train, test = make_split(
+            kind,
+            y,
+            groups,
+            seed=seed,
+            test_size=test_size,
+            warnings=warnings,
+            lesions=self.lesions,
+            sides=self.sides,
+            official=self.official,
+        )
+        self.note_seen(kind, test, warnings)
+        return train, test
+
     def note_seen(self, split: str, test: np.ndarray, warnings: WarningLog | None) -> int:
         """Count the test rows pre-training saw; warn (one line) when there are any."""
         if split == "holdout" or self.sides is None:
