@@ -319,3 +319,26 @@ def _run_slimp(*args, timeout: int = 600, env: dict | None = None):
 def run_slimp():
     """`run_slimp(*args)` -> CompletedProcess of the installed `slimp` executable."""
     return _run_slimp
+
+
+# Files whose tests take minutes (measured with `--durations=30` on 2 cores: the paper-tables
+# pipeline, SM3's acceptance run, the CLI pipelines, the README walkthrough). pytest-xdist's
+# `--dist loadfile` hands out files in collection order, so these go first: a long file
+# started last would leave the other worker idle at the end.
+SLOW_FILES = (
+    "test_paper_tables.py",
+    "test_sm3.py",
+    "test_pipeline.py",
+    "test_one_line_errors.py",
+    "test_readme.py",
+    "test_progress.py",
+    "test_concurrent_writers.py",
+    "test_full_disk.py",
+    "test_interrupt.py",
+    "test_distributed.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable
