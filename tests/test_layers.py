@@ -93,7 +93,7 @@ def test_imports_point_down_the_layers():
 
 def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
     # A module of the data layer that imports training must be reported.
-    fake = PACKAGE / "data" / "data/shards.py"
+    fake = PACKAGE / "data" / "shards.py"
     source = fake.read_text()
     monkeypatch.setattr(
         Path,
