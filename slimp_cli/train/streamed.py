@@ -43,18 +43,7 @@ from ..data.shard_stream import (
     epoch_shards,
     worker_position,
 )
-from .batches import (
-    EpochDraws,
-    PatientSamples,
-    choose_lesions,
-    collate,
-    count_units,
-    data_loader,
-    epoch_steps,
-    lesion_units,
-    patient_info,
-    sample_options,
-)
+from . import batches
 from .data import image_batch
 
 # The shuffle buffer of each worker holds at most this many images (not patients: a SLICE-3D
@@ -95,7 +84,7 @@ def _chunks(units: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-class PatientStream(EpochDraws, torch.utils.data.IterableDataset):
+class PatientStream(batches.EpochDraws, torch.utils.data.IterableDataset):
     """This rank's training batches of one epoch, streamed; iterate in a DataLoader.
 
     Yields dicts: `batch` (what `collate` makes of the `samples` of its patients), `step` (its
@@ -107,26 +96,14 @@ class PatientStream(EpochDraws, torch.utils.data.IterableDataset):
     def __init__(
         self,
         source: ShardSource,
-        samples: PatientSamples,
+        samples: batches.PatientSamples,
         *,
         held_out: frozenset[str],
-        batch: int,
         per_image: bool,
-        lesions_per_patient: int,
-        positive_sampling: bool,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
         buffer_images: int = BUFFER_IMAGES,
+        **draws,
     ) -> None:
-        super().__init__(
-            batch=batch,
-            lesions_per_patient=lesions_per_patient,
-            positive_sampling=positive_sampling,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-        )
+        super().__init__(**draws)  # batch, lesions_per_patient, ...: `batches.EpochDraws`
         self.source = source
         self.samples = samples
         self.held_out = held_out
@@ -179,15 +156,17 @@ class PatientStream(EpochDraws, torch.utils.data.IterableDataset):
 
     def _units_of(self, record: StreamedPatient, cycle: int) -> Iterator[tuple]:
         key = [self.seed, self.epoch, cycle, zlib.crc32(record.key.encode()), _LESIONS]
-        chosen = choose_lesions(
-            patient_info(record.lesions),
+        chosen = batches.choose_lesions(
+            batches.patient_info(record.lesions),
             self.n_max,
             self.positive_sampling,
             np.random.default_rng(key),
         )
         keep = {record.lesions[j]["image"] for j in chosen}
         record.images = {k: v for k, v in record.images.items() if k in keep}  # memory
-        for unit in lesion_units(chosen, self.per_image):  # SimCLR: the <= N images, one each
+        for unit in batches.lesion_units(
+            chosen, self.per_image
+        ):  # SimCLR: the <= N images, one each
             yield record, unit
 
     def _collate(self, group: list[tuple], step: int, worker: int) -> dict:
@@ -201,7 +180,7 @@ class PatientStream(EpochDraws, torch.utils.data.IterableDataset):
             "worker": worker,
             "keys": [record.key for record, _ in group],
             "shards": [record.shard for record, _ in group],
-            "batch": collate(samples),
+            "batch": batches.collate(samples),
         }
 
     def __iter__(self) -> Iterator[dict]:
@@ -259,7 +238,7 @@ class StreamBatches:
     def _loader(self) -> Iterator[dict]:
         if self.workers == 0:
             return iter(self.stream)
-        loader = data_loader(
+        loader = batches.data_loader(
             self.stream,
             workers=self.workers,
             prefetch=self.prefetch,
@@ -296,9 +275,11 @@ def stream_batches(
     per_image = bool(model.inputs.two_views)  # SimCLR: single images (<= N per patient)
     batch = image_batch(train, True) if per_image else train.patients_per_batch
     n_max = train.lesions_per_patient
-    units = count_units([entries[i].images for i in patients.use], n_max, per_image)
+    units = batches.count_units([entries[i].images for i in patients.use], n_max, per_image)
     world = info.world_size
-    steps = epoch_steps(units, batch=batch, world_size=world, per_image=per_image, n_max=n_max)
+    steps = batches.epoch_steps(
+        units, batch=batch, world_size=world, per_image=per_image, n_max=n_max
+    )
     if len(source.names) < world:
         raise SlimpError(
             f"{len(source.names)} shards for {world} processes: each process streams shards "
@@ -306,7 +287,7 @@ def stream_batches(
         )
     stream = PatientStream(
         source,
-        PatientSamples(**sample_options(model, schema, train)),
+        batches.PatientSamples(**batches.sample_options(model, schema, train)),
         held_out=frozenset(patients.holdout.patient_ids),
         batch=batch,
         per_image=per_image,
