@@ -48,12 +48,11 @@ from ..models.runs import (
     set_rng_state,
 )
 from . import distributed as D
+from .batches import batch_to, collate, sample_options
 from .data import (
     LocalBatches,
     PatientDataset,
-    batch_to,
     case_training_data,
-    collate,
     image_batch,
     make_loader,
     patient_infos,
@@ -671,16 +670,7 @@ def local_batches(model, schema, index, patients, train: TrainConfig, info, *, p
             index, model, train, info, use=patients.use if patients is not None else None
         )
     else:
-        dataset = PatientDataset(
-            index,
-            inputs=model.inputs,
-            preprocess=model.preprocess,
-            classes=schema.classes if schema else (),
-            augment=train.augment,
-            recipe=train.augment_recipe,
-            ssl_views=train.image_ssl_weight > 0,
-            decode=train.decode,
-        )
+        dataset = PatientDataset(index, **sample_options(model, schema, train), decode=train.decode)
         infos = patient_infos(index)
         # SimCLR (two views) draws single images at random: see PatientBatchSampler.
         images_per_batch = image_batch(train, model.inputs.two_views)

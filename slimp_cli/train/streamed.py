@@ -14,9 +14,9 @@ back, so this path works at epoch granularity instead:
 - Held-out patients (holdout.json) are dropped as they stream by; each training patient's lesions
   are chosen as the local sampler chooses them (`choose_lesions`, positive sampling included, from
   an rng of (seed, epoch, pass, key)); a shuffle buffer (at most `BUFFER_IMAGES` images) mixes
-  patients within a worker; B at a time become one batch, decoded, augmented and collated exactly
-  as the local path does (`PatientDataset`, `collate`), the augmentation of position q in the
-  global batch of step s drawn from (seed, epoch, s, q) as there.
+  patients within a worker; B at a time become one batch, decoded, augmented and collated by
+  the code of the local path (`batches.PatientSamples`, `batches.collate`), the augmentation of
+  position q in the global batch of step s drawn from (seed, epoch, s, q) as there.
 - DataLoader workers take batches in turn (worker w makes steps w, w + W, ...): with the same
   number of workers an epoch is a pure function of (seed, epoch), so `--resume` inside an epoch
   replays it, reading but not decoding the batches before the checkpoint's step (resuming at an
@@ -43,14 +43,8 @@ from ..data.shard_stream import (
     epoch_shards,
     worker_position,
 )
-from .data import (
-    PatientDataset,
-    PatientInfo,
-    PatientItem,
-    choose_lesions,
-    collate,
-    image_batch,
-)
+from . import batches
+from .data import image_batch
 
 # The shuffle buffer of each worker holds at most this many images (not patients: a SLICE-3D
 # patient brings up to N of its ~385 images).
@@ -64,19 +58,6 @@ STATISTICS_NOTE = (
 )
 # seed tags: the lesion choice, the shuffle buffer, the order of a repeated pass
 _LESIONS, _BUFFER, _PASS = 0x1E5, 0xB0F, 0x9A55
-
-
-class _Group:
-    """The patients of one batch in the role of a ShardIndex (`PatientDataset.index`)."""
-
-    def __init__(self) -> None:
-        self.records: list[StreamedPatient] = []
-
-    def patient(self, i: int) -> StreamedPatient:
-        return self.records[i]
-
-    def __len__(self) -> int:
-        return len(self.records)
 
 
 def _shuffled(units: Iterable, capacity: int, rng: np.random.Generator) -> Iterator:
@@ -103,47 +84,31 @@ def _chunks(units: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-class PatientStream(torch.utils.data.IterableDataset):
+class PatientStream(batches.EpochDraws, torch.utils.data.IterableDataset):
     """This rank's training batches of one epoch, streamed; iterate in a DataLoader.
 
-    Yields dicts: `batch` (what `collate` makes of `PatientDataset` samples), `step` (its step in
-    the epoch), `keys` and `shards` (of its patients), `worker`; or, when a shard cannot be read
-    or decoded, one `{"error": message}` (a worker's exception would reach the main process
-    wrapped in a traceback). `set_epoch(epoch, start_step)` before each epoch.
+    Yields dicts: `batch` (what `collate` makes of the `samples` of its patients), `step` (its
+    step in the epoch), `keys` and `shards` (of its patients), `worker`; or, when a shard cannot
+    be read or decoded, one `{"error": message}` (a worker's exception would reach the main
+    process wrapped in a traceback). `set_epoch(epoch, start_step)` before each epoch.
     """
 
     def __init__(
         self,
         source: ShardSource,
-        decoder: PatientDataset,
+        samples: batches.PatientSamples,
         *,
         held_out: frozenset[str],
-        batch: int,
         per_image: bool,
-        lesions_per_patient: int,
-        positive_sampling: bool,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
         buffer_images: int = BUFFER_IMAGES,
+        **draws,
     ) -> None:
+        super().__init__(**draws)  # batch, lesions_per_patient, ...: `batches.EpochDraws`
         self.source = source
-        self.decoder = decoder
+        self.samples = samples
         self.held_out = held_out
-        self.batch = batch
         self.per_image = per_image
-        self.n_max = lesions_per_patient
-        self.positive_sampling = positive_sampling
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
         self.buffer_images = buffer_images
-        self.epoch = 0
-        self.start_step = 0
-
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        self.epoch = epoch
-        self.start_step = start_step
 
     def shards(self, role: int, workers: int) -> list[str]:
         """The shards read by worker role `role` of `workers` on this rank this epoch."""
@@ -190,38 +155,32 @@ class PatientStream(torch.utils.data.IterableDataset):
             yield from _shuffled(units, self.buffer_images, np.random.default_rng(key))
 
     def _units_of(self, record: StreamedPatient, cycle: int) -> Iterator[tuple]:
-        n = len(record.lesions)
-        malignant = tuple(j for j, les in enumerate(record.lesions) if les.get("malignant") == 1)
         key = [self.seed, self.epoch, cycle, zlib.crc32(record.key.encode()), _LESIONS]
-        chosen = choose_lesions(
-            PatientInfo(n, malignant),
+        chosen = batches.choose_lesions(
+            batches.patient_info(record.lesions),
             self.n_max,
             self.positive_sampling,
             np.random.default_rng(key),
         )
         keep = {record.lesions[j]["image"] for j in chosen}
         record.images = {k: v for k, v in record.images.items() if k in keep}  # memory
-        if self.per_image:  # SimCLR: the same <= N images, one unit each
-            for j in chosen:
-                yield record, (j,)
-            return
-        yield record, chosen
+        for unit in batches.lesion_units(
+            chosen, self.per_image
+        ):  # SimCLR: the <= N images, one each
+            yield record, unit
 
     def _collate(self, group: list[tuple], step: int, worker: int) -> dict:
-        group_index = _Group()
-        group_index.records = [record for record, _ in group]
-        self.decoder.index = group_index
         first = self.rank * self.batch  # position in the global batch, as the local sampler
-        items = [
-            PatientItem(i, lesions, (self.seed, self.epoch, step, first + i))
-            for i, (_, lesions) in enumerate(group)
+        samples = [
+            self.samples(record, lesions, (self.seed, self.epoch, step, first + i))
+            for i, (record, lesions) in enumerate(group)
         ]
         return {
             "step": step,
             "worker": worker,
             "keys": [record.key for record, _ in group],
             "shards": [record.shard for record, _ in group],
-            "batch": collate([self.decoder[item] for item in items]),
+            "batch": batches.collate(samples),
         }
 
     def __iter__(self) -> Iterator[dict]:
@@ -279,14 +238,12 @@ class StreamBatches:
     def _loader(self) -> Iterator[dict]:
         if self.workers == 0:
             return iter(self.stream)
-        loader = torch.utils.data.DataLoader(
+        loader = batches.data_loader(
             self.stream,
-            batch_size=None,
-            num_workers=self.workers,
-            prefetch_factor=self.prefetch,
+            workers=self.workers,
+            prefetch=self.prefetch,
             pin_memory=self.pin_memory,
-            # its own generator: starting the workers must not draw from the global torch RNG
-            generator=torch.Generator().manual_seed(0),
+            batch_size=None,
         )
         return iter(loader)
 
@@ -318,34 +275,19 @@ def stream_batches(
     per_image = bool(model.inputs.two_views)  # SimCLR: single images (<= N per patient)
     batch = image_batch(train, True) if per_image else train.patients_per_batch
     n_max = train.lesions_per_patient
-    units = (
-        sum(min(entries[i].images, n_max) for i in patients.use) if per_image else len(patients.use)
-    )
+    units = batches.count_units([entries[i].images for i in patients.use], n_max, per_image)
     world = info.world_size
-    procs = f" x {world} processes" if world > 1 else ""
-    if units < batch * world:
-        what = "images" if per_image else "patients"
-        raise SlimpError(
-            f"data has {units} training {what} but a batch needs {batch}{procs}; lower "
-            + ("--images-per-batch" if per_image else "--patients-per-batch")
-        )
+    steps = batches.epoch_steps(
+        units, batch=batch, world_size=world, per_image=per_image, n_max=n_max
+    )
     if len(source.names) < world:
         raise SlimpError(
             f"{len(source.names)} shards for {world} processes: each process streams shards "
             "of its own; re-ingest with smaller shards (--max-patients-per-shard)"
         )
-    decoder = PatientDataset(
-        None,
-        inputs=model.inputs,
-        preprocess=model.preprocess,
-        classes=schema.classes if schema else (),
-        augment=train.augment,
-        recipe=train.augment_recipe,
-        ssl_views=train.image_ssl_weight > 0,
-    )
     stream = PatientStream(
         source,
-        decoder,
+        batches.PatientSamples(**batches.sample_options(model, schema, train)),
         held_out=frozenset(patients.holdout.patient_ids),
         batch=batch,
         per_image=per_image,
@@ -358,7 +300,7 @@ def stream_batches(
     workers = train.workers if train.workers is not None else default_workers()
     return StreamBatches(
         stream,
-        steps_per_epoch=units // (batch * world),
+        steps_per_epoch=steps,
         workers=min(workers, len(source.names) // world),  # a worker needs a shard
         prefetch=train.prefetch,
         pin_memory=pin_memory,
