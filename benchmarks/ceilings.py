@@ -113,7 +113,7 @@ def whole_model_step(
     first). Returns {"images_per_s", "optimizer_share", "optimizer_s", "step_s",
     "batch_images"}."""
     from slimp_cli.train import distributed as D
-    from slimp_cli.train.data import batch_to
+    from slimp_cli.train.batches import batch_to
     from slimp_cli.train.loop import loss_parts, parameter_groups, set_train_mode
     from slimp_cli.train.optim import make_optimizer
 

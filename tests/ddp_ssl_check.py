@@ -20,7 +20,8 @@ import torch.distributed as dist
 from slimp_cli.data.shards import ShardIndex
 from slimp_cli.models import build_model
 from slimp_cli.models.config import ModelConfig
-from slimp_cli.train.data import PatientDataset, PatientItem, batch_to, collate
+from slimp_cli.train.batches import batch_to, collate
+from slimp_cli.train.data import PatientDataset, PatientItem
 from slimp_cli.train.distributed import init_from_env, shutdown
 from slimp_cli.train.loop import _compute_loss
 from slimp_cli.train.ssl import build_ssl_net

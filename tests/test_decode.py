@@ -134,7 +134,8 @@ def _pad_dataset(pad_shards, decode_where: str, augment: bool):
 @pytest.mark.parametrize("augment", [False, True])
 def test_training_batches_decoded_on_the_device_match_the_cpu_path(pad_shards, augment):
     """PatientDataset(decode="gpu") -> collate -> batch_to: the device path, on CPU tensors."""
-    from slimp_cli.train.data import PatientItem, batch_to, collate
+    from slimp_cli.train.batches import batch_to, collate
+    from slimp_cli.train.data import PatientItem
 
     items = [PatientItem(p, (0,), (0, 0, 1, q)) for q, p in enumerate(range(6))]
     batches = {}

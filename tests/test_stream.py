@@ -38,7 +38,8 @@ from slimp_cli.features.embed import embed
 from slimp_cli.models import build_model
 from slimp_cli.models.config import ModelConfig
 from slimp_cli.train import TrainConfig
-from slimp_cli.train.data import GROUP_STRIDE, LocalBatches
+from slimp_cli.train.batches import GROUP_STRIDE
+from slimp_cli.train.data import LocalBatches
 from slimp_cli.train.distributed import DistInfo
 from slimp_cli.train.loop import local_batches
 from slimp_cli.train.session import TrainingPatients

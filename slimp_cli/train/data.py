@@ -30,11 +30,9 @@ from ..core.errors import SlimpError
 from ..data.shards import Case, case_index
 from ..data.transforms import Preprocess, decode_image
 from .batches import (
-    GROUP_STRIDE,  # noqa: F401 (re-exported: the tests import it from here)
     EpochDraws,
     PatientInfo,
     PatientSamples,
-    batch_to,  # noqa: F401 (re-exported: sm3.py imports it from here)
     choose_lesions,
     collate,
     count_units,

@@ -40,7 +40,8 @@ from ..models.kmeans import pseudo_labels
 from ..models.runs import load_checkpoint, read_config, resolve_checkpoint, sha256_file
 from ..models.sm3 import LABEL_SIZES, MODALITIES
 from . import distributed as D
-from .data import CaseDataset, batch_to, case_index, collate_cases
+from .batches import batch_to
+from .data import CaseDataset, case_index, collate_cases
 from .loop import notice
 from .train_config import TrainConfig
 
