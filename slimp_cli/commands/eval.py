@@ -27,9 +27,9 @@ from .choices import (
     Strategy,
     Task,
     comma_list,
-    device_name,
     value,
 )
+from .options import device_option, flag, json_option
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -198,18 +198,16 @@ def probe_cmd(
     c: float = typer.Option(
         1.0, "--C", help="Inverse L2 strength of the linear probe (standardised features)."
     ),
-    cv: bool = typer.Option(
-        False, "--cv", help="Choose C by inner 5-fold cross-validation instead."
-    ),
-    baseline: bool = typer.Option(
-        False, "--baseline", help="Add metadata-only baselines (raw/) and a label-leakage audit."
+    cv: bool = flag("--cv", "Choose C by inner 5-fold cross-validation instead."),
+    baseline: bool = flag(
+        "--baseline", "Add metadata-only baselines (raw/) and a label-leakage audit."
     ),
     pseudo: Strategy | None = typer.Option(
         None,
         "--pseudo",
         help="Use pseudo lesion/patient features of slimp extrapolate (ilp, il or ii).",
     ),
-    json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
+    json_path: Path | None = json_option(),
     plots: Path | None = typer.Option(
         None,
         "--plots",
@@ -223,9 +221,7 @@ def probe_cmd(
         help="classification, or derm7pt-multilabel: probe each of the seven-point checklist "
         "criteria of Derm7pt from image (or pseudo) features.",
     ),
-    device: str = typer.Option(
-        "auto", "--device", help="Device of the kNN search: " + DEVICE_HELP, callback=device_name
-    ),
+    device: str = device_option("auto", help="Device of the kNN search: " + DEVICE_HELP),
     classifier: Classifier = typer.Option(
         "logreg",
         "--classifier",
@@ -313,40 +309,30 @@ def probe_cmd(
             param_hint="--table",
         )
     _outputs(json_path, plots, table_path)
+    # what run_probe and run_multilabel both take
+    common = {
+        "features": _csv(features) or None,
+        "methods": _csv(method),
+        "split": split,
+        "seeds": _numbers(seeds, "--seeds", int),
+        "k": k,
+        "knn_temperature": knn_temperature,
+        "C": c,
+        "cv": cv,
+        "pseudo": pseudo,
+        "device": device,
+        "split_file": split_file,
+    }
     if task == "derm7pt-multilabel":
-        return _multilabel(
-            store,
-            features=features,
-            method=method,
-            split=split,
-            seeds=seeds,
-            k=k,
-            knn_temperature=knn_temperature,
-            c=c,
-            cv=cv,
-            pseudo=pseudo,
-            device=device,
-            json_path=json_path,
-            split_file=split_file,
-        )
+        return _multilabel(store, common, seeds=seeds, json_path=json_path)
     report = run_probe(
         store,
         label=label,
-        features=_csv(features) or None,
-        methods=_csv(method),
-        split=split,
-        seeds=_numbers(seeds, "--seeds", int),
         low_shot_fractions=_numbers(low_shot, "--low-shot", float),
-        k=k,
-        knn_temperature=knn_temperature,
-        C=c,
-        cv=cv,
         baseline=baseline,
-        pseudo=pseudo,
-        device=device,
         plots_dir=plots,
+        **common,
         **linear_probe,
-        split_file=split_file,
         **_clinical_options(bootstrap, compare, subgroups),
     )
     _warn(report["warnings"])
@@ -419,38 +405,11 @@ def _split_caption(split: dict) -> str:
     return text
 
 
-def _multilabel(
-    store,
-    *,
-    features,
-    method,
-    split,
-    seeds,
-    k,
-    knn_temperature,
-    c,
-    cv,
-    pseudo,
-    device,
-    json_path,
-    split_file,
-) -> None:
+def _multilabel(store, common: dict, *, seeds: str, json_path: Path | None) -> None:
+    """`probe --task derm7pt-multilabel`: `common` = run_multilabel's arguments (probe's)."""
     from ..eval.multilabel import run_multilabel
 
-    report = run_multilabel(
-        store,
-        features=_csv(features) or None,
-        methods=_csv(method),
-        split=split,
-        seeds=_numbers(seeds, "--seeds", int),
-        k=k,
-        knn_temperature=knn_temperature,
-        C=c,
-        cv=cv,
-        pseudo=pseudo,
-        device=device,
-        split_file=split_file,
-    )
+    report = run_multilabel(store, **common)
     _warn(report["warnings"])
     names = {"accuracy": "Acc", "balanced_accuracy": "BA", "f1_macro": "F1-macro", "auc": "AUC"}
     table = Table(
@@ -498,19 +457,18 @@ def retrieve_cmd(
     negatives: int = typer.Option(
         100_000, "--negatives", help="Random non-matching pairs for the similarity percentiles."
     ),
-    json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
+    json_path: Path | None = json_option(),
     plots: Path | None = typer.Option(
         None, "--plots", help="Write the similarity histogram PNG into this folder."
     ),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP, callback=device_name),
+    device: str = device_option("auto"),
     chunk_size: int = typer.Option(
         4096, "--chunk-size", help="Queries per similarity block (memory bound)."
     ),
-    pair_matching: bool = typer.Option(
-        False,
+    pair_matching: bool = flag(
         "--pair-matching",
-        help="SM3 stores: dermoscopic -> clinical pair matching (Acc@1, Acc@5, average rank; "
-        "SM3 paper Table III) instead of image <-> metadata retrieval.",
+        "SM3 stores: dermoscopic -> clinical pair matching (Acc@1, Acc@5, average rank; SM3 "
+        "paper Table III) instead of image <-> metadata retrieval.",
     ),
     table_path: Path | None = typer.Option(
         None,
@@ -648,7 +606,7 @@ def extrapolate_cmd(
         help="ilp: patient = one x_hat per target patient from its lesions' mean z_hat (the "
         "paper's; default when the target has patient ids), lesion = one per lesion.",
     ),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP, callback=device_name),
+    device: str = device_option("auto"),
     chunk_size: int = typer.Option(
         4096, "--chunk-size", help="Target images per similarity block (memory bound)."
     ),
