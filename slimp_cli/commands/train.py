@@ -1,5 +1,10 @@
 """`slimp pretrain` and `slimp adapt`: parse options, call `slimp_cli.train`, print a summary.
 
+The options both take are declared once (`TRAINING_OPTIONS`, `RUN_OPTIONS`, given to each
+command by `options.with_options`), and both end in one library call (`_train` ->
+`train.run_stage` with the command's stage): the two commands differ only in their own
+arguments (pretrain's model and SM3 options; adapt's CHECKPOINT and --tune).
+
 Options left out keep their defaults, or, with `--resume`, the values saved in the run dir's
 config.json (so `slimp pretrain DATA --out RUN --resume` continues a run as it was started).
 Several processes: `torchrun --nproc-per-node K -m slimp_cli.cli pretrain ...`.
@@ -382,16 +387,12 @@ RUN_OPTIONS = (
 
 def _train(command: str, *, config: Path | None, resume: str | None, options: dict, **given):
     """The library call of `command` ("pretrain" or "adapt") from its parsed options: the
-    TrainConfig fields given in `options` over a --config file's, then `train.STAGES`' entry;
-    `given` = the command's own library arguments (`model`, `tune`, `source`...). Prints the
-    summary."""
+    TrainConfig fields given in `options` over a --config file's; `given` = the command's
+    own library arguments (`data`, `out`, and `model` or `source` and `tune`). Prints the
+    run's summary."""
     from ..train import run_stage
 
     train = _train_options(options)
-    if "init" in given:  # pretrain --init: the SM3 stage-1 run, a TrainConfig field
-        init = given.pop("init")
-        if init is not None:
-            train["init"] = str(init)
     if config is not None:
         if resume:
             raise SlimpError(
@@ -527,7 +528,8 @@ def pretrain_cmd(
         proj_dim=proj_dim,
         label_dim=label_dim,
     )
-    options["stage"] = stage  # --stage (SM3 panel) is a TrainConfig field
+    # SM3's --stage and --init (their own panel) are TrainConfig fields
+    options.update(stage=stage, init=str(init) if init is not None else None)
     _train(
         "pretrain",
         config=config,
@@ -536,7 +538,6 @@ def pretrain_cmd(
         data=data,
         out=out,
         model=model,
-        init=init,
     )
 
 
