@@ -90,6 +90,13 @@ def _table_path(path: Path | None) -> Path | None:
     return path
 
 
+def _table_option(sizes: str):
+    """`--table FILE` of probe and retrieve; `sizes`: what the table says it was measured on."""
+    return typer.Option(
+        None, "--table", metavar="FILE", help=TABLE_HELP.format(sizes), callback=_table_path
+    )
+
+
 def _write_table(path: Path | None, table) -> None:
     if path is None:
         return
@@ -278,13 +285,7 @@ def probe_cmd(
         "(default: Fitzpatrick skin type, sex, age band, body site where the store has them; "
         "none = off).",
     ),
-    table_path: Path | None = typer.Option(
-        None,
-        "--table",
-        metavar="FILE",
-        help=TABLE_HELP.format("n test rows, n_positive malignant, n_patients"),
-        callback=_table_path,
-    ),
+    table_path: Path | None = _table_option("n test rows, n_positive malignant, n_patients"),
 ) -> None:
     """Linear probe and kNN classification on frozen features (mean±std over seeds)."""
     label, split, pseudo, task = value(label), value(split), value(pseudo), value(task)
@@ -470,13 +471,7 @@ def retrieve_cmd(
         "SM3 stores: dermoscopic -> clinical pair matching (Acc@1, Acc@5, average rank; SM3 "
         "paper Table III) instead of image <-> metadata retrieval.",
     ),
-    table_path: Path | None = typer.Option(
-        None,
-        "--table",
-        metavar="FILE",
-        help=TABLE_HELP.format("n_queries and n_gallery of each task"),
-        callback=_table_path,
-    ),
+    table_path: Path | None = _table_option("n_queries and n_gallery of each task"),
 ) -> None:
     """Image <-> metadata retrieval: R@k, NDCG@k, mAP and similarity percentiles."""
     from ..eval.retrieval import run_retrieval

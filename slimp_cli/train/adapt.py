@@ -14,6 +14,7 @@ stage table says what differs); this module keeps the public signatures.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 from .loop import TrainResult
@@ -48,18 +49,7 @@ def adapt_run(
     )
 
 
-def adapt(
-    checkpoint: str | Path,
-    data: str | Path,
-    out: str | Path,
-    *,
-    train: TrainConfig | dict | None = None,
-    tune: str | None = None,
-    resume: bool | str | Path = False,
-    progress: bool = False,
-    verify: bool = False,
-    shard_url: str | None = None,
-) -> Path:
+def adapt(checkpoint: str | Path, data: str | Path, out: str | Path, **options) -> Path:
     """Continual pre-training of the model in `checkpoint` on the shards in `data` -> run dir.
 
     Args:
@@ -79,17 +69,11 @@ def adapt(
     `config.json` records the source checkpoint (path, sha256), `tune` and the names of the
     trainable parameters (`trainable`).
     """
-    return adapt_run(
-        checkpoint,
-        data,
-        out,
-        train=train,
-        tune=tune,
-        resume=resume,
-        progress=progress,
-        verify=verify,
-        shard_url=shard_url,
-    ).run_dir
+    return adapt_run(checkpoint, data, out, **options).run_dir
+
+
+# `adapt` takes `adapt_run`'s arguments (help() and inspect show them)
+adapt.__signature__ = inspect.signature(adapt_run).replace(return_annotation="Path")
 
 
 __all__ = ["ADAPT_DEFAULTS", "TUNES", "adapt", "adapt_run", "prepare_model"]

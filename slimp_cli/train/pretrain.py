@@ -8,6 +8,7 @@ the `PRETRAIN` stage (shared with `adapt`); this module keeps the public signatu
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 from ..models.config import ModelConfig
@@ -41,17 +42,7 @@ def pretrain_run(
     )
 
 
-def pretrain(
-    data: str | Path,
-    out: str | Path,
-    *,
-    model: ModelConfig | dict | None = None,
-    train: TrainConfig | dict | None = None,
-    resume: bool | str | Path = False,
-    progress: bool = False,
-    verify: bool = False,
-    shard_url: str | None = None,
-) -> Path:
+def pretrain(data: str | Path, out: str | Path, **options) -> Path:
     """Pre-train SLIMP on the ingested shards in `data`; write the run dir `out`; return it.
 
     Args:
@@ -75,16 +66,11 @@ def pretrain(
             loss (the last good checkpoint is kept), resume on other data or options, another
             process writing `out`.
     """
-    return pretrain_run(
-        data,
-        out,
-        model=model,
-        train=train,
-        resume=resume,
-        progress=progress,
-        verify=verify,
-        shard_url=shard_url,
-    ).run_dir
+    return pretrain_run(data, out, **options).run_dir
+
+
+# `pretrain` takes `pretrain_run`'s arguments (help() and inspect show them)
+pretrain.__signature__ = inspect.signature(pretrain_run).replace(return_annotation="Path")
 
 
 __all__ = ["pretrain", "pretrain_run"]
