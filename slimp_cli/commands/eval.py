@@ -124,6 +124,15 @@ SPLIT_FILE_HELP = (
 )
 
 
+def _split_option(help: str):
+    """`--split` of probe and retrieve (their choices differ: the parameter's type)."""
+    return typer.Option(None, "--split", help=help)
+
+
+def _split_file_option():
+    return typer.Option(None, "--split-file", help=SPLIT_FILE_HELP)
+
+
 def _check_split_file(split: str | None, split_file: Path | None) -> None:
     """A --split-file is the official split: with another --split it is a usage error."""
     if split_file is not None and split not in (None, "official"):
@@ -179,16 +188,14 @@ def probe_cmd(
         help="Comma list of linear,knn.",
         callback=comma_list(PROBE_METHODS),
     ),
-    split: Split | None = typer.Option(
-        None,
-        "--split",
-        help="holdout: the run's held-out patients, unseen by every training stage (default "
+    split: Split | None = _split_option(
+        "holdout: the run's held-out patients, unseen by every training stage (default "
         "when the store has them); random: lesion-grouped stratified 90/10 (all images of a "
         "lesion on one side; the default otherwise); patient: patient-disjoint 90/10; "
         "official: the dataset's fixed split (Derm7pt's index files, or --split-file): trained "
         "on train + valid, scored on test.",
     ),
-    split_file: Path | None = typer.Option(None, "--split-file", help=SPLIT_FILE_HELP),
+    split_file: Path | None = _split_file_option(),
     seeds: str = typer.Option(
         "0,1,2",
         "--seeds",
@@ -442,16 +449,14 @@ def retrieve_cmd(
     store: Path = typer.Argument(
         ..., metavar="STORE", help="Feature store (HDF5) with image and lesion features."
     ),
-    split: RetrieveSplit | None = typer.Option(
-        None,
-        "--split",
-        help="holdout: the run's held-out patients (default when the store has them); all: "
+    split: RetrieveSplit | None = _split_option(
+        "holdout: the run's held-out patients (default when the store has them); all: "
         "every row (the default otherwise); random (lesion-grouped) or patient: the 10% test "
         "part of a 90/10 split; official: the test cases of the dataset's fixed split "
         "(Derm7pt's index files, or --split-file). Ties count half (random tie-breaking). With "
         "--pair-matching the default is every case, and ranks are within the evaluated cases.",
     ),
-    split_file: Path | None = typer.Option(None, "--split-file", help=SPLIT_FILE_HELP),
+    split_file: Path | None = _split_file_option(),
     seed: int = typer.Option(
         0, "--seed", help="Split seed and seed of the non-matching pair sample."
     ),
