@@ -486,27 +486,17 @@ def retrieve_cmd(
     if chunk_size < 1 or negatives < 1:
         raise SlimpError("--chunk-size and --negatives must be at least 1")
     _outputs(json_path, plots, table_path)
+    # what run_retrieval and run_pair_matching both take
+    common = {
+        "split": split,
+        "split_file": split_file,
+        "seed": seed,
+        "device": device,
+        "chunk_size": chunk_size,
+    }
     if pair_matching:
-        return _pair_matching(
-            store,
-            device=device,
-            chunk_size=chunk_size,
-            json_path=json_path,
-            table_path=table_path,
-            split=split,
-            split_file=split_file,
-            seed=seed,
-        )
-    report = run_retrieval(
-        store,
-        split=split,
-        seed=seed,
-        n_negative=negatives,
-        device=device,
-        chunk_size=chunk_size,
-        plots_dir=plots,
-        split_file=split_file,
-    )
+        return _pair_matching(store, common, json_path=json_path, table_path=table_path)
+    report = run_retrieval(store, n_negative=negatives, plots_dir=plots, **common)
     _warn(report["warnings"])
     tasks = [
         t
@@ -547,26 +537,12 @@ def retrieve_cmd(
 
 
 def _pair_matching(
-    store: Path,
-    *,
-    device: str,
-    chunk_size: int,
-    json_path: Path | None,
-    table_path: Path | None,
-    split,
-    split_file,
-    seed,
+    store: Path, common: dict, *, json_path: Path | None, table_path: Path | None
 ) -> None:
+    """`retrieve --pair-matching`: `common` = run_pair_matching's arguments (retrieve's)."""
     from ..eval.pair_matching import run_pair_matching
 
-    report = run_pair_matching(
-        store,
-        device=device,
-        chunk_size=chunk_size,
-        split=split,
-        split_file=split_file,
-        seed=seed,
-    )
+    report = run_pair_matching(store, **common)
     _warn(report["warnings"])
     pm, chance = report["pair_matching"], report["chance"]
     _out().print(
