@@ -7,9 +7,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from .choices import DECODE_HELP, DEVICE_HELP, SHARD_URL_HELP, WORKERS_HELP, Decode, device_name
+from .choices import DECODE_HELP, SHARD_URL_HELP, WORKERS_HELP, Decode
 from .choices import shard_url as shard_url_template
 from .ingest import MAX_IMAGE_PIXELS_HELP, apply_max_image_pixels
+from .options import VERIFY_HELP, device_option, flag, img_size_option, resolve_input_size
 
 console = Console(stderr=True)
 
@@ -31,20 +32,17 @@ def embed_cmd(
         help="Feature store to write (HDF5, e.g. feats/pad.h5; missing folders are created).",
     ),
     batch_size: int = typer.Option(64, "--batch-size", help="Lesions per forward pass."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP, callback=device_name),
-    image_only: bool = typer.Option(
-        False,
+    device: str = device_option("auto"),
+    image_only: bool = flag(
         "--image-only",
-        help="Embed images only: for data whose metadata columns the model was not built for "
+        "Embed images only: for data whose metadata columns the model was not built for "
         "(the target of slimp extrapolate).",
     ),
     workers: int = typer.Option(0, "--workers", min=0, help=WORKERS_HELP),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace an existing store at --out (and its pseudo/ features)."
+    overwrite: bool = flag(
+        "--overwrite", "Replace an existing store at --out (and its pseudo/ features)."
     ),
-    verify: bool = typer.Option(
-        False, "--verify", help="Check every shard's sha256 against manifest.json first."
-    ),
+    verify: bool = flag("--verify", VERIFY_HELP),
     image_model: str | None = typer.Option(
         None,
         "--image-model",
@@ -61,9 +59,7 @@ def embed_cmd(
         min=1,
         help="--image-model input side in pixels (default: its pretrained config's).",
     ),
-    img_size: int | None = typer.Option(
-        None, "--img-size", min=1, hidden=True, help="Deprecated name of --input-size."
-    ),
+    img_size: int | None = img_size_option(),
     shard_url: str | None = typer.Option(
         None,
         "--shard-url",
@@ -95,16 +91,9 @@ def embed_cmd(
     check_store_destination(out, overwrite=overwrite)  # in a second, before torch is imported
     from ..features.embed import embed, store_summary
 
-    if img_size is not None:  # the deprecated name, as pretrain's
-        if input_size is not None and input_size != img_size:
-            raise typer.BadParameter(
-                f"--img-size {img_size} (the deprecated name) contradicts --input-size "
-                f"{input_size}; give --input-size alone"
-            )
-        console.print("notice: --img-size is deprecated; use --input-size", highlight=False)
-        input_size = img_size
+    size = resolve_input_size(input_size, img_size, console)  # the deprecated name, as pretrain's
     apply_max_image_pixels(max_image_pixels)
-    foreign = _foreign_args(checkpoint, data, image_model, image_weights, input_size)
+    foreign = _foreign_args(checkpoint, data, image_model, image_weights, size)
     if foreign is not None and decode.value != "cpu":
         raise typer.BadParameter(
             "decodes for a slimp run's store; --image-model decodes on the CPU",

@@ -27,9 +27,9 @@ from .choices import (
     Strategy,
     Task,
     comma_list,
-    device_name,
     value,
 )
+from .options import device_option, flag, json_option
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -90,6 +90,13 @@ def _table_path(path: Path | None) -> Path | None:
     return path
 
 
+def _table_option(sizes: str):
+    """`--table FILE` of probe and retrieve; `sizes`: what the table says it was measured on."""
+    return typer.Option(
+        None, "--table", metavar="FILE", help=TABLE_HELP.format(sizes), callback=_table_path
+    )
+
+
 def _write_table(path: Path | None, table) -> None:
     if path is None:
         return
@@ -115,6 +122,15 @@ SPLIT_FILE_HELP = (
     "CSV with columns id, split (train, valid or test): a fixed split of any dataset (id = the "
     "store's lesion_id, else patient_id; every row needs one). Implies --split official."
 )
+
+
+def _split_option(help: str):
+    """`--split` of probe and retrieve (their choices differ: the parameter's type)."""
+    return typer.Option(None, "--split", help=help)
+
+
+def _split_file_option():
+    return typer.Option(None, "--split-file", help=SPLIT_FILE_HELP)
 
 
 def _check_split_file(split: str | None, split_file: Path | None) -> None:
@@ -172,16 +188,14 @@ def probe_cmd(
         help="Comma list of linear,knn.",
         callback=comma_list(PROBE_METHODS),
     ),
-    split: Split | None = typer.Option(
-        None,
-        "--split",
-        help="holdout: the run's held-out patients, unseen by every training stage (default "
+    split: Split | None = _split_option(
+        "holdout: the run's held-out patients, unseen by every training stage (default "
         "when the store has them); random: lesion-grouped stratified 90/10 (all images of a "
         "lesion on one side; the default otherwise); patient: patient-disjoint 90/10; "
         "official: the dataset's fixed split (Derm7pt's index files, or --split-file): trained "
         "on train + valid, scored on test.",
     ),
-    split_file: Path | None = typer.Option(None, "--split-file", help=SPLIT_FILE_HELP),
+    split_file: Path | None = _split_file_option(),
     seeds: str = typer.Option(
         "0,1,2",
         "--seeds",
@@ -198,18 +212,16 @@ def probe_cmd(
     c: float = typer.Option(
         1.0, "--C", help="Inverse L2 strength of the linear probe (standardised features)."
     ),
-    cv: bool = typer.Option(
-        False, "--cv", help="Choose C by inner 5-fold cross-validation instead."
-    ),
-    baseline: bool = typer.Option(
-        False, "--baseline", help="Add metadata-only baselines (raw/) and a label-leakage audit."
+    cv: bool = flag("--cv", "Choose C by inner 5-fold cross-validation instead."),
+    baseline: bool = flag(
+        "--baseline", "Add metadata-only baselines (raw/) and a label-leakage audit."
     ),
     pseudo: Strategy | None = typer.Option(
         None,
         "--pseudo",
         help="Use pseudo lesion/patient features of slimp extrapolate (ilp, il or ii).",
     ),
-    json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
+    json_path: Path | None = json_option(),
     plots: Path | None = typer.Option(
         None,
         "--plots",
@@ -223,9 +235,7 @@ def probe_cmd(
         help="classification, or derm7pt-multilabel: probe each of the seven-point checklist "
         "criteria of Derm7pt from image (or pseudo) features.",
     ),
-    device: str = typer.Option(
-        "auto", "--device", help="Device of the kNN search: " + DEVICE_HELP, callback=device_name
-    ),
+    device: str = device_option("auto", help="Device of the kNN search: " + DEVICE_HELP),
     classifier: Classifier = typer.Option(
         "logreg",
         "--classifier",
@@ -282,13 +292,7 @@ def probe_cmd(
         "(default: Fitzpatrick skin type, sex, age band, body site where the store has them; "
         "none = off).",
     ),
-    table_path: Path | None = typer.Option(
-        None,
-        "--table",
-        metavar="FILE",
-        help=TABLE_HELP.format("n test rows, n_positive malignant, n_patients"),
-        callback=_table_path,
-    ),
+    table_path: Path | None = _table_option("n test rows, n_positive malignant, n_patients"),
 ) -> None:
     """Linear probe and kNN classification on frozen features (mean±std over seeds)."""
     label, split, pseudo, task = value(label), value(split), value(pseudo), value(task)
@@ -313,40 +317,30 @@ def probe_cmd(
             param_hint="--table",
         )
     _outputs(json_path, plots, table_path)
+    # what run_probe and run_multilabel both take
+    common = {
+        "features": _csv(features) or None,
+        "methods": _csv(method),
+        "split": split,
+        "seeds": _numbers(seeds, "--seeds", int),
+        "k": k,
+        "knn_temperature": knn_temperature,
+        "C": c,
+        "cv": cv,
+        "pseudo": pseudo,
+        "device": device,
+        "split_file": split_file,
+    }
     if task == "derm7pt-multilabel":
-        return _multilabel(
-            store,
-            features=features,
-            method=method,
-            split=split,
-            seeds=seeds,
-            k=k,
-            knn_temperature=knn_temperature,
-            c=c,
-            cv=cv,
-            pseudo=pseudo,
-            device=device,
-            json_path=json_path,
-            split_file=split_file,
-        )
+        return _multilabel(store, common, seeds=seeds, json_path=json_path)
     report = run_probe(
         store,
         label=label,
-        features=_csv(features) or None,
-        methods=_csv(method),
-        split=split,
-        seeds=_numbers(seeds, "--seeds", int),
         low_shot_fractions=_numbers(low_shot, "--low-shot", float),
-        k=k,
-        knn_temperature=knn_temperature,
-        C=c,
-        cv=cv,
         baseline=baseline,
-        pseudo=pseudo,
-        device=device,
         plots_dir=plots,
+        **common,
         **linear_probe,
-        split_file=split_file,
         **_clinical_options(bootstrap, compare, subgroups),
     )
     _warn(report["warnings"])
@@ -419,38 +413,11 @@ def _split_caption(split: dict) -> str:
     return text
 
 
-def _multilabel(
-    store,
-    *,
-    features,
-    method,
-    split,
-    seeds,
-    k,
-    knn_temperature,
-    c,
-    cv,
-    pseudo,
-    device,
-    json_path,
-    split_file,
-) -> None:
+def _multilabel(store, common: dict, *, seeds: str, json_path: Path | None) -> None:
+    """`probe --task derm7pt-multilabel`: `common` = run_multilabel's arguments (probe's)."""
     from ..eval.multilabel import run_multilabel
 
-    report = run_multilabel(
-        store,
-        features=_csv(features) or None,
-        methods=_csv(method),
-        split=split,
-        seeds=_numbers(seeds, "--seeds", int),
-        k=k,
-        knn_temperature=knn_temperature,
-        C=c,
-        cv=cv,
-        pseudo=pseudo,
-        device=device,
-        split_file=split_file,
-    )
+    report = run_multilabel(store, **common)
     _warn(report["warnings"])
     names = {"accuracy": "Acc", "balanced_accuracy": "BA", "f1_macro": "F1-macro", "auc": "AUC"}
     table = Table(
@@ -482,43 +449,34 @@ def retrieve_cmd(
     store: Path = typer.Argument(
         ..., metavar="STORE", help="Feature store (HDF5) with image and lesion features."
     ),
-    split: RetrieveSplit | None = typer.Option(
-        None,
-        "--split",
-        help="holdout: the run's held-out patients (default when the store has them); all: "
+    split: RetrieveSplit | None = _split_option(
+        "holdout: the run's held-out patients (default when the store has them); all: "
         "every row (the default otherwise); random (lesion-grouped) or patient: the 10% test "
         "part of a 90/10 split; official: the test cases of the dataset's fixed split "
         "(Derm7pt's index files, or --split-file). Ties count half (random tie-breaking). With "
         "--pair-matching the default is every case, and ranks are within the evaluated cases.",
     ),
-    split_file: Path | None = typer.Option(None, "--split-file", help=SPLIT_FILE_HELP),
+    split_file: Path | None = _split_file_option(),
     seed: int = typer.Option(
         0, "--seed", help="Split seed and seed of the non-matching pair sample."
     ),
     negatives: int = typer.Option(
         100_000, "--negatives", help="Random non-matching pairs for the similarity percentiles."
     ),
-    json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
+    json_path: Path | None = json_option(),
     plots: Path | None = typer.Option(
         None, "--plots", help="Write the similarity histogram PNG into this folder."
     ),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP, callback=device_name),
+    device: str = device_option("auto"),
     chunk_size: int = typer.Option(
         4096, "--chunk-size", help="Queries per similarity block (memory bound)."
     ),
-    pair_matching: bool = typer.Option(
-        False,
+    pair_matching: bool = flag(
         "--pair-matching",
-        help="SM3 stores: dermoscopic -> clinical pair matching (Acc@1, Acc@5, average rank; "
-        "SM3 paper Table III) instead of image <-> metadata retrieval.",
+        "SM3 stores: dermoscopic -> clinical pair matching (Acc@1, Acc@5, average rank; SM3 "
+        "paper Table III) instead of image <-> metadata retrieval.",
     ),
-    table_path: Path | None = typer.Option(
-        None,
-        "--table",
-        metavar="FILE",
-        help=TABLE_HELP.format("n_queries and n_gallery of each task"),
-        callback=_table_path,
-    ),
+    table_path: Path | None = _table_option("n_queries and n_gallery of each task"),
 ) -> None:
     """Image <-> metadata retrieval: R@k, NDCG@k, mAP and similarity percentiles."""
     from ..eval.retrieval import run_retrieval
@@ -528,27 +486,17 @@ def retrieve_cmd(
     if chunk_size < 1 or negatives < 1:
         raise SlimpError("--chunk-size and --negatives must be at least 1")
     _outputs(json_path, plots, table_path)
+    # what run_retrieval and run_pair_matching both take
+    common = {
+        "split": split,
+        "split_file": split_file,
+        "seed": seed,
+        "device": device,
+        "chunk_size": chunk_size,
+    }
     if pair_matching:
-        return _pair_matching(
-            store,
-            device=device,
-            chunk_size=chunk_size,
-            json_path=json_path,
-            table_path=table_path,
-            split=split,
-            split_file=split_file,
-            seed=seed,
-        )
-    report = run_retrieval(
-        store,
-        split=split,
-        seed=seed,
-        n_negative=negatives,
-        device=device,
-        chunk_size=chunk_size,
-        plots_dir=plots,
-        split_file=split_file,
-    )
+        return _pair_matching(store, common, json_path=json_path, table_path=table_path)
+    report = run_retrieval(store, n_negative=negatives, plots_dir=plots, **common)
     _warn(report["warnings"])
     tasks = [
         t
@@ -589,26 +537,12 @@ def retrieve_cmd(
 
 
 def _pair_matching(
-    store: Path,
-    *,
-    device: str,
-    chunk_size: int,
-    json_path: Path | None,
-    table_path: Path | None,
-    split,
-    split_file,
-    seed,
+    store: Path, common: dict, *, json_path: Path | None, table_path: Path | None
 ) -> None:
+    """`retrieve --pair-matching`: `common` = run_pair_matching's arguments (retrieve's)."""
     from ..eval.pair_matching import run_pair_matching
 
-    report = run_pair_matching(
-        store,
-        device=device,
-        chunk_size=chunk_size,
-        split=split,
-        split_file=split_file,
-        seed=seed,
-    )
+    report = run_pair_matching(store, **common)
     _warn(report["warnings"])
     pm, chance = report["pair_matching"], report["chance"]
     _out().print(
@@ -648,7 +582,7 @@ def extrapolate_cmd(
         help="ilp: patient = one x_hat per target patient from its lesions' mean z_hat (the "
         "paper's; default when the target has patient ids), lesion = one per lesion.",
     ),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP, callback=device_name),
+    device: str = device_option("auto"),
     chunk_size: int = typer.Option(
         4096, "--chunk-size", help="Target images per similarity block (memory bound)."
     ),

@@ -8,25 +8,21 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from .choices import DEVICE_HELP, device_name
 from .ingest import MAX_IMAGE_PIXELS_HELP, apply_max_image_pixels
+from .options import device_option, files_option, flag, run_argument
 
 console = Console(stderr=True, highlight=False)
 
 
 def export_cmd(
-    run: Path = typer.Argument(
-        ..., metavar="RUN", help="Run dir of slimp pretrain/adapt, or a checkpoint file in it."
-    ),
+    run: Path = run_argument(),
     out: Path = typer.Argument(..., metavar="OUT", help="Folder to write (new or empty)."),
-    metrics: list[Path] | None = typer.Option(
-        None,
+    metrics: list[Path] | None = files_option(
         "--metrics",
-        metavar="FILE",
-        help="A `slimp probe --json` report of this model's features, quoted with its split "
-        "in the model card (repeatable).",
+        "A `slimp probe --json` report of this model's features, quoted with its split in the "
+        "model card (repeatable).",
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty folder."),
+    overwrite: bool = flag("--overwrite", "Replace a non-empty folder."),
 ) -> None:
     """Write the image encoder as timm files (model.safetensors + config.json), the metadata
     encoders and projections (slimp_heads.safetensors) and a model card (README.md).
@@ -45,9 +41,7 @@ def export_cmd(
 
 
 def encode_cmd(
-    run: Path = typer.Argument(
-        ..., metavar="RUN", help="Run dir of slimp pretrain/adapt, or a checkpoint file in it."
-    ),
+    run: Path = run_argument(),
     image: Path = typer.Option(..., "--image", help="The lesion's image (JPEG, PNG, ...)."),
     meta: Path | None = typer.Option(
         None,
@@ -58,7 +52,7 @@ def encode_cmd(
     out: Path | None = typer.Option(
         None, "--out", help="Write the vectors as JSON here instead of printing them."
     ),
-    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP, callback=device_name),
+    device: str = device_option("cpu"),
     max_image_pixels: int | None = typer.Option(
         None, "--max-image-pixels", min=0, help=MAX_IMAGE_PIXELS_HELP
     ),

@@ -7,33 +7,26 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from .choices import DEVICE_HELP, device_name
+from .options import device_option, files_option, run_argument
 
 console = Console(stderr=True, highlight=False)
 
 
 def report_cmd(
-    run: Path = typer.Argument(
-        ...,
-        metavar="RUN",
-        help="Run dir of slimp pretrain/adapt, or a checkpoint file in it.",
-    ),
+    run: Path = run_argument(),
     out: Path = typer.Option(
         ..., "--out", "-o", metavar="FILE", help="The HTML page to write (e.g. report.html)."
     ),
-    store: list[Path] | None = typer.Option(
-        None,
+    store: list[Path] | None = files_option(
         "--store",
+        "A feature store of this run (slimp embed): probe table with the metadata baseline "
+        "beside it, ROC overlay, t-SNE of the held-out rows, retrieval figures and examples "
+        "(repeatable).",
         metavar="STORE",
-        help="A feature store of this run (slimp embed): probe table with the metadata "
-        "baseline beside it, ROC overlay, t-SNE of the held-out rows, retrieval figures and "
-        "examples (repeatable).",
     ),
-    probe_json: list[Path] | None = typer.Option(
-        None,
+    probe_json: list[Path] | None = files_option(
         "--probe-json",
-        metavar="FILE",
-        help="A `slimp probe --json` report shown as the probe table instead of probing each "
+        "A `slimp probe --json` report shown as the probe table instead of probing each "
         "--store again (repeatable).",
     ),
     explain_dir: Path | None = typer.Option(
@@ -46,7 +39,7 @@ def report_cmd(
     seed: int = typer.Option(
         0, "--seed", help="Seed of the probe, the t-SNE and the retrieval examples."
     ),
-    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP, callback=device_name),
+    device: str = device_option("cpu"),
 ) -> None:
     """One self-contained HTML page for a run and its stores: recipe and environment, train /
     held-out loss per epoch, probe table with the metadata baseline beside it, ROC overlay,

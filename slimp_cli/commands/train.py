@@ -1,5 +1,10 @@
 """`slimp pretrain` and `slimp adapt`: parse options, call `slimp_cli.train`, print a summary.
 
+The options both take are declared once (`TRAINING_OPTIONS`, `RUN_OPTIONS`, given to each
+command by `options.with_options`), and both end in one library call (`_train` ->
+`train.run_stage` with the command's stage): the two commands differ only in their own
+arguments (pretrain's model and SM3 options; adapt's CHECKPOINT and --tune).
+
 Options left out keep their defaults, or, with `--resume`, the values saved in the run dir's
 config.json (so `slimp pretrain DATA --out RUN --resume` continues a run as it was started).
 Several processes: `torchrun --nproc-per-node K -m slimp_cli.cli pretrain ...`.
@@ -18,15 +23,12 @@ from typer.core import TyperCommand
 
 from ..core.errors import SlimpError
 from . import choices as C
+from .options import VERIFY_HELP, Shared, given, img_size_option, resolve_input_size, with_options
 
 console = Console(stderr=True)
 
 _T = "Training"
 _M = "Model"
-
-
-def _given(**options) -> dict:
-    return {k: v for k, v in options.items() if v is not None}
 
 
 def _opt(*names: str, help: str, panel: str = _T):
@@ -241,9 +243,7 @@ Progress = Annotated[
         "a terminal).",
     ),
 ]
-Verify = Annotated[
-    bool, typer.Option("--verify", help="Check every shard's sha256 against manifest.json first.")
-]
+Verify = Annotated[bool, typer.Option("--verify", help=VERIFY_HELP)]
 ShardUrl = Annotated[
     str | None,
     typer.Option(
@@ -314,7 +314,7 @@ def _train_options(options: dict) -> dict:
     from ..train import TrainConfig
 
     keys = {f.name for f in dataclasses.fields(TrainConfig)}
-    return _given(**{k: C.value(v) for k, v in options.items() if k in keys})
+    return given(**{k: C.value(v) for k, v in options.items() if k in keys})
 
 
 def _summary(run_dir: Path) -> None:
@@ -341,6 +341,87 @@ def _summary(run_dir: Path) -> None:
     )
 
 
+# The options pretrain and adapt share, in --help's order (the panels group them): the
+# commands differ only in their own parameters.
+_BOTH = ("pretrain", "adapt")
+TRAINING_OPTIONS = tuple(
+    Shared(name=name, annotation=annotation, commands=commands)
+    for name, annotation, commands in (
+        ("method", Method, _BOTH),
+        ("holdout", Holdout, _BOTH),
+        ("holdout_seed", HoldoutSeed, _BOTH),
+        ("patients_per_batch", PatientsPerBatch, _BOTH),
+        ("lesions_per_patient", LesionsPerPatient, _BOTH),
+        ("images_per_batch", ImagesPerBatch, ("pretrain",)),
+        ("epochs", Epochs, _BOTH),
+        ("max_steps", MaxSteps, _BOTH),
+        ("lr", Lr, _BOTH),
+        ("weight_decay", WeightDecay, _BOTH),
+        ("warmup_steps", WarmupSteps, _BOTH),
+        ("temperature", Temperature, _BOTH),
+        ("lam", Lam, _BOTH),
+        ("grad_clip", GradClip, _BOTH),
+        ("seed", Seed, _BOTH),
+        ("device", Device, _BOTH),
+        ("workers", Workers, _BOTH),
+        ("augment", Augment, _BOTH),
+        ("augment_recipe", AugmentRecipe, _BOTH),
+        ("positive_sampling", PositiveSampling, _BOTH),
+        ("compile", Compile, _BOTH),
+        ("precision", Precision, _BOTH),
+        ("grad_checkpointing", GradCheckpointing, _BOTH),
+        ("log_every", LogEvery, _BOTH),
+        ("report_to", ReportTo, _BOTH),
+        ("keep_epoch_checkpoints", KeepEpochCheckpoints, _BOTH),
+        ("image_ssl_weight", ImageSslWeight, _BOTH),
+        ("decode", DecodeOpt, ("pretrain",)),
+    )
+)
+# After each command's own options: how the run reads its data and reports.
+RUN_OPTIONS = (
+    Shared(name="progress", annotation=Progress, default=True),
+    Shared(name="verify", annotation=Verify, default=False),
+    Shared(name="shard_url", annotation=ShardUrl),
+)
+
+
+def _train(command: str, *, config: Path | None, resume: str | None, options: dict, **given):
+    """The library call of `command` ("pretrain" or "adapt") from its parsed options: the
+    TrainConfig fields given in `options` over a --config file's; `given` = the command's
+    own library arguments (`data`, `out`, and `model` or `source` and `tune`). Prints the
+    run's summary."""
+    from ..train import run_stage
+
+    train = _train_options(options)
+    if config is not None:
+        if resume:
+            raise SlimpError(
+                "--config with --resume: a resumed run continues with its own config.json; "
+                "leave out --config"
+            )
+        from ..train.config_file import read_config_file
+
+        file = read_config_file(config, command=command)
+        train = {**file.train, **train}
+        if "model" in given:
+            given["model"] = {**file.model, **given["model"]}
+        if "tune" in given and given["tune"] is None:
+            given["tune"] = file.tune
+    result = run_stage(
+        command,
+        given.pop("data"),
+        given.pop("out"),
+        train=train,
+        resume=_resume_value(resume),
+        progress=options["progress"],
+        verify=options["verify"],
+        shard_url=options["shard_url"],
+        **given,
+    )
+    _summary(result.run_dir)
+
+
+@with_options("pretrain", after="config", options=TRAINING_OPTIONS, tail=RUN_OPTIONS)
 def pretrain_cmd(
     data: Path = typer.Argument(
         ...,
@@ -356,7 +437,6 @@ def pretrain_cmd(
         "--config",
         help=CONFIG_HELP,
     ),
-    method: Method = None,
     variant: C.Variant | None = typer.Option(
         None,
         "--variant",
@@ -379,9 +459,7 @@ def pretrain_cmd(
         "another size (ingest --image-size) are resized to it.",
         rich_help_panel=_M,
     ),
-    img_size: int | None = typer.Option(
-        None, "--img-size", min=1, hidden=True, help="Deprecated name of --input-size."
-    ),
+    img_size: int | None = img_size_option(),
     image_weights: Path | None = typer.Option(
         None,
         "--image-weights",
@@ -404,8 +482,6 @@ def pretrain_cmd(
         "parameter counts).",
         rich_help_panel=_M,
     ),
-    holdout: Holdout = None,
-    holdout_seed: HoldoutSeed = None,
     stage: str | None = typer.Option(
         None,
         "--stage",
@@ -431,35 +507,8 @@ def pretrain_cmd(
         help="SM3 label-specific projection width (default 512).",
         rich_help_panel=_S,
     ),
-    patients_per_batch: PatientsPerBatch = None,
-    lesions_per_patient: LesionsPerPatient = None,
-    images_per_batch: ImagesPerBatch = None,
-    epochs: Epochs = None,
-    max_steps: MaxSteps = None,
-    lr: Lr = None,
-    weight_decay: WeightDecay = None,
-    warmup_steps: WarmupSteps = None,
-    temperature: Temperature = None,
-    lam: Lam = None,
-    grad_clip: GradClip = None,
-    seed: Seed = None,
-    device: Device = None,
-    workers: Workers = None,
-    augment: Augment = None,
-    augment_recipe: AugmentRecipe = None,
-    positive_sampling: PositiveSampling = None,
-    compile: Compile = None,
-    precision: Precision = None,
-    grad_checkpointing: GradCheckpointing = None,
-    log_every: LogEvery = None,
-    report_to: ReportTo = None,
-    keep_epoch_checkpoints: KeepEpochCheckpoints = None,
-    image_ssl_weight: ImageSslWeight = None,
-    decode: DecodeOpt = None,
     resume: str | None = _resume_option(RESUME_HELP),
-    progress: Progress = True,
-    verify: Verify = False,
-    shard_url: ShardUrl = None,
+    **options,
 ) -> None:
     """Pre-train SLIMP (nested image-metadata contrastive learning) on ingested shards.
 
@@ -467,20 +516,10 @@ def pretrain_cmd(
     lr 1e-4, lambda 0.9. `--method sm3` trains SM3 instead (two stages: `--stage multimodal`,
     then `--stage multilabel --init RUN1` into a second run dir).
     """
-    from ..train import pretrain
-
-    if img_size is not None:
-        if input_size is not None and input_size != img_size:
-            raise typer.BadParameter(
-                f"--img-size {img_size} (the deprecated name) contradicts --input-size "
-                f"{input_size}; give --input-size alone"
-            )
-        console.print("notice: --img-size is deprecated; use --input-size", highlight=False)
-        input_size = img_size
-    model = _given(
+    model = given(
         variant=C.value(variant),
         image_model=image_model,
-        img_size=input_size,
+        img_size=resolve_input_size(input_size, img_size, console),
         image_weights=str(image_weights) if image_weights else None,
         embed_dim=embed_dim,
         tab_dim=tab_dim,
@@ -489,32 +528,20 @@ def pretrain_cmd(
         proj_dim=proj_dim,
         label_dim=label_dim,
     )
-    train = _train_options(locals())
-    if init is not None:
-        train["init"] = str(init)
-    if config is not None:
-        if resume:
-            raise SlimpError(
-                "--config with --resume: a resumed run continues with its own config.json; "
-                "leave out --config"
-            )
-        from ..train.config_file import read_config_file
-
-        given = read_config_file(config, command="pretrain")
-        model, train = {**given.model, **model}, {**given.train, **train}
-    run_dir = pretrain(
-        data,
-        out,
+    # SM3's --stage and --init (their own panel) are TrainConfig fields
+    options.update(stage=stage, init=str(init) if init is not None else None)
+    _train(
+        "pretrain",
+        config=config,
+        resume=resume,
+        options=options,
+        data=data,
+        out=out,
         model=model,
-        train=train,
-        resume=_resume_value(resume),
-        progress=progress,
-        verify=verify,
-        shard_url=shard_url,
     )
-    _summary(run_dir)
 
 
+@with_options("adapt", after="config", options=TRAINING_OPTIONS, tail=RUN_OPTIONS)
 def adapt_cmd(
     checkpoint: Path = typer.Argument(
         ...,
@@ -532,39 +559,11 @@ def adapt_cmd(
         "embeddings trainable, the rest frozen) or all.",
     ),
     config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
-    method: Method = None,
-    holdout: Holdout = None,
-    holdout_seed: HoldoutSeed = None,
-    patients_per_batch: PatientsPerBatch = None,
-    lesions_per_patient: LesionsPerPatient = None,
-    epochs: Epochs = None,
-    max_steps: MaxSteps = None,
-    lr: Lr = None,
-    weight_decay: WeightDecay = None,
-    warmup_steps: WarmupSteps = None,
-    temperature: Temperature = None,
-    lam: Lam = None,
-    grad_clip: GradClip = None,
-    seed: Seed = None,
-    device: Device = None,
-    workers: Workers = None,
-    augment: Augment = None,
-    augment_recipe: AugmentRecipe = None,
-    positive_sampling: PositiveSampling = None,
-    compile: Compile = None,
-    precision: Precision = None,
-    grad_checkpointing: GradCheckpointing = None,
-    log_every: LogEvery = None,
-    report_to: ReportTo = None,
-    keep_epoch_checkpoints: KeepEpochCheckpoints = None,
-    image_ssl_weight: ImageSslWeight = None,
     resume: str | None = _resume_option(
         "Continue the adapt run in --out; --resume PATH: from a run dir or a checkpoint file "
         "(as pretrain's, --shard-url too)."
     ),
-    progress: Progress = True,
-    verify: Verify = False,
-    shard_url: ShardUrl = None,
+    **options,
 ) -> None:
     """Continual pre-training of a SLIMP model on a target dataset (paper Sec. 3.2).
 
@@ -572,31 +571,16 @@ def adapt_cmd(
     only the embedding layers train. A nested model becomes flat on data without patient
     features. Paper defaults: B = 64, 100 epochs.
     """
-    from ..train import adapt
-
-    train, tune = _train_options(locals()), C.value(tune)
-    if config is not None:
-        if resume:
-            raise SlimpError(
-                "--config with --resume: a resumed run continues with its own config.json; "
-                "leave out --config"
-            )
-        from ..train.config_file import read_config_file
-
-        given = read_config_file(config, command="adapt")
-        train, tune = {**given.train, **train}, tune if tune is not None else given.tune
-    run_dir = adapt(
-        checkpoint,
-        data,
-        out,
-        train=train,
-        tune=tune,
-        resume=_resume_value(resume),
-        progress=progress,
-        verify=verify,
-        shard_url=shard_url,
+    _train(
+        "adapt",
+        config=config,
+        resume=resume,
+        options=options,
+        data=data,
+        out=out,
+        source=checkpoint,
+        tune=C.value(tune),
     )
-    _summary(run_dir)
 
 
 def register(app: typer.Typer) -> None:
