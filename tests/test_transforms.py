@@ -125,3 +125,32 @@ def test_augmented_views_are_uint8_with_their_colour_parameters():
     torch.testing.assert_close(
         to_model_input(u8[None], pre, ident)[0], pre.normalize(u8), atol=1e-5, rtol=0
     )
+
+
+def test_mild_views_crop_half_or_more_jitter_at_half_strength_and_never_blur(monkeypatch):
+    """SM3's from-scratch views ("mild"): SM3's crop (50-100% of the area), SimCLR's CIFAR-10
+    jitter (strength 0.5: 0.4/0.4/0.4/0.1) and no Gaussian blur; the standard recipe blurs."""
+    import PIL.ImageFilter
+
+    import slimp_cli.data.transforms as T
+
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 40, 3), dtype=np.uint8))
+    pre = Preprocess(img_size=32)
+    scales, blurs = [], []
+    real_crop = T.crop_params
+    monkeypatch.setattr(
+        T,
+        "crop_params",
+        lambda *a, scale, **k: scales.append(scale) or real_crop(*a, scale=scale, **k),
+    )
+    real_blur = PIL.ImageFilter.GaussianBlur
+    monkeypatch.setattr(PIL.ImageFilter, "GaussianBlur", lambda r: blurs.append(r) or real_blur(r))
+    jitters = torch.stack(
+        [pre.augment_view(img, np.random.default_rng([7, i]), "mild")[1] for i in range(200)]
+    )
+    assert set(scales) == {(0.5, 1.0)} and blurs == []
+    assert float(jitters[:, :3].min()) >= 0.6 and float(jitters[:, :3].max()) <= 1.4
+    assert float(jitters[:, 3].abs().max()) <= 0.1 and float(jitters[:, :3].max()) > 1.3
+    for i in range(20):
+        pre.augment_view(img, np.random.default_rng([7, i]), "simclr")
+    assert blurs and (0.08, 1.0) in scales  # the standard recipe does blur, and crops 8-100%

@@ -136,8 +136,9 @@ AugmentRecipe = Annotated[
     _opt(
         "--augment-recipe",
         help="auto (default: the standard SimCLR recipe for --variant image, the light one "
-        "for SLIMP), light, simclr or sm3 (SM3's official SimCLR parameters: crop 50-100%, "
-        "jitter 0.8; the default of --method sm3's stage 1).",
+        "for SLIMP), light, simclr, sm3 (SM3's official SimCLR parameters: crop 50-100%, "
+        "jitter 0.8) or mild (crop 50-100%, jitter 0.4, no blur: the default of --method "
+        "sm3's stage 1 from random weights).",
     ),
 ]
 DecodeOpt = Annotated[C.Decode | None, _opt("--decode", help=C.DECODE_HELP + " Default cpu.")]

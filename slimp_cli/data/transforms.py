@@ -44,7 +44,18 @@ SIMCLR_JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
 # sigma 0.1-2).
 SM3_CROP_SCALE = (0.5, 1.0)
 SM3_JITTER = dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)
-RECIPES = ("light", "simclr", "sm3")
+# "mild": SM3's from-scratch default (docs/method.md): SimCLR's CIFAR-10 recipe (Chen et al.
+# 2020, App. B.9: jitter strength 0.5, no Gaussian blur, which at 32-px images erases what a
+# view has left) with SM3's official crop of 50-100% (the lesion stays in the view).
+MILD_CROP_SCALE = SM3_CROP_SCALE
+MILD_JITTER = SIMCLR_JITTER
+# recipe -> (crop scale, jitter strengths, blur: "scaled" SimCLR's, "3x3" SM3's, None)
+VIEWS = {
+    "simclr": (SIMCLR_CROP_SCALE, SIMCLR_JITTER, "scaled"),
+    "sm3": (SM3_CROP_SCALE, SM3_JITTER, "3x3"),
+    "mild": (MILD_CROP_SCALE, MILD_JITTER, None),
+}
+RECIPES = ("light", *VIEWS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,12 +107,10 @@ class Preprocess:
         self, img: Image.Image, rng: np.random.Generator, recipe: str = "light"
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A random view: (uint8 [3, S, S], jitter [5]) for `to_model_input`. `recipe` "light"
-        (SLIMP's `--augment`), "simclr" (the standard SimCLR recipe) or "sm3" (SM3's official
-        SimCLR parameters)."""
-        if recipe == "simclr":
-            return simclr_view(img, self.img_size, rng)
-        if recipe == "sm3":
-            return simclr_view(img, self.img_size, rng, sm3=True)
+        (SLIMP's `--augment`), "simclr" (the standard SimCLR recipe), "sm3" (SM3's official
+        SimCLR parameters) or "mild" (SimCLR's CIFAR-10 recipe with SM3's crop)."""
+        if recipe in VIEWS:
+            return simclr_view(img, self.img_size, rng, recipe=recipe)
         return light_view(img, self.img_size, rng)
 
     def augment(
@@ -174,10 +183,11 @@ def light_view(
 
 
 def simclr_view(
-    img: Image.Image, img_size: int, rng: np.random.Generator, *, sm3: bool = False
+    img: Image.Image, img_size: int, rng: np.random.Generator, *, recipe: str = "simclr"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The standard SimCLR augmentation (see SIMCLR_*), reproducible from `rng`; `sm3`: with
-    SM3's official parameters instead (see SM3_*).
+    """A SimCLR-style view, reproducible from `rng`: the standard recipe (SIMCLR_*), SM3's
+    official parameters (`recipe="sm3"`, SM3_*) or SimCLR's small-image one (`"mild"`,
+    MILD_*: no blur, so no blur draw either).
 
     NOTE[DIFF]: the Gaussian blur runs here, on the crop, before the colour jitter and
     greyscale that run batched later; SimCLR blurs last. Blur is linear and the colour ops are
@@ -188,7 +198,7 @@ def simclr_view(
     """
     from PIL import ImageFilter
 
-    scale, j = (SM3_CROP_SCALE, SM3_JITTER) if sm3 else (SIMCLR_CROP_SCALE, SIMCLR_JITTER)
+    scale, j, blur = VIEWS[recipe]
     out = _crop_resize(img, img_size, crop_params(*img.size, rng, scale=scale))
     flip = rng.random() < 0.5
     jitter = list(IDENTITY_JITTER)
@@ -201,9 +211,11 @@ def simclr_view(
         ]
     if rng.random() < 0.2:
         jitter[4] = 1.0
-    if rng.random() < 0.5:
+    if blur is not None and rng.random() < 0.5:
         sigma = float(rng.uniform(0.1, 2.0))
-        if sm3:  # torchvision GaussianBlur((3, 3), sigma): a 3 x 3 kernel at any image size
+        if (
+            blur == "3x3"
+        ):  # torchvision GaussianBlur((3, 3), sigma): a 3 x 3 kernel at any image size
             g = np.exp(-0.5 * (np.arange(-1, 2) / sigma) ** 2)
             k = np.outer(g, g) / np.outer(g, g).sum()
             out = out.filter(ImageFilter.Kernel((3, 3), k.ravel().tolist(), scale=1.0))

@@ -108,8 +108,9 @@ class TrainConfig(DictConfig):
     # always augments: its two views must differ.
     augment: bool = False
     # Augmentation recipe: "auto" (the standard SimCLR recipe for the image-only baseline, the
-    # light one above for SLIMP), "light", "simclr" or "sm3" (SM3's official SimCLR parameters,
-    # the default of SM3's stage 1).
+    # light one above for SLIMP), "light", "simclr", "sm3" (SM3's official SimCLR parameters)
+    # or "mild" (SimCLR's small-image recipe with SM3's crop; SM3's stage-1 default from random
+    # weights, train/sm3.py RECIPES).
     augment_recipe: str = "auto"
     # Positive sampling (paper App. D): a patient's malignant lesions are always among its N.
     # On for pretrain; `adapt` turns it off by default (the target stage is class-agnostic).
@@ -193,9 +194,9 @@ class TrainConfig(DictConfig):
         if self.grad_clip is not None:
             _positive_float("grad_clip", self.grad_clip)
         check_device_name(self.device)
-        if self.augment_recipe not in ("auto", "light", "simclr", "sm3"):
+        if self.augment_recipe not in ("auto", "light", "simclr", "sm3", "mild"):
             raise SlimpError(
-                f"unknown augment_recipe {self.augment_recipe!r}; choose auto, light, simclr or sm3"
+                f"unknown augment_recipe {self.augment_recipe!r}; choose auto, light, simclr, sm3 or mild"
             )
         parse_report_to(self.report_to)  # a comma list of tensorboard, wandb; or none
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
