@@ -26,6 +26,7 @@ from slimp_cli.models import build_model
 from slimp_cli.models.config import ModelConfig
 from slimp_cli.models.runs import read_config, read_metrics
 from slimp_cli.train import adapt, loop, pretrain
+from slimp_cli.train import batches as train_batches
 from slimp_cli.train import data as train_data
 from slimp_cli.train.distributed import DistInfo
 from slimp_cli.train.ssl import HEAD_STATE, build_ssl_net
@@ -122,7 +123,7 @@ def test_positive_weight_is_nested_plus_w_times_nt_xent_on_the_two_views(pad_sha
     assert one.shape == two.shape == raw["images"].shape and one.dtype == torch.uint8
     for a, b in ((one, two), (one, raw["images"]), (two, raw["images"])):
         assert all(not torch.equal(a[i], b[i]) for i in range(len(a)))
-    batch = train_data.batch_to(raw, torch.device("cpu"), model.preprocess)
+    batch = train_batches.batch_to(raw, torch.device("cpu"), model.preprocess)
     net = build_ssl_net(model, seed=0)
     outputs = net(batch)
     train = TrainConfig(image_ssl_weight=0.7, temperature=0.2, lam=0.8)

@@ -154,7 +154,8 @@ def test_cli_options_and_the_two_stages(paired_shards, tmp_path, run_cli):
     # no --image-weights: the from-scratch recipe, announced once and recorded
     assert res.stderr.count("recipe 'scratch'") == 1
     assert cfg["train"]["lr"] == 1e-3 and cfg["train"]["epochs"] == 400
-    assert cfg["train"]["augment_recipe"] == "simclr" and cfg["train"]["augment"]
+    assert cfg["train"]["augment_recipe"] == "mild" and cfg["train"]["augment"]
+    assert cfg["train"]["warmup_steps"] == 0
     assert cfg["sm3"]["recipe"]["name"] == "scratch"
     assert cfg["sm3"]["recipe"]["overridden"] == {"patients_per_batch": 16}
     run2 = tmp_path / "run2"

@@ -213,11 +213,12 @@ def test_class_in_one_patient_never_crashes(write_store, tmp_path):
 
 def test_single_class_training_part(write_store, tmp_path, monkeypatch):
     import slimp_cli.eval.probe as probe
+    import slimp_cli.eval.splits as splits
 
     store = synthetic(write_store, tmp_path, n=90)
     # a split whose training side holds class 0 only (as a patient split can on tiny data)
     monkeypatch.setattr(
-        probe,
+        splits,
         "make_split",
         lambda kind, y, groups, **kw: (np.flatnonzero(y == 0), np.arange(len(y))),
     )
