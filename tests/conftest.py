@@ -292,7 +292,7 @@ def skip_unless_ci(reason: str) -> None:
     where CI must run every test: there the same reason fails it."""
     if os.environ.get("SLIMP_CI"):
         pytest.fail(f"{reason} (SLIMP_CI=1: CI must run this test)")
-    pytest.skip(reason)
+    pytest.skip(reason=reason)
 
 
 def slimp_executable() -> str:

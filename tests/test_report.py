@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import skip_unless_ci
 from PIL import Image
 
 from slimp_cli.app.html import external_references, render_tables_page
@@ -307,7 +308,7 @@ def _chromium() -> str:
     if exe is None:
         if os.environ.get("SLIMP_REQUIRE_CHROMIUM"):
             pytest.fail("chromium is required here (SLIMP_REQUIRE_CHROMIUM) but not installed")
-        pytest.skip("chromium (Debian's `chromium` package) is not installed: page not rendered")
+        skip_unless_ci("chromium (Debian's `chromium` package) is not installed: page not rendered")
     return exe
 
 
@@ -385,7 +386,7 @@ def _render(exe: str, page: Path, shot: Path, profile: Path) -> tuple[list[str],
     if res.returncode != 0 or not shot.is_file():
         if os.environ.get("SLIMP_REQUIRE_CHROMIUM"):
             pytest.fail(f"chromium could not render: {res.stderr[-2000:]}")
-        pytest.skip(f"chromium cannot run here (exit {res.returncode}): {res.stderr[-300:]}")
+        skip_unless_ci(f"chromium cannot run here (exit {res.returncode}): {res.stderr[-300:]}")
     return proxy.hosts(), res.stderr
 
 
