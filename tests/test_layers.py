@@ -91,17 +91,19 @@ def test_imports_point_down_the_layers():
     assert upward_imports() == []
 
 
-def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
-    # A module of the data layer that imports training must be reported.
-    fake = PACKAGE / "data" / "shards.py"
-    source = fake.read_text()
+def add_import(monkeypatch, module: Path, line: str) -> None:
+    """Make the checks read `module` with one more import line at its end."""
+    source = module.read_text()
     monkeypatch.setattr(
         Path,
         "read_text",
-        lambda self, *a, **k: (
-            source + "\nfrom ..train import pretrain\n" if self == fake else Path.open(self).read()
-        ),
+        lambda self, *a, **k: source + f"\n{line}\n" if self == module else Path.open(self).read(),
     )
+
+
+def test_the_check_catches_an_upward_import(monkeypatch):
+    # A module of the data layer that imports training must be reported.
+    add_import(monkeypatch, PACKAGE / "data" / "shards.py", "from ..train import pretrain")
     assert any("slimp_cli.data.shards imports slimp_cli.train" in p for p in upward_imports())
 
 
@@ -158,15 +160,7 @@ def test_no_import_cycles():
 
 def test_the_cycle_check_finds_a_cycle(monkeypatch):
     # embed_streamed importing embed back (the cycle this layout removed) must be found.
-    fake = PACKAGE / "features" / "embed_streamed.py"
-    source = fake.read_text()
-    monkeypatch.setattr(
-        Path,
-        "read_text",
-        lambda self, *a, **k: (
-            source + "\nfrom .embed import embed\n" if self == fake else Path.open(self).read()
-        ),
-    )
+    add_import(monkeypatch, PACKAGE / "features" / "embed_streamed.py", "from .embed import embed")
     assert ["slimp_cli.features.embed", "slimp_cli.features.embed_streamed"] in import_cycles()
 
 
