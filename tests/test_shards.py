@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import json
 import tarfile
 
@@ -157,8 +158,36 @@ def test_patient_records_are_parsed_once_while_cached(synth_shards, monkeypatch)
     for _ in range(50):
         assert index.patient(0) is first
     assert len(reads) == 2  # patient.json + lesions.json, once
-    for i in range(1, index.CACHE_SIZE + 1):  # push patient 0 out of the cache
-        index.patient(i)
+    index.patient(1)
+    assert index.patient(0) is first  # both fit the default budget
+    # a budget of two records' JSON: reading patients 1 and 2 pushes patient 0 out
+    size = lambda i: sum(v[1] for k, v in index._entries[i].members.items() if k.endswith("json"))  # noqa: E731
+    index.CACHE_BYTES = size(1) + size(2)
+    index.patient(1), index.patient(2)
+    assert 0 not in index._cache and index._cache_bytes <= index.CACHE_BYTES
     reads.clear()
     again = index.patient(0)
     assert len(reads) == 2 and again.patient_id == first.patient_id
+
+
+def test_a_tar_index_is_read_once_per_file_version(synth_shards, tmp_path, monkeypatch):
+    """Opening one folder again reuses the tar headers already read; a shard replaced by
+    another file (ingest publishes by rename) is read again."""
+    import shutil
+
+    import slimp_cli.data.shards as shards_mod
+
+    folder = shutil.copytree(synth_shards, tmp_path / "shards")
+    reads = []
+    real = shards_mod._read_tar_index
+    monkeypatch.setattr(shards_mod, "_read_tar_index", lambda p: reads.append(p) or real(p))
+    first = shards_mod.ShardIndex.open(folder)
+    n = len(reads)
+    assert n >= 1
+    again = shards_mod.ShardIndex.open(folder)
+    assert len(reads) == n and again.keys == first.keys
+    shard = reads[0]
+    shutil.copy(shard, tmp_path / "copy.tar")
+    os.replace(tmp_path / "copy.tar", shard)  # same bytes, a new file
+    shards_mod.ShardIndex.open(folder)
+    assert reads[n:] == [shard]

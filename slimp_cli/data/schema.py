@@ -204,18 +204,25 @@ def encode_tabular(features: Sequence[dict], records: Sequence[dict]) -> Tabular
     n = len(records)
     import torch
 
-    cat = torch.zeros(n, len(cats), dtype=torch.long)
-    num = torch.zeros(n, len(nums), dtype=torch.float32)
-    mask = torch.zeros(n, len(nums), dtype=torch.bool)
-    for r, rec in enumerate(records):
-        for j, (f, lookup) in enumerate(zip(cats, lookups)):
+    # built as Python lists, one tensor each at the end: element-wise tensor writes cost
+    # microseconds apiece, and training encodes every drawn lesion's record
+    cat_rows, num_rows, mask_rows = [], [], []
+    for rec in records:
+        row = []
+        for f, lookup in zip(cats, lookups):
             key = category_key(rec.get(f["name"]))
-            cat[r, j] = lookup.get(key, 0) if key is not None else 0
-        for j, f in enumerate(nums):
+            row.append(lookup.get(key, 0) if key is not None else 0)
+        cat_rows.append(row)
+        values, present = [], []
+        for f in nums:
             x = _as_float(rec.get(f["name"]))
-            if x is not None:
-                num[r, j] = (x - f["mean"]) / max(f["std"], 1e-6)
-                mask[r, j] = True
+            values.append(0.0 if x is None else (x - f["mean"]) / max(f["std"], 1e-6))
+            present.append(x is not None)
+        num_rows.append(values)
+        mask_rows.append(present)
+    cat = torch.tensor(cat_rows, dtype=torch.long).reshape(n, len(cats))
+    num = torch.tensor(num_rows, dtype=torch.float32).reshape(n, len(nums))
+    mask = torch.tensor(mask_rows, dtype=torch.bool).reshape(n, len(nums))
     return TabularBatch(cat, num, mask)
 
 

@@ -229,17 +229,20 @@ class ShardIndex:
     Built from the tar headers only (no image decoding). Fork-safe: every read opens the file.
     """
 
-    # Patients whose parsed records are kept: readers that walk lesion by lesion (embed) ask
-    # for the same patient hundreds of times in a row (SLICE-3D: ~385 lesions per patient,
-    # a lesions.json of hundreds of kB), and parsing it once per lesion would dominate.
-    CACHE_SIZE = 8
+    # Parsed patient records are kept up to this many bytes of their JSON members (most
+    # recently used first; the newest is always kept). Readers that walk lesion by lesion
+    # (embed) ask for one patient hundreds of times in a row (SLICE-3D: ~385 lesions per
+    # patient, a lesions.json of hundreds of kB), and training draws patients at random: on a
+    # dataset of a few thousand patients (PAD-UFES-20: ~1 kB each) all of them stay parsed.
+    CACHE_BYTES = 32 * 2**20
 
     def __init__(self, *, data_dir: Path, schema, manifest: dict, entries: list[_Entry]) -> None:
         self.data_dir = data_dir
         self.schema = schema
         self.manifest = manifest
         self._entries = entries
-        self._cache: OrderedDict[int, PatientRecord] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[PatientRecord, int]] = OrderedDict()
+        self._cache_bytes = 0
 
     @classmethod
     def open(cls, data_dir: str | Path, *, verify: bool = False) -> ShardIndex:
@@ -278,14 +281,17 @@ class ShardIndex:
     def patient(self, i: int) -> PatientRecord:
         """Patient i (0 <= i < len): its metadata and lesion list; images read lazily.
 
-        The last CACHE_SIZE records are kept: treat a returned record as read-only."""
+        Records are cached (CACHE_BYTES): treat a returned record as read-only."""
         if i in self._cache:
             self._cache.move_to_end(i)
-            return self._cache[i]
+            return self._cache[i][0]
         record = self._load(i)
-        self._cache[i] = record
-        if len(self._cache) > self.CACHE_SIZE:
-            self._cache.popitem(last=False)
+        members = self._entries[i].members
+        size = sum(members[m][1] for m in _JSON_MEMBERS if m in members)
+        self._cache[i] = (record, size)
+        self._cache_bytes += size
+        while self._cache_bytes > self.CACHE_BYTES and len(self._cache) > 1:
+            self._cache_bytes -= self._cache.popitem(last=False)[1][1]
         return record
 
     def _load(self, i: int) -> PatientRecord:
@@ -367,8 +373,34 @@ def verify_shards(data_dir: str | Path) -> dict:
     return {"shards": len(shards), "patients": len(index), "images": images}
 
 
+# Tar indexes already read by this process, by (path, inode, size, mtime): a shard is never
+# rewritten in place (ingest publishes by rename, which changes the inode), and one process
+# (the paper-tables pipeline, a notebook) opens the same folder for every stage. Reading
+# the headers costs ~0.1 ms per member with `tarfile`: 0.1-0.2 s a shard of the PAD subset.
+_TAR_INDEXES: OrderedDict[tuple, list[_Entry]] = OrderedDict()
+_TAR_INDEXES_MAX = 256
+
+
 def _index_tar(path: Path) -> list[_Entry]:
-    """Group a tar's members by sample key, recording each member's data offset and size."""
+    """Group a tar's members by sample key, recording each member's data offset and size.
+
+    The result is shared between the callers: treat it (and its entries) as read-only."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise SlimpError(f"{path}: unreadable shard ({exc})") from None
+    key = (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _TAR_INDEXES:
+        _TAR_INDEXES.move_to_end(key)
+        return _TAR_INDEXES[key]
+    entries = _read_tar_index(path)
+    _TAR_INDEXES[key] = entries
+    if len(_TAR_INDEXES) > _TAR_INDEXES_MAX:
+        _TAR_INDEXES.popitem(last=False)
+    return entries
+
+
+def _read_tar_index(path: Path) -> list[_Entry]:
     entries: list[_Entry] = []
     try:
         with tarfile.open(path, "r:") as tar:

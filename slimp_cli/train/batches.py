@@ -150,6 +150,10 @@ GROUP_STRIDE = 2**20
 SSL_STREAM = 0x551
 SSL_PAIRS = (("ssl_images1", "ssl_jitter1"), ("ssl_images2", "ssl_jitter2"))
 SSL_KEYS = tuple(k for pair in SSL_PAIRS for k in pair)
+# SM3's case batches (`data.collate_cases`): each modality's view(s) and their colour draws.
+CASE_PAIRS = tuple(
+    (f"{m}{v}", f"{m}_jitter{v}") for m in ("derm", "clinic") for v in ("", "1", "2")
+)
 
 
 def resolve_recipe(recipe: str, auto: str | None = None) -> str:
@@ -363,7 +367,7 @@ def batch_to(batch: dict, device: torch.device, preprocess: Preprocess | None = 
             v = v.to(device)
         out[k] = v
     if preprocess is not None:
-        for key, jit in (("images", "jitter"), ("images2", "jitter2"), *SSL_PAIRS):
+        for key, jit in (("images", "jitter"), ("images2", "jitter2"), *SSL_PAIRS, *CASE_PAIRS):
             if key in out:
                 out[key] = to_model_input(out[key], preprocess, out.pop(jit, None))
     return out

@@ -326,10 +326,12 @@ def case_infos(cases: Sequence[Case]) -> list[PatientInfo]:
 class CaseDataset(torch.utils.data.Dataset):
     """Map-style dataset of cases: `dataset[PatientItem]` -> one case's views per modality.
 
-    A sample: `<short>` [views, 3, S, S] per modality the case has (`derm`, `clinic` for
-    dermoscopic, clinical; absent when missing), `case` (its index). `views` = 2 gives two
-    augmented views (SimCLR, stage 1), 1 one view (stage 2), augmented or not. `recipe`:
-    `transforms.RECIPES` ("simclr": the standard SimCLR recipe of SM3 Sec. IV-A-1).
+    A sample: `<short>` [views, 3, S, S] uint8 per modality the case has (`derm`, `clinic` for
+    dermoscopic, clinical; absent when missing), with `<short>_jitter` [views, 5] (the colour
+    draws) when augmented, and `case` (its index). `views` = 2 gives two augmented views
+    (SimCLR, stage 1), 1 one view (stage 2), augmented or not. `recipe`: `transforms.RECIPES`
+    ("simclr": the standard SimCLR recipe of SM3 Sec. IV-A-1). Like the SLIMP path, only uint8
+    leaves the dataset: `batches.batch_to` normalises and applies the colour maths batched.
     """
 
     SHORT = {"dermoscopic": "derm", "clinical": "clinic"}
@@ -361,41 +363,53 @@ class CaseDataset(torch.utils.data.Dataset):
         rec = self.index.patient(case.patient)
         rng = np.random.default_rng(list(item.aug_key)) if self.augment else None
         out: dict = {"case": item.patient}
+        pre = self.preprocess
         for modality, j in case.images:
             where = f"patient {rec.patient_id} lesion {case.lesion_id} ({modality})"
             img = decode_image(rec.read_image(j), where=where)
-            pre = self.preprocess
-            views = [
-                pre.normalize(pre.eval_uint8(img))
-                if rng is None
-                else pre.augment(img, rng, self.recipe)
-                for _ in range(self.views)
-            ]
-            out[self.SHORT[modality]] = torch.stack(views)
+            name = self.SHORT[modality]
+            if rng is None:
+                out[name] = pre.eval_uint8(img).expand(self.views, -1, -1, -1)
+                continue
+            views = [pre.augment_view(img, rng, self.recipe) for _ in range(self.views)]
+            out[name] = torch.stack([v for v, _ in views])
+            out[f"{name}_jitter"] = torch.stack([j for _, j in views])
         return out
 
 
 def collate_cases(samples: Sequence[dict]) -> dict:
-    """Merge B case samples: `derm1`, `derm2` (or `derm` with one view) [n_d, 3, S, S] over the
-    cases with a dermoscopic image, the same for `clinic`, `has_derm`, `has_clinic` [B] bool,
-    `case` [B] long and `n_images` (int, for the images/s log)."""
+    """Merge B case samples: `derm1`, `derm2` (or `derm` with one view) [n_d, 3, S, S] uint8
+    over the cases with a dermoscopic image (+ `derm_jitter1`, `derm_jitter2` or `derm_jitter`
+    [n_d, 5] when augmented), the same for `clinic`, `has_derm`, `has_clinic` [B] bool, `case`
+    [B] long and `n_images` (int, for the images/s log). `batch_to` finishes the images."""
     names = ("derm", "clinic")
-    example = next(s[k] for s in samples for k in names if k in s)  # [views, 3, S, S]
+    name, example = next((k, s[k]) for s in samples for k in names if k in s)  # [views, 3, S, S]
     views = example.shape[0]
+    augmented = f"{name}_jitter" in next(s for s in samples if name in s)
     batch: dict = {"case": torch.tensor([s["case"] for s in samples], dtype=torch.long)}
     n_images = 0
     for name in names:
-        have = [s[name] for s in samples if name in s]
         batch[f"has_{name}"] = torch.tensor([name in s for s in samples], dtype=torch.bool)
-        stacked = torch.stack(have) if have else example.new_zeros(0, *example.shape)
-        n_images += stacked.shape[0] * views
-        if views == 1:
-            batch[name] = stacked[:, 0]
-        else:
+        parts = [(name, example.shape[1:])]
+        if augmented:
+            parts.append((f"{name}_jitter", (5,)))
+        for key, shape in parts:
+            have = [s[key] for s in samples if name in s]
+            stacked = torch.stack(have) if have else example.new_zeros(0, views, *shape)
+            if key.endswith("_jitter"):
+                stacked = stacked.float()
+            else:
+                n_images += stacked.shape[0] * views
             for v in range(views):
-                batch[f"{name}{v + 1}"] = stacked[:, v]
+                batch[case_key(key, v, views)] = stacked[:, v]
     batch["n_images"] = n_images
     return batch
+
+
+def case_key(key: str, view: int, views: int) -> str:
+    """A case batch's key of view `view` (0-based): `derm` -> `derm1`/`derm2` with two views,
+    `derm` with one; `derm_jitter` -> `derm_jitter1`, ... (`batches.CASE_PAIRS`)."""
+    return key if views == 1 else f"{key}{view + 1}"
 
 
 def case_training_data(

@@ -314,7 +314,8 @@ class PseudoLabels:
         rows = [torch.zeros(0, len(LABEL_SIZES), self.model.config.label_dim)]
         for start in range(lo, hi, chunk):
             items = range(start, min(start + chunk, hi))
-            batch = batch_to(collate_cases([self.dataset[i] for i in items]), self.device)
+            samples = [self.dataset[i] for i in items]
+            batch = batch_to(collate_cases(samples), self.device, self.model.preprocess)
             rows.append(self.model(batch)["embeddings"].float().cpu())
         self.model.train(was_training)
         mine = torch.cat(rows)
