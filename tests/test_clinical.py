@@ -186,6 +186,25 @@ def test_curve_metrics_undefined_without_a_class():
     assert got["ap"][0] == 1.0 and math.isnan(got["auc"][0])  # AP needs positives only
 
 
+def test_auc_only_is_the_full_auc():
+    """`auc_only` (the subgroup tables' path) gives the AUC of the full computation, resample
+    by resample, NaN where a class is absent, and sklearn's on a plain draw."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 40) == 1
+    s = np.round(rng.normal(size=40) + y, 1)
+    w = rng.poisson(1.0, size=(25, 40)).astype(float)
+    w[0] = np.where(y, 0.0, 1.0)  # a resample without a positive
+    got = curve_metrics(y, s, w, auc_only=True)
+    assert set(got) == {"auc"}
+    np.testing.assert_array_equal(got["auc"], curve_metrics(y, s, w)["auc"])
+    assert math.isnan(got["auc"][0])
+    plain = curve_metrics(y, s, auc_only=True)["auc"][0]
+    assert plain == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert set(curve_metrics(y[:0], s[:0], auc_only=True)) == {"auc"}
+
+
 # --- calibration ----------------------------------------------------------------------------
 def test_ece_and_brier_known_answers():
     y = np.array([1] * 6 + [0] * 4, bool)
@@ -288,6 +307,28 @@ def test_resamples_draw_whole_patients_and_repeat_exactly():
         list(PatientBootstrap(patients=patients, n_resamples=5, seed=4).weights(patients))
     )
     assert not np.array_equal(other, w[:5])
+
+
+def test_blocks_hold_the_chunk_by_chunk_resamples(monkeypatch):
+    """Chunks scored together (BLOCK_FLOATS) and memoised counts give exactly the resamples
+    of one generator per chunk, in order; counts are not memoised past MEMO_FLOATS."""
+    import slimp_cli.eval.bootstrap as B
+
+    patients = np.array([f"P{i % 9}" for i in range(30)])
+    boot = PatientBootstrap(patients=patients, n_resamples=3 * CHUNK + 4, seed=5)
+    code = boot.codes(patients)
+    expected = np.vstack([boot._draw(c)[:, code] for c in range(4)])
+    blocks = list(boot.weights(patients))
+    assert len(blocks) == 1 and np.array_equal(blocks[0], expected)
+    monkeypatch.setattr(B, "BLOCK_FLOATS", CHUNK * 30 * 2)  # two chunks a block
+    blocks = list(boot.weights(patients))
+    assert [len(b) for b in blocks] == [2 * CHUNK, CHUNK + 4]
+    assert np.array_equal(np.vstack(blocks), expected)
+    assert boot.counts(0) is boot.counts(0) and not boot.counts(0).flags.writeable
+    monkeypatch.setattr(B, "MEMO_FLOATS", 10)
+    fresh = PatientBootstrap(patients=patients, n_resamples=3 * CHUNK + 4, seed=5)
+    assert fresh.counts(0) is not fresh.counts(0)
+    assert np.array_equal(fresh.counts(0), boot.counts(0))
 
 
 def clustered(seed=0, patients=40, lesions=15):

@@ -23,7 +23,14 @@ import numpy as np
 from ..core.errors import SlimpError
 
 DEFAULT_RESAMPLES = 1000
-CHUNK = 25  # resamples per weight matrix: memory CHUNK x n floats
+CHUNK = 25  # resamples drawn from one generator (fixes which resample is which)
+# Floats per weight matrix handed to a metric: consecutive chunks are scored together up to
+# this size (16 MiB), since a call per 25 resamples costs more than the maths on a few hundred
+# test rows; the resamples, hence every figure, are the same as chunk by chunk.
+BLOCK_FLOATS = 2**21
+# Drawn counts are kept while all resamples' counts fit this many floats (the subgroup tables
+# ask the same resamples once per group, metric and seed).
+MEMO_FLOATS = 2**22
 CONFIDENCE = 0.95
 
 
@@ -42,7 +49,7 @@ class PatientBootstrap:
     Usage::
 
         boot = PatientBootstrap(patients=patient_id[test], n_resamples=1000, seed=0)
-        for w in boot.weights(patient_id[test]):      # [c, n] row weights, c <= CHUNK
+        for w in boot.weights(patient_id[test]):      # [c, n] row weights, in blocks
             ...
         values = boot.collect(lambda w: {"auc": ...}, patient_id[test])  # {metric: [1000]}
 
@@ -57,6 +64,7 @@ class PatientBootstrap:
         self.ids = np.unique(np.asarray(patients).astype(str))
         if len(self.ids) == 0:
             raise SlimpError("bootstrap: no patient to resample")
+        self._memo: dict[int, np.ndarray] = {}
 
     @property
     def n_patients(self) -> int:
@@ -73,7 +81,16 @@ class PatientBootstrap:
 
     def counts(self, chunk: int) -> np.ndarray:
         """How often each patient is drawn in the resamples of chunk `chunk`.
-        Shape: [c, P] float64 (each row sums to P)."""
+        Shape: [c, P] float64 (each row sums to P); read-only when memoised."""
+        if chunk in self._memo:
+            return self._memo[chunk]
+        out = self._draw(chunk)
+        if self.n_resamples * self.n_patients <= MEMO_FLOATS:
+            out.flags.writeable = False
+            self._memo[chunk] = out
+        return out
+
+    def _draw(self, chunk: int) -> np.ndarray:
         start = chunk * CHUNK
         c = min(CHUNK, self.n_resamples - start)
         p = self.n_patients
@@ -83,10 +100,14 @@ class PatientBootstrap:
         return flat.reshape(c, p).astype(np.float64)
 
     def weights(self, row_patients: np.ndarray) -> Iterator[np.ndarray]:
-        """Row weights of every resample, CHUNK at a time. Shape: yields [c, n]."""
+        """Row weights of every resample in order, whole chunks at a time, up to BLOCK_FLOATS
+        a block. Shape: yields [c, n]."""
         code = self.codes(row_patients)
-        for chunk in range(math.ceil(self.n_resamples / CHUNK)):
-            yield self.counts(chunk)[:, code]
+        chunks = math.ceil(self.n_resamples / CHUNK)
+        per = max(1, BLOCK_FLOATS // (CHUNK * max(len(code), self.n_patients, 1)))
+        for first in range(0, chunks, per):
+            block = [self.counts(c)[:, code] for c in range(first, min(first + per, chunks))]
+            yield block[0] if len(block) == 1 else np.concatenate(block)
 
     def collect(self, metrics, row_patients: np.ndarray) -> dict[str, np.ndarray]:
         """Run `metrics(weights [c, n]) -> {name: [c]}` over every resample.

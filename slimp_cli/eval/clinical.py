@@ -82,9 +82,14 @@ def isic_pauc(
 
 
 def curve_metrics(
-    y_true: np.ndarray, score: np.ndarray, weights: np.ndarray | None = None
+    y_true: np.ndarray,
+    score: np.ndarray,
+    weights: np.ndarray | None = None,
+    *,
+    auc_only: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Every metric of CURVE_METRICS for a batch of row weightings (bootstrap resamples).
+    """Every metric of CURVE_METRICS for a batch of row weightings (bootstrap resamples);
+    `auc_only`: {"auc"} alone (the subgroup tables ask for it per group and seed).
 
     Shape: y_true [n] bool, score [n], weights [b, n] non-negative (row counts of b resamples;
     None = one resample of weight 1 per row) -> {metric: [b] float64}. The rows are sorted once;
@@ -98,7 +103,7 @@ def curve_metrics(
         raise ValueError(f"curve_metrics: y {y.shape}, score {s.shape}, weights {w.shape}")
     b, n = w.shape
     if n == 0:
-        return {k: np.full(b, math.nan) for k in CURVE_METRICS}
+        return {k: np.full(b, math.nan) for k in (("auc",) if auc_only else CURVE_METRICS)}
     order = np.argsort(-s, kind="stable")
     s, y, w = s[order], y[order], w[:, order]
     # cumulative weight called positive, and of it malignant, at each distinct score from the
@@ -119,6 +124,9 @@ def curve_metrics(
     # summed it is the trapezoidal AUC (= int TPR dFPR over the same piecewise-linear curve)
     seg = np.cumsum(d_tpr * (1.0 - (fpr[:, 1:] + fpr[:, :-1]) / 2.0), axis=1)
     out: dict[str, np.ndarray] = {"auc": seg[:, -1]}
+    both = (pos[:, 0] > 0) & (neg[:, 0] > 0)
+    if auc_only:
+        return {"auc": np.where(both, out["auc"], math.nan)}
     out["ap"] = np.where(pos[:, 0] > 0, np.sum(d_tpr * precision[:, 1:], axis=1), math.nan)
     out["pauc_80"] = _area_above_tpr(tpr, fpr, seg, MIN_TPR)
     last = tpr.shape[1] - 1
@@ -131,7 +139,6 @@ def curve_metrics(
     for level in OPERATING_POINTS:
         k = np.clip(last + 1 - np.sum(tpr >= level - _TOL, axis=1), 0, last)
         out[f"spec_at_sens{round(100 * level)}"] = 1.0 - _at(fpr, k)
-    both = (pos[:, 0] > 0) & (neg[:, 0] > 0)
     for key in CURVE_METRICS:
         if key != "ap":
             out[key] = np.where(both, out[key], math.nan)

@@ -214,7 +214,7 @@ def subgroup_metrics(
     """SUBGROUP_METRICS of some rows: AUC of P(malignant), sensitivity and specificity of the
     classifier's decision. Shape: y [m] class ids, proba [m, C], weights [b, m] -> {k: [b]}."""
     truth = task.truth(y)
-    out = {"auc": curve_metrics(truth, task.score(proba), weights)["auc"]}
+    out = {"auc": curve_metrics(truth, task.score(proba), weights, auc_only=True)["auc"]}
     out.update(sensitivity_specificity(truth, task.decision(proba), weights))
     return out
 
