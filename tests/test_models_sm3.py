@@ -128,6 +128,44 @@ def test_cases_group_a_lesions_images_by_modality(paired_shards):
     assert batch_["n_images"] == 2 * 9 and batch_["case"].tolist()[-1] == item.patient
 
 
+@pytest.mark.parametrize("views, augment", [(2, True), (1, True), (1, False)])
+def test_a_batch_is_finished_as_each_image_alone(paired_shards, views, augment):
+    """`batch_to` finishes a case batch (uint8 views + colour draws, the jitter batched) into
+    the pixels each image gets from its own view and jitter (`Preprocess.augment`, or the
+    eval path unaugmented), in every key `collate_cases` writes; missing clinical images
+    leave their rows out."""
+    import numpy as np
+
+    from slimp_cli.data.transforms import decode_image
+    from slimp_cli.train.batches import batch_to
+
+    index = ShardIndex.open(paired_shards)
+    cases = case_index(index, ("dermoscopic", "clinical"))
+    pre = sm3().preprocess
+    data = CaseDataset(index, cases, preprocess=pre, views=views, augment=augment)
+    missing = next(i for i, c in enumerate(cases) if c.image("clinical") is None)
+    picked = [0, missing, 1, 2]
+    items = [PatientItem(i, (), (0, 0, 0, i)) for i in picked]
+    batch = batch_to(collate_cases([data[it] for it in items]), torch.device("cpu"), pre)
+    expected: dict[str, list] = {}
+    for i in picked:
+        rng = np.random.default_rng([0, 0, 0, i])
+        rec = index.patient(cases[i].patient)
+        for modality, j in cases[i].images:
+            img = decode_image(rec.read_image(j))
+            short = CaseDataset.SHORT[modality]
+            for v in range(views):
+                x = pre.augment(img, rng, data.recipe) if augment else pre.load(rec.read_image(j))
+                key = short if views == 1 else f"{short}{v + 1}"
+                expected.setdefault(key, []).append(x)
+    assert set(expected) == {k for k in batch if k.startswith(("derm", "clinic"))}
+    assert not any("jitter" in k for k in batch)  # used up by batch_to
+    for key, images in expected.items():
+        assert batch[key].dtype == torch.float32 and len(images) == len(batch[key])
+        torch.testing.assert_close(batch[key], torch.stack(images), rtol=0, atol=1e-5)
+    assert batch["has_clinic"].tolist() == [True, False, True, True]
+
+
 def test_cli_options_and_the_two_stages(paired_shards, tmp_path, run_cli):
     common = ["--image-model", "resnet_test", "--img-size", "32", "--max-steps", "1"]
     common += ["--workers", "0", "--device", "cpu", "--no-progress", "-B", "16"]

@@ -160,8 +160,11 @@ def test_patient_records_are_parsed_once_while_cached(synth_shards, monkeypatch)
     assert len(reads) == 2  # patient.json + lesions.json, once
     index.patient(1)
     assert index.patient(0) is first  # both fit the default budget
+
     # a budget of two records' JSON: reading patients 1 and 2 pushes patient 0 out
-    size = lambda i: sum(v[1] for k, v in index._entries[i].members.items() if k.endswith("json"))  # noqa: E731
+    def size(i: int) -> int:  # bytes of patient i's JSON members
+        return sum(v[1] for k, v in index._entries[i].members.items() if k.endswith(".json"))
+
     index.CACHE_BYTES = size(1) + size(2)
     index.patient(1), index.patient(2)
     assert 0 not in index._cache and index._cache_bytes <= index.CACHE_BYTES

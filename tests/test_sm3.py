@@ -190,8 +190,8 @@ def test_defaults_learn_to_match_pairs_and_shuffled_pairs_stay_at_chance(run_sli
     pm = shuf["pair_matching"]
     # Top-k stays at chance without the pairs. The mean rank is no chance-level claim: a
     # model trained on shuffled pairs is not a uniform random ranker (30 +- 2.2 here), and its
-    # mean rank on the true pairs has landed anywhere from 17.2 to 35.6 as float rounding
-    # changed (docs/method.md, SM3), so it is only held off the true run's threshold.
+    # mean rank on the true pairs has landed anywhere from 17.2 to 43.6 as float rounding
+    # changed (docs/method.md, SM3), so it is only held off half of chance.
     assert pm["Acc@5"] < 2 * chance["Acc@5"] and pm["Acc@1"] < 0.1
     assert true["pair_matching"]["Acc@5"] > 1.5 * pm["Acc@5"]
     assert pm["mean_rank"] > 0.5 * chance["mean_rank"]

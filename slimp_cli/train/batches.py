@@ -150,9 +150,20 @@ GROUP_STRIDE = 2**20
 SSL_STREAM = 0x551
 SSL_PAIRS = (("ssl_images1", "ssl_jitter1"), ("ssl_images2", "ssl_jitter2"))
 SSL_KEYS = tuple(k for pair in SSL_PAIRS for k in pair)
-# SM3's case batches (`data.collate_cases`): each modality's view(s) and their colour draws.
+
+
+def case_key(key: str, view: int, views: int) -> str:
+    """An SM3 case batch's key of view `view` (0-based, `data.collate_cases`): `derm` ->
+    `derm1`/`derm2` with two views, `derm` with one; `derm_jitter` -> `derm_jitter1`, ..."""
+    return key if views == 1 else f"{key}{view + 1}"
+
+
+# SM3's case batches: each modality's view(s) and their colour draws, finished by `batch_to`.
 CASE_PAIRS = tuple(
-    (f"{m}{v}", f"{m}_jitter{v}") for m in ("derm", "clinic") for v in ("", "1", "2")
+    (case_key(m, v, n), case_key(f"{m}_jitter", v, n))
+    for m in ("derm", "clinic")
+    for n in (1, 2)
+    for v in range(n)
 )
 
 

@@ -33,6 +33,7 @@ from .batches import (
     EpochDraws,
     PatientInfo,
     PatientSamples,
+    case_key,
     choose_lesions,
     collate,
     count_units,
@@ -383,33 +384,24 @@ def collate_cases(samples: Sequence[dict]) -> dict:
     [n_d, 5] when augmented), the same for `clinic`, `has_derm`, `has_clinic` [B] bool, `case`
     [B] long and `n_images` (int, for the images/s log). `batch_to` finishes the images."""
     names = ("derm", "clinic")
-    name, example = next((k, s[k]) for s in samples for k in names if k in s)  # [views, 3, S, S]
-    views = example.shape[0]
-    augmented = f"{name}_jitter" in next(s for s in samples if name in s)
+    first = next(s for s in samples if any(k in s for k in names))
+    short = next(k for k in names if k in first)
+    views = first[short].shape[0]
     batch: dict = {"case": torch.tensor([s["case"] for s in samples], dtype=torch.long)}
-    n_images = 0
+    batch["n_images"] = 0
     for name in names:
-        batch[f"has_{name}"] = torch.tensor([name in s for s in samples], dtype=torch.bool)
-        parts = [(name, example.shape[1:])]
-        if augmented:
-            parts.append((f"{name}_jitter", (5,)))
-        for key, shape in parts:
-            have = [s[key] for s in samples if name in s]
-            stacked = torch.stack(have) if have else example.new_zeros(0, views, *shape)
-            if key.endswith("_jitter"):
-                stacked = stacked.float()
-            else:
-                n_images += stacked.shape[0] * views
+        has = [name in s for s in samples]
+        batch[f"has_{name}"] = torch.tensor(has, dtype=torch.bool)
+        batch["n_images"] += sum(has) * views
+        for suffix in ("", "_jitter"):
+            proto = first.get(short + suffix)  # [views, ...]: the shape and dtype of an absent one
+            if proto is None:
+                continue
+            have = [s[name + suffix] for s in samples if name in s]
+            stacked = torch.stack(have) if have else proto.new_zeros(0, *proto.shape)
             for v in range(views):
-                batch[case_key(key, v, views)] = stacked[:, v]
-    batch["n_images"] = n_images
+                batch[case_key(name + suffix, v, views)] = stacked[:, v]
     return batch
-
-
-def case_key(key: str, view: int, views: int) -> str:
-    """A case batch's key of view `view` (0-based): `derm` -> `derm1`/`derm2` with two views,
-    `derm` with one; `derm_jitter` -> `derm_jitter1`, ... (`batches.CASE_PAIRS`)."""
-    return key if views == 1 else f"{key}{view + 1}"
 
 
 def case_training_data(
