@@ -9,6 +9,7 @@ members `<key>.patient.json`, `<key>.lesions.json`, `<key>.0000.jpg`, ... Plain
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -373,31 +374,25 @@ def verify_shards(data_dir: str | Path) -> dict:
     return {"shards": len(shards), "patients": len(index), "images": images}
 
 
-# Tar indexes already read by this process, by (path, inode, size, mtime): a shard is never
-# rewritten in place (ingest publishes by rename, which changes the inode), and one process
-# (the paper-tables pipeline, a notebook) opens the same folder for every stage. Reading
-# the headers costs ~0.1 ms per member with `tarfile`: 0.1-0.2 s a shard of the PAD subset.
-_TAR_INDEXES: OrderedDict[tuple, list[_Entry]] = OrderedDict()
-_TAR_INDEXES_MAX = 256
-
-
 def _index_tar(path: Path) -> list[_Entry]:
     """Group a tar's members by sample key, recording each member's data offset and size.
 
-    The result is shared between the callers: treat it (and its entries) as read-only."""
+    Read once per file version per process (`_tar_index`); the result is shared between the
+    callers: treat it (and its entries) as read-only."""
     try:
         st = os.stat(path)
     except OSError as exc:
         raise SlimpError(f"{path}: unreadable shard ({exc})") from None
-    key = (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    if key in _TAR_INDEXES:
-        _TAR_INDEXES.move_to_end(key)
-        return _TAR_INDEXES[key]
-    entries = _read_tar_index(path)
-    _TAR_INDEXES[key] = entries
-    if len(_TAR_INDEXES) > _TAR_INDEXES_MAX:
-        _TAR_INDEXES.popitem(last=False)
-    return entries
+    return _tar_index((str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+# Keyed by (path, device, inode, size, mtime): a shard is never rewritten in place (ingest
+# publishes by rename, which changes the inode), and one process (the paper-tables pipeline, a
+# notebook) opens the same folder for every stage. Reading the headers costs ~0.1 ms per
+# member with `tarfile`: 0.1-0.2 s a shard of the PAD subset.
+@functools.lru_cache(maxsize=256)
+def _tar_index(key: tuple) -> list[_Entry]:
+    return _read_tar_index(Path(key[0]))
 
 
 def _read_tar_index(path: Path) -> list[_Entry]:
