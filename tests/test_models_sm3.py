@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from slimp_cli.core.errors import SlimpError
 from slimp_cli.data.shards import ShardIndex, case_index
 from slimp_cli.losses.sm3 import sm3_loss
 from slimp_cli.models import build_model
 from slimp_cli.models.config import ModelConfig
+from slimp_cli.models.image import create_image_encoder
 from slimp_cli.models.runs import read_config
 from slimp_cli.models.sm3 import LABEL_SIZES, LABELS
 from slimp_cli.train.data import CaseDataset, PatientItem, collate_cases
@@ -27,6 +29,46 @@ def sm3(fusion="sep_sep"):
         label_dim=16,
     )
     return build_model(cfg, None)
+
+
+def test_small_stem_keeps_a_32px_image_4x4_at_the_last_stage():
+    """The small-image stem (SimCLR's CIFAR-10 one): 3 x 3 stride-1 first convolution, no max
+    pool, so the last stage sees 4 x 4 of a 32-px image where the standard stem leaves 1 x 1."""
+    x = torch.zeros(2, 3, 32, 32)
+    standard, dim = create_image_encoder("resnet_test", img_size=32, allow_cnn=True)
+    small, dim_small = create_image_encoder(
+        "resnet_test", img_size=32, allow_cnn=True, cnn_stem="small"
+    )
+    assert dim == dim_small == 64
+    assert standard.forward_features(x).shape[-2:] == (1, 1)
+    assert small.forward_features(x).shape[-2:] == (4, 4)
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
+    assert isinstance(small.maxpool, torch.nn.Identity) and small(x).shape == (2, 64)
+    big, _ = create_image_encoder("resnet18", img_size=32, allow_cnn=True, cnn_stem="small")
+    assert big.conv1.out_channels == 64 and big.forward_features(x).shape[-2:] == (4, 4)
+    # through the config: both branches, saved and rebuilt with the same stem
+    cfg = ModelConfig(variant="sm3", image_model="resnet_test", img_size=32, cnn_stem="small")
+    model = build_model(cfg, None)
+    assert model.derm_encoder.conv1.stride == model.clinic_encoder.conv1.stride == (1, 1)
+    assert ModelConfig.from_dict(model.config.to_dict()).cnn_stem == "small"
+    old = {k: v for k, v in cfg.to_dict().items() if k != "cnn_stem"}  # a config from before
+    assert ModelConfig.from_dict(old).cnn_stem == "standard"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(name="vit_test"), "not a ResNet-family CNN"),
+        (dict(name="resnet_test", weights="r.pth"), "cannot be loaded"),
+    ],
+)
+def test_small_stem_refuses_what_it_cannot_apply_to(kwargs, message):
+    with pytest.raises(SlimpError, match=message):
+        create_image_encoder(img_size=32, allow_cnn=True, cnn_stem="small", **kwargs)
+    with pytest.raises(SlimpError, match="cnn_stem is an option of SM3"):
+        ModelConfig(variant="nested", cnn_stem="small")
+    with pytest.raises(SlimpError, match="unknown cnn_stem 'tiny'"):
+        ModelConfig(variant="sm3", cnn_stem="tiny")
 
 
 def batch(has_derm, has_clinic, views=2, seed=0):
@@ -189,8 +231,10 @@ def test_cli_options_and_the_two_stages(paired_shards, tmp_path, run_cli):
     assert "sm3" in res.output and "step 1" in res.output
     cfg = read_config(run1)
     assert cfg["model"]["fusion"] == "sep_shared" and cfg["model"]["proj_dim"] == 8
-    # no --image-weights: the from-scratch recipe, announced once and recorded
-    assert res.stderr.count("recipe 'scratch'") == 1
+    # no --image-weights: the from-scratch recipe, announced once and recorded, with the
+    # small-image stem at 32 px
+    assert res.stderr.count("recipe 'scratch'") == 1 and "small stem" in res.stderr
+    assert cfg["model"]["cnn_stem"] == "small"
     assert cfg["train"]["lr"] == 1e-3 and cfg["train"]["epochs"] == 400
     assert cfg["train"]["augment_recipe"] == "mild" and cfg["train"]["augment"]
     assert cfg["train"]["warmup_steps"] == 0
@@ -230,3 +274,16 @@ def test_cli_options_and_the_two_stages(paired_shards, tmp_path, run_cli):
         *common[4:],
     )
     assert res.exit_code == 1 and "not a stage-1 SM3 run" in res.stderr
+
+
+def test_cli_cnn_stem_is_given_or_refused_in_one_line(paired_shards, tmp_path, run_cli):
+    common = ["--method", "sm3", "--image-model", "resnet_test", "--input-size", "32"]
+    common += ["--max-steps", "1", "--workers", "0", "--device", "cpu", "--no-progress"]
+    common += ["-B", "16", "--proj-dim", "8", "--label-dim", "16"]
+    run = tmp_path / "run"
+    res = run_cli("pretrain", paired_shards, "--out", run, "--cnn-stem", "standard", *common)
+    assert res.exit_code == 0, res.output
+    assert read_config(run)["model"]["cnn_stem"] == "standard" and "standard stem" in res.stderr
+    res = run_cli("pretrain", paired_shards, "--out", tmp_path / "bad", "--cnn-stem", "x", *common)
+    assert res.exit_code == 1
+    assert res.stderr == "error: unknown cnn_stem 'x'; choose one of standard, small\n"

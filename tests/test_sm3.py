@@ -1,10 +1,12 @@
 """SM3 (`pretrain --method sm3`) end to end on the generated paired cohort and on real Derm7pt.
 
-Runs use the local tiny CNN (`resnet_test`, 32 px) on one CPU thread. Measured (seed 0, 100
-steps, B = 16 cases, sep_sep): total loss 19.3 -> 8.8, L_mm 12.2 -> 4.8 (chance 2 log 31 = 6.9);
-pair matching over the 63 paired cases: mean rank 6.0 (chance 32), Acc@1 0.18 (0.016), Acc@5
-0.56 (0.08); trained on shuffled pairs instead: mean rank 37.8, Acc@5 0.0. Same run with
-sep_shared: mean rank 8.1, Acc@5 0.40; concat (no cross-modal space): mean rank 34.6.
+Runs use the local tiny CNN (`resnet_test`, 32 px: the small-image stem by default) on one CPU
+thread. Measured (seed 0, 100 steps, B = 16 cases, sep_sep; first / last 5 steps): total loss
+20.4 -> 4.1, L_mm 15.0 -> 2.8 (chance 2 log 31 = 6.9); pair matching over the 63 paired
+cases: mean rank 2.5 (chance 32), Acc@1 0.40 (0.016), Acc@5 0.95 (0.08). With the standard
+stem the same run gave mean rank 6.0, Acc@1 0.18, Acc@5 0.56; trained on shuffled pairs
+instead, mean rank 37.8, Acc@5 0.0; sep_shared: mean rank 8.1, Acc@5 0.40; concat (no
+cross-modal space): mean rank 34.6.
 """
 
 from __future__ import annotations
@@ -92,6 +94,32 @@ def test_recipe_follows_image_weights_and_given_options_win():
     assert sm3_defaults({"method": "slimp"}, None) == (None, None)
 
 
+@pytest.mark.parametrize(
+    ("model", "stem"),
+    [
+        ({}, "standard"),  # resnet50 at 224 px
+        ({"image_model": "resnet18", "img_size": 32}, "small"),
+        ({"image_model": "resnet18", "img_size": 64}, "small"),
+        ({"image_model": "resnet18", "img_size": 96}, "standard"),
+        ({"image_model": "resnet_test", "img_size": 32}, "small"),
+        ({"image_model": "resnet18", "img_size": 32, "image_weights": "r18.pth"}, "standard"),
+        ({"image_model": "convnext_atto", "img_size": 32}, "standard"),  # no ResNet stem
+        ({"image_model": "resnet18", "img_size": 32, "cnn_stem": "standard"}, "standard"),
+        ({"image_model": "resnet18", "img_size": 224, "cnn_stem": "small"}, "small"),
+    ],
+)
+def test_resnet_branches_from_random_weights_get_the_small_image_stem_at_small_inputs(model, stem):
+    """SimCLR's CIFAR-10 stem is SM3's default from random weights at inputs of <= 64 px for
+    ResNet-family branches; a given --cnn-stem wins; stage 2 sets none (its --init run's)."""
+    model_d, train_d = sm3_defaults({"method": "sm3"}, None, model)
+    cfg, _ = resolve_configs(
+        model, {"method": "sm3"}, saved=None, train_defaults=train_d, model_defaults=model_d
+    )
+    assert cfg.cnn_stem == stem
+    stage2, _ = sm3_defaults({"method": "sm3", "stage": "multilabel"}, None, model)
+    assert "cnn_stem" not in stage2
+
+
 def test_short_run_lowers_the_loss_and_matches_pairs(sm3_run, paired_shards, tmp_path, run_cli):
     metrics = read_metrics(sm3_run)
     assert len(metrics) == 100  # 64 cases / 16 = 4 steps per epoch, 25 epochs
@@ -125,18 +153,18 @@ def test_short_run_lowers_the_loss_and_matches_pairs(sm3_run, paired_shards, tmp
     pm, chance = report["pair_matching"], report["chance"]
     assert set(pm) == {"Acc@1", "Acc@5", "mean_rank", "n"} and pm["n"] == 63
     assert report["features"] == ["derm_mm", "clinic_mm"]
-    assert pm["mean_rank"] < 0.4 * chance["mean_rank"]  # measured 6.0 vs 32
-    assert pm["Acc@5"] > 3 * chance["Acc@5"]  # measured 0.56 vs 0.08
+    assert pm["mean_rank"] < 0.2 * chance["mean_rank"]  # measured 2.5 vs 32
+    assert pm["Acc@5"] > 5 * chance["Acc@5"]  # measured 0.95 vs 0.08
 
 
 # The issue's acceptance run (`slimp synth OUT --paired --patients 60 --seed 0`, ingest,
 # `pretrain --method sm3 --image-model resnet18 --input-size 32 --max-steps 40
 # --patients-per-batch 16`, embed, `retrieve --pair-matching`) made small: the tiny CNN on
 # 32 px images and more steps, every training option at the recipe's default. Measured
-# (recipe `scratch`: mild views, no warm-up, batched colour jitter): mean rank 13.2 (chance
-# 30), Acc@5 0.27 (0.085), Acc@1 0.10; shuffled pairs 22.3, 0.14, 0.05. With the earlier
-# defaults (standard SimCLR views, 5% warm-up) the resnet18 run stays at chance.
-ACCEPT_STEPS = 240
+# (recipe `scratch`: mild views, no warm-up, the small-image stem): Acc@1 0.17 (chance
+# 0.017), Acc@5 0.41 (0.085), mean rank 9.8 (30); shuffled pairs 0.017, 0.05, 24.5. With the
+# standard stem the same run gave 0.07, 0.29, 12.1 at twice the steps.
+ACCEPT_STEPS = 120
 
 
 def _defaults_pair_matching(run_slimp, shards, eval_shards, out) -> dict:
@@ -180,8 +208,9 @@ def test_defaults_learn_to_match_pairs_and_shuffled_pairs_stay_at_chance(run_sli
     assert true["pretrain_stderr"].count("recipe 'scratch'") == 1  # announced once
     pm, chance = true["pair_matching"], true["chance"]
     assert pm["n"] == 59 and chance["Acc@1"] == pytest.approx(1 / 59)
-    assert pm["mean_rank"] < 0.6 * chance["mean_rank"]
-    assert pm["Acc@5"] > 2 * chance["Acc@5"]
+    assert pm["Acc@1"] >= 0.1  # the issue's bar (6 of 59)
+    assert pm["mean_rank"] < 0.5 * chance["mean_rank"]
+    assert pm["Acc@5"] > 3 * chance["Acc@5"]
 
     (tmp_path / "shuf").mkdir()
     shuf = _defaults_pair_matching(

@@ -499,6 +499,14 @@ def pretrain_cmd(
         help="SM3 stage 1 fusion (Table II): sep_sep (default, the paper's), sep_shared or concat.",
         rich_help_panel=_S,
     ),
+    cnn_stem: str | None = typer.Option(
+        None,
+        "--cnn-stem",
+        help="SM3 ResNet branches' stem: standard (7x7 stride-2 conv + max pool) or small "
+        "(SimCLR's for CIFAR-10: 3x3 stride 1, no max pool). Default: small from random "
+        "weights at --input-size <= 64, else standard.",
+        rich_help_panel=_S,
+    ),
     proj_dim: int | None = typer.Option(
         None, "--proj-dim", help="SM3 projection head width (default 128).", rich_help_panel=_S
     ),
@@ -526,6 +534,7 @@ def pretrain_cmd(
         tab_dim=tab_dim,
         tab_layers=tab_layers,
         fusion=fusion,
+        cnn_stem=cnn_stem,
         proj_dim=proj_dim,
         label_dim=label_dim,
     )

@@ -15,6 +15,8 @@ from ..core.errors import SlimpError
 VARIANTS = ("nested", "flat", "image", "sm3")
 # SM3's multi-modality fusion strategies (paper Table II); sep_sep is the paper's method.
 FUSIONS = ("concat", "sep_shared", "sep_sep")
+# SM3's ResNet branch stems (`models.image.small_stem`).
+CNN_STEMS = ("standard", "small")
 
 
 class DictConfig:
@@ -98,6 +100,11 @@ class ModelConfig(DictConfig):
     # label-specific projection of the multi-label stage (paper: 512).
     proj_dim: int = 128
     label_dim: int = 512
+    # SM3 only: the stem of ResNet-family branches: "standard" (the CNN's own, 7x7 stride-2
+    # convolution and max pool) or "small" (SimCLR's for 32-px CIFAR-10 images: 3x3 stride 1,
+    # no max pool). `pretrain --method sm3` picks "small" from random weights at inputs of at
+    # most 64 px (`models.image.default_cnn_stem`); a config without the key is "standard".
+    cnn_stem: str = "standard"
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -124,6 +131,12 @@ class ModelConfig(DictConfig):
             raise SlimpError(f"tab_dropout must be in [0, 1), got {self.tab_dropout}")
         if self.fusion not in FUSIONS:
             raise SlimpError(f"unknown fusion '{self.fusion}'; choose one of {', '.join(FUSIONS)}")
+        if self.cnn_stem not in CNN_STEMS:
+            raise SlimpError(
+                f"unknown cnn_stem '{self.cnn_stem}'; choose one of {', '.join(CNN_STEMS)}"
+            )
+        if self.cnn_stem != "standard" and self.variant != "sm3":
+            raise SlimpError("cnn_stem is an option of SM3's CNN branches (--method sm3)")
         positive_int("proj_dim", self.proj_dim)
         positive_int("label_dim", self.label_dim)
         if self.tab_dim is not None and self.tab_dim % self.tab_heads:

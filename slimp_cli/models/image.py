@@ -27,10 +27,18 @@ SUGGESTED = "vit_tiny_patch16_224, vit_small_patch16_224, vit_base_patch16_224"
 LOCAL_CNN_MODELS: dict[str, dict] = {
     "resnet_test": dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_width=8),
 }
+# Inputs up to this side get SimCLR's small-image stem by default when SM3's ResNet branches
+# start from random weights (`default_cnn_stem`): SimCLR uses it on 32-px CIFAR-10 images.
+SMALL_STEM_MAX_SIZE = 64
 
 
 def create_image_encoder(
-    name: str, *, img_size: int, weights: str | Path | None = None, allow_cnn: bool = False
+    name: str,
+    *,
+    img_size: int,
+    weights: str | Path | None = None,
+    allow_cnn: bool = False,
+    cnn_stem: str = "standard",
 ) -> tuple[nn.Module, int]:
     """Build the image encoder and return it with its pooled feature width.
 
@@ -42,6 +50,8 @@ def create_image_encoder(
         allow_cnn: also accept models without an image size (timm CNNs such as `resnet50`, or
             a key of `LOCAL_CNN_MODELS`): SM3's branches. SLIMP needs a ViT (its `adapt` tunes
             the patch embedding), so it leaves this off.
+        cnn_stem: "standard" (the model's own) or "small" (`small_stem`: a ResNet-family CNN
+            only, without weights).
 
     Shape:
         module(images [L, 3, img_size, img_size]) -> [L, feature_dim]
@@ -83,9 +93,63 @@ def create_image_encoder(
         raise SlimpError(
             f"img_size={img_size} is not a multiple of the patch size {patch[0]} of '{name}'"
         )
+    if cnn_stem == "small":
+        if not has_resnet_stem(name):
+            raise SlimpError(
+                f"--cnn-stem small replaces a ResNet's stem; '{name}' is not a ResNet-family "
+                "CNN: use --cnn-stem standard"
+            )
+        if weights is not None:
+            raise SlimpError(
+                "--cnn-stem small replaces the first convolution, so --image-weights cannot be "
+                "loaded into it: use --cnn-stem standard with pretrained weights"
+            )
+        small_stem(module)
+    elif cnn_stem != "standard":
+        raise SlimpError(f"unknown cnn_stem '{cnn_stem}'; choose one of standard, small")
     if weights is not None:
         load_image_weights(module, weights)
     return module, int(module.num_features)
+
+
+def has_resnet_stem(name: str) -> bool:
+    """Whether `name` is a ResNet-family CNN (timm's `ResNet`: `conv1`, `bn1`, `maxpool`)."""
+    if name in LOCAL_CNN_MODELS:
+        return True
+    return timm.is_model(name) and timm.models.is_model_in_modules(name, ["resnet"])
+
+
+def default_cnn_stem(name: str, img_size: int, weights: str | None) -> str:
+    """SM3's branch stem when `--cnn-stem` is not given: "small" for a ResNet-family CNN from
+    random weights at inputs of at most `SMALL_STEM_MAX_SIZE` px, else "standard"."""
+    small = (
+        weights is None
+        and isinstance(img_size, int)
+        and img_size <= SMALL_STEM_MAX_SIZE
+        and isinstance(name, str)
+        and has_resnet_stem(name)
+    )
+    return "small" if small else "standard"
+
+
+def small_stem(module: nn.Module) -> None:
+    """Give a timm ResNet SimCLR's stem for small images (Chen et al. 2020, App. B.9, CIFAR-10):
+    the first convolution becomes 3 x 3 with stride 1 and the max pool goes.
+
+    The standard stem divides the side by 4 before the first stage, so a 32-px image reaches
+    the last stage as a 1 x 1 map (8 x 8 -> 1 x 1); with this one it reaches it as 4 x 4.
+    The new convolution is initialised as timm initialises ResNet convolutions.
+
+    Examples:
+        >>> enc, _ = create_image_encoder("resnet_test", img_size=32, allow_cnn=True)
+        >>> small_stem(enc)
+        >>> enc.forward_features(torch.zeros(1, 3, 32, 32)).shape[-2:]
+        torch.Size([4, 4])
+    """
+    conv = nn.Conv2d(3, module.bn1.num_features, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    module.conv1 = conv
+    module.maxpool = nn.Identity()
 
 
 def _local_cnn(name: str) -> nn.Module:

@@ -118,7 +118,9 @@ class Sm3Model(nn.Module):
         if config.variant != "sm3":
             raise SlimpError(f"Sm3Model needs variant 'sm3', got '{config.variant}'")
         weights = config.image_weights if load_image_weights else None
-        kw = dict(img_size=config.img_size, weights=weights, allow_cnn=True)
+        kw = dict(
+            img_size=config.img_size, weights=weights, allow_cnn=True, cnn_stem=config.cnn_stem
+        )
         self.derm_encoder, feature_dim = create_image_encoder(config.image_model, **kw)
         self.clinic_encoder, _ = create_image_encoder(config.image_model, **kw)
         self.config = config.replace(embed_dim=config.embed_dim or feature_dim)

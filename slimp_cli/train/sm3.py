@@ -37,6 +37,7 @@ import torch
 
 from ..core.errors import SlimpError
 from ..models.config import ModelConfig
+from ..models.image import default_cnn_stem
 from ..models.kmeans import pseudo_labels
 from ..models.runs import load_checkpoint, read_config, resolve_checkpoint, sha256_file
 from ..models.sm3 import LABEL_SIZES, MODALITIES
@@ -129,7 +130,14 @@ def sm3_defaults(train, saved: dict | None, model=None) -> tuple[dict | None, di
     if stage not in ("multimodal", "multilabel"):
         return SM3_MODEL_DEFAULTS, None  # TrainConfig names the bad stage
     weights = _given(model, "image_weights", saved, "model")
-    return dict(SM3_MODEL_DEFAULTS), dict(RECIPES[recipe_name(stage, weights)])
+    model_defaults = dict(SM3_MODEL_DEFAULTS)
+    variant = _given(model, "variant", saved, "model")
+    # stage 2 keeps its --init run's architecture; another --variant is refused later
+    if stage == "multimodal" and variant in (None, "sm3"):
+        name = _given(model, "image_model", saved, "model") or model_defaults["image_model"]
+        size = _given(model, "img_size", saved, "model") or model_defaults["img_size"]
+        model_defaults["cnn_stem"] = default_cnn_stem(name, size, weights)
+    return model_defaults, dict(RECIPES[recipe_name(stage, weights)])
 
 
 def recipe_record(model, train: TrainConfig) -> dict:
@@ -140,7 +148,7 @@ def recipe_record(model, train: TrainConfig) -> dict:
     return {"name": name, "values": dict(values), "overridden": given}
 
 
-def recipe_notice(record: dict, train: TrainConfig, info) -> None:
+def recipe_notice(record: dict, train: TrainConfig, info, *, cnn_stem: str = "standard") -> None:
     """One stderr line: which recipe this SM3 stage trains with, and its effective values."""
     name = record["name"]
     changed = f"; given options override {', '.join(record['overridden'])}" * bool(
@@ -152,7 +160,7 @@ def recipe_notice(record: dict, train: TrainConfig, info) -> None:
         f"{train.patients_per_batch}, lr {train.lr:g}, {train.epochs} epochs, warm-up "
         f"{'5%' if train.warmup_steps is None else f'{train.warmup_steps} steps'} then cosine, "
         f"weight decay {train.weight_decay:g}, tau {train.temperature:g}, augmentation "
-        f"{aug}{changed}",
+        f"{aug}, {cnn_stem} stem{changed}",
         info,
     )
 
@@ -239,7 +247,7 @@ def prepare_sm3(
         "recipe": recipe_record(model, train),
     }
     if not resumed:
-        recipe_notice(record["recipe"], train, info)
+        recipe_notice(record["recipe"], train, info, cnn_stem=model.config.cnn_stem)
     model.set_stage(train.stage)
     if train.stage == "multimodal":
         if paired < len(cases):
