@@ -146,7 +146,9 @@ def small_stem(module: nn.Module) -> None:
         >>> enc.forward_features(torch.zeros(1, 3, 32, 32)).shape[-2:]
         torch.Size([4, 4])
     """
-    conv = nn.Conv2d(3, module.bn1.num_features, kernel_size=3, stride=1, padding=1, bias=False)
+    norm = module.bn1  # BatchNorm2d, or GroupNorm in timm's *_gn ResNets
+    width = getattr(norm, "num_features", None) or norm.num_channels
+    conv = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     module.conv1 = conv
     module.maxpool = nn.Identity()

@@ -9,8 +9,11 @@ as SLIMP; this module holds only what differs:
   stage 2 the paper's (batch 256, lr 1e-4, 150 epochs) with the official code's tau 1.0. Both
   stage-1 recipes augment each view SimCLR's way (`transforms.simclr_view`, Sec. IV-A-1): the
   standard recipe with ImageNet weights, the small-image one with SM3's crop from random
-  weights ("mild"), and start at the peak rate (no warm-up, as the official code). Options given on the command line override any value; the recipe is announced
-  in one line at the start and recorded in config.json (`sm3.recipe`).
+  weights ("mild"), and start at the peak rate (no warm-up, as the official code). ResNet
+  branches from random weights at inputs of at most 64 px also get SimCLR's small-image stem
+  (`ModelConfig.cnn_stem`, `models.image.default_cnn_stem`). Options given on the command line
+  override any value; the recipe is announced in one line at the start and recorded in
+  config.json (`sm3.recipe`; the stem in `model.cnn_stem`).
 - the two-stage schedule: stage 1 (`--stage multimodal`, the default) trains the branches, the
   SimCLR heads and the fusion heads into its run dir; stage 2 (`--stage multilabel --init RUN1`)
   starts a second run dir from RUN1's weights, with RUN1's architecture, and trains the label
