@@ -32,6 +32,8 @@ LEAK = re.compile(
     r"biops|dx_type|confirm|management|histo|mel_thick|mitotic|iddx|malignan|benign", re.I
 )
 IDENT = re.compile(r"attribution|copyright|licen[cs]e|url|comment|note|^id$|_id$|uuid", re.I)
+# A column of image file names (non-capturing group: pandas warns on match groups).
+IMAGE_FILE = r"\.(?:jpe?g|png|bmp|tiff?)$"
 MALIGNANT_WORDS = ("melanoma", "mel", "bcc", "scc", "carcinoma", "malignant", "1")
 
 
@@ -92,7 +94,7 @@ def infer_schema(path: str | Path) -> dict:
         for column in columns:
             if (
                 column not in taken
-                and frame[column].str.contains(r"\.(jpe?g|png|bmp|tiff?)$", case=False).mean() > 0.9
+                and frame[column].str.contains(IMAGE_FILE, case=False).mean() > 0.9
             ):
                 roles["image"] = column
                 taken.add(column)
