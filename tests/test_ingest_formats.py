@@ -532,6 +532,20 @@ def test_schema_infer_drafts_a_usable_schema(tmp_path, pad_source):
     )
 
 
+def test_schema_infer_finds_an_unnamed_image_column_by_its_file_names(tmp_path):
+    """A column whose name says nothing is the image column when > 90% of its values are image
+    file names (any case); a column of other values is not."""
+    from slimp_cli.ingest.infer import infer_schema
+
+    rows = ["patient_id,note,picture,diagnosis"]
+    rows += [f"p{i},x{i}.txt,IMG_{i}.{'JPG' if i % 2 else 'png'},NEV" for i in range(20)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    assert infer_schema(tmp_path / "t.csv")["image"] == "picture"
+    rows = [r.replace(".JPG", ".doc").replace(".png", ".doc") for r in rows]
+    (tmp_path / "u.csv").write_text("\n".join(rows) + "\n")
+    assert infer_schema(tmp_path / "u.csv")["image"] == "TODO_IMAGE_COLUMN"
+
+
 def test_interrupted_ingest_leaves_nothing_complete(synth_dir, tmp_path, monkeypatch):
     from slimp_cli.data import shards
 
