@@ -46,6 +46,10 @@ CASES = [
     ("pretrain-vocab-null", lambda c: ["pretrain", c.vocab_null, "--out", c.base / "r2",
                                        "--device", "cpu"],
      "schema.json: lesion_features: feature 'site' has vocab None"),
+    ("pretrain-cnn-stem-unknown", lambda c: ["pretrain", c.shards, "--out", c.base / "r3",
+                                             "--method", "sm3", "--cnn-stem", "x", "--device",
+                                             "cpu"],
+     "unknown cnn_stem 'x'; choose one of standard, small"),
     # embed --workers -1 is bad usage (exit 2, Typer's message): tests/test_cli_contract.py
     ("embed-out-below-a-file", lambda c: ["embed", c.base / "run", c.shards, "--out",
                                           c.afile / "e.h5"], "afile: exists and is not a folder"),
