@@ -58,16 +58,20 @@ def test_small_stem_keeps_a_32px_image_4x4_at_the_last_stage():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(name="vit_test"), "not a ResNet-family CNN"),
-        (dict(name="resnet_test", weights="r.pth"), "cannot be loaded"),
+        (dict(name="vit_test"), "'vit_test' is not a ResNet-family CNN"),
+        (dict(name="resnet_test", weights="r.pth"), "--image-weights r.pth cannot be loaded"),
+        (dict(name="resnet_test", cnn_stem="tiny"), "unknown cnn_stem 'tiny'"),
     ],
 )
 def test_small_stem_refuses_what_it_cannot_apply_to(kwargs, message):
     with pytest.raises(SlimpError, match=message):
-        create_image_encoder(img_size=32, allow_cnn=True, cnn_stem="small", **kwargs)
+        create_image_encoder(**{"img_size": 32, "allow_cnn": True, "cnn_stem": "small", **kwargs})
+
+
+def test_config_refuses_a_stem_outside_sm3_or_unknown():
     with pytest.raises(SlimpError, match="cnn_stem is an option of SM3"):
         ModelConfig(variant="nested", cnn_stem="small")
-    with pytest.raises(SlimpError, match="unknown cnn_stem 'tiny'"):
+    with pytest.raises(SlimpError, match="unknown cnn_stem 'tiny'; choose one of standard, small"):
         ModelConfig(variant="sm3", cnn_stem="tiny")
 
 

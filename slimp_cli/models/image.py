@@ -16,6 +16,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import nn
 
 from ..core.errors import SlimpError
+from .config import CNN_STEMS
 
 # Local architectures for CI and the laptop demo (no timm registry entry needed).
 LOCAL_MODELS: dict[str, dict] = {
@@ -101,12 +102,12 @@ def create_image_encoder(
             )
         if weights is not None:
             raise SlimpError(
-                "--cnn-stem small replaces the first convolution, so --image-weights cannot be "
-                "loaded into it: use --cnn-stem standard with pretrained weights"
+                f"--cnn-stem small replaces the first convolution, so --image-weights {weights} "
+                "cannot be loaded into it: use --cnn-stem standard with pretrained weights"
             )
         small_stem(module)
-    elif cnn_stem != "standard":
-        raise SlimpError(f"unknown cnn_stem '{cnn_stem}'; choose one of standard, small")
+    elif cnn_stem not in CNN_STEMS:
+        raise SlimpError(f"unknown cnn_stem '{cnn_stem}'; choose one of {', '.join(CNN_STEMS)}")
     if weights is not None:
         load_image_weights(module, weights)
     return module, int(module.num_features)

@@ -151,7 +151,7 @@ def recipe_record(model, train: TrainConfig) -> dict:
     return {"name": name, "values": dict(values), "overridden": given}
 
 
-def recipe_notice(record: dict, train: TrainConfig, info, *, cnn_stem: str = "standard") -> None:
+def recipe_notice(record: dict, train: TrainConfig, info, *, cnn_stem: str) -> None:
     """One stderr line: which recipe this SM3 stage trains with, and its effective values."""
     name = record["name"]
     changed = f"; given options override {', '.join(record['overridden'])}" * bool(
